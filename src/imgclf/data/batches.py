@@ -1,0 +1,99 @@
+"""Batches of uint8 images and int64 targets, shuffled deterministically per (seed, epoch).
+
+Both kinds of source (decoded tensors, streamed files) give the same thing, so the training
+loop does not care which one it gets. Shuffling depends only on the seed and the epoch number,
+which makes a resumed run see the same order the interrupted one would have seen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch.utils.data import DataLoader, Sampler
+
+from imgclf.data.prepare import StreamingSplit, TensorSplit
+
+__all__ = ["Batches", "StreamingBatches", "TensorBatches", "collate_skipping_bad"]
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+def _epoch_order(size: int, seed: int, epoch: int, shuffle: bool) -> torch.Tensor:
+    if not shuffle:
+        return torch.arange(size)
+    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    return torch.randperm(size, generator=generator)
+
+
+class TensorBatches:
+    """Batches sliced from tensors already in memory (CPU or GPU): no per-image Python work."""
+
+    def __init__(self, data: TensorSplit, batch_size: int, shuffle: bool = False,
+                 seed: int = 0, drop_last: bool = False):
+        self.data = data
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.drop_last = drop_last and len(data) > batch_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        full, rest = divmod(len(self.data), self.batch_size)
+        return full if self.drop_last or rest == 0 else full + 1
+
+    def __iter__(self) -> Iterator[Batch]:
+        order = _epoch_order(len(self.data), self.seed, self.epoch, self.shuffle)
+        order = order.to(self.data.images.device)
+        for batch in range(len(self)):
+            indices = order[batch * self.batch_size : (batch + 1) * self.batch_size]
+            yield self.data.images[indices], self.data.targets[indices]
+
+
+class _EpochSampler(Sampler[int]):
+    def __init__(self, size: int, seed: int, shuffle: bool):
+        self.size, self.seed, self.shuffle, self.epoch = size, seed, shuffle, 0
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(_epoch_order(self.size, self.seed, self.epoch, self.shuffle).tolist())
+
+
+def collate_skipping_bad(items: list) -> Batch:
+    """Stack (image, target) pairs, leaving out the ``None`` of files that failed to decode."""
+    good = [item for item in items if item is not None]
+    if not good:
+        return torch.empty(0, dtype=torch.uint8), torch.empty(0, dtype=torch.int64)
+    images = torch.stack([image for image, _ in good])
+    targets = torch.tensor([target for _, target in good], dtype=torch.int64)
+    return images, targets
+
+
+class StreamingBatches:
+    """Batches decoded by DataLoader worker processes, for data that does not fit in memory."""
+
+    def __init__(self, data: StreamingSplit, batch_size: int, shuffle: bool = False,
+                 seed: int = 0, drop_last: bool = False, workers: int = 2):
+        self.sampler = _EpochSampler(len(data), seed, shuffle)
+        self.loader = DataLoader(
+            data, batch_size=batch_size, sampler=self.sampler, num_workers=workers,
+            collate_fn=collate_skipping_bad, drop_last=drop_last and len(data) > batch_size,
+            persistent_workers=workers > 0, pin_memory=torch.cuda.is_available(),
+        )
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[Batch]:
+        return iter(self.loader)
+
+
+Batches = TensorBatches | StreamingBatches

@@ -1,0 +1,207 @@
+"""Turn the DATA argument into labelled splits: built-ins, folders, archives and CSV files.
+
+Nothing here decodes pixels of files (see ``prepare.py``); built-ins arrive already decoded.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from imgclf.data.builtins import FASHION_MNIST_CLASSES, load_digits_arrays, load_fashion_mnist_arrays
+from imgclf.data.layout import SPLIT_NAMES, parse_layout
+from imgclf.data.readers import FolderReader, ImageReader, open_reader
+from imgclf.data.split import fingerprint, stratified_split
+from imgclf.errors import DataError
+
+__all__ = ["ArraySplit", "BUILTIN_DATASETS", "Dataset", "FileSplit", "SplitPolicy", "load_dataset"]
+
+BUILTIN_DATASETS = ("digits", "fashion-mnist")
+
+
+@dataclass
+class FileSplit:
+    """Encoded image files (decoded later) with their integer targets."""
+
+    reader: ImageReader
+    keys: list[str]
+    targets: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def subset(self, indices: np.ndarray) -> FileSplit:
+        return FileSplit(self.reader, [self.keys[i] for i in indices], self.targets[indices])
+
+
+@dataclass
+class ArraySplit:
+    """Images already decoded: (N, H, W, C) uint8."""
+
+    images: np.ndarray
+    targets: np.ndarray
+    keys: list[str]
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def subset(self, indices: np.ndarray) -> ArraySplit:
+        return ArraySplit(self.images[indices], self.targets[indices], [self.keys[i] for i in indices])
+
+
+Split = FileSplit | ArraySplit
+
+
+@dataclass(frozen=True)
+class SplitPolicy:
+    """How imgclf makes the splits a dataset does not bring itself."""
+
+    seed: int = 0
+    val_fraction: float = 0.1
+    test_fraction: float = 0.1
+
+
+@dataclass
+class Dataset:
+    name: str
+    classes: list[str]
+    splits: dict[str, Split]  # "train", "val" and, when there is one, "test"
+    split_info: dict  # how each split was made, recorded in the bundle
+    ignored: list[tuple[str, str]] = field(default_factory=list)  # (file, reason)
+    kind: str = "files"  # "digits", "fashion-mnist", "folder", "archive", "csv"
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+def _finish_splits(given: dict[str, Split], policy: SplitPolicy) -> tuple[dict[str, Split], dict]:
+    """Make train/val(/test) from what the data brings; record how, with fingerprints."""
+    info: dict = {"seed": policy.seed}
+    if "pool" in given:
+        fractions = {"val": policy.val_fraction, "test": policy.test_fraction}
+        indices = stratified_split(given["pool"].targets, fractions, policy.seed)
+        splits = {name: given["pool"].subset(idx) for name, idx in indices.items()}
+        info.update(method="stratified", val_fraction=policy.val_fraction,
+                    test_fraction=policy.test_fraction)
+    else:
+        splits = dict(given)
+        info["method"] = "given"
+        if "val" not in splits:
+            indices = stratified_split(splits["train"].targets, {"val": policy.val_fraction}, policy.seed)
+            splits["val"] = splits["train"].subset(indices["val"])
+            splits["train"] = splits["train"].subset(indices["train"])
+            info.update(method="given, val carved from train", val_fraction=policy.val_fraction)
+    info["sizes"] = {name: len(split) for name, split in splits.items()}
+    info["fingerprints"] = {name: fingerprint(split.keys) for name, split in splits.items()}
+    return splits, info
+
+
+def _check_classes(name: str, classes: list[str], splits: dict[str, Split]) -> None:
+    total = sum(len(split) for split in splits.values())
+    if total == 0:
+        raise DataError(f"{name}: no images found")
+    if len(classes) < 2:
+        found = ", ".join(repr(c) for c in classes) or "none"
+        raise DataError(f"{name}: found {len(classes)} class ({found}); a classifier needs at least 2")
+
+
+def _load_digits(policy: SplitPolicy) -> Dataset:
+    images, targets, classes = load_digits_arrays()
+    pool = ArraySplit(images, targets, [f"digits[{i}]" for i in range(len(targets))])
+    splits, info = _finish_splits({"pool": pool}, policy)
+    return Dataset("digits", classes, splits, info, kind="digits")
+
+
+def _load_fashion_mnist(policy: SplitPolicy, data_dir: Path | None) -> Dataset:
+    arrays = load_fashion_mnist_arrays(data_dir)
+    given = {
+        split: ArraySplit(images, targets, [f"fashion-mnist/{split}[{i}]" for i in range(len(targets))])
+        for split, (images, targets) in arrays.items()
+    }
+    splits, info = _finish_splits(given, policy)
+    return Dataset("fashion-mnist", list(FASHION_MNIST_CLASSES), splits, info, kind="fashion-mnist")
+
+
+def _labelled_files(
+    name: str, reader: ImageReader, by_split: dict[str, list[tuple[str, str]]], policy: SplitPolicy
+) -> tuple[list[str], dict[str, Split], dict]:
+    train_split = "train" if "train" in by_split else "pool"
+    classes = sorted({label for _, label in by_split.get(train_split, [])})
+    index = {label: i for i, label in enumerate(classes)}
+    given: dict[str, Split] = {}
+    for split, items in by_split.items():
+        unknown = sorted({label for _, label in items} - index.keys())
+        if unknown:
+            raise DataError(f"{name}: class {unknown[0]!r} is in {split} but has no training images")
+        targets = np.array([index[label] for _, label in items], dtype=np.int64)
+        given[split] = FileSplit(reader, [key for key, _ in items], targets)
+    _check_classes(name, classes, given)
+    splits, info = _finish_splits(given, policy)
+    return classes, splits, info
+
+
+def _load_folder_or_archive(path: Path, policy: SplitPolicy) -> Dataset:
+    reader = open_reader(path)
+    is_archive = not path.is_dir()
+    layout = parse_layout(reader.list_files(), strip_top_folder=is_archive)
+    if not any(layout.splits.values()):
+        detail = f" ({len(layout.ignored)} files ignored, e.g. {layout.ignored[0][0]}: {layout.ignored[0][1]})" if layout.ignored else ""
+        raise DataError(f"{path}: no images found in class folders{detail}")
+    classes, splits, info = _labelled_files(str(path), reader, layout.splits, policy)
+    kind = "archive" if is_archive else "folder"
+    return Dataset(str(path), classes, splits, info, ignored=layout.ignored, kind=kind)
+
+
+def _read_csv_rows(path: Path) -> list[list[str]]:
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            rows = [row for row in csv.reader(handle) if row and any(cell.strip() for cell in row)]
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        raise DataError(f"{path}: cannot read CSV ({error})") from None
+    if rows and rows[0][0].strip().lower() in ("path", "file", "filename", "image", "filepath"):
+        rows = rows[1:]
+    return rows
+
+
+def _load_csv(path: Path, policy: SplitPolicy) -> Dataset:
+    by_split: dict[str, list[tuple[str, str]]] = {}
+    for line, row in enumerate(_read_csv_rows(path), start=1):
+        if len(row) < 2 or not row[0].strip() or not row[1].strip():
+            raise DataError(f"{path}: row {line} needs 'path,label' (got {','.join(row)!r})")
+        split = "pool"
+        if len(row) >= 3 and row[2].strip():
+            split = SPLIT_NAMES.get(row[2].strip().lower(), "")
+            if not split:
+                raise DataError(f"{path}: row {line} has unknown split {row[2]!r} (train, val or test)")
+        by_split.setdefault(split, []).append((row[0].strip(), row[1].strip()))
+    if not by_split:
+        raise DataError(f"{path}: the CSV lists no images")
+    if "pool" in by_split and len(by_split) > 1:
+        raise DataError(f"{path}: give a split for every row or for none")
+    reader = FolderReader(path.parent)
+    classes, splits, info = _labelled_files(str(path), reader, by_split, policy)
+    return Dataset(str(path), classes, splits, info, kind="csv")
+
+
+def load_dataset(
+    data: str, policy: SplitPolicy = SplitPolicy(), data_dir: str | Path | None = None
+) -> Dataset:
+    """Resolve DATA: ``digits``, ``fashion-mnist``, a folder, an archive or a ``.csv`` file."""
+    if data == "digits":
+        return _load_digits(policy)
+    if data == "fashion-mnist":
+        return _load_fashion_mnist(policy, Path(data_dir) if data_dir else None)
+    path = Path(data).expanduser()
+    if not path.exists():
+        hint = " (pass the path of an image-folder copy, such as cifar10-jpeg.tar.gz)" if data == "cifar10" else ""
+        raise DataError(
+            f"{data}: no such file or folder, and not a built-in dataset "
+            f"({', '.join(BUILTIN_DATASETS)}){hint}"
+        )
+    if path.suffix.lower() == ".csv":
+        return _load_csv(path, policy)
+    return _load_folder_or_archive(path, policy)

@@ -1,0 +1,194 @@
+"""The one image-decoding function imgclf uses everywhere (training, evaluation, prediction).
+
+Every Pillow mode is handled explicitly, so no image is silently clamped or mis-coloured:
+
+| mode                  | becomes                                                      |
+| --------------------- | ------------------------------------------------------------ |
+| 1, L                  | 8-bit grayscale                                              |
+| LA, La, PA, RGBA, RGBa| composited over white (transparent pixels are background)   |
+| P                     | RGB, or composited over white when it has transparency       |
+| I;16*, I (16-bit)     | rescaled from 0..65535 to 0..255 (never clamped)             |
+| I (32-bit), F         | rescaled from their own range to 0..255                      |
+| CMYK, YCbCr, LAB, HSV | converted to RGB by Pillow                                   |
+
+EXIF orientation is applied, animated images give their first frame, and only the raster
+formats in ``ALLOWED_FORMATS`` are ever opened (so an EPS file never reaches Ghostscript).
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from imgclf.errors import BadImageError
+
+__all__ = [
+    "ALLOWED_FORMATS",
+    "DEFAULT_MAX_PIXELS",
+    "ImageInfo",
+    "convert_channels",
+    "decode_image",
+    "probe_image",
+    "resize_shorter_center_crop",
+]
+
+ALLOWED_FORMATS = ("JPEG", "MPO", "PNG", "BMP", "GIF", "TIFF", "WEBP", "PPM")
+# 64 megapixels: a 8000x8000 photo passes, a decompression bomb is refused before allocation.
+DEFAULT_MAX_PIXELS = 64_000_000
+GRAYSCALE_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"})
+_WHITE = (255, 255, 255, 255)
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What the file header says, read without decoding the pixels."""
+
+    width: int
+    height: int
+    mode: str
+    format: str
+
+    @property
+    def is_grayscale(self) -> bool:
+        return self.mode in GRAYSCALE_MODES
+
+
+def _open(data: bytes, source: str, max_pixels: int) -> Image.Image:
+    if len(data) == 0:
+        raise BadImageError(source, "empty file (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            # Pillow warns (and above 2x its limit raises) for huge images; we apply our own limit.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+    except Image.DecompressionBombError as error:
+        raise BadImageError(source, f"refused: {error}") from None
+    except UnidentifiedImageError:
+        allowed = ", ".join(ALLOWED_FORMATS)
+        raise BadImageError(source, f"not an image in an allowed format ({allowed})") from None
+    except (OSError, SyntaxError, ValueError) as error:
+        raise BadImageError(source, f"unreadable image header ({error})") from None
+    pixels = image.width * image.height
+    if pixels > max_pixels:
+        raise BadImageError(
+            source,
+            f"image of {image.width}x{image.height} = {pixels:,} pixels is over the limit of "
+            f"{max_pixels:,} pixels (refused before decoding)",
+        )
+    if pixels == 0:
+        raise BadImageError(source, f"image has no pixels ({image.width}x{image.height})")
+    return image
+
+
+def probe_image(data: bytes, source: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageInfo:
+    """Read size, mode and format from the header; raises BadImageError naming ``source``."""
+    image = _open(data, source, max_pixels)
+    return ImageInfo(width=image.width, height=image.height, mode=image.mode, format=image.format)
+
+
+def _composite_on_white(image: Image.Image) -> Image.Image:
+    rgba = image.convert("RGBA")
+    background = Image.new("RGBA", rgba.size, _WHITE)
+    return Image.alpha_composite(background, rgba).convert("RGB")
+
+
+def _rescale_to_uint8(values: np.ndarray, low: float, high: float) -> np.ndarray:
+    """Map [low, high] linearly onto [0, 255]; every input value lands inside the range."""
+    if high <= low:
+        return np.zeros(values.shape, dtype=np.uint8)
+    scaled = (values.astype(np.float64) - low) * (255.0 / (high - low))
+    return np.rint(scaled).astype(np.uint8)
+
+
+def _high_bit_depth_to_uint8(image: Image.Image) -> np.ndarray:
+    values = np.asarray(image)
+    if image.mode == "F":
+        low, high = float(values.min()), float(values.max())
+        if low >= 0.0 and high <= 1.0:
+            return _rescale_to_uint8(values, 0.0, 1.0)
+        return _rescale_to_uint8(values, low, high)
+    maximum = int(values.max())
+    if image.mode.startswith("I;16") or 255 < maximum <= 65535:
+        return _rescale_to_uint8(values, 0.0, 65535.0)
+    if maximum <= 255 and int(values.min()) >= 0:
+        return values.astype(np.uint8)  # an 8-bit image stored in a 32-bit container
+    return _rescale_to_uint8(values, float(values.min()), float(maximum))
+
+
+def _to_array(image: Image.Image) -> np.ndarray:
+    """Pixels as uint8, HxWx1 for grayscale modes and HxWx3 for everything else."""
+    mode = image.mode
+    if mode == "1":
+        gray = np.asarray(image.convert("L"))
+    elif mode == "L":
+        gray = np.asarray(image)
+    elif mode in ("LA", "La"):
+        gray = np.asarray(_composite_on_white(image).convert("L"))
+    elif mode == "F" or mode == "I" or mode.startswith("I;16"):
+        gray = _high_bit_depth_to_uint8(image)
+    elif mode == "RGB":
+        return np.asarray(image)
+    elif mode in ("RGBA", "RGBa", "PA") or (mode == "P" and "transparency" in image.info):
+        return np.asarray(_composite_on_white(image))
+    else:  # P without transparency, CMYK, YCbCr, LAB, HSV, RGBX
+        return np.asarray(image.convert("RGB"))
+    return gray[:, :, None]
+
+
+def convert_channels(pixels: np.ndarray, channels: int) -> np.ndarray:
+    """Turn an HxWx1 or HxWx3 uint8 array into ``channels`` (1 or 3) channels."""
+    have = pixels.shape[2]
+    if have == channels:
+        return pixels
+    if channels == 3:
+        return np.repeat(pixels, 3, axis=2)
+    # ITU-R 601-2 luma, the same weights as Pillow's convert("L").
+    gray = Image.fromarray(pixels).convert("L")
+    return np.asarray(gray)[:, :, None]
+
+
+def decode_image(
+    data: bytes,
+    source: str,
+    channels: int | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> np.ndarray:
+    """Decode encoded image bytes into a writable HxWxC uint8 array.
+
+    ``source`` names the file in every error message. ``channels`` forces 1 (grayscale) or
+    3 (RGB); ``None`` keeps 1 channel for grayscale modes and 3 for the rest.
+    """
+    image = _open(data, source, max_pixels)
+    try:
+        image.seek(0)  # animated GIF/WEBP/TIFF: the first frame
+        image = ImageOps.exif_transpose(image)
+        pixels = _to_array(image)
+    except (OSError, SyntaxError, ValueError, EOFError) as error:
+        raise BadImageError(source, f"cannot decode ({error})") from None
+    if channels is not None:
+        pixels = convert_channels(pixels, channels)
+    return np.array(pixels, dtype=np.uint8, copy=True)
+
+
+def resize_shorter_center_crop(pixels: np.ndarray, size: int) -> np.ndarray:
+    """Scale so the shorter side is ``size`` (bilinear, antialiased), then centre-crop a square.
+
+    Square images are simply resized; the crop only removes the long side's borders.
+    """
+    height, width = pixels.shape[:2]
+    if height == size and width == size:
+        return pixels
+    scale = size / min(height, width)
+    new_width = max(size, round(width * scale))
+    new_height = max(size, round(height * scale))
+    image = Image.fromarray(pixels[:, :, 0] if pixels.shape[2] == 1 else pixels)
+    image = image.resize((new_width, new_height), Image.Resampling.BILINEAR)
+    left = (new_width - size) // 2
+    top = (new_height - size) // 2
+    image = image.crop((left, top, left + size, top + size))
+    resized = np.asarray(image)
+    return resized[:, :, None] if resized.ndim == 2 else resized

@@ -1,0 +1,84 @@
+"""Image-folder layout rules: which files are images, which folders are classes and splits.
+
+``root/<class>/<image>`` gives one pool that imgclf splits itself; ``root/train/<class>/...``
+with ``val/`` (or ``valid/``, ``validation/``) and/or ``test/`` gives the splits as they are.
+Images may sit deeper inside a class folder. Hidden files and folders and OS junk
+(``.ipynb_checkpoints``, ``__MACOSX``, ``.DS_Store``, ``Thumbs.db``) are never classes or images.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+
+__all__ = ["IMAGE_SUFFIXES", "FolderLayout", "SPLIT_NAMES", "is_junk", "parse_layout"]
+
+IMAGE_SUFFIXES = frozenset(
+    {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp",
+     ".ppm", ".pgm", ".pbm", ".pnm", ".mpo"}
+)
+JUNK_NAMES = frozenset({"__MACOSX", "__pycache__", "Thumbs.db", "desktop.ini", "$RECYCLE.BIN"})
+# Folder names that mean "this is a split", mapped to imgclf's split names.
+SPLIT_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "val",
+               "validation": "val", "test": "test", "testing": "test"}
+
+
+def is_junk(part: str) -> bool:
+    """Hidden entries (``.DS_Store``, ``.ipynb_checkpoints``, ``._x.jpg``) and OS leftovers."""
+    return part.startswith(".") or part in JUNK_NAMES
+
+
+@dataclass
+class FolderLayout:
+    """Files grouped by split and class name, and everything left out with the reason."""
+
+    splits: dict[str, list[tuple[str, str]]]  # split -> [(key, class name)]
+    ignored: list[tuple[str, str]] = field(default_factory=list)  # (key, reason)
+
+    @property
+    def has_given_splits(self) -> bool:
+        return "train" in self.splits and len(self.splits) > 1
+
+
+def _strip_common_top_folder(parts_list: list[tuple[str, ...]]) -> list[tuple[str, ...]]:
+    """An archive often wraps everything in one folder (``cifar10/train/cat/1.jpg``)."""
+    while parts_list and all(len(parts) >= 3 for parts in parts_list):
+        tops = {parts[0] for parts in parts_list}
+        if len(tops) != 1 or next(iter(tops)).lower() in SPLIT_NAMES:
+            break
+        parts_list = [parts[1:] for parts in parts_list]
+    return parts_list
+
+
+def parse_layout(keys: list[str], strip_top_folder: bool = False) -> FolderLayout:
+    """Group relative file paths into splits and classes; report what was left out."""
+    ignored: list[tuple[str, str]] = []
+    kept: list[tuple[str, tuple[str, ...]]] = []
+    for key in keys:
+        parts = PurePosixPath(key).parts
+        if any(is_junk(part) for part in parts):
+            ignored.append((key, "hidden file or OS junk"))
+        elif PurePosixPath(key).suffix.lower() not in IMAGE_SUFFIXES:
+            ignored.append((key, "not an image file extension"))
+        else:
+            kept.append((key, parts))
+    parts_list = [parts for _, parts in kept]
+    if strip_top_folder:
+        parts_list = _strip_common_top_folder(parts_list)
+    tops = {parts[0].lower() for parts in parts_list if len(parts) >= 3}
+    given = {SPLIT_NAMES[top] for top in tops if top in SPLIT_NAMES}
+    use_split_folders = "train" in given and len(given) > 1
+    splits: dict[str, list[tuple[str, str]]] = defaultdict(list)
+    for (key, _), parts in zip(kept, parts_list):
+        if use_split_folders:
+            split = SPLIT_NAMES.get(parts[0].lower())
+            if split is None or len(parts) < 3:
+                ignored.append((key, "outside the train/val/test folders"))
+                continue
+            splits[split].append((key, parts[1]))
+        elif len(parts) >= 2:
+            splits["pool"].append((key, parts[0]))
+        else:
+            ignored.append((key, "not inside a class folder"))
+    return FolderLayout(splits=dict(splits), ignored=ignored)

@@ -1,0 +1,185 @@
+"""From labelled splits to fixed-size uint8 tensors: scan, decode once, resize, normalize.
+
+A scan reads every file's header first (size, mode; bad headers are skipped and reported), so
+the input size and the channel count are decided from the data before any pixel is decoded.
+Datasets whose decoded pixels fit in ``max_memory_bytes`` are decoded once, in parallel, into
+one uint8 tensor; larger ones stream (decoded per batch by DataLoader workers).
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+
+from imgclf.data.dataset import ArraySplit, Dataset, FileSplit, Split
+from imgclf.data.decode import convert_channels, decode_image, probe_image, resize_shorter_center_crop
+from imgclf.errors import BadImageError
+
+__all__ = [
+    "DataProfile",
+    "Preprocess",
+    "StreamingSplit",
+    "TensorSplit",
+    "decode_split",
+    "estimate_mean_std",
+    "profile_dataset",
+]
+
+DEFAULT_MAX_MEMORY_BYTES = 4 * 1024**3
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """Everything needed to turn any image into model input; stored in the bundle."""
+
+    input_size: int
+    channels: int
+    mean: tuple[float, ...]  # per channel, on the 0..1 scale
+    std: tuple[float, ...]
+    resize: str = "shorter_side_center_crop"
+
+    def prepare_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        """HxWxC uint8 of any size and channel count -> CxSxS uint8."""
+        pixels = convert_channels(pixels, self.channels)
+        pixels = resize_shorter_center_crop(pixels, self.input_size)
+        return np.ascontiguousarray(pixels.transpose(2, 0, 1))
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 NCHW (any device) -> float32 NCHW, (x / 255 - mean) / std."""
+        mean = torch.tensor(self.mean, device=images.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, device=images.device).view(1, -1, 1, 1)
+        return (images.float() / 255.0 - mean) / std
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "mean": list(self.mean), "std": list(self.std)}
+
+    @classmethod
+    def from_dict(cls, values: dict) -> Preprocess:
+        return cls(
+            input_size=int(values["input_size"]),
+            channels=int(values["channels"]),
+            mean=tuple(float(v) for v in values["mean"]),
+            std=tuple(float(v) for v in values["std"]),
+            resize=values.get("resize", "shorter_side_center_crop"),
+        )
+
+
+@dataclass
+class DataProfile:
+    """What the header scan found: channels, typical size, and files that cannot be used."""
+
+    channels: int
+    native_size: int  # median of the shorter image side, in pixels
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, reason)
+    sizes: dict[str, int] = field(default_factory=dict)  # usable images per split
+
+
+@dataclass
+class TensorSplit:
+    """A decoded split: (N, C, S, S) uint8 images and int64 targets, on any device."""
+
+    images: torch.Tensor
+    targets: torch.Tensor
+    keys: list[str]
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+
+def _scan_file_split(split: FileSplit) -> tuple[list[int], list[tuple[str, str]], list[int], bool]:
+    valid, bad, short_sides, all_gray = [], [], [], True
+    for index, key in enumerate(split.keys):
+        source = split.reader.describe(key)
+        try:
+            info = probe_image(split.reader.read(key), source)
+        except BadImageError as error:
+            bad.append((error.source, error.reason))
+            continue
+        valid.append(index)
+        short_sides.append(min(info.width, info.height))
+        all_gray = all_gray and info.is_grayscale
+    return valid, bad, short_sides, all_gray
+
+
+def profile_dataset(dataset: Dataset) -> DataProfile:
+    """Scan every split's headers; drop unusable files from ``dataset.splits`` (skip and report)."""
+    skipped: list[tuple[str, str]] = []
+    short_sides: list[int] = []
+    all_gray = True
+    for name, split in list(dataset.splits.items()):
+        if isinstance(split, ArraySplit):
+            short_sides.extend([min(split.images.shape[1:3])] * len(split))
+            all_gray = all_gray and split.images.shape[3] == 1
+            continue
+        valid, bad, sides, gray = _scan_file_split(split)
+        skipped.extend(bad)
+        short_sides.extend(sides)
+        all_gray = all_gray and gray
+        if bad:
+            dataset.splits[name] = split.subset(np.array(valid, dtype=np.int64))
+    native = int(np.median(short_sides)) if short_sides else 0
+    sizes = {name: len(split) for name, split in dataset.splits.items()}
+    return DataProfile(channels=1 if all_gray else 3, native_size=native, skipped=skipped, sizes=sizes)
+
+
+def _decode_one(split: FileSplit, index: int, preprocess: Preprocess) -> np.ndarray | tuple[str, str]:
+    key = split.keys[index]
+    try:
+        pixels = decode_image(split.reader.read(key), split.reader.describe(key), preprocess.channels)
+    except BadImageError as error:
+        return (error.source, error.reason)
+    return preprocess.prepare_pixels(pixels)
+
+
+def decode_split(
+    split: Split, preprocess: Preprocess, workers: int = 2
+) -> tuple[TensorSplit, list[tuple[str, str]]]:
+    """Decode a whole split once into memory; returns it and the files skipped (with reasons)."""
+    if isinstance(split, ArraySplit):
+        chw = [preprocess.prepare_pixels(image) for image in split.images]
+        images = torch.from_numpy(np.stack(chw)) if chw else torch.empty(0, preprocess.channels, preprocess.input_size, preprocess.input_size, dtype=torch.uint8)
+        return TensorSplit(images, torch.from_numpy(split.targets.copy()), list(split.keys)), []
+    # Pillow releases the GIL while decoding and resizing, so threads use every core.
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        results = list(pool.map(lambda i: _decode_one(split, i, preprocess), range(len(split)), chunksize=64))
+    kept = [i for i, result in enumerate(results) if isinstance(result, np.ndarray)]
+    skipped = [result for result in results if not isinstance(result, np.ndarray)]
+    size = preprocess.input_size
+    images = np.zeros((len(kept), preprocess.channels, size, size), dtype=np.uint8)
+    for row, index in enumerate(kept):
+        images[row] = results[index]
+    targets = torch.from_numpy(split.targets[kept].copy())
+    return TensorSplit(torch.from_numpy(images), targets, [split.keys[i] for i in kept]), skipped
+
+
+class StreamingSplit(torch.utils.data.Dataset):
+    """A split decoded on demand, for data too large to hold in memory.
+
+    A file that fails to decode yields ``None``; ``collate_skipping_bad`` drops it from the batch,
+    so one bad file never ends a run.
+    """
+
+    def __init__(self, split: FileSplit, preprocess: Preprocess):
+        self.split = split
+        self.preprocess = preprocess
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int] | None:
+        result = _decode_one(self.split, index, self.preprocess)
+        if not isinstance(result, np.ndarray):
+            return None
+        return torch.from_numpy(result), int(self.split.targets[index])
+
+
+def estimate_mean_std(images: torch.Tensor, max_images: int = 10_000) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std on the 0..1 scale, from up to ``max_images`` evenly spaced images."""
+    step = max(1, len(images) // max_images)
+    sample = images[::step].to(torch.float64) / 255.0
+    mean = sample.mean(dim=(0, 2, 3))
+    std = sample.std(dim=(0, 2, 3)).clamp_min(1e-3)  # a constant channel must not divide by 0
+    return tuple(round(float(v), 6) for v in mean), tuple(round(float(v), 6) for v in std)

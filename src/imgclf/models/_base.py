@@ -1,0 +1,47 @@
+"""The one interface every zoo model implements, so transfer learning, Grad-CAM, export and
+serving never need per-architecture code (ARCHITECTURE.md section 3)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+__all__ = ["ImageClassifier"]
+
+
+class ImageClassifier(nn.Module):
+    """Base of the zoo. A model defines ``forward_features``, ``forward_head``, its classifier
+    attribute name and its parameter groups; ``forward`` is always features then head."""
+
+    classifier_name: str = "fc"  # attribute holding the final nn.Linear
+
+    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
+        """The last spatial feature map (N, C, H, W); Grad-CAM hooks here."""
+        raise NotImplementedError
+
+    def forward_head(self, features: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Pool and classify; with ``pre_logits`` the embedding before the last linear layer."""
+        raise NotImplementedError
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(images))
+
+    def get_classifier(self) -> nn.Linear:
+        return getattr(self, self.classifier_name)
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """Replace the last linear layer with a freshly initialized one for ``num_classes``."""
+        old = self.get_classifier()
+        setattr(self, self.classifier_name, nn.Linear(old.in_features, num_classes))
+        self.num_classes = num_classes
+
+    def group_modules(self) -> dict[str, list[nn.Module]]:
+        """Modules of the "stem", the "stages" (in order) and the "head"."""
+        raise NotImplementedError
+
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """Parameters by group, for freezing and per-group learning rates."""
+        return {
+            group: [p for module in modules for p in module.parameters()]
+            for group, modules in self.group_modules().items()
+        }
