@@ -47,7 +47,7 @@ def register_model(family: str, input_size: int, in_chans: int = 3, num_classes:
 
 
 def list_models() -> list[str]:
-    return sorted(_MODELS)
+    return list(_MODELS)  # registration order: family by family, small to large
 
 
 def get_model_spec(name: str) -> ModelSpec:

@@ -1,0 +1,7 @@
+"""``python -m imgclf`` (and ``torchrun -m imgclf``) runs the command line."""
+
+import sys
+
+from imgclf.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,48 @@
+"""imgclf evaluate BUNDLE DATA [--split test] [--json]"""
+
+from __future__ import annotations
+
+import argparse
+
+from rich.table import Table
+
+from imgclf.cli.output import print_json, stdout_console
+
+
+def add_parser(commands) -> None:
+    parser = commands.add_parser("evaluate", help="accuracy, per-class metrics and confusion matrix",
+                                 description="Evaluate a bundle on DATA. The test split by default: the one "
+                                 "recorded in the bundle when imgclf made the split.")
+    parser.add_argument("bundle", metavar="BUNDLE")
+    parser.add_argument("data", metavar="DATA")
+    parser.add_argument("--split", default="test", choices=("train", "val", "test"), help="default: test")
+    parser.add_argument("--data-dir", help="folder with the IDX files for fashion-mnist")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+    parser.set_defaults(run=run)
+
+
+def _print_report(metrics: dict) -> None:
+    console = stdout_console()
+    top5 = metrics["top5_accuracy"]
+    console.print(f"{metrics['split']} split: {metrics['num_images']:,} images, accuracy "
+                  f"{metrics['accuracy']:.4f}" + (f", top-5 {top5:.4f}" if top5 is not None else ""))
+    table = Table("class", "precision", "recall", "f1", "support")
+    for name, row in metrics["per_class"].items():
+        table.add_row(name, f"{row['precision']:.3f}", f"{row['recall']:.3f}", f"{row['f1']:.3f}", str(row["support"]))
+    console.print(table)
+    matrix = Table("true \\ predicted", *metrics["classes"], title="confusion matrix")
+    for name, row in zip(metrics["classes"], metrics["confusion_matrix"]):
+        matrix.add_row(name, *(str(count) for count in row))
+    console.print(matrix)
+
+
+def run(args: argparse.Namespace) -> int:
+    from imgclf.runners.evaluate import run_evaluate
+
+    metrics = run_evaluate(args.bundle, args.data, split=args.split, data_dir=args.data_dir, device=args.device)
+    if args.json:
+        print_json(metrics)
+    else:
+        _print_report(metrics)
+    return 0

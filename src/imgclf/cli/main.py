@@ -1,0 +1,52 @@
+"""``imgclf <command>``: parses arguments, builds a config, calls one runner; nothing else.
+
+User mistakes (ImgclfError) print one line on stderr and exit with code 2, never a traceback.
+``--json`` prints the machine-readable result on stdout; progress and logs go to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from imgclf import __version__
+from imgclf.cli import evaluate_cmd, models_cmd, predict_cmd, train_cmd
+from imgclf.errors import ImgclfError
+
+__all__ = ["build_parser", "main"]
+
+COMMANDS = (train_cmd, evaluate_cmd, predict_cmd, models_cmd)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line and exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        sys.stderr.write(f"imgclf {self.prog.split()[-1]}: error: {message} (see --help)\n")
+        raise SystemExit(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="imgclf", description="Train, evaluate and run image classifiers.")
+    parser.add_argument("--version", action="version", version=f"imgclf {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    commands.required = True
+    for command in COMMANDS:
+        command.add_parser(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except ImgclfError as error:
+        sys.stderr.write(f"imgclf {args.command}: error: {error}\n")
+        return 2
+    except KeyboardInterrupt:
+        sys.stderr.write(f"imgclf {args.command}: interrupted\n")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,71 @@
+"""imgclf train DATA [options]"""
+
+from __future__ import annotations
+
+import argparse
+
+from imgclf.cli.output import print_json
+from imgclf.config import TrainConfig, load_config_file
+
+# Command-line option -> TrainConfig field (None values mean "not given": keep the default).
+_OPTIONS = (
+    ("--model", "model", str, "model name from `imgclf models` (default: simple_cnn)"),
+    ("--epochs", "epochs", int, "epochs to train (default: about 30,000 images seen, 3 to 30)"),
+    ("--batch-size", "batch_size", int, "images per step (default: 128)"),
+    ("--optimizer", "optimizer", str, "sgd (Nesterov momentum) or adamw (default: sgd)"),
+    ("--lr", "lr", float, "peak learning rate (default: 0.1 for SGD, 2e-3 for AdamW, per 256 images)"),
+    ("--weight-decay", "weight_decay", float, "weight decay, never on norms and biases (default: 5e-4 SGD, 0.05 AdamW)"),
+    ("--schedule", "schedule", str, "onecycle, cosine or constant (default: onecycle)"),
+    ("--label-smoothing", "label_smoothing", float, "label smoothing for the cross-entropy (default: 0)"),
+    ("--class-weights", "class_weights", str, "none or balanced, for imbalanced classes (default: none)"),
+    ("--early-stopping", "early_stopping", int, "stop after N epochs without a better val accuracy (default: off)"),
+    ("--grad-clip", "grad_clip", float, "clip the gradient norm to this value (default: off)"),
+    ("--drop-rate", "drop_rate", float, "dropout before the classifier (default: the model's)"),
+    ("--augment", "augment", str, "auto, none, flip, translate or flip+translate (default: auto, per data kind)"),
+    ("--input-size", "input_size", int, "input size in px (default: chosen from the data and model)"),
+    ("--seed", "seed", int, "seed for weights, shuffling, augmentation and the split (default: 0)"),
+    ("--val-fraction", "val_fraction", float, "share held out for validation when DATA has no val split (default: 0.1)"),
+    ("--test-fraction", "test_fraction", float, "share held out for testing when DATA has no splits (default: 0.1)"),
+    ("--threads", "threads", int, "CPU threads for PyTorch (default: PyTorch's choice)"),
+    ("--device", "device", str, "auto, cpu, cuda or cuda:N (default: auto)"),
+    ("--workers", "workers", int, "decoding threads / loader processes (default: 2)"),
+    ("--max-memory-gb", "max_memory_gb", float, "decoded data above this size streams from disk (default: 4)"),
+)
+
+
+def add_parser(commands) -> None:
+    parser = commands.add_parser("train", help="train a model on DATA and write a bundle",
+                                 description="Train a classifier on DATA: an image folder (root/<class>/<image>, "
+                                 "optionally with train/ val/ test/), a .zip/.tar.gz of one, a CSV of path,label, "
+                                 "or a built-in: digits, fashion-mnist.")
+    parser.add_argument("data", metavar="DATA")
+    for flag, field, kind, text in _OPTIONS:
+        parser.add_argument(flag, dest=field, type=kind, default=None, help=text)
+    parser.add_argument("--no-amp", dest="amp", action="store_false", default=None, help="no bf16 autocast on CUDA")
+    parser.add_argument("--config", help="JSON file of options (command-line options override it)")
+    parser.add_argument("--output", "-o", help="bundle folder (default: runs/<data>-<model>)")
+    parser.add_argument("--overwrite", action="store_true", help="replace a bundle already in --output")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --output from its last checkpoint")
+    parser.add_argument("--data-dir", help="folder with the IDX files for fashion-mnist")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+    parser.set_defaults(run=run)
+
+
+def build_config(args: argparse.Namespace) -> TrainConfig:
+    values = load_config_file(args.config) if args.config else {}
+    for _, field, _, _ in _OPTIONS:
+        if getattr(args, field) is not None:
+            values[field] = getattr(args, field)
+    if args.amp is not None:
+        values["amp"] = args.amp
+    return TrainConfig.from_dict(values)
+
+
+def run(args: argparse.Namespace) -> int:
+    from imgclf.runners.train import run_train
+
+    result = run_train(args.data, build_config(args), output=args.output, overwrite=args.overwrite,
+                       resume=args.resume, data_dir=args.data_dir)
+    if args.json:
+        print_json(result)
+    return 0

@@ -1,0 +1,117 @@
+"""Training configuration: one dataclass, defaults < config file < command-line overrides.
+
+Unknown keys are errors (a typo must not silently train with a default).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+from imgclf.errors import UsageError
+
+__all__ = ["TrainConfig", "load_config_file"]
+
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("onecycle", "cosine", "constant")
+AUGMENTATIONS = ("auto", "none", "flip", "translate", "flip+translate")
+CLASS_WEIGHTS = ("none", "balanced")
+
+
+@dataclass
+class TrainConfig:
+    model: str = "simple_cnn"
+    epochs: int | None = None  # None: about 30,000 images seen, 3 to 30 epochs
+    batch_size: int = 128
+    optimizer: str = "sgd"  # SGD with Nesterov momentum, or AdamW
+    lr: float | None = None  # peak learning rate; None: the optimizer's default per 256 images
+    momentum: float = 0.9
+    weight_decay: float | None = None  # None: 5e-4 for SGD, 0.05 for AdamW; never on norms/biases
+    schedule: str = "onecycle"  # linear warmup then cosine decay; or cosine (short warmup); constant
+    warmup_fraction: float | None = None  # share of all steps; None: 0.25 one-cycle, 0.05 cosine
+    label_smoothing: float = 0.0
+    class_weights: str = "none"  # "balanced": weight each class by n / (classes * count)
+    early_stopping: int = 0  # stop after this many epochs without a better val accuracy; 0: off
+    grad_clip: float = 0.0  # max gradient norm; 0: off
+    drop_rate: float | None = None  # dropout before the classifier; None: the model's default
+    augment: str = "auto"
+    input_size: int | None = None  # None: chosen from the data and the model
+    seed: int = 0  # seeds the weights, the shuffling, the augmentation and the split
+    val_fraction: float = 0.1
+    test_fraction: float = 0.1
+    threads: int | None = None  # CPU threads for PyTorch; None: PyTorch's default
+    device: str = "auto"  # auto, cpu, cuda, cuda:N
+    amp: bool = True  # bf16 autocast on CUDA
+    workers: int = 2  # decoding threads/processes
+    max_memory_gb: float = 4.0  # decoded data above this streams from disk instead
+    checkpoint_every_epoch: bool = True
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        _choice("optimizer", self.optimizer, OPTIMIZERS)
+        _choice("schedule", self.schedule, SCHEDULES)
+        _choice("augment", self.augment, AUGMENTATIONS)
+        _choice("class_weights", self.class_weights, CLASS_WEIGHTS)
+        _positive("batch_size", self.batch_size)
+        if self.epochs is not None:
+            _positive("epochs", self.epochs)
+        if self.lr is not None and self.lr <= 0:
+            raise UsageError(f"--lr must be above 0, not {self.lr}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise UsageError(f"--label-smoothing must be in [0, 1), not {self.label_smoothing}")
+        for name in ("val_fraction", "test_fraction"):
+            if not 0.0 <= getattr(self, name) < 0.5:
+                raise UsageError(f"--{name.replace('_', '-')} must be in [0, 0.5), not {getattr(self, name)}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> TrainConfig:
+        known = {field.name for field in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise UsageError(f"unknown training option(s): {', '.join(unknown)}")
+        return cls(**values)
+
+    def resolved_lr(self) -> float:
+        """Peak learning rate: the given one, or 0.1 (SGD) / 2e-3 (AdamW) per 256 images."""
+        if self.lr is not None:
+            return self.lr
+        per_256 = 0.1 if self.optimizer == "sgd" else 2e-3
+        return per_256 * self.batch_size / 256
+
+    def resolved_weight_decay(self) -> float:
+        if self.weight_decay is not None:
+            return self.weight_decay
+        return 5e-4 if self.optimizer == "sgd" else 0.05
+
+    def resolved_warmup_fraction(self) -> float:
+        if self.warmup_fraction is not None:
+            return self.warmup_fraction
+        return {"onecycle": 0.25, "cosine": 0.05, "constant": 0.0}[self.schedule]
+
+
+def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise UsageError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, not {value!r}")
+
+
+def _positive(name: str, value: int) -> None:
+    if int(value) < 1:
+        raise UsageError(f"--{name.replace('_', '-')} must be at least 1, not {value}")
+
+
+def load_config_file(path: str | Path) -> dict:
+    """Options from a JSON file (keys as in TrainConfig); the command line overrides them."""
+    path = Path(path)
+    try:
+        values = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as error:
+        raise UsageError(f"{path}: cannot read config file ({error})") from None
+    if not isinstance(values, dict):
+        raise UsageError(f"{path}: config file must hold a JSON object")
+    return values

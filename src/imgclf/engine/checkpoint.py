@@ -1,0 +1,109 @@
+"""Atomic file writes and resumable training state, stored as safetensors + JSON metadata.
+
+Nothing here unpickles: tensors go into a safetensors file and everything else (epoch, step,
+history, optimizer hyper-parameters) into its JSON metadata, in the same single file, so the
+state on disk is always one consistent snapshot.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save as save_tensors_to_bytes
+
+from imgclf.errors import ImgclfError
+
+__all__ = ["atomic_write_bytes", "load_training_state", "save_training_state", "state_dict_for_saving"]
+
+_STATE_KEY = "imgclf_training_state"
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temporary file in the same folder, fsync, then rename over ``path``: a reader
+    (or a crash) sees the old file or the new one, never half of one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)  # make the rename itself durable
+    finally:
+        os.close(directory)
+
+
+def state_dict_for_saving(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """CPU, contiguous, unshared copies of the weights (safetensors refuses shared storage)."""
+    return {name: tensor.detach().to("cpu").contiguous().clone() for name, tensor in module.state_dict().items()}
+
+
+def _split_optimizer_state(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    state = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for param_id, values in state["state"].items():
+        for name, value in values.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optimizer.{param_id}.{name}"] = value.detach().cpu().contiguous().clone()
+            else:
+                scalars[f"{param_id}.{name}"] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def _join_optimizer_state(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
+    state: dict[int, dict] = {}
+    for key, value in tensors.items():
+        if key.startswith("optimizer."):
+            _, param_id, name = key.split(".", 2)
+            state.setdefault(int(param_id), {})[name] = value
+    for key, value in meta["scalars"].items():
+        param_id, name = key.split(".", 1)
+        state.setdefault(int(param_id), {})[name] = value
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def save_training_state(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                        best_weights: dict[str, torch.Tensor] | None, rng_states: dict[str, torch.Tensor],
+                        meta: dict) -> None:
+    """One file with weights, best weights, optimizer state, RNG states and ``meta``."""
+    tensors = {f"model.{k}": v for k, v in state_dict_for_saving(model).items()}
+    if best_weights is not None:
+        tensors.update({f"best.{k}": v.contiguous() for k, v in best_weights.items()})
+    optimizer_tensors, optimizer_meta = _split_optimizer_state(optimizer)
+    tensors.update(optimizer_tensors)
+    tensors.update({f"rng.{k}": v.cpu().contiguous() for k, v in rng_states.items()})
+    payload = {**meta, "optimizer": optimizer_meta}
+    atomic_write_bytes(path, save_tensors_to_bytes(tensors, metadata={_STATE_KEY: json.dumps(payload)}))
+
+
+def load_training_state(path: Path) -> dict:
+    """Read a state file: {"model", "best", "optimizer", "rng": tensors by name, "meta": dict}."""
+    try:
+        with safe_open(str(path), framework="pt") as file:
+            meta = json.loads(file.metadata()[_STATE_KEY])
+            tensors = {key: file.get_tensor(key) for key in file.keys()}
+    except (OSError, KeyError, ValueError, TypeError) as error:
+        raise ImgclfError(f"{path}: not a readable imgclf training state ({error})") from None
+
+    def strip(prefix: str) -> dict[str, torch.Tensor]:
+        return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+    return {
+        "model": strip("model."),
+        "best": strip("best.") or None,
+        "optimizer": _join_optimizer_state(tensors, meta.pop("optimizer")),
+        "rng": strip("rng."),
+        "meta": meta,
+    }

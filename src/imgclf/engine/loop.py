@@ -1,0 +1,139 @@
+"""The training loop, written out: every step is a visible line, not a callback.
+
+``fit`` runs epochs of ``train_one_epoch`` followed by validation, keeps the weights of the
+best validation epoch, stops early when asked, and hands a snapshot to ``save_checkpoint``
+after every epoch. The loop knows nothing of files, bundles or command lines.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from imgclf.data.augment import Augmentation
+from imgclf.data.batches import Batches
+from imgclf.data.prepare import Preprocess
+from imgclf.engine.evaluate import classification_metrics, predict_logits
+from imgclf.engine.observers import TrainObserver
+
+__all__ = ["FitSetup", "FitState", "fit", "train_one_epoch"]
+
+
+@dataclass
+class FitSetup:
+    """Everything a training step uses; built once by the runner."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    loss_fn: nn.Module
+    preprocess: Preprocess
+    augmentation: Augmentation
+    device: torch.device
+    augment_generator: torch.Generator
+    amp: bool = False  # bf16 autocast, CUDA only
+    grad_clip: float = 0.0
+
+
+@dataclass
+class FitState:
+    """What changes as training goes on; saved in checkpoints so a run can resume."""
+
+    epoch: int = 0  # epochs completed
+    step: int = 0  # optimizer steps taken
+    best_epoch: int = 0
+    best_val_accuracy: float = -1.0
+    best_weights: dict[str, torch.Tensor] | None = None
+    epochs_without_improvement: int = 0
+    stopped_early: bool = False
+    history: list[dict] = field(default_factory=list)
+
+
+def train_one_epoch(setup: FitSetup, batches: Batches, epoch: int, observer: TrainObserver) -> dict:
+    model, device = setup.model, setup.device
+    model.train()
+    use_amp = setup.amp and device.type == "cuda"
+    total_loss = torch.zeros((), device=device)  # summed on the device: no sync per step
+    total_correct = torch.zeros((), device=device, dtype=torch.int64)
+    seen, started = 0, time.perf_counter()
+    shown = (float("nan"), float("nan"), 0.0)  # loss, accuracy, images/s for the progress bar
+    for step, (images, targets) in enumerate(batches):
+        if len(images) == 0:
+            continue  # every file of this batch failed to decode (streaming data)
+        images = images.to(device, non_blocking=True)
+        targets = targets.to(device, non_blocking=True)
+        inputs = setup.preprocess.normalize(images)
+        if setup.augmentation.enabled:
+            inputs = setup.augmentation(inputs, setup.augment_generator)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+            logits = model(inputs)
+        loss = setup.loss_fn(logits.float(), targets)
+        setup.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if setup.grad_clip > 0:
+            nn.utils.clip_grad_norm_(model.parameters(), setup.grad_clip)
+        setup.optimizer.step()
+        setup.scheduler.step()
+        total_loss += loss.detach() * len(targets)
+        total_correct += (logits.detach().argmax(dim=1) == targets).sum()
+        seen += len(targets)
+        if step % 10 == 0:  # reading the device totals syncs, so only every 10 steps
+            elapsed = time.perf_counter() - started
+            shown = (float(total_loss) / seen, float(total_correct) / seen, seen / elapsed)
+        observer.on_step(epoch, step, *shown)
+    seconds = time.perf_counter() - started
+    seen = max(seen, 1)
+    return {"train_loss": float(total_loss) / seen, "train_accuracy": float(total_correct) / seen,
+            "train_images_per_s": seen / seconds, "seconds": seconds}
+
+
+def _update_best(state: FitState, model: nn.Module, val_accuracy: float) -> bool:
+    if val_accuracy <= state.best_val_accuracy:
+        state.epochs_without_improvement += 1
+        return False
+    state.best_val_accuracy = val_accuracy
+    state.best_epoch = state.epoch
+    state.best_weights = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+    state.epochs_without_improvement = 0
+    return True
+
+
+def fit(
+    setup: FitSetup,
+    train_batches: Batches,
+    val_batches: Batches,
+    epochs: int,
+    classes: list[str],
+    observer: TrainObserver,
+    state: FitState | None = None,
+    early_stopping: int = 0,
+    save_checkpoint: Callable[[FitState], None] | None = None,
+) -> FitState:
+    """Train until ``epochs`` are done (or early stopping), then load the best epoch's weights."""
+    state = state or FitState()
+    observer.on_fit_start(epochs, len(train_batches), state.epoch)
+    started = time.perf_counter()
+    while state.epoch < epochs and not state.stopped_early:
+        train_batches.set_epoch(state.epoch)
+        lr = setup.optimizer.param_groups[0]["lr"]
+        record = train_one_epoch(setup, train_batches, state.epoch, observer)
+        logits, targets = predict_logits(setup.model, val_batches, setup.preprocess, setup.device, setup.amp)
+        val = classification_metrics(logits, targets, classes)
+        state.step += len(train_batches)
+        state.epoch += 1
+        is_best = _update_best(state, setup.model, val["accuracy"])
+        record.update(epoch=state.epoch, val_loss=val["loss"], val_accuracy=val["accuracy"], lr=lr, is_best=is_best)
+        state.history.append(record)
+        state.stopped_early = 0 < early_stopping <= state.epochs_without_improvement
+        observer.on_epoch_end(record)
+        if save_checkpoint is not None:
+            save_checkpoint(state)
+    if state.best_weights is not None:
+        setup.model.load_state_dict(state.best_weights)
+    observer.on_fit_end({"best_epoch": state.best_epoch, "best_val_accuracy": state.best_val_accuracy,
+                         "stopped_early": state.stopped_early, "seconds": time.perf_counter() - started})
+    return state

@@ -1,0 +1,88 @@
+"""Observers get told what the training loop did; they return nothing and change nothing."""
+
+from __future__ import annotations
+
+import sys
+from typing import Protocol
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+__all__ = ["NullObserver", "ProgressObserver", "TrainObserver"]
+
+
+class TrainObserver(Protocol):
+    def on_fit_start(self, epochs: int, steps_per_epoch: int, start_epoch: int) -> None: ...
+
+    def on_step(self, epoch: int, step: int, loss: float, accuracy: float, images_per_s: float) -> None: ...
+
+    def on_epoch_end(self, record: dict) -> None: ...
+
+    def on_fit_end(self, summary: dict) -> None: ...
+
+
+class NullObserver:
+    def on_fit_start(self, epochs: int, steps_per_epoch: int, start_epoch: int) -> None:
+        pass
+
+    def on_step(self, epoch: int, step: int, loss: float, accuracy: float, images_per_s: float) -> None:
+        pass
+
+    def on_epoch_end(self, record: dict) -> None:
+        pass
+
+    def on_fit_end(self, summary: dict) -> None:
+        pass
+
+
+class ProgressObserver:
+    """A progress bar on stderr (loss, accuracy, images/s, ETA) and one line per epoch.
+
+    On a terminal the bar updates in place; in a log file (CI) only the epoch lines appear.
+    """
+
+    def __init__(self, console: Console | None = None):
+        self.console = console or Console(file=sys.stderr, soft_wrap=True)
+        self.progress: Progress | None = None
+        self.task = None
+        self.epochs = 0
+
+    def on_fit_start(self, epochs: int, steps_per_epoch: int, start_epoch: int) -> None:
+        self.epochs = epochs
+        if not self.console.is_terminal:
+            return
+        self.progress = Progress(
+            TextColumn("epoch {task.fields[epoch]}/{task.fields[epochs]}"), BarColumn(),
+            TextColumn("loss {task.fields[loss]:.4f} acc {task.fields[acc]:.3f} {task.fields[ips]:,.0f} img/s"),
+            TimeElapsedColumn(), TimeRemainingColumn(), console=self.console, transient=True,
+        )
+        self.progress.start()
+        total = steps_per_epoch * (epochs - start_epoch)
+        self.task = self.progress.add_task("train", total=total, epoch=start_epoch + 1, epochs=epochs,
+                                           loss=0.0, acc=0.0, ips=0.0)
+
+    def on_step(self, epoch: int, step: int, loss: float, accuracy: float, images_per_s: float) -> None:
+        if self.progress is None:
+            return
+        self.progress.update(self.task, advance=1, epoch=epoch + 1, loss=loss, acc=accuracy, ips=images_per_s)
+
+    def on_epoch_end(self, record: dict) -> None:
+        best = " *" if record.get("is_best") else ""
+        self.console.print(
+            f"epoch {record['epoch']:>3}/{self.epochs}  train loss {record['train_loss']:.4f} "
+            f"acc {record['train_accuracy']:.4f}  val loss {record['val_loss']:.4f} "
+            f"acc {record['val_accuracy']:.4f}  lr {record['lr']:.2e}  "
+            f"{record['train_images_per_s']:,.0f} img/s  {record['seconds']:.1f}s{best}",
+            highlight=False,
+        )
+
+    def on_fit_end(self, summary: dict) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+        note = " (stopped early)" if summary.get("stopped_early") else ""
+        self.console.print(
+            f"best epoch {summary['best_epoch']}: val accuracy {summary['best_val_accuracy']:.4f}"
+            f"{note}, {summary['seconds']:.1f}s",
+            highlight=False,
+        )

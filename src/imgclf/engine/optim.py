@@ -1,0 +1,55 @@
+"""Optimizer and learning-rate schedule builders."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+__all__ = ["create_optimizer", "create_schedule", "lr_multiplier"]
+
+
+def _decay_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on conv/linear weights only: norms and biases (ndim <= 1) are not decayed,
+    as in "Bag of Tricks for Image Classification" (arXiv:1812.01187), section 3.1."""
+    decay, no_decay = [], []
+    for parameter in model.parameters():
+        if parameter.requires_grad:
+            (no_decay if parameter.ndim <= 1 else decay).append(parameter)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def create_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float,
+                     momentum: float = 0.9) -> torch.optim.Optimizer:
+    groups = _decay_groups(model, weight_decay)
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=momentum > 0)
+    if name == "adamw":
+        return torch.optim.AdamW(groups, lr=lr)
+    raise ValueError(f"unknown optimizer {name!r}")
+
+
+def lr_multiplier(step: int, total_steps: int, schedule: str, warmup_fraction: float) -> float:
+    """Learning rate at ``step`` as a fraction of the peak: linear warmup from 0.1% of the peak
+    (or none), then cosine decay to 0 ("cosine", "onecycle") or a constant."""
+    warmup_steps = int(round(total_steps * warmup_fraction))
+    if step < warmup_steps:
+        return max(1e-3, (step + 1) / warmup_steps)
+    if schedule == "constant":
+        return 1.0
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def create_schedule(optimizer: torch.optim.Optimizer, total_steps: int, schedule: str,
+                    warmup_fraction: float, last_step: int = -1) -> torch.optim.lr_scheduler.LambdaLR:
+    """A per-step schedule; ``last_step`` resumes it (the optimizer must hold ``initial_lr``)."""
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda step: lr_multiplier(step, total_steps, schedule, warmup_fraction),
+        last_epoch=last_step,
+    )

@@ -1,0 +1,60 @@
+"""The evaluate runner: a bundle and DATA in, the same metrics training reported out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from rich.console import Console
+
+from imgclf.bundle import load_bundle
+from imgclf.data.dataset import SplitPolicy, load_dataset
+from imgclf.engine.evaluate import classification_metrics, predict_logits
+from imgclf.errors import DataError
+from imgclf.runners.common import make_batches, prepare_splits, resolve_device, stderr_console
+
+__all__ = ["run_evaluate"]
+
+
+def _split_policy(description: dict) -> SplitPolicy:
+    """The split the bundle was trained with, so imgclf remakes the same test set."""
+    split = description.get("data", {}).get("split", {})
+    training = description.get("training", {})
+    return SplitPolicy(
+        seed=int(split.get("seed", training.get("seed", 0))),
+        val_fraction=float(split.get("val_fraction", training.get("val_fraction", 0.1))),
+        test_fraction=float(split.get("test_fraction", training.get("test_fraction", 0.1))),
+    )
+
+
+def run_evaluate(bundle_dir: str | Path, data: str, split: str = "test", data_dir: str | Path | None = None,
+                 device: str = "auto", console: Console | None = None) -> dict:
+    """Metrics of a bundle on one split of DATA (the test split by default)."""
+    console = console or stderr_console()
+    bundle = load_bundle(bundle_dir)
+    dataset = load_dataset(data, _split_policy(bundle.description), data_dir)
+    if split not in dataset.splits:
+        have = ", ".join(sorted(dataset.splits))
+        raise DataError(f"{data}: has no {split!r} split (it has {have}); choose one with --split")
+    recorded = bundle.description.get("data", {})
+    fingerprint = recorded.get("split", {}).get("fingerprints", {}).get(split)
+    if recorded.get("source") == dataset.name and fingerprint and fingerprint != dataset.split_info["fingerprints"][split]:
+        console.print(f"warning: the {split} split of {data} differs from the one this model was trained with")
+    missing = sorted(set(dataset.classes) - set(bundle.classes))
+    if missing:
+        raise DataError(f"{data}: class {missing[0]!r} is not one the model knows ({', '.join(bundle.classes)})")
+    dataset.splits = {split: dataset.splits[split]}
+    prepared = prepare_splits(dataset, bundle.preprocess, in_memory=True, workers=2)
+    for file, reason in prepared.skipped:
+        console.print(f"skipped {file}: {reason}")
+    # Map the data's class indices onto the model's (the data may lack some classes).
+    remap = torch.tensor([bundle.classes.index(name) for name in dataset.classes])
+    target_split = prepared.splits[split]
+    target_split.targets = remap[target_split.targets]
+    torch_device = resolve_device(device)
+    logits, targets = predict_logits(bundle.model.to(torch_device), make_batches(target_split, 256),
+                                     bundle.preprocess, torch_device)
+    metrics = classification_metrics(logits, targets, bundle.classes)
+    metrics["split"] = split
+    metrics["skipped"] = [{"file": file, "reason": reason} for file, reason in prepared.skipped]
+    return metrics
