@@ -13,7 +13,7 @@ _OPTIONS = (
     ("--epochs", "epochs", int, "epochs to train (default: about 30,000 images seen, 3 to 30)"),
     ("--batch-size", "batch_size", int, "images per step (default: 128)"),
     ("--optimizer", "optimizer", str, "sgd (Nesterov momentum) or adamw (default: sgd)"),
-    ("--lr", "lr", float, "peak learning rate (default: 0.1 for SGD, 2e-3 for AdamW, per 256 images)"),
+    ("--lr", "lr", float, "peak learning rate (default: 0.2 for SGD, 2e-3 for AdamW, per 256 images)"),
     ("--weight-decay", "weight_decay", float, "weight decay, never on norms and biases (default: 5e-4 SGD, 0.05 AdamW)"),
     ("--schedule", "schedule", str, "onecycle, cosine or constant (default: onecycle)"),
     ("--label-smoothing", "label_smoothing", float, "label smoothing for the cross-entropy (default: 0)"),

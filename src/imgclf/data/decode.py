@@ -36,7 +36,7 @@ __all__ = [
     "resize_shorter_center_crop",
 ]
 
-ALLOWED_FORMATS = ("JPEG", "MPO", "PNG", "BMP", "GIF", "TIFF", "WEBP", "PPM")
+ALLOWED_FORMATS = ("JPEG", "PNG", "BMP", "GIF", "TIFF", "WEBP", "PPM")
 # 64 megapixels: a 8000x8000 photo passes, a decompression bomb is refused before allocation.
 DEFAULT_MAX_PIXELS = 64_000_000
 GRAYSCALE_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"})
@@ -60,6 +60,7 @@ class ImageInfo:
 def _open(data: bytes, source: str, max_pixels: int) -> Image.Image:
     if len(data) == 0:
         raise BadImageError(source, "empty file (0 bytes)")
+    Image.init()  # registers every plugin, so ``formats=`` below can name them (cheap once done)
     try:
         with warnings.catch_warnings():
             # Pillow warns (and above 2x its limit raises) for huge images; we apply our own limit.

@@ -182,7 +182,8 @@ def run_train(
                            if isinstance(s, TensorSplit) else s for n, s in prepared.splits.items()}
     train_split = prepared.splits["train"]
     epochs = config.epochs or _auto_epochs(len(train_split))
-    augmentation = choose_augmentation(config.augment, dataset.kind, preprocess.channels, preprocess.input_size)
+    augmentation = choose_augmentation(config.augment, dataset.kind, preprocess.channels,
+                                       preprocess.input_size, epochs)
     train_batches = make_batches(train_split, config.batch_size, shuffle=True, seed=config.seed,
                                  drop_last=True, workers=config.workers)
     val_batches = make_batches(prepared.splits["val"], 256, workers=config.workers)

@@ -1,0 +1,103 @@
+"""The one decode function: every mode handled explicitly, bad files named, nothing clamped."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from imgclf.data.decode import decode_image, probe_image, resize_shorter_center_crop
+from imgclf.errors import BadImageError
+
+
+def encode(image: Image.Image, fmt: str = "PNG", **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+def test_grayscale_stays_one_channel_and_rgb_has_three():
+    gray = decode_image(encode(Image.new("L", (5, 4), 77)), "g.png")
+    rgb = decode_image(encode(Image.new("RGB", (5, 4), (1, 2, 3))), "c.png")
+    assert gray.shape == (4, 5, 1) and gray.dtype == np.uint8 and gray[0, 0, 0] == 77
+    assert rgb.shape == (4, 5, 3) and tuple(rgb[0, 0]) == (1, 2, 3)
+
+
+def test_channels_are_forced_on_request():
+    assert decode_image(encode(Image.new("L", (3, 3), 9)), "g.png", channels=3).shape == (3, 3, 3)
+    # ITU-R 601 luma: pure red is 76 in Pillow's L conversion
+    assert decode_image(encode(Image.new("RGB", (3, 3), (255, 0, 0))), "r.png", channels=1)[0, 0, 0] == 76
+
+
+def test_exif_orientation_is_applied():
+    image = Image.new("RGB", (40, 20), (200, 10, 10))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    pixels = decode_image(encode(image, "JPEG", exif=exif.tobytes()), "phone.jpg")
+    assert pixels.shape[:2] == (40, 20)
+
+
+def test_transparency_is_composited_on_white():
+    rgba = Image.new("RGBA", (2, 2), (0, 0, 0, 0))
+    assert decode_image(encode(rgba), "a.png")[0, 0].tolist() == [255, 255, 255]
+    palette = Image.new("P", (2, 2), 0)
+    palette.putpalette([0, 0, 0] * 256)
+    palette.info["transparency"] = 0
+    assert decode_image(encode(palette, transparency=0), "p.png")[0, 0].tolist() == [255, 255, 255]
+    gray_alpha = Image.new("LA", (2, 2), (0, 0))
+    assert decode_image(encode(gray_alpha), "la.png")[0, 0, 0] == 255
+
+
+def test_sixteen_bit_is_rescaled_never_clamped():
+    values = np.array([[0, 1000, 32768, 65535]], dtype=np.uint16)
+    pixels = decode_image(encode(Image.fromarray(values)), "deep.png")
+    assert pixels[0, :, 0].tolist() == [0, 4, 128, 255]
+
+
+def test_cmyk_and_one_bit_images_decode():
+    cmyk = decode_image(encode(Image.new("CMYK", (4, 4), (0, 255, 255, 0)), "JPEG"), "cmyk.jpg")
+    assert cmyk.shape == (4, 4, 3) and cmyk[0, 0, 0] > 200 and cmyk[0, 0, 1] < 60
+    bilevel = decode_image(encode(Image.new("1", (4, 4), 1)), "bw.png")
+    assert bilevel.shape == (4, 4, 1) and bilevel[0, 0, 0] == 255
+
+
+def test_animated_gif_gives_first_frame():
+    frames = [Image.new("L", (4, 4), value) for value in (10, 200)]
+    data = encode(frames[0], "GIF", save_all=True, append_images=frames[1:])
+    assert decode_image(data, "anim.gif")[0, 0, 0] == 10
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"", "empty file"),
+        (b"<html><body>not found</body></html>", "not an image"),
+        (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n", "not an image"),
+    ],
+)
+def test_bad_files_are_named_with_a_reason(data: bytes, reason: str):
+    with pytest.raises(BadImageError) as caught:
+        decode_image(data, "photos/cat.jpg")
+    assert "photos/cat.jpg" in str(caught.value) and reason in str(caught.value)
+
+
+def test_truncated_file_is_an_error_not_a_crash():
+    data = encode(Image.effect_noise((64, 64), 50).convert("RGB"), "PNG")
+    with pytest.raises(BadImageError, match="half.png"):
+        decode_image(data[: len(data) // 2], "half.png")
+
+
+def test_oversized_image_is_refused_from_its_header():
+    data = encode(Image.new("L", (200, 100)))
+    assert probe_image(data, "big.png").width == 200
+    with pytest.raises(BadImageError, match="over the limit"):
+        decode_image(data, "big.png", max_pixels=10_000)
+
+
+def test_resize_shorter_side_then_center_crop():
+    pixels = np.zeros((20, 40, 3), dtype=np.uint8)
+    pixels[:, 6:34] = 255  # white covers the centre square with a margin for bilinear blending
+    out = resize_shorter_center_crop(pixels, 10)
+    assert out.shape == (10, 10, 3) and out.min() == 255

@@ -1,0 +1,70 @@
+"""The training engine's parts: schedule, weight-decay groups, augmentation, checkpoints."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from imgclf.data.augment import choose_augmentation
+from imgclf.engine.checkpoint import atomic_write_bytes, load_training_state, save_training_state
+from imgclf.engine.optim import create_optimizer, lr_multiplier
+from imgclf.models import create_model
+
+
+def test_schedule_warms_up_then_decays_to_zero():
+    values = [lr_multiplier(step, 100, "onecycle", 0.25) for step in range(100)]
+    assert values[0] < 0.05 and values[24] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(values[25:], values[26:]))  # monotone decay
+    assert values[-1] < 0.01
+    assert lr_multiplier(50, 100, "constant", 0.0) == 1.0
+
+
+def test_no_weight_decay_on_norms_and_biases():
+    model = create_model("simple_cnn", num_classes=3)
+    decayed, plain = create_optimizer(model, "sgd", 0.1, 5e-4).param_groups
+    assert decayed["weight_decay"] == 5e-4 and plain["weight_decay"] == 0.0
+    assert all(p.ndim > 1 for p in decayed["params"]) and all(p.ndim == 1 for p in plain["params"])
+
+
+def test_augmentation_is_chosen_per_data_kind_with_a_reason():
+    digits = choose_augmentation("auto", "digits", 1, 8, epochs=20)
+    photos = choose_augmentation("auto", "folder", 3, 32, epochs=20)
+    assert not digits.flip and "flipped digit" in digits.reason
+    assert photos.flip and photos.translate == 4
+    assert not choose_augmentation("auto", "folder", 3, 32, epochs=2).enabled
+
+
+def test_augmentation_keeps_shape_and_is_reproducible():
+    augment = choose_augmentation("flip+translate", "folder", 3, 16)
+    images = torch.randn(8, 3, 16, 16)
+    first = augment(images, torch.Generator().manual_seed(1))
+    second = augment(images, torch.Generator().manual_seed(1))
+    assert first.shape == images.shape and torch.equal(first, second) and not torch.equal(first, images)
+
+
+def test_atomic_write_replaces_whole_files(tmp_path):
+    target = tmp_path / "state.bin"
+    atomic_write_bytes(target, b"old")
+    atomic_write_bytes(target, b"new")
+    assert target.read_bytes() == b"new"
+    assert [p.name for p in tmp_path.iterdir()] == ["state.bin"]  # no temporary file left
+
+
+def test_training_state_round_trips_without_pickle(tmp_path):
+    model = create_model("lenet5")
+    optimizer = create_optimizer(model, "sgd", 0.1, 5e-4)
+    model(torch.randn(4, 1, 32, 32)).sum().backward()
+    optimizer.step()
+    path = tmp_path / "training_state.safetensors"
+    save_training_state(path, model, optimizer, None, {"torch": torch.get_rng_state()}, {"epoch": 3, "step": 7})
+    with safe_open(str(path), framework="pt") as handle:  # a plain safetensors file with JSON metadata
+        assert json.loads(handle.metadata()["imgclf_training_state"])["epoch"] == 3
+    loaded = load_training_state(path)
+    assert loaded["meta"]["step"] == 7 and loaded["best"] is None
+    restored = torch.optim.SGD(create_optimizer(model, "sgd", 0.1, 5e-4).param_groups)
+    restored.load_state_dict(loaded["optimizer"])
+    for key, value in optimizer.state_dict()["state"][0].items():
+        assert torch.equal(restored.state_dict()["state"][0][key], value)
