@@ -14,15 +14,26 @@ def pattern_image(label: int, size: int, rng: np.random.Generator, channels: int
     plus noise, so a small CNN separates the classes within a few epochs."""
     pixels = rng.integers(0, 60, size=(size, size, channels), dtype=np.uint8)
     half = size // 2
-    regions = [(slice(None), slice(0, half)), (slice(None), slice(half, None)),
-               (slice(0, half), slice(None)), (slice(half, None), slice(None))]
+    regions = [
+        (slice(None), slice(0, half)),
+        (slice(None), slice(half, None)),
+        (slice(0, half), slice(None)),
+        (slice(half, None), slice(None)),
+    ]
     rows, cols = regions[label % len(regions)]
     pixels[rows, cols] = np.clip(pixels[rows, cols].astype(int) + 180, 0, 255).astype(np.uint8)
     return Image.fromarray(pixels[:, :, 0] if channels == 1 else pixels)
 
 
-def write_class_folder(root: Path, classes: list[str], per_class: int, size: int = 16,
-                       channels: int = 3, suffix: str = ".png", seed: int = 0) -> Path:
+def write_class_folder(
+    root: Path,
+    classes: list[str],
+    per_class: int,
+    size: int = 16,
+    channels: int = 3,
+    suffix: str = ".png",
+    seed: int = 0,
+) -> Path:
     rng = np.random.default_rng(seed)
     for label, name in enumerate(classes):
         folder = root / name

@@ -47,14 +47,20 @@ def test_train_digits_reaches_97_percent_and_evaluate_reproduces_it(digits_bundl
 def test_bundle_is_described_by_safetensors_and_json_alone(digits_bundle):
     output, _ = digits_bundle
     assert sorted(p.name for p in output.iterdir() if not p.name.startswith("training_state")) == [
-        "metrics.json", "model.json", "model.safetensors"]
+        "metrics.json",
+        "model.json",
+        "model.safetensors",
+    ]
     description = json.loads((output / "model.json").read_text())
     weights = load_file(str(output / "model.safetensors"))
     assert description["architecture"] == "simple_cnn" and description["classes"][9] == "9"
     assert description["preprocess"]["input_size"] == 8 and description["in_chans"] == 1
     assert description["data"]["split"]["method"] == "stratified"
     assert {"imgclf", "torch"} <= set(description["versions"])
-    assert sum(t.numel() for name, t in weights.items() if "running" not in name and "num_batches" not in name) == description["params"]
+    assert (
+        sum(t.numel() for name, t in weights.items() if "running" not in name and "num_batches" not in name)
+        == description["params"]
+    )
     history = json.loads((output / "metrics.json").read_text())["history"]
     assert len(history) == description["training"]["epochs"]
 
@@ -96,8 +102,20 @@ def test_models_json_lists_the_zoo(capsys):
 
 def test_trains_on_an_image_folder_with_resnet18(image_folder, tmp_path, capsys):
     output = tmp_path / "bundle"
-    code, out, err = run_cli(capsys, "train", str(image_folder), "--model", "resnet18", "--epochs", "3",
-                             "--batch-size", "16", "--output", str(output), "--json")
+    code, out, err = run_cli(
+        capsys,
+        "train",
+        str(image_folder),
+        "--model",
+        "resnet18",
+        "--epochs",
+        "3",
+        "--batch-size",
+        "16",
+        "--output",
+        str(output),
+        "--json",
+    )
     result = json.loads(out)
     assert code == 0 and result["epochs"] == 3 and "epoch   3/3" in err
     description = json.loads((output / "model.json").read_text())
@@ -108,8 +126,18 @@ def test_trains_on_an_image_folder_with_resnet18(image_folder, tmp_path, capsys)
 
 @pytest.mark.skipif(not FASHION_MNIST_DIR.exists(), reason="Debian package dataset-fashion-mnist not installed")
 def test_lenet5_on_fashion_mnist_reaches_87_percent_in_two_epochs(tmp_path, capsys):
-    code, out, err = run_cli(capsys, "train", "fashion-mnist", "--model", "lenet5", "--epochs", "2",
-                             "--output", str(tmp_path / "fm"), "--json")
+    code, out, err = run_cli(
+        capsys,
+        "train",
+        "fashion-mnist",
+        "--model",
+        "lenet5",
+        "--epochs",
+        "2",
+        "--output",
+        str(tmp_path / "fm"),
+        "--json",
+    )
     result = json.loads(out)
     assert code == 0 and result["metrics"]["test_accuracy"] >= 0.87 and result["seconds"] > 0
 
@@ -139,7 +167,10 @@ def test_resumed_run_ends_exactly_where_an_uninterrupted_run_ends(image_folder, 
         run_train(str(image_folder), config, output=tmp_path / "cut", observer=_StopAfterEpoch(1))
     resumed = run_train(str(image_folder), config, output=tmp_path / "cut", resume=True)
     assert resumed["epochs"] == 3
-    whole, cut = load_file(str(tmp_path / "whole/model.safetensors")), load_file(str(tmp_path / "cut/model.safetensors"))
+    whole, cut = (
+        load_file(str(tmp_path / "whole/model.safetensors")),
+        load_file(str(tmp_path / "cut/model.safetensors")),
+    )
     assert all(np.array_equal(whole[name].numpy(), cut[name].numpy()) for name in whole)
 
 
@@ -165,8 +196,9 @@ def _error_cases(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
 
 def test_user_errors_exit_2_with_one_line_and_no_traceback(tmp_path):
     for name, (argv, message) in _error_cases(tmp_path).items():
-        process = subprocess.run([sys.executable, "-m", "imgclf", *argv], capture_output=True, text=True,
-                                 cwd=tmp_path, timeout=120)
+        process = subprocess.run(
+            [sys.executable, "-m", "imgclf", *argv], capture_output=True, text=True, cwd=tmp_path, timeout=120
+        )
         lines = process.stderr.strip().splitlines()
         assert process.returncode == 2, (name, process.stderr)
         assert len(lines) == 1 and message in lines[0], (name, process.stderr)

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import write_class_folder
 
+from conftest import write_class_folder
 from imgclf.data.builtins import FASHION_MNIST_DIR
 from imgclf.data.dataset import SplitPolicy, load_dataset
 from imgclf.data.prepare import Preprocess, decode_split, profile_dataset
@@ -27,7 +27,9 @@ def test_folder_without_splits_gets_a_stratified_recorded_split(image_folder: Pa
     for split in dataset.splits.values():  # stratified: every class in every split, equally
         assert np.bincount(split.targets).tolist() == [len(split) // 3] * 3
     info = dataset.split_info
-    assert info["method"] == "stratified" and info["seed"] == 3 and set(info["fingerprints"]) == {"train", "val", "test"}
+    assert (
+        info["method"] == "stratified" and info["seed"] == 3 and set(info["fingerprints"]) == {"train", "val", "test"}
+    )
     again = load_dataset(str(image_folder), SplitPolicy(seed=3, val_fraction=0.25, test_fraction=0.25))
     assert again.splits["test"].keys == dataset.splits["test"].keys
 
@@ -72,8 +74,9 @@ def test_archives_are_read_directly(image_folder: Path, tmp_path: Path, suffix: 
 
 
 def test_csv_of_paths_and_labels(image_folder: Path):
-    rows = ["path,label"] + [f"{path.relative_to(image_folder)},{path.parent.name}"
-                             for path in sorted(image_folder.rglob("*.png"))]
+    rows = ["path,label"] + [
+        f"{path.relative_to(image_folder)},{path.parent.name}" for path in sorted(image_folder.rglob("*.png"))
+    ]
     (image_folder / "labels.csv").write_text("\n".join(rows) + "\n")
     dataset = load_dataset(str(image_folder / "labels.csv"))
     assert dataset.classes == ["left", "right", "top"] and sum(len(s) for s in dataset.splits.values()) == 72

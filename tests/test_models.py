@@ -6,8 +6,8 @@ import pytest
 import torch
 import torchvision
 
-from imgclf.models import choose_input_size, count_parameters, create_model, get_model_spec, list_models
 from imgclf.errors import UsageError
+from imgclf.models import choose_input_size, count_parameters, create_model, get_model_spec, list_models
 
 
 def test_lenet5_has_the_published_61706_parameters_and_pads_28px_inputs():

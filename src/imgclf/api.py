@@ -12,15 +12,22 @@ from imgclf.runners.train import run_train
 __all__ = ["Classifier", "evaluate", "load", "train"]
 
 
-def train(data: str, output: str | Path | None = None, overwrite: bool = False, resume: bool = False,
-          data_dir: str | Path | None = None, **options) -> dict:
+def train(
+    data: str,
+    output: str | Path | None = None,
+    overwrite: bool = False,
+    resume: bool = False,
+    data_dir: str | Path | None = None,
+    **options,
+) -> dict:
     """Train on DATA (a folder, archive, CSV, ``digits`` or ``fashion-mnist``) and write a bundle.
 
     ``options`` are TrainConfig fields (``model="lenet5"``, ``epochs=2``...); returns
     ``{"bundle", "model", "epochs", "seconds", "metrics": {"val_accuracy", "test_accuracy"}}``.
     """
-    return run_train(data, TrainConfig.from_dict(options), output=output, overwrite=overwrite,
-                     resume=resume, data_dir=data_dir)
+    return run_train(
+        data, TrainConfig.from_dict(options), output=output, overwrite=overwrite, resume=resume, data_dir=data_dir
+    )
 
 
 def evaluate(bundle: str | Path, data: str, split: str = "test", data_dir: str | Path | None = None) -> dict:

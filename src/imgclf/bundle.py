@@ -45,8 +45,10 @@ def save_bundle(directory: Path, model: ImageClassifier, description: dict, metr
     directory.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(directory / WEIGHTS_FILE, save(state_dict_for_saving(model), metadata={"format": "pt"}))
     _write_json(directory / METRICS_FILE, metrics)
-    _write_json(directory / MODEL_FILE, {"format": BUNDLE_FORMAT, "format_version": FORMAT_VERSION,
-                                         **description, "versions": versions()})
+    _write_json(
+        directory / MODEL_FILE,
+        {"format": BUNDLE_FORMAT, "format_version": FORMAT_VERSION, **description, "versions": versions()},
+    )
     return directory
 
 
@@ -105,8 +107,10 @@ def load_bundle(directory: str | Path) -> Bundle:
     if description.get("format") != BUNDLE_FORMAT:
         raise BundleError(f"{directory / MODEL_FILE}: not an imgclf bundle description")
     if int(description.get("format_version", 0)) > FORMAT_VERSION:
-        raise BundleError(f"{directory}: bundle format {description['format_version']} is newer than "
-                          f"this imgclf ({__version__}) reads; upgrade imgclf")
+        raise BundleError(
+            f"{directory}: bundle format {description['format_version']} is newer than "
+            f"this imgclf ({__version__}) reads; upgrade imgclf"
+        )
     model = _build_model(directory, description)
     try:
         preprocess = Preprocess.from_dict(description["preprocess"])

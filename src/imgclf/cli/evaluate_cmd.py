@@ -10,9 +10,12 @@ from imgclf.cli.output import print_json, stdout_console
 
 
 def add_parser(commands) -> None:
-    parser = commands.add_parser("evaluate", help="accuracy, per-class metrics and confusion matrix",
-                                 description="Evaluate a bundle on DATA. The test split by default: the one "
-                                 "recorded in the bundle when imgclf made the split.")
+    parser = commands.add_parser(
+        "evaluate",
+        help="accuracy, per-class metrics and confusion matrix",
+        description="Evaluate a bundle on DATA. The test split by default: the one "
+        "recorded in the bundle when imgclf made the split.",
+    )
     parser.add_argument("bundle", metavar="BUNDLE")
     parser.add_argument("data", metavar="DATA")
     parser.add_argument("--split", default="test", choices=("train", "val", "test"), help="default: test")
@@ -25,8 +28,10 @@ def add_parser(commands) -> None:
 def _print_report(metrics: dict) -> None:
     console = stdout_console()
     top5 = metrics["top5_accuracy"]
-    console.print(f"{metrics['split']} split: {metrics['num_images']:,} images, accuracy "
-                  f"{metrics['accuracy']:.4f}" + (f", top-5 {top5:.4f}" if top5 is not None else ""))
+    console.print(
+        f"{metrics['split']} split: {metrics['num_images']:,} images, accuracy "
+        f"{metrics['accuracy']:.4f}" + (f", top-5 {top5:.4f}" if top5 is not None else "")
+    )
     table = Table("class", "precision", "recall", "f1", "support")
     for name, row in metrics["per_class"].items():
         table.add_row(name, f"{row['precision']:.3f}", f"{row['recall']:.3f}", f"{row['f1']:.3f}", str(row["support"]))

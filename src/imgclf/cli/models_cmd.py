@@ -10,9 +10,12 @@ from imgclf.cli.output import print_json, stdout_console
 
 
 def add_parser(commands) -> None:
-    parser = commands.add_parser("models", help="the model zoo: parameters, FLOPs, input sizes",
-                                 description="List the models with parameters at their default configuration "
-                                 "and FLOPs of one forward pass at --input-size (default: each model's own).")
+    parser = commands.add_parser(
+        "models",
+        help="the model zoo: parameters, FLOPs, input sizes",
+        description="List the models with parameters at their default configuration "
+        "and FLOPs of one forward pass at --input-size (default: each model's own).",
+    )
     parser.add_argument("--input-size", type=int, help="input size in px for FLOPs and latency")
     parser.add_argument("--measure", action="store_true", help="also measure forward latency at batch 1 and 32 here")
     parser.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
@@ -41,8 +44,16 @@ def run(args: argparse.Namespace) -> int:
         columns += ["ms @1", "ms @32"]
     table = Table(*columns)
     for row in rows:
-        cells = [row["name"], row["family"], f"{row['params']:,}", _format_count(row["flops"]),
-                 str(row["flops_input_size"]), str(row["input_size"]), str(row["in_chans"]), str(row["num_classes"])]
+        cells = [
+            row["name"],
+            row["family"],
+            f"{row['params']:,}",
+            _format_count(row["flops"]),
+            str(row["flops_input_size"]),
+            str(row["input_size"]),
+            str(row["in_chans"]),
+            str(row["num_classes"]),
+        ]
         if args.measure:
             cells += [f"{row['latency_ms_batch1']:.2f}", f"{row['latency_ms_batch32']:.1f}"]
         table.add_row(*cells)

@@ -9,8 +9,11 @@ from imgclf.cli.output import print_json, stdout_console
 
 
 def add_parser(commands) -> None:
-    parser = commands.add_parser("predict", help="top-k labels for images",
-                                 description="Predict labels for image files and folders (searched recursively).")
+    parser = commands.add_parser(
+        "predict",
+        help="top-k labels for images",
+        description="Predict labels for image files and folders (searched recursively).",
+    )
     parser.add_argument("bundle", metavar="BUNDLE")
     parser.add_argument("inputs", metavar="FILE_OR_DIR", nargs="+")
     parser.add_argument("--top-k", type=int, default=5, help="labels per image (default: 5)")

@@ -14,7 +14,12 @@ _OPTIONS = (
     ("--batch-size", "batch_size", int, "images per step (default: 128)"),
     ("--optimizer", "optimizer", str, "sgd (Nesterov momentum) or adamw (default: sgd)"),
     ("--lr", "lr", float, "peak learning rate (default: 0.2 for SGD, 2e-3 for AdamW, per 256 images)"),
-    ("--weight-decay", "weight_decay", float, "weight decay, never on norms and biases (default: 5e-4 SGD, 0.05 AdamW)"),
+    (
+        "--weight-decay",
+        "weight_decay",
+        float,
+        "weight decay, never on norms and biases (default: 5e-4 SGD, 0.05 AdamW)",
+    ),
     ("--schedule", "schedule", str, "onecycle, cosine or constant (default: onecycle)"),
     ("--label-smoothing", "label_smoothing", float, "label smoothing for the cross-entropy (default: 0)"),
     ("--class-weights", "class_weights", str, "none or balanced, for imbalanced classes (default: none)"),
@@ -24,7 +29,12 @@ _OPTIONS = (
     ("--augment", "augment", str, "auto, none, flip, translate or flip+translate (default: auto, per data kind)"),
     ("--input-size", "input_size", int, "input size in px (default: chosen from the data and model)"),
     ("--seed", "seed", int, "seed for weights, shuffling, augmentation and the split (default: 0)"),
-    ("--val-fraction", "val_fraction", float, "share held out for validation when DATA has no val split (default: 0.1)"),
+    (
+        "--val-fraction",
+        "val_fraction",
+        float,
+        "share held out for validation when DATA has no val split (default: 0.1)",
+    ),
     ("--test-fraction", "test_fraction", float, "share held out for testing when DATA has no splits (default: 0.1)"),
     ("--threads", "threads", int, "CPU threads for PyTorch (default: PyTorch's choice)"),
     ("--device", "device", str, "auto, cpu, cuda or cuda:N (default: auto)"),
@@ -34,10 +44,13 @@ _OPTIONS = (
 
 
 def add_parser(commands) -> None:
-    parser = commands.add_parser("train", help="train a model on DATA and write a bundle",
-                                 description="Train a classifier on DATA: an image folder (root/<class>/<image>, "
-                                 "optionally with train/ val/ test/), a .zip/.tar.gz of one, a CSV of path,label, "
-                                 "or a built-in: digits, fashion-mnist.")
+    parser = commands.add_parser(
+        "train",
+        help="train a model on DATA and write a bundle",
+        description="Train a classifier on DATA: an image folder (root/<class>/<image>, "
+        "optionally with train/ val/ test/), a .zip/.tar.gz of one, a CSV of path,label, "
+        "or a built-in: digits, fashion-mnist.",
+    )
     parser.add_argument("data", metavar="DATA")
     for flag, field, kind, text in _OPTIONS:
         parser.add_argument(flag, dest=field, type=kind, default=None, help=text)
@@ -64,8 +77,14 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
 def run(args: argparse.Namespace) -> int:
     from imgclf.runners.train import run_train
 
-    result = run_train(args.data, build_config(args), output=args.output, overwrite=args.overwrite,
-                       resume=args.resume, data_dir=args.data_dir)
+    result = run_train(
+        args.data,
+        build_config(args),
+        output=args.output,
+        overwrite=args.overwrite,
+        resume=args.resume,
+        data_dir=args.data_dir,
+    )
     if args.json:
         print_json(result)
     return 0

@@ -60,23 +60,30 @@ def _random_translate(images: torch.Tensor, pad: int, generator: torch.Generator
 MIN_AUTO_AUGMENT_EPOCHS = 5
 
 
-def choose_augmentation(mode: str, data_kind: str, channels: int, input_size: int,
-                        epochs: int = MIN_AUTO_AUGMENT_EPOCHS) -> Augmentation:
+def choose_augmentation(
+    mode: str, data_kind: str, channels: int, input_size: int, epochs: int = MIN_AUTO_AUGMENT_EPOCHS
+) -> Augmentation:
     """``mode``: "auto", "none", "flip", "translate" or "flip+translate"."""
     shift = max(1, input_size // 8)  # 4 px at 32 px, as in the CIFAR ResNet recipe
     if mode == "none":
         return Augmentation(reason="turned off by the user")
     if mode != "auto":
         parts = set(mode.split("+"))
-        return Augmentation(flip="flip" in parts, translate=shift if "translate" in parts else 0,
-                            reason=f"chosen by the user: {mode}")
+        return Augmentation(
+            flip="flip" in parts, translate=shift if "translate" in parts else 0, reason=f"chosen by the user: {mode}"
+        )
     if epochs < MIN_AUTO_AUGMENT_EPOCHS:
         return Augmentation(reason=f"a {epochs}-epoch run is too short to gain from augmentation")
     if data_kind == "digits":
         return Augmentation(translate=1, reason="digits: small shifts only; a flipped digit is another symbol")
     if data_kind == "fashion-mnist":
-        return Augmentation(flip=True, reason="clothing photos: left-right flips keep the class; no shifts on centred 28 px items")
+        return Augmentation(
+            flip=True, reason="clothing photos: left-right flips keep the class; no shifts on centred 28 px items"
+        )
     if channels == 1:
-        return Augmentation(translate=shift, reason="grayscale images are often characters or documents: shifts, no flips")
-    return Augmentation(flip=True, translate=shift,
-                        reason=f"colour photos: flips and shifts of up to {shift} px keep the class")
+        return Augmentation(
+            translate=shift, reason="grayscale images are often characters or documents: shifts, no flips"
+        )
+    return Augmentation(
+        flip=True, translate=shift, reason=f"colour photos: flips and shifts of up to {shift} px keep the class"
+    )

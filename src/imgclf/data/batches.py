@@ -29,8 +29,9 @@ def _epoch_order(size: int, seed: int, epoch: int, shuffle: bool) -> torch.Tenso
 class TensorBatches:
     """Batches sliced from tensors already in memory (CPU or GPU): no per-image Python work."""
 
-    def __init__(self, data: TensorSplit, batch_size: int, shuffle: bool = False,
-                 seed: int = 0, drop_last: bool = False):
+    def __init__(
+        self, data: TensorSplit, batch_size: int, shuffle: bool = False, seed: int = 0, drop_last: bool = False
+    ):
         self.data = data
         self.batch_size = batch_size
         self.shuffle = shuffle
@@ -77,13 +78,25 @@ def collate_skipping_bad(items: list) -> Batch:
 class StreamingBatches:
     """Batches decoded by DataLoader worker processes, for data that does not fit in memory."""
 
-    def __init__(self, data: StreamingSplit, batch_size: int, shuffle: bool = False,
-                 seed: int = 0, drop_last: bool = False, workers: int = 2):
+    def __init__(
+        self,
+        data: StreamingSplit,
+        batch_size: int,
+        shuffle: bool = False,
+        seed: int = 0,
+        drop_last: bool = False,
+        workers: int = 2,
+    ):
         self.sampler = _EpochSampler(len(data), seed, shuffle)
         self.loader = DataLoader(
-            data, batch_size=batch_size, sampler=self.sampler, num_workers=workers,
-            collate_fn=collate_skipping_bad, drop_last=drop_last and len(data) > batch_size,
-            persistent_workers=workers > 0, pin_memory=torch.cuda.is_available(),
+            data,
+            batch_size=batch_size,
+            sampler=self.sampler,
+            num_workers=workers,
+            collate_fn=collate_skipping_bad,
+            drop_last=drop_last and len(data) > batch_size,
+            persistent_workers=workers > 0,
+            pin_memory=torch.cuda.is_available(),
         )
 
     def set_epoch(self, epoch: int) -> None:

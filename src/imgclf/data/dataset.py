@@ -85,8 +85,7 @@ def _finish_splits(given: dict[str, Split], policy: SplitPolicy) -> tuple[dict[s
         fractions = {"val": policy.val_fraction, "test": policy.test_fraction}
         indices = stratified_split(given["pool"].targets, fractions, policy.seed)
         splits = {name: given["pool"].subset(idx) for name, idx in indices.items()}
-        info.update(method="stratified", val_fraction=policy.val_fraction,
-                    test_fraction=policy.test_fraction)
+        info.update(method="stratified", val_fraction=policy.val_fraction, test_fraction=policy.test_fraction)
     else:
         splits = dict(given)
         info["method"] = "given"
@@ -149,7 +148,11 @@ def _load_folder_or_archive(path: Path, policy: SplitPolicy) -> Dataset:
     is_archive = not path.is_dir()
     layout = parse_layout(reader.list_files(), strip_top_folder=is_archive)
     if not any(layout.splits.values()):
-        detail = f" ({len(layout.ignored)} files ignored, e.g. {layout.ignored[0][0]}: {layout.ignored[0][1]})" if layout.ignored else ""
+        detail = (
+            f" ({len(layout.ignored)} files ignored, e.g. {layout.ignored[0][0]}: {layout.ignored[0][1]})"
+            if layout.ignored
+            else ""
+        )
         raise DataError(f"{path}: no images found in class folders{detail}")
     classes, splits, info = _labelled_files(str(path), reader, layout.splits, policy)
     kind = "archive" if is_archive else "folder"
@@ -187,9 +190,7 @@ def _load_csv(path: Path, policy: SplitPolicy) -> Dataset:
     return Dataset(str(path), classes, splits, info, kind="csv")
 
 
-def load_dataset(
-    data: str, policy: SplitPolicy = SplitPolicy(), data_dir: str | Path | None = None
-) -> Dataset:
+def load_dataset(data: str, policy: SplitPolicy = SplitPolicy(), data_dir: str | Path | None = None) -> Dataset:
     """Resolve DATA: ``digits``, ``fashion-mnist``, a folder, an archive or a ``.csv`` file."""
     if data == "digits":
         return _load_digits(policy)
@@ -199,8 +200,7 @@ def load_dataset(
     if not path.exists():
         hint = " (pass the path of an image-folder copy, such as cifar10-jpeg.tar.gz)" if data == "cifar10" else ""
         raise DataError(
-            f"{data}: no such file or folder, and not a built-in dataset "
-            f"({', '.join(BUILTIN_DATASETS)}){hint}"
+            f"{data}: no such file or folder, and not a built-in dataset ({', '.join(BUILTIN_DATASETS)}){hint}"
         )
     if path.suffix.lower() == ".csv":
         return _load_csv(path, policy)

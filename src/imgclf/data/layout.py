@@ -15,13 +15,35 @@ from pathlib import PurePosixPath
 __all__ = ["IMAGE_SUFFIXES", "FolderLayout", "SPLIT_NAMES", "is_junk", "parse_layout"]
 
 IMAGE_SUFFIXES = frozenset(
-    {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp",
-     ".ppm", ".pgm", ".pbm", ".pnm", ".mpo"}
+    {
+        ".jpg",
+        ".jpeg",
+        ".jpe",
+        ".jfif",
+        ".png",
+        ".bmp",
+        ".gif",
+        ".tif",
+        ".tiff",
+        ".webp",
+        ".ppm",
+        ".pgm",
+        ".pbm",
+        ".pnm",
+        ".mpo",
+    }
 )
 JUNK_NAMES = frozenset({"__MACOSX", "__pycache__", "Thumbs.db", "desktop.ini", "$RECYCLE.BIN"})
 # Folder names that mean "this is a split", mapped to imgclf's split names.
-SPLIT_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "val",
-               "validation": "val", "test": "test", "testing": "test"}
+SPLIT_NAMES = {
+    "train": "train",
+    "training": "train",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "test": "test",
+    "testing": "test",
+}
 
 
 def is_junk(part: str) -> bool:

@@ -134,13 +134,15 @@ def _decode_one(split: FileSplit, index: int, preprocess: Preprocess) -> np.ndar
     return preprocess.prepare_pixels(pixels)
 
 
-def decode_split(
-    split: Split, preprocess: Preprocess, workers: int = 2
-) -> tuple[TensorSplit, list[tuple[str, str]]]:
+def decode_split(split: Split, preprocess: Preprocess, workers: int = 2) -> tuple[TensorSplit, list[tuple[str, str]]]:
     """Decode a whole split once into memory; returns it and the files skipped (with reasons)."""
     if isinstance(split, ArraySplit):
         chw = [preprocess.prepare_pixels(image) for image in split.images]
-        images = torch.from_numpy(np.stack(chw)) if chw else torch.empty(0, preprocess.channels, preprocess.input_size, preprocess.input_size, dtype=torch.uint8)
+        images = (
+            torch.from_numpy(np.stack(chw))
+            if chw
+            else torch.empty(0, preprocess.channels, preprocess.input_size, preprocess.input_size, dtype=torch.uint8)
+        )
         return TensorSplit(images, torch.from_numpy(split.targets.copy()), list(split.keys)), []
     # Pillow releases the GIL while decoding and resizing, so threads use every core.
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:

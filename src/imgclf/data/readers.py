@@ -133,6 +133,4 @@ def open_reader(path: Path) -> ImageReader:
         return ZipReader(path)
     if name.endswith(ARCHIVE_SUFFIXES):
         return TarReader(path)
-    raise DataError(
-        f"{path}: not a folder, an archive ({', '.join(ARCHIVE_SUFFIXES)}) or a .csv file"
-    )
+    raise DataError(f"{path}: not a folder, an archive ({', '.join(ARCHIVE_SUFFIXES)}) or a .csv file")

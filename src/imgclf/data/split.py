@@ -9,9 +9,7 @@ import numpy as np
 __all__ = ["fingerprint", "stratified_split"]
 
 
-def stratified_split(
-    targets: np.ndarray, fractions: dict[str, float], seed: int
-) -> dict[str, np.ndarray]:
+def stratified_split(targets: np.ndarray, fractions: dict[str, float], seed: int) -> dict[str, np.ndarray]:
     """Split indices class by class: ``fractions`` (for example ``{"val": 0.1, "test": 0.1}``)
     go to the named splits and the rest to ``"train"``.
 

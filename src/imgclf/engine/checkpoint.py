@@ -74,9 +74,14 @@ def _join_optimizer_state(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
-def save_training_state(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                        best_weights: dict[str, torch.Tensor] | None, rng_states: dict[str, torch.Tensor],
-                        meta: dict) -> None:
+def save_training_state(
+    path: Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    best_weights: dict[str, torch.Tensor] | None,
+    rng_states: dict[str, torch.Tensor],
+    meta: dict,
+) -> None:
     """One file with weights, best weights, optimizer state, RNG states and ``meta``."""
     tensors = {f"model.{k}": v for k, v in state_dict_for_saving(model).items()}
     if best_weights is not None:
@@ -93,12 +98,12 @@ def load_training_state(path: Path) -> dict:
     try:
         with safe_open(str(path), framework="pt") as file:
             meta = json.loads(file.metadata()[_STATE_KEY])
-            tensors = {key: file.get_tensor(key) for key in file.keys()}
+            tensors = {key: file.get_tensor(key) for key in file.keys()}  # noqa: SIM118 (not iterable)
     except (OSError, KeyError, ValueError, TypeError) as error:
         raise ImgclfError(f"{path}: not a readable imgclf training state ({error})") from None
 
     def strip(prefix: str) -> dict[str, torch.Tensor]:
-        return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+        return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
 
     return {
         "model": strip("model."),

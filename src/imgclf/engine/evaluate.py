@@ -50,17 +50,26 @@ def _top_k_accuracy(logits: torch.Tensor, targets: torch.Tensor, k: int) -> floa
 def classification_metrics(logits: torch.Tensor, targets: torch.Tensor, classes: list[str]) -> dict:
     """Accuracy, top-5 (for more than 5 classes), loss, per-class P/R/F1 and the confusion matrix."""
     if len(targets) == 0:
-        return {"accuracy": None, "top5_accuracy": None, "loss": None, "num_images": 0,
-                "per_class": {}, "confusion_matrix": [], "classes": classes}
+        return {
+            "accuracy": None,
+            "top5_accuracy": None,
+            "loss": None,
+            "num_images": 0,
+            "per_class": {},
+            "confusion_matrix": [],
+            "classes": classes,
+        }
     predictions = logits.argmax(dim=1).numpy()
     truth = targets.numpy()
     labels = np.arange(len(classes))
-    precision, recall, f1, support = precision_recall_fscore_support(
-        truth, predictions, labels=labels, zero_division=0
-    )
+    precision, recall, f1, support = precision_recall_fscore_support(truth, predictions, labels=labels, zero_division=0)
     per_class = {
-        name: {"precision": float(precision[i]), "recall": float(recall[i]),
-               "f1": float(f1[i]), "support": int(support[i])}
+        name: {
+            "precision": float(precision[i]),
+            "recall": float(recall[i]),
+            "f1": float(f1[i]),
+            "support": int(support[i]),
+        }
         for i, name in enumerate(classes)
     }
     return {

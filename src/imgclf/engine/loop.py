@@ -87,8 +87,12 @@ def train_one_epoch(setup: FitSetup, batches: Batches, epoch: int, observer: Tra
         observer.on_step(epoch, step, *shown)
     seconds = time.perf_counter() - started
     seen = max(seen, 1)
-    return {"train_loss": float(total_loss) / seen, "train_accuracy": float(total_correct) / seen,
-            "train_images_per_s": seen / seconds, "seconds": seconds}
+    return {
+        "train_loss": float(total_loss) / seen,
+        "train_accuracy": float(total_correct) / seen,
+        "train_images_per_s": seen / seconds,
+        "seconds": seconds,
+    }
 
 
 def _update_best(state: FitState, model: nn.Module, val_accuracy: float) -> bool:
@@ -134,6 +138,12 @@ def fit(
             save_checkpoint(state)
     if state.best_weights is not None:
         setup.model.load_state_dict(state.best_weights)
-    observer.on_fit_end({"best_epoch": state.best_epoch, "best_val_accuracy": state.best_val_accuracy,
-                         "stopped_early": state.stopped_early, "seconds": time.perf_counter() - started})
+    observer.on_fit_end(
+        {
+            "best_epoch": state.best_epoch,
+            "best_val_accuracy": state.best_val_accuracy,
+            "stopped_early": state.stopped_early,
+            "seconds": time.perf_counter() - started,
+        }
+    )
     return state

@@ -52,14 +52,19 @@ class ProgressObserver:
         if not self.console.is_terminal:
             return
         self.progress = Progress(
-            TextColumn("epoch {task.fields[epoch]}/{task.fields[epochs]}"), BarColumn(),
+            TextColumn("epoch {task.fields[epoch]}/{task.fields[epochs]}"),
+            BarColumn(),
             TextColumn("loss {task.fields[loss]:.4f} acc {task.fields[acc]:.3f} {task.fields[ips]:,.0f} img/s"),
-            TimeElapsedColumn(), TimeRemainingColumn(), console=self.console, transient=True,
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=self.console,
+            transient=True,
         )
         self.progress.start()
         total = steps_per_epoch * (epochs - start_epoch)
-        self.task = self.progress.add_task("train", total=total, epoch=start_epoch + 1, epochs=epochs,
-                                           loss=0.0, acc=0.0, ips=0.0)
+        self.task = self.progress.add_task(
+            "train", total=total, epoch=start_epoch + 1, epochs=epochs, loss=0.0, acc=0.0, ips=0.0
+        )
 
     def on_step(self, epoch: int, step: int, loss: float, accuracy: float, images_per_s: float) -> None:
         if self.progress is None:

@@ -23,8 +23,9 @@ def _decay_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     ]
 
 
-def create_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float,
-                     momentum: float = 0.9) -> torch.optim.Optimizer:
+def create_optimizer(
+    model: nn.Module, name: str, lr: float, weight_decay: float, momentum: float = 0.9
+) -> torch.optim.Optimizer:
     groups = _decay_groups(model, weight_decay)
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=momentum > 0)
@@ -45,8 +46,9 @@ def lr_multiplier(step: int, total_steps: int, schedule: str, warmup_fraction: f
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-def create_schedule(optimizer: torch.optim.Optimizer, total_steps: int, schedule: str,
-                    warmup_fraction: float, last_step: int = -1) -> torch.optim.lr_scheduler.LambdaLR:
+def create_schedule(
+    optimizer: torch.optim.Optimizer, total_steps: int, schedule: str, warmup_fraction: float, last_step: int = -1
+) -> torch.optim.lr_scheduler.LambdaLR:
     """A per-step schedule; ``last_step`` resumes it (the optimizer must hold ``initial_lr``)."""
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer,

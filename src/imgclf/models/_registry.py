@@ -29,8 +29,14 @@ class ModelSpec:
 _MODELS: dict[str, ModelSpec] = {}
 
 
-def register_model(family: str, input_size: int, in_chans: int = 3, num_classes: int = 1000,
-                   fixed_input_sizes: tuple[int, ...] = (), min_input_size: int = 8):
+def register_model(
+    family: str,
+    input_size: int,
+    in_chans: int = 3,
+    num_classes: int = 1000,
+    fixed_input_sizes: tuple[int, ...] = (),
+    min_input_size: int = 8,
+):
     """Decorator for a builder ``fn(num_classes, in_chans, input_size, **kwargs)``; its
     docstring's first line is the description shown by ``imgclf models``."""
 
@@ -39,8 +45,9 @@ def register_model(family: str, input_size: int, in_chans: int = 3, num_classes:
         if name in _MODELS:
             raise ValueError(f"model {name!r} is registered twice")
         description = (builder.__doc__ or "").strip().splitlines()[0] if builder.__doc__ else ""
-        _MODELS[name] = ModelSpec(name, family, builder, input_size, in_chans, num_classes,
-                                  fixed_input_sizes, min_input_size, description)
+        _MODELS[name] = ModelSpec(
+            name, family, builder, input_size, in_chans, num_classes, fixed_input_sizes, min_input_size, description
+        )
         return builder
 
     return decorate
@@ -74,8 +81,9 @@ def choose_input_size(spec: ModelSpec, native_size: int) -> int:
     return max(64, min(224, native_size // 32 * 32))
 
 
-def create_model(name: str, num_classes: int | None = None, in_chans: int | None = None,
-                 input_size: int | None = None, **kwargs) -> ImageClassifier:
+def create_model(
+    name: str, num_classes: int | None = None, in_chans: int | None = None, input_size: int | None = None, **kwargs
+) -> ImageClassifier:
     """Build a registered model; unspecified arguments take the model's defaults."""
     spec = get_model_spec(name)
     input_size = spec.input_size if input_size is None else int(input_size)

@@ -24,8 +24,7 @@ __all__ = ["LeNet5", "lenet5"]
 class LeNet5(ImageClassifier):
     classifier_name = "fc3"
 
-    def __init__(self, num_classes: int = 10, in_chans: int = 1, input_size: int = 32,
-                 drop_rate: float = 0.0):
+    def __init__(self, num_classes: int = 10, in_chans: int = 1, input_size: int = 32, drop_rate: float = 0.0):
         super().__init__()
         self.num_classes = num_classes
         self.conv1 = nn.Conv2d(in_chans, 6, kernel_size=5, padding=2 if input_size == 28 else 0)

@@ -86,9 +86,16 @@ class Bottleneck(nn.Module):
 class ResNet(ImageClassifier):
     classifier_name = "fc"
 
-    def __init__(self, block: type[BasicBlock | Bottleneck], layers: tuple[int, int, int, int],
-                 num_classes: int = 1000, in_chans: int = 3, input_size: int = 224,
-                 zero_init_residual: bool = True, drop_rate: float = 0.0):
+    def __init__(
+        self,
+        block: type[BasicBlock | Bottleneck],
+        layers: tuple[int, int, int, int],
+        num_classes: int = 1000,
+        in_chans: int = 3,
+        input_size: int = 224,
+        zero_init_residual: bool = True,
+        drop_rate: float = 0.0,
+    ):
         super().__init__()
         self.num_classes = num_classes
         self.small_stem = input_size <= SMALL_STEM_MAX_SIZE

@@ -21,16 +21,24 @@ __all__ = ["SimpleCNN", "simple_cnn"]
 class SimpleCNN(ImageClassifier):
     classifier_name = "fc"
 
-    def __init__(self, num_classes: int = 10, in_chans: int = 3, input_size: int = 32,
-                 widths: tuple[int, int, int] = (32, 64, 128), drop_rate: float = 0.1):
+    def __init__(
+        self,
+        num_classes: int = 10,
+        in_chans: int = 3,
+        input_size: int = 32,
+        widths: tuple[int, int, int] = (32, 64, 128),
+        drop_rate: float = 0.1,
+    ):
         super().__init__()
         self.num_classes = num_classes
         self.stem = ConvNormAct(in_chans, widths[0])
         self.stage1 = ConvNormAct(widths[0], widths[0])
-        self.stage2 = nn.Sequential(nn.MaxPool2d(2), ConvNormAct(widths[0], widths[1]),
-                                    ConvNormAct(widths[1], widths[1]))
-        self.stage3 = nn.Sequential(nn.MaxPool2d(2), ConvNormAct(widths[1], widths[2]),
-                                    ConvNormAct(widths[2], widths[2]))
+        self.stage2 = nn.Sequential(
+            nn.MaxPool2d(2), ConvNormAct(widths[0], widths[1]), ConvNormAct(widths[1], widths[1])
+        )
+        self.stage3 = nn.Sequential(
+            nn.MaxPool2d(2), ConvNormAct(widths[1], widths[2]), ConvNormAct(widths[2], widths[2])
+        )
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(drop_rate)
         self.fc = nn.Linear(widths[2], num_classes)

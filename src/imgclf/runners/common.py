@@ -60,8 +60,14 @@ def prepare_splits(dataset: Dataset, preprocess: Preprocess, in_memory: bool, wo
     return PreparedSplits(splits, skipped, in_memory)
 
 
-def make_batches(split: TensorSplit | StreamingSplit, batch_size: int, shuffle: bool = False,
-                 seed: int = 0, drop_last: bool = False, workers: int = 2) -> Batches:
+def make_batches(
+    split: TensorSplit | StreamingSplit,
+    batch_size: int,
+    shuffle: bool = False,
+    seed: int = 0,
+    drop_last: bool = False,
+    workers: int = 2,
+) -> Batches:
     if isinstance(split, TensorSplit):
         return TensorBatches(split, batch_size, shuffle, seed, drop_last)
     return StreamingBatches(split, batch_size, shuffle, seed, drop_last, workers)

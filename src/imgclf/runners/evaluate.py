@@ -27,8 +27,14 @@ def _split_policy(description: dict) -> SplitPolicy:
     )
 
 
-def run_evaluate(bundle_dir: str | Path, data: str, split: str = "test", data_dir: str | Path | None = None,
-                 device: str = "auto", console: Console | None = None) -> dict:
+def run_evaluate(
+    bundle_dir: str | Path,
+    data: str,
+    split: str = "test",
+    data_dir: str | Path | None = None,
+    device: str = "auto",
+    console: Console | None = None,
+) -> dict:
     """Metrics of a bundle on one split of DATA (the test split by default)."""
     console = console or stderr_console()
     bundle = load_bundle(bundle_dir)
@@ -38,7 +44,11 @@ def run_evaluate(bundle_dir: str | Path, data: str, split: str = "test", data_di
         raise DataError(f"{data}: has no {split!r} split (it has {have}); choose one with --split")
     recorded = bundle.description.get("data", {})
     fingerprint = recorded.get("split", {}).get("fingerprints", {}).get(split)
-    if recorded.get("source") == dataset.name and fingerprint and fingerprint != dataset.split_info["fingerprints"][split]:
+    if (
+        recorded.get("source") == dataset.name
+        and fingerprint
+        and fingerprint != dataset.split_info["fingerprints"][split]
+    ):
         console.print(f"warning: the {split} split of {data} differs from the one this model was trained with")
     missing = sorted(set(dataset.classes) - set(bundle.classes))
     if missing:
@@ -52,8 +62,9 @@ def run_evaluate(bundle_dir: str | Path, data: str, split: str = "test", data_di
     target_split = prepared.splits[split]
     target_split.targets = remap[target_split.targets]
     torch_device = resolve_device(device)
-    logits, targets = predict_logits(bundle.model.to(torch_device), make_batches(target_split, 256),
-                                     bundle.preprocess, torch_device)
+    logits, targets = predict_logits(
+        bundle.model.to(torch_device), make_batches(target_split, 256), bundle.preprocess, torch_device
+    )
     metrics = classification_metrics(logits, targets, bundle.classes)
     metrics["split"] = split
     metrics["skipped"] = [{"file": file, "reason": reason} for file, reason in prepared.skipped]

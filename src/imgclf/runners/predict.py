@@ -17,8 +17,10 @@ def expand_image_paths(inputs: list[str]) -> list[Path]:
         path = Path(item)
         if path.is_dir():
             paths.extend(
-                found for found in sorted(path.rglob("*"))
-                if found.is_file() and found.suffix.lower() in IMAGE_SUFFIXES
+                found
+                for found in sorted(path.rglob("*"))
+                if found.is_file()
+                and found.suffix.lower() in IMAGE_SUFFIXES
                 and not any(is_junk(part) for part in found.relative_to(path).parts)
             )
         else:
