@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from typing import Protocol
 
 from rich.console import Console
@@ -38,17 +39,22 @@ class NullObserver:
 class ProgressObserver:
     """A progress bar on stderr (loss, accuracy, images/s, ETA) and one line per epoch.
 
-    On a terminal the bar updates in place; in a log file (CI) only the epoch lines appear.
+    On a terminal the bar updates in place; in a log file (CI) a step line appears at most once
+    every ``log_every_s`` seconds, so a long epoch still shows that it is moving.
     """
 
-    def __init__(self, console: Console | None = None):
+    def __init__(self, console: Console | None = None, log_every_s: float = 60.0):
         self.console = console or Console(file=sys.stderr, soft_wrap=True)
+        self.log_every_s = log_every_s
         self.progress: Progress | None = None
         self.task = None
         self.epochs = 0
+        self.steps_per_epoch = 0
+        self.last_log = time.monotonic()
 
     def on_fit_start(self, epochs: int, steps_per_epoch: int, start_epoch: int) -> None:
-        self.epochs = epochs
+        self.epochs, self.steps_per_epoch = epochs, steps_per_epoch
+        self.last_log = time.monotonic()
         if not self.console.is_terminal:
             return
         self.progress = Progress(
@@ -68,6 +74,10 @@ class ProgressObserver:
 
     def on_step(self, epoch: int, step: int, loss: float, accuracy: float, images_per_s: float) -> None:
         if self.progress is None:
+            if time.monotonic() - self.last_log >= self.log_every_s:
+                self.last_log = time.monotonic()
+                self.console.print(f"epoch {epoch + 1:>3}/{self.epochs}  step {step + 1}/{self.steps_per_epoch}  "
+                                   f"train loss {loss:.4f} acc {accuracy:.4f}  {images_per_s:,.0f} img/s")
             return
         self.progress.update(self.task, advance=1, epoch=epoch + 1, loss=loss, acc=accuracy, ips=images_per_s)
 
