@@ -1,7 +1,10 @@
-"""The zoo: published parameter counts, torchvision-compatible names, one shared interface."""
+"""The zoo: published parameter counts, torchvision twins, one shared interface for every model."""
 
 from __future__ import annotations
 
+import io
+
+import numpy as np
 import pytest
 import torch
 import torchvision
@@ -9,51 +12,101 @@ import torchvision
 from imgclf.errors import UsageError
 from imgclf.models import choose_input_size, count_parameters, create_model, get_model_spec, list_models
 
+# The published / torchvision counts at the default configuration (issue 3).
+PUBLISHED_PARAMETERS = {
+    "alexnet": 61_100_840, "vgg11": 132_863_336, "vgg16": 138_357_544, "vgg16_bn": 138_365_992,
+    "vgg19": 143_667_240, "resnet18": 11_689_512, "resnet34": 21_797_672, "resnet50": 25_557_032,
+    "resnet101": 44_549_160, "resnet152": 60_192_808, "mobilenet_v2": 3_504_872,
+    "mobilenet_v3_small": 2_542_856, "mobilenet_v3_large": 5_483_032, "squeezenet1_0": 1_248_424,
+    "squeezenet1_1": 1_235_496, "resnet20": 269_722, "resnet32": 464_154, "resnet44": 658_586,
+    "resnet56": 853_018, "resnet110": 1_727_962, "lenet5": 61_706, "efficientnet_lite0": 4_652_008,
+}  # fmt: skip
+TORCHVISION_TWINS = [
+    "alexnet", "vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn",
+    "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "mobilenet_v2", "mobilenet_v3_small",
+    "mobilenet_v3_large", "squeezenet1_0", "squeezenet1_1",
+]  # fmt: skip
+LARGE = {name for name in list_models() if name.startswith(("vgg", "alexnet"))}  # over 60M parameters
 
-def test_lenet5_has_the_published_61706_parameters_and_pads_28px_inputs():
-    assert count_parameters(create_model("lenet5")) == 61_706
+
+def smallest_input_size(name: str) -> int:
+    spec = get_model_spec(name)
+    return min(spec.fixed_input_sizes) if spec.fixed_input_sizes else spec.min_input_size
+
+
+@pytest.mark.parametrize(("name", "expected"), PUBLISHED_PARAMETERS.items())
+def test_parameter_counts_match_the_published_ones(name: str, expected: int):
+    assert count_parameters(create_model(name)) == expected
+
+
+@pytest.mark.parametrize("name", TORCHVISION_TWINS)
+def test_torchvision_weights_load_strictly_and_give_the_same_logits(name: str):
+    torch.manual_seed(0)
+    reference = getattr(torchvision.models, name)().eval()
+    ours = create_model(name).eval()
+    ours.load_state_dict(reference.state_dict(), strict=True)
+    images = torch.randn(2, 3, 96, 96)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(images), reference(images), rtol=1e-4, atol=1e-5)
+
+
+def test_lenet5_pads_28px_inputs_and_takes_only_its_sizes():
     model = create_model("lenet5", input_size=28)
-    assert count_parameters(model) == 61_706
-    assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+    assert count_parameters(model) == 61_706 and model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
     with pytest.raises(UsageError, match="28 or 32"):
         create_model("lenet5", input_size=64)
 
 
-@pytest.mark.parametrize("name", ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"])
-def test_resnets_match_torchvision_parameters_and_names(name: str):
-    reference = getattr(torchvision.models, name)()
-    ours = create_model(name)
-    assert count_parameters(ours) == count_parameters(reference)
-    ours.load_state_dict(reference.state_dict(), strict=True)
-    reference.eval(), ours.eval()
-    images = torch.randn(1, 3, 64 * 2, 64 * 2)
-    torch.testing.assert_close(ours(images), reference(images))
-
-
-def test_resnet_uses_the_small_stem_at_64px_and_below():
+def test_small_input_policy_is_chosen_from_the_input_size():
     small, large = create_model("resnet18", input_size=32), create_model("resnet18", input_size=128)
     assert small.conv1.kernel_size == (3, 3) and isinstance(small.maxpool, torch.nn.Identity)
     assert large.conv1.kernel_size == (7, 7)
     assert small.forward_features(torch.zeros(1, 3, 32, 32)).shape == (1, 512, 4, 4)
+    assert create_model("mobilenet_v2", input_size=32).features[0][0].stride == (1, 1)
+    assert create_model("mobilenet_v2", input_size=224).features[0][0].stride == (2, 2)
+    assert create_model("alexnet", input_size=32).features[0].kernel_size == (3, 3)
 
 
+@pytest.mark.parametrize("in_chans", [1, 3])
 @pytest.mark.parametrize("name", list_models())
-def test_every_model_implements_the_shared_interface(name: str):
-    spec = get_model_spec(name)
-    size = 32 if not spec.fixed_input_sizes else spec.fixed_input_sizes[-1]
-    model = create_model(name, num_classes=7, in_chans=1, input_size=size).eval()
-    images = torch.randn(2, 1, size, size)
+def test_every_model_trains_at_its_smallest_input_through_the_shared_interface(name: str, in_chans: int):
+    size = smallest_input_size(name)
+    model = create_model(name, num_classes=7, in_chans=in_chans, input_size=size)
+    images = torch.randn(2, in_chans, size, size)
     features = model.forward_features(images)
     assert features.ndim == 4  # a spatial map for Grad-CAM
-    torch.testing.assert_close(model.forward_head(features), model(images))
-    embedding = model.forward_head(features, pre_logits=True)
-    assert embedding.shape == (2, model.get_classifier().in_features)
+    logits = model.forward_head(features)
+    assert logits.shape == (2, 7)
+    logits.sum().backward()
+    assert all(p.grad is not None for p in model.parameters())
+    model.eval()
+    embedding = model.forward_head(model.forward_features(images), pre_logits=True)
+    classifier = model.get_classifier()
+    assert embedding.shape == (2, getattr(classifier, "in_features", None) or classifier.in_channels)
     model.reset_classifier(3)
     assert model(images).shape == (2, 3)
     groups = model.parameter_groups()
     assert list(groups) == ["stem", "stages", "head"]
-    grouped = [id(p) for params in groups.values() for p in params]
-    assert sorted(grouped) == sorted(id(p) for p in model.parameters())  # each exactly once
+    grouped = sorted(id(p) for params in groups.values() for p in params)
+    assert grouped == sorted(id(p) for p in model.parameters())  # each parameter exactly once
+
+
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=pytest.mark.slow) if n in LARGE else n for n in list_models()]
+)
+def test_every_model_exports_to_onnx_with_the_same_logits(name: str):
+    onnxruntime = pytest.importorskip("onnxruntime")
+    size = smallest_input_size(name) if name != "simple_cnn" else 16
+    in_chans = get_model_spec(name).in_chans
+    model = create_model(name, num_classes=5, in_chans=in_chans, input_size=size).eval()
+    images = torch.randn(2, in_chans, size, size)
+    buffer = io.BytesIO()
+    torch.onnx.export(model, images, buffer, dynamo=False, opset_version=17, input_names=["images"],
+                      dynamic_axes={"images": {0: "batch"}})  # fmt: skip
+    session = onnxruntime.InferenceSession(buffer.getvalue(), providers=["CPUExecutionProvider"])
+    exported = session.run(None, {"images": images.numpy()})[0]
+    with torch.no_grad():
+        np.testing.assert_allclose(exported, model(images).numpy(), rtol=1e-3, atol=1e-4)
 
 
 def test_unknown_model_suggests_close_names():

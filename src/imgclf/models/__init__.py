@@ -1,6 +1,16 @@
-"""The model zoo. Importing this package registers every family."""
+"""The model zoo. Importing this package registers every family (in this order in listings)."""
 
-from imgclf.models import lenet, resnet, simple_cnn  # noqa: F401  (registration side effect)
+from imgclf.models import (  # noqa: F401  (registration side effect)
+    alexnet,
+    efficientnet_lite,
+    lenet,
+    mobilenet,
+    resnet,
+    resnet_cifar,
+    simple_cnn,
+    squeezenet,
+    vgg,
+)
 from imgclf.models._base import ImageClassifier
 from imgclf.models._registry import (
     ModelSpec,

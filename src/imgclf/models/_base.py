@@ -13,7 +13,7 @@ class ImageClassifier(nn.Module):
     """Base of the zoo. A model defines ``forward_features``, ``forward_head``, its classifier
     attribute name and its parameter groups; ``forward`` is always features then head."""
 
-    classifier_name: str = "fc"  # attribute holding the final nn.Linear
+    classifier_name: str = "fc"  # dotted path of the final layer ("fc", "classifier.6")
 
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
         """The last spatial feature map (N, C, H, W); Grad-CAM hooks here."""
@@ -26,13 +26,19 @@ class ImageClassifier(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(images))
 
-    def get_classifier(self) -> nn.Linear:
-        return getattr(self, self.classifier_name)
+    def get_classifier(self) -> nn.Module:
+        return self.get_submodule(self.classifier_name)
 
     def reset_classifier(self, num_classes: int) -> None:
-        """Replace the last linear layer with a freshly initialized one for ``num_classes``."""
+        """Replace the last layer with a freshly initialized one for ``num_classes``."""
         old = self.get_classifier()
-        setattr(self, self.classifier_name, nn.Linear(old.in_features, num_classes))
+        if isinstance(old, nn.Conv2d):  # SqueezeNet classifies with a 1x1 convolution
+            new: nn.Module = nn.Conv2d(old.in_channels, num_classes, 1)
+        else:
+            new = nn.Linear(old.in_features, num_classes)
+        parent_name, _, child_name = self.classifier_name.rpartition(".")
+        parent = self.get_submodule(parent_name) if parent_name else self
+        setattr(parent, child_name, new)
         self.num_classes = num_classes
 
     def group_modules(self) -> dict[str, list[nn.Module]]:

@@ -27,6 +27,9 @@ class ModelSpec:
 
 
 _MODELS: dict[str, ModelSpec] = {}
+# Listing order: the study note's story (LeNet, AlexNet, VGG, ResNet, then the light models).
+FAMILY_ORDER = ("lenet", "alexnet", "vgg", "resnet", "resnet_cifar", "mobilenet", "squeezenet",
+                "efficientnet_lite", "simple")  # fmt: skip
 
 
 def register_model(
@@ -54,7 +57,10 @@ def register_model(
 
 
 def list_models() -> list[str]:
-    return list(_MODELS)  # registration order: family by family, small to large
+    """Model names, family by family in FAMILY_ORDER, each family in registration order."""
+    rank = {family: index for index, family in enumerate(FAMILY_ORDER)}
+    names = list(_MODELS)
+    return sorted(names, key=lambda name: (rank.get(_MODELS[name].family, len(rank)), names.index(name)))
 
 
 def get_model_spec(name: str) -> ModelSpec:

@@ -1,14 +1,32 @@
-"""Building blocks shared by the model families."""
+"""Building blocks shared by the model families, in torchvision's module layout so that
+torchvision state dicts load by name: conv-norm-act, squeeze-excite, inverted residual, fire."""
 
 from __future__ import annotations
 
+import math
+
+import torch
 from torch import nn
 
-__all__ = ["ConvNormAct"]
+__all__ = [
+    "ConvNormAct",
+    "Fire",
+    "InvertedResidual",
+    "SqueezeExcite",
+    "SMALL_INPUT_MAX_SIZE",
+    "make_divisible",
+    "plan_downsampling",
+]
+
+# At this input size and below, families built for 224 px use their small-input stem: the
+# ImageNet stems downsample 4x to 8x at once, which would leave a 32 px image 4-8 px wide
+# before the first block.
+SMALL_INPUT_MAX_SIZE = 64
 
 
 class ConvNormAct(nn.Sequential):
-    """Conv (no bias: the norm has one) -> BatchNorm -> activation; "same" padding."""
+    """Conv (no bias: the norm has one) -> BatchNorm -> activation, "same" padding.
+    Indices 0/1/2 match torchvision's Conv2dNormActivation."""
 
     def __init__(
         self,
@@ -18,13 +36,116 @@ class ConvNormAct(nn.Sequential):
         stride: int = 1,
         groups: int = 1,
         activation: type[nn.Module] | None = nn.ReLU,
+        norm_eps: float = 1e-5,
+        norm_momentum: float = 0.1,
     ):
         layers: list[nn.Module] = [
             nn.Conv2d(
                 in_chans, out_chans, kernel_size, stride, padding=(kernel_size - 1) // 2, groups=groups, bias=False
             ),
-            nn.BatchNorm2d(out_chans),
+            nn.BatchNorm2d(out_chans, eps=norm_eps, momentum=norm_momentum),
         ]
         if activation is not None:
             layers.append(activation(inplace=True))
         super().__init__(*layers)
+
+
+def make_divisible(value: float, divisor: int = 8) -> int:
+    """Round channels to a multiple of ``divisor``, never more than 10% down (MobileNet rule)."""
+    rounded = max(divisor, int(value + divisor / 2) // divisor * divisor)
+    return rounded + divisor if rounded < 0.9 * value else rounded
+
+
+class SqueezeExcite(nn.Module):
+    """Squeeze-and-excitation (Hu et al. 2018): channel weights from globally pooled features."""
+
+    def __init__(self, channels: int, squeeze_chans: int, gate: type[nn.Module] = nn.Sigmoid):
+        super().__init__()
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc1 = nn.Conv2d(channels, squeeze_chans, 1)
+        self.fc2 = nn.Conv2d(squeeze_chans, channels, 1)
+        self.activation = nn.ReLU()
+        self.scale_activation = gate()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scale = self.scale_activation(self.fc2(self.activation(self.fc1(self.avgpool(x)))))
+        return x * scale
+
+
+class InvertedResidual(nn.Module):
+    """MobileNetV2's inverted residual (arXiv:1801.04381): 1x1 expand, kxk depthwise,
+    optional squeeze-excite, 1x1 linear projection; the input is added back when shapes match.
+
+    ``layout="v2"`` names the layers ``conv.N`` with a separate projection conv and norm
+    (torchvision's MobileNetV2); ``layout="v3"`` names them ``block.N`` (MobileNetV3, EfficientNet).
+    """
+
+    def __init__(
+        self,
+        in_chans: int,
+        expanded_chans: int,
+        out_chans: int,
+        kernel_size: int,
+        stride: int,
+        activation: type[nn.Module],
+        squeeze_chans: int = 0,
+        gate: type[nn.Module] = nn.Hardsigmoid,
+        layout: str = "v3",
+        norm_eps: float = 1e-5,
+        norm_momentum: float = 0.1,
+    ):
+        super().__init__()
+        norm = {"norm_eps": norm_eps, "norm_momentum": norm_momentum}
+        layers: list[nn.Module] = []
+        if expanded_chans != in_chans:
+            layers.append(ConvNormAct(in_chans, expanded_chans, 1, activation=activation, **norm))
+        layers.append(
+            ConvNormAct(expanded_chans, expanded_chans, kernel_size, stride, expanded_chans, activation, **norm)
+        )
+        if squeeze_chans:
+            layers.append(SqueezeExcite(expanded_chans, squeeze_chans, gate))
+        if layout == "v2":
+            layers += [
+                nn.Conv2d(expanded_chans, out_chans, 1, bias=False),
+                nn.BatchNorm2d(out_chans, eps=norm_eps, momentum=norm_momentum),
+            ]
+        else:
+            layers.append(ConvNormAct(expanded_chans, out_chans, 1, activation=None, **norm))
+        self.layers_name = "conv" if layout == "v2" else "block"
+        setattr(self, self.layers_name, nn.Sequential(*layers))
+        self.use_residual = stride == 1 and in_chans == out_chans
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = getattr(self, self.layers_name)(x)
+        return out + x if self.use_residual else out
+
+
+class Fire(nn.Module):
+    """SqueezeNet's fire module (arXiv:1602.07360): a 1x1 squeeze, then 1x1 and 3x3 expands
+    whose outputs are concatenated along the channels."""
+
+    def __init__(self, in_chans: int, squeeze_chans: int, expand1x1_chans: int, expand3x3_chans: int):
+        super().__init__()
+        self.squeeze = nn.Conv2d(in_chans, squeeze_chans, 1)
+        self.squeeze_activation = nn.ReLU(inplace=True)
+        self.expand1x1 = nn.Conv2d(squeeze_chans, expand1x1_chans, 1)
+        self.expand1x1_activation = nn.ReLU(inplace=True)
+        self.expand3x3 = nn.Conv2d(squeeze_chans, expand3x3_chans, 3, padding=1)
+        self.expand3x3_activation = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.squeeze_activation(self.squeeze(x))
+        return torch.cat(
+            [self.expand1x1_activation(self.expand1x1(x)), self.expand3x3_activation(self.expand3x3(x))], dim=1
+        )
+
+
+def plan_downsampling(size: int, count: int) -> list[bool]:
+    """Which of ``count`` 2x downsampling steps to keep for a ``size`` px map: each is kept
+    while the map is at least 2 px, so an 8 px input ends at 1x1 instead of failing."""
+    keep = []
+    for _ in range(count):
+        keep.append(size >= 2)
+        if size >= 2:
+            size = math.ceil(size / 2)
+    return keep

