@@ -81,8 +81,17 @@ def test_progress_in_a_log_file_prints_step_and_epoch_lines():
     observer = ProgressObserver(Console(file=log, width=200), log_every_s=0.0)
     observer.on_fit_start(epochs=2, steps_per_epoch=10, start_epoch=0)
     observer.on_step(0, 4, 0.5, 0.8, 1000.0)
-    record = {"epoch": 1, "train_loss": 0.5, "train_accuracy": 0.8, "val_loss": 0.4, "val_accuracy": 0.85,
-              "lr": 0.1, "train_images_per_s": 1000.0, "seconds": 1.0, "is_best": True}
+    record = {
+        "epoch": 1,
+        "train_loss": 0.5,
+        "train_accuracy": 0.8,
+        "val_loss": 0.4,
+        "val_accuracy": 0.85,
+        "lr": 0.1,
+        "train_images_per_s": 1000.0,
+        "seconds": 1.0,
+        "is_best": True,
+    }
     observer.on_epoch_end(record)
     lines = log.getvalue().splitlines()
     assert lines[0].startswith("epoch   1/2  step 5/10") and "val loss 0.4000 acc 0.8500" in lines[1]

@@ -91,9 +91,7 @@ def test_every_model_trains_at_its_smallest_input_through_the_shared_interface(n
     assert grouped == sorted(id(p) for p in model.parameters())  # each parameter exactly once
 
 
-@pytest.mark.parametrize(
-    "name", [pytest.param(n, marks=pytest.mark.slow) if n in LARGE else n for n in list_models()]
-)
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in LARGE else n for n in list_models()])
 def test_every_model_exports_to_onnx_with_the_same_logits(name: str):
     onnxruntime = pytest.importorskip("onnxruntime")
     size = smallest_input_size(name) if name != "simple_cnn" else 16

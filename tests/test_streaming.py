@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import write_class_folder
 
+from conftest import write_class_folder
 from imgclf.config import TrainConfig
 from imgclf.runners.train import run_train
 

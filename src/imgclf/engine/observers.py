@@ -76,8 +76,10 @@ class ProgressObserver:
         if self.progress is None:
             if time.monotonic() - self.last_log >= self.log_every_s:
                 self.last_log = time.monotonic()
-                self.console.print(f"epoch {epoch + 1:>3}/{self.epochs}  step {step + 1}/{self.steps_per_epoch}  "
-                                   f"train loss {loss:.4f} acc {accuracy:.4f}  {images_per_s:,.0f} img/s")
+                self.console.print(
+                    f"epoch {epoch + 1:>3}/{self.epochs}  step {step + 1}/{self.steps_per_epoch}  "
+                    f"train loss {loss:.4f} acc {accuracy:.4f}  {images_per_s:,.0f} img/s"
+                )
             return
         self.progress.update(self.task, advance=1, epoch=epoch + 1, loss=loss, acc=accuracy, ips=images_per_s)
 

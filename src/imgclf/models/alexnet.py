@@ -5,8 +5,9 @@ torchvision's single-GPU variant (64-192-384-256-256 filters, as in "One weird t
 arXiv:1404.5997), with its parameter names: 61,100,840 parameters at 1000 classes.
 
 Small-input policy (64 px and below): the 11x11 stride-4 first convolution becomes 3x3 stride 1,
-and each 3x3/2 max-pool becomes a 2x2/2 pool kept while the map is at least 2 px. The adaptive
-6x6 average pool is unchanged, so every other weight keeps its shape.
+each 3x3/2 max-pool becomes a 2x2/2 pool kept while the map is at least 2 px, and the 6x6
+adaptive pool becomes a global pool repeated 6x6 (see GlobalPoolRepeat), so every weight but the
+first convolution keeps its shape.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from torch import nn
 
 from imgclf.models._base import ImageClassifier
 from imgclf.models._registry import register_model
-from imgclf.models.layers import SMALL_INPUT_MAX_SIZE, plan_downsampling
+from imgclf.models.layers import SMALL_INPUT_MAX_SIZE, GlobalPoolRepeat, plan_downsampling
 
 __all__ = ["AlexNet", "alexnet"]
 
@@ -43,7 +44,7 @@ class AlexNet(ImageClassifier):
             nn.Conv2d(384, 256, 3, padding=1), nn.ReLU(inplace=True),
             nn.Conv2d(256, 256, 3, padding=1), nn.ReLU(inplace=True), _pool(small, keep[2]),
         )  # fmt: skip
-        self.avgpool = nn.AdaptiveAvgPool2d((6, 6))
+        self.avgpool = GlobalPoolRepeat(6) if small else nn.AdaptiveAvgPool2d((6, 6))
         self.classifier = nn.Sequential(
             nn.Dropout(drop_rate), nn.Linear(256 * 6 * 6, 4096), nn.ReLU(inplace=True),
             nn.Dropout(drop_rate), nn.Linear(4096, 4096), nn.ReLU(inplace=True),

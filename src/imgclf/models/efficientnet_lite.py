@@ -52,5 +52,3 @@ def _efficientnet_lite(num_classes: int, in_chans: int, input_size: int, drop_ra
 def efficientnet_lite0(num_classes: int, in_chans: int, input_size: int, **kwargs) -> MobileNet:
     """EfficientNet-Lite0 (4.7M params): EfficientNet-B0 made for mobile CPUs and accelerators."""
     return _efficientnet_lite(num_classes, in_chans, input_size, **kwargs)
-
-

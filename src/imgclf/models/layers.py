@@ -11,6 +11,7 @@ from torch import nn
 __all__ = [
     "ConvNormAct",
     "Fire",
+    "GlobalPoolRepeat",
     "InvertedResidual",
     "SqueezeExcite",
     "SMALL_INPUT_MAX_SIZE",
@@ -138,6 +139,22 @@ class Fire(nn.Module):
         return torch.cat(
             [self.expand1x1_activation(self.expand1x1(x)), self.expand3x3_activation(self.expand3x3(x))], dim=1
         )
+
+
+class GlobalPoolRepeat(nn.Module):
+    """Global average pooling, then the pooled value repeated over a ``size`` x ``size`` grid.
+
+    The small-input stand-in for AlexNet's and VGG's adaptive (6x6 / 7x7) pooling: on the 1x1
+    map a small image leaves, adaptive pooling repeats that one value too, so the classifier
+    keeps its shape; unlike adaptive pooling to a larger grid, this exports to ONNX.
+    """
+
+    def __init__(self, size: int):
+        super().__init__()
+        self.size = size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=(2, 3), keepdim=True).expand(-1, -1, self.size, self.size)
 
 
 def plan_downsampling(size: int, count: int) -> list[bool]:

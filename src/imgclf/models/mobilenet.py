@@ -92,9 +92,7 @@ def _mobilenet_v2(num_classes: int, in_chans: int, input_size: int, drop_rate: f
     features: list[nn.Module] = [ConvNormAct(in_chans, 32, 3, stem_stride, activation=nn.ReLU6)]
     width = 32
     for (expansion, out_chans, _), stride in zip(plan, strides):
-        features.append(
-            InvertedResidual(width, round(width * expansion), out_chans, 3, stride, nn.ReLU6, layout="v2")
-        )
+        features.append(InvertedResidual(width, round(width * expansion), out_chans, 3, stride, nn.ReLU6, layout="v2"))
         width = out_chans
     features.append(ConvNormAct(width, 1280, 1, activation=nn.ReLU6))
     classifier = nn.Sequential(nn.Dropout(drop_rate), nn.Linear(1280, num_classes))

@@ -2,8 +2,9 @@
 Recognition", ICLR 2015 (arXiv:1409.1556), configurations A (11), B (13), D (16), E (19), and
 the batch-norm variants, with torchvision's parameter names (VGG-16: 138,357,544 parameters).
 
-Only 3x3 convolutions and 2x2 max-pools, so small inputs need no new stem: each of the five
-pools is kept while the map is at least 2 px (32 px ends at 1x1, 8 px loses its last two pools).
+Only 3x3 convolutions and 2x2 max-pools, so small inputs (64 px and below) need no new stem: each
+of the five pools is kept while the map is at least 2 px (32 px ends at 1x1, 8 px loses its last
+two pools), and the 7x7 adaptive pool becomes a global pool repeated 7x7 (see GlobalPoolRepeat).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from torch import nn
 
 from imgclf.models._base import ImageClassifier
 from imgclf.models._registry import register_model
-from imgclf.models.layers import plan_downsampling
+from imgclf.models.layers import SMALL_INPUT_MAX_SIZE, GlobalPoolRepeat, plan_downsampling
 
 __all__ = ["VGG", "vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn"]
 
@@ -49,7 +50,8 @@ class VGG(ImageClassifier):
         super().__init__()
         self.num_classes = num_classes
         self.features = _features(CONFIGS[depth], in_chans, batch_norm, input_size)
-        self.avgpool = nn.AdaptiveAvgPool2d((7, 7))
+        small = input_size <= SMALL_INPUT_MAX_SIZE
+        self.avgpool = GlobalPoolRepeat(7) if small else nn.AdaptiveAvgPool2d((7, 7))
         self.classifier = nn.Sequential(
             nn.Linear(512 * 7 * 7, 4096), nn.ReLU(inplace=True), nn.Dropout(drop_rate),
             nn.Linear(4096, 4096), nn.ReLU(inplace=True), nn.Dropout(drop_rate),
