@@ -15,6 +15,7 @@ __all__ = [
     "InvertedResidual",
     "SqueezeExcite",
     "SMALL_INPUT_MAX_SIZE",
+    "init_weights",
     "make_divisible",
     "plan_downsampling",
 ]
@@ -155,6 +156,22 @@ class GlobalPoolRepeat(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x.mean(dim=(2, 3), keepdim=True).expand(-1, -1, self.size, self.size)
+
+
+def init_weights(model: nn.Module, linear_std: float | None = 0.01) -> None:
+    """He (fan-out) initialization for convolutions, unit/zero batch norms, and N(0, std)
+    linear layers (PyTorch's default when ``linear_std`` is None): torchvision's recipe."""
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.BatchNorm2d):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Linear) and linear_std is not None:
+            nn.init.normal_(module.weight, 0, linear_std)
+            nn.init.zeros_(module.bias)
 
 
 def plan_downsampling(size: int, count: int) -> list[bool]:

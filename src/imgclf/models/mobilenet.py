@@ -17,7 +17,14 @@ from torch import nn
 
 from imgclf.models._base import ImageClassifier
 from imgclf.models._registry import register_model
-from imgclf.models.layers import SMALL_INPUT_MAX_SIZE, ConvNormAct, InvertedResidual, make_divisible, plan_downsampling
+from imgclf.models.layers import (
+    SMALL_INPUT_MAX_SIZE,
+    ConvNormAct,
+    InvertedResidual,
+    init_weights,
+    make_divisible,
+    plan_downsampling,
+)
 
 __all__ = ["MobileNet", "mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small"]
 
@@ -52,20 +59,7 @@ class MobileNet(ImageClassifier):
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.classifier = classifier
         self.classifier_name = f"classifier.{len(classifier) - 1}"
-        self._init_weights()
-
-    def _init_weights(self) -> None:
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out")
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.BatchNorm2d):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.Linear):
-                nn.init.normal_(module.weight, 0, 0.01)
-                nn.init.zeros_(module.bias)
+        init_weights(self)
 
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
         return self.features(images)

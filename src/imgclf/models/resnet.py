@@ -18,6 +18,7 @@ from torch import nn
 
 from imgclf.models._base import ImageClassifier
 from imgclf.models._registry import register_model
+from imgclf.models.layers import init_weights
 
 __all__ = ["BasicBlock", "Bottleneck", "ResNet", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152"]
 
@@ -120,12 +121,7 @@ class ResNet(ImageClassifier):
         self._init_weights(zero_init_residual)
 
     def _init_weights(self, zero_init_residual: bool) -> None:
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(module, nn.BatchNorm2d):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
+        init_weights(self, linear_std=None)
         if zero_init_residual:
             # Each residual block starts as the identity: arXiv:1706.02677 section 5.1.
             for module in self.modules():

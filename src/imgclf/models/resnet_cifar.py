@@ -16,6 +16,7 @@ from torch import nn
 
 from imgclf.models._base import ImageClassifier
 from imgclf.models._registry import register_model
+from imgclf.models.layers import init_weights
 from imgclf.models.resnet import BasicBlock
 
 __all__ = ["CifarResNet", "resnet20", "resnet32", "resnet44", "resnet56", "resnet110"]
@@ -59,9 +60,7 @@ class CifarResNet(ImageClassifier):
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(drop_rate)
         self.fc = nn.Linear(64, num_classes)
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+        init_weights(self, linear_std=None)
 
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
         x = self.relu(self.bn1(self.conv1(images)))

@@ -14,7 +14,7 @@ from torch import nn
 
 from imgclf.models._base import ImageClassifier
 from imgclf.models._registry import register_model
-from imgclf.models.layers import SMALL_INPUT_MAX_SIZE, GlobalPoolRepeat, plan_downsampling
+from imgclf.models.layers import SMALL_INPUT_MAX_SIZE, GlobalPoolRepeat, init_weights, plan_downsampling
 
 __all__ = ["VGG", "vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn"]
 
@@ -57,19 +57,7 @@ class VGG(ImageClassifier):
             nn.Linear(4096, 4096), nn.ReLU(inplace=True), nn.Dropout(drop_rate),
             nn.Linear(4096, num_classes),
         )  # fmt: skip
-        self._init_weights()
-
-    def _init_weights(self) -> None:
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-                nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.BatchNorm2d):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.Linear):
-                nn.init.normal_(module.weight, 0, 0.01)
-                nn.init.zeros_(module.bias)
+        init_weights(self)
 
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
         return self.features(images)
