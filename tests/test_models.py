@@ -14,18 +14,50 @@ from imgclf.models import choose_input_size, count_parameters, create_model, get
 
 # The published / torchvision counts at the default configuration (issue 3).
 PUBLISHED_PARAMETERS = {
-    "alexnet": 61_100_840, "vgg11": 132_863_336, "vgg16": 138_357_544, "vgg16_bn": 138_365_992,
-    "vgg19": 143_667_240, "resnet18": 11_689_512, "resnet34": 21_797_672, "resnet50": 25_557_032,
-    "resnet101": 44_549_160, "resnet152": 60_192_808, "mobilenet_v2": 3_504_872,
-    "mobilenet_v3_small": 2_542_856, "mobilenet_v3_large": 5_483_032, "squeezenet1_0": 1_248_424,
-    "squeezenet1_1": 1_235_496, "resnet20": 269_722, "resnet32": 464_154, "resnet44": 658_586,
-    "resnet56": 853_018, "resnet110": 1_727_962, "lenet5": 61_706, "efficientnet_lite0": 4_652_008,
-}  # fmt: skip
+    "alexnet": 61_100_840,
+    "vgg11": 132_863_336,
+    "vgg16": 138_357_544,
+    "vgg16_bn": 138_365_992,
+    "vgg19": 143_667_240,
+    "resnet18": 11_689_512,
+    "resnet34": 21_797_672,
+    "resnet50": 25_557_032,
+    "resnet101": 44_549_160,
+    "resnet152": 60_192_808,
+    "mobilenet_v2": 3_504_872,
+    "mobilenet_v3_small": 2_542_856,
+    "mobilenet_v3_large": 5_483_032,
+    "squeezenet1_0": 1_248_424,
+    "squeezenet1_1": 1_235_496,
+    "resnet20": 269_722,
+    "resnet32": 464_154,
+    "resnet44": 658_586,
+    "resnet56": 853_018,
+    "resnet110": 1_727_962,
+    "lenet5": 61_706,
+    "efficientnet_lite0": 4_652_008,
+}
 TORCHVISION_TWINS = [
-    "alexnet", "vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn",
-    "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "mobilenet_v2", "mobilenet_v3_small",
-    "mobilenet_v3_large", "squeezenet1_0", "squeezenet1_1",
-]  # fmt: skip
+    "alexnet",
+    "vgg11",
+    "vgg11_bn",
+    "vgg13",
+    "vgg13_bn",
+    "vgg16",
+    "vgg16_bn",
+    "vgg19",
+    "vgg19_bn",
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "resnet101",
+    "resnet152",
+    "mobilenet_v2",
+    "mobilenet_v3_small",
+    "mobilenet_v3_large",
+    "squeezenet1_0",
+    "squeezenet1_1",
+]
 LARGE = {name for name in list_models() if name.startswith(("vgg", "alexnet"))}  # over 60M parameters
 
 
@@ -99,8 +131,15 @@ def test_every_model_exports_to_onnx_with_the_same_logits(name: str):
     model = create_model(name, num_classes=5, in_chans=in_chans, input_size=size).eval()
     images = torch.randn(2, in_chans, size, size)
     buffer = io.BytesIO()
-    torch.onnx.export(model, images, buffer, dynamo=False, opset_version=17, input_names=["images"],
-                      dynamic_axes={"images": {0: "batch"}})  # fmt: skip
+    torch.onnx.export(
+        model,
+        images,
+        buffer,
+        dynamo=False,
+        opset_version=17,
+        input_names=["images"],
+        dynamic_axes={"images": {0: "batch"}},
+    )
     session = onnxruntime.InferenceSession(buffer.getvalue(), providers=["CPUExecutionProvider"])
     exported = session.run(None, {"images": images.numpy()})[0]
     with torch.no_grad():

@@ -21,8 +21,25 @@ def tiny_folder(tmp_path_factory) -> Path:
 @pytest.mark.parametrize("name", list_models())
 def test_train_works_with_every_model(name: str, tiny_folder: Path, tmp_path: Path, capsys):
     output = tmp_path / name
-    code = main(["train", str(tiny_folder), "--model", name, "--epochs", "1", "--batch-size", "4",
-                 "--val-fraction", "0.34", "--test-fraction", "0", "--output", str(output), "--json"])  # fmt: skip
+    code = main(
+        [
+            "train",
+            str(tiny_folder),
+            "--model",
+            name,
+            "--epochs",
+            "1",
+            "--batch-size",
+            "4",
+            "--val-fraction",
+            "0.34",
+            "--test-fraction",
+            "0",
+            "--output",
+            str(output),
+            "--json",
+        ]
+    )
     result = json.loads(capsys.readouterr().out)
     assert code == 0 and result["model"] == name and result["epochs"] == 1
     description = json.loads((output / "model.json").read_text())

@@ -17,6 +17,7 @@ OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("onecycle", "cosine", "constant")
 AUGMENTATIONS = ("auto", "none", "flip", "translate", "flip+translate")
 CLASS_WEIGHTS = ("none", "balanced")
+FINETUNE_MODES = ("full", "head", "linear-probe", "two-stage")
 
 
 @dataclass
@@ -46,6 +47,9 @@ class TrainConfig:
     workers: int = 2  # decoding threads/processes
     max_memory_gb: float = 4.0  # decoded data above this streams from disk instead
     checkpoint_every_epoch: bool = True
+    pretrained: str | None = None  # "default": the model's built-in ImageNet weights; or a file
+    finetune: str = "full"  # with pretrained weights: full, head, linear-probe or two-stage
+    max_train_per_class: int | None = None  # keep at most this many training images per class
 
     def __post_init__(self) -> None:
         self.validate()
@@ -55,6 +59,11 @@ class TrainConfig:
         _choice("schedule", self.schedule, SCHEDULES)
         _choice("augment", self.augment, AUGMENTATIONS)
         _choice("class_weights", self.class_weights, CLASS_WEIGHTS)
+        _choice("finetune", self.finetune, FINETUNE_MODES)
+        if self.finetune != "full" and self.pretrained is None:
+            raise UsageError(f"--finetune {self.finetune} needs --pretrained (weights to start from)")
+        if self.max_train_per_class is not None:
+            _positive("max_train_per_class", self.max_train_per_class)
         _positive("batch_size", self.batch_size)
         if self.epochs is not None:
             _positive("epochs", self.epochs)
@@ -79,10 +88,13 @@ class TrainConfig:
 
     def resolved_lr(self) -> float:
         """Peak learning rate: the given one, or 0.2 (SGD) / 2e-3 (AdamW) per 256 images
-        (0.1 at batch 128, the CIFAR ResNet rate of He et al. 2016)."""
+        (0.1 at batch 128, the CIFAR ResNet rate of He et al. 2016); a tenth of that when
+        pretrained layers are trained too (full fine-tuning keeps what ImageNet taught)."""
         if self.lr is not None:
             return self.lr
         per_256 = 0.2 if self.optimizer == "sgd" else 2e-3
+        if self.pretrained is not None and self.finetune == "full":
+            per_256 /= 10
         return per_256 * self.batch_size / 256
 
     def resolved_weight_decay(self) -> float:

@@ -11,6 +11,7 @@ from PIL import Image
 
 from imgclf.bundle import Bundle, load_bundle
 from imgclf.data.decode import convert_channels, decode_image
+from imgclf.data.prepare import Preprocess
 from imgclf.errors import BadImageError, ImgclfError
 
 __all__ = ["Classifier", "ImageInput", "load"]
@@ -49,7 +50,7 @@ class Classifier:
     def __init__(self, bundle: Bundle, device: str | torch.device = "cpu"):
         self.bundle = bundle
         self.device = torch.device(device)
-        self.model = bundle.model.to(self.device).eval()
+        self.model = bundle.model.to(self.device, memory_format=torch.channels_last).eval()
         self.preprocess = bundle.preprocess
         self.classes = bundle.classes
 
@@ -98,3 +99,24 @@ class Classifier:
 def load(bundle_dir: str | Path, device: str | torch.device = "cpu") -> Classifier:
     """Load a bundle directory for prediction."""
     return Classifier(load_bundle(bundle_dir), device=device)
+
+
+def load_pretrained_classifier(model_name: str, source: str | None = None, device: str = "cpu") -> Classifier:
+    """A zoo model with its ImageNet weights and their preprocessing, as a Classifier over the
+    1000 ImageNet classes (no training, no bundle)."""
+    from imgclf.models import create_model
+    from imgclf.transfer import imagenet_class_names, load_pretrained, load_weights_into
+
+    weights = load_pretrained(model_name, source)
+    model = create_model(model_name, num_classes=1000, in_chans=3, input_size=weights.input_size)
+    fresh = load_weights_into(model, weights)
+    if fresh:
+        raise ImgclfError(f"{weights.source}: does not hold a complete {model_name} (missing {fresh[0]})")
+    preprocess = Preprocess(
+        weights.input_size, 3, tuple(weights.mean), tuple(weights.std), resize_size=weights.resize_size
+    )
+    description = {"architecture": model_name, "pretrained": weights.describe()}
+    bundle = Bundle(
+        Path(weights.source), model.eval(), preprocess, weights.classes or imagenet_class_names(), description, {}
+    )
+    return Classifier(bundle, device=device)

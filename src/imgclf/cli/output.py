@@ -7,7 +7,9 @@ import sys
 
 from rich.console import Console
 
-__all__ = ["print_json", "stdout_console"]
+__all__ = ["pretrained_source", "print_json", "stdout_console"]
+
+WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
 
 
 def print_json(value) -> None:
@@ -18,3 +20,13 @@ def stdout_console() -> Console:
     # A pipe or log file gets wide tables instead of rich's 80-column default.
     console = Console(highlight=False)
     return console if console.is_terminal else Console(highlight=False, width=160)
+
+
+def pretrained_source(value: str | None, positionals: list[str]) -> str | None:
+    """``--pretrained`` takes an optional FILE, so ``--pretrained photo.jpg`` would swallow a
+    positional argument: a value that is not a weights file goes back to the positionals and the
+    built-in weights are meant ("default")."""
+    if value is None or value == "default" or value.lower().endswith(WEIGHT_SUFFIXES):
+        return value
+    positionals.insert(0, value)
+    return "default"

@@ -1,21 +1,30 @@
-"""imgclf predict BUNDLE FILE_OR_DIR... [--top-k K] [--json]"""
+"""imgclf predict (BUNDLE | --model NAME --pretrained [FILE]) FILE_OR_DIR... [--top-k K] [--json]"""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from imgclf.cli.output import print_json, stdout_console
+from imgclf.cli.output import pretrained_source, print_json, stdout_console
 
 
 def add_parser(commands) -> None:
     parser = commands.add_parser(
         "predict",
         help="top-k labels for images",
-        description="Predict labels for image files and folders (searched recursively).",
+        usage="imgclf predict (BUNDLE | --model NAME --pretrained [FILE]) FILE_OR_DIR... [options]",
+        description="Predict labels for image files and folders (searched recursively), with a trained "
+        "bundle, or with a zoo model's ImageNet weights (--model NAME --pretrained).",
     )
-    parser.add_argument("bundle", metavar="BUNDLE")
-    parser.add_argument("inputs", metavar="FILE_OR_DIR", nargs="+")
+    parser.add_argument("paths", metavar="BUNDLE FILE_OR_DIR", nargs="*")
+    parser.add_argument("--model", help="predict with this zoo model's ImageNet weights instead of a bundle")
+    parser.add_argument(
+        "--pretrained",
+        nargs="?",
+        const="default",
+        metavar="FILE",
+        help="with --model: the built-in ImageNet weights, or a weights FILE",
+    )
     parser.add_argument("--top-k", type=int, default=5, help="labels per image (default: 5)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
@@ -28,7 +37,17 @@ def run(args: argparse.Namespace) -> int:
 
     if args.top_k < 1:
         raise UsageError(f"--top-k must be at least 1, not {args.top_k}")
-    results = run_predict(args.bundle, args.inputs, top_k=args.top_k, device=args.device)
+    args.pretrained = pretrained_source(args.pretrained, args.paths)
+    if args.model is not None:
+        bundle, inputs = None, args.paths
+        if args.pretrained is None:
+            raise UsageError("--model needs --pretrained: an untrained model predicts nothing useful")
+    elif len(args.paths) < 2:
+        raise UsageError("give a BUNDLE and at least one FILE_OR_DIR (or --model NAME --pretrained)")
+    else:
+        bundle, inputs = args.paths[0], args.paths[1:]
+    pretrained = (args.model, None if args.pretrained == "default" else args.pretrained) if args.model else None
+    results = run_predict(bundle, inputs, top_k=args.top_k, device=args.device, pretrained=pretrained)
     failed = [result for result in results if "error" in result]
     if args.json:
         print_json(results)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from imgclf.cli.output import print_json
+from imgclf.cli.output import pretrained_source, print_json
 from imgclf.config import TrainConfig, load_config_file
 
 # Command-line option -> TrainConfig field (None values mean "not given": keep the default).
@@ -40,6 +40,13 @@ _OPTIONS = (
     ("--device", "device", str, "auto, cpu, cuda or cuda:N (default: auto)"),
     ("--workers", "workers", int, "decoding threads / loader processes (default: 2)"),
     ("--max-memory-gb", "max_memory_gb", float, "decoded data above this size streams from disk (default: 4)"),
+    (
+        "--finetune",
+        "finetune",
+        str,
+        "with --pretrained: full, head, linear-probe or two-stage (default: full)",
+    ),
+    ("--max-train-per-class", "max_train_per_class", int, "use at most N training images per class"),
 )
 
 
@@ -51,9 +58,18 @@ def add_parser(commands) -> None:
         "optionally with train/ val/ test/), a .zip/.tar.gz of one, a CSV of path,label, "
         "or a built-in: digits, fashion-mnist.",
     )
-    parser.add_argument("data", metavar="DATA")
+    parser.add_argument("data", metavar="DATA", nargs="?")
     for flag, field, kind, text in _OPTIONS:
         parser.add_argument(flag, dest=field, type=kind, default=None, help=text)
+    parser.add_argument(
+        "--pretrained",
+        nargs="?",
+        const="default",
+        default=None,
+        metavar="FILE",
+        help="start from ImageNet weights: the model's built-in source (efficientnet_lite0 ships them; "
+        "torchvision's cache for the others), or a .safetensors / .pth state dict FILE",
+    )
     parser.add_argument("--no-amp", dest="amp", action="store_false", default=None, help="no bf16 autocast on CUDA")
     parser.add_argument("--config", help="JSON file of options (command-line options override it)")
     parser.add_argument("--output", "-o", help="bundle folder (default: runs/<data>-<model>)")
@@ -71,12 +87,20 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
             values[field] = getattr(args, field)
     if args.amp is not None:
         values["amp"] = args.amp
+    if args.pretrained is not None:
+        values["pretrained"] = args.pretrained
     return TrainConfig.from_dict(values)
 
 
 def run(args: argparse.Namespace) -> int:
+    from imgclf.errors import UsageError
     from imgclf.runners.train import run_train
 
+    positionals = [args.data] if args.data else []
+    args.pretrained = pretrained_source(args.pretrained, positionals)
+    if len(positionals) != 1:
+        raise UsageError("give one DATA: a folder, an archive, a CSV file, digits or fashion-mnist")
+    args.data = positionals[0]
     result = run_train(
         args.data,
         build_config(args),

@@ -175,21 +175,23 @@ def decode_image(
     return np.array(pixels, dtype=np.uint8, copy=True)
 
 
-def resize_shorter_center_crop(pixels: np.ndarray, size: int) -> np.ndarray:
-    """Scale so the shorter side is ``size`` (bilinear, antialiased), then centre-crop a square.
-
-    Square images are simply resized; the crop only removes the long side's borders.
+def resize_shorter_center_crop(pixels: np.ndarray, size: int, resize_to: int | None = None) -> np.ndarray:
+    """Scale so the shorter side is ``resize_to`` (default ``size``; bilinear, antialiased), then
+    centre-crop a ``size`` square: ImageNet's "resize 256, crop 224" with ``resize_to=256``.
     """
+    resize_to = max(size, resize_to or size)
     height, width = pixels.shape[:2]
-    if height == size and width == size:
+    if height == size and width == size and resize_to == size:
         return pixels
-    scale = size / min(height, width)
-    new_width = max(size, round(width * scale))
-    new_height = max(size, round(height * scale))
+    # The long side is truncated, not rounded, as torchvision's Resize does (640x427 -> 383x256).
+    if width <= height:
+        new_width, new_height = resize_to, int(resize_to * height / width)
+    else:
+        new_width, new_height = int(resize_to * width / height), resize_to
     image = Image.fromarray(pixels[:, :, 0] if pixels.shape[2] == 1 else pixels)
     image = image.resize((new_width, new_height), Image.Resampling.BILINEAR)
-    left = (new_width - size) // 2
-    top = (new_height - size) // 2
+    left = int(round((new_width - size) / 2.0))  # torchvision's CenterCrop offsets
+    top = int(round((new_height - size) / 2.0))
     image = image.crop((left, top, left + size, top + size))
     resized = np.asarray(image)
     return resized[:, :, None] if resized.ndim == 2 else resized

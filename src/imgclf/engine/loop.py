@@ -37,6 +37,7 @@ class FitSetup:
     augment_generator: torch.Generator
     amp: bool = False  # bf16 autocast, CUDA only
     grad_clip: float = 0.0
+    frozen_modules: list[nn.Module] = field(default_factory=list)  # batch norms kept in eval mode
 
 
 @dataclass
@@ -56,6 +57,8 @@ class FitState:
 def train_one_epoch(setup: FitSetup, batches: Batches, epoch: int, observer: TrainObserver) -> dict:
     model, device = setup.model, setup.device
     model.train()
+    for module in setup.frozen_modules:  # a frozen backbone keeps its ImageNet statistics
+        module.eval()
     use_amp = setup.amp and device.type == "cuda"
     total_loss = torch.zeros((), device=device)  # summed on the device: no sync per step
     total_correct = torch.zeros((), device=device, dtype=torch.int64)

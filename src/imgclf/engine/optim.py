@@ -10,23 +10,38 @@ from torch import nn
 __all__ = ["create_optimizer", "create_schedule", "lr_multiplier"]
 
 
-def _decay_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+def _decay_groups(parameters: list[nn.Parameter], weight_decay: float, lr: float) -> list[dict]:
     """Weight decay on conv/linear weights only: norms and biases (ndim <= 1) are not decayed,
     as in "Bag of Tricks for Image Classification" (arXiv:1812.01187), section 3.1."""
     decay, no_decay = [], []
-    for parameter in model.parameters():
+    for parameter in parameters:
         if parameter.requires_grad:
             (no_decay if parameter.ndim <= 1 else decay).append(parameter)
-    return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
+    groups = [
+        {"params": decay, "weight_decay": weight_decay, "lr": lr},
+        {"params": no_decay, "weight_decay": 0.0, "lr": lr},
     ]
+    return [group for group in groups if group["params"]]
 
 
 def create_optimizer(
-    model: nn.Module, name: str, lr: float, weight_decay: float, momentum: float = 0.9
+    model: nn.Module,
+    name: str,
+    lr: float,
+    weight_decay: float,
+    momentum: float = 0.9,
+    lr_scale: dict[str, float] | None = None,
 ) -> torch.optim.Optimizer:
-    groups = _decay_groups(model, weight_decay)
+    """SGD (Nesterov) or AdamW over the trainable parameters. ``lr_scale`` multiplies the rate
+    per parameter group of the model interface, e.g. {"stem": 0.1, "stages": 0.3, "head": 1.0}."""
+    if lr_scale is None:
+        groups = _decay_groups(list(model.parameters()), weight_decay, lr)
+    else:
+        groups = [
+            group
+            for group_name, parameters in model.parameter_groups().items()
+            for group in _decay_groups(parameters, weight_decay, lr * lr_scale[group_name])
+        ]
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=momentum > 0)
     if name == "adamw":

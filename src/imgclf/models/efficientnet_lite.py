@@ -7,8 +7,10 @@ without squeeze-excite, ReLU6 instead of swish, and the stem (32) and head (1280
 
 Layout as torchvision's EfficientNet: ``features.0`` stem, ``features.1``-``features.7`` the
 seven stages of inverted residual blocks, ``features.8`` the 1x1 head, ``classifier.1``.
-Small-input policy (64 px and below) as for the MobileNets: stem at stride 1, later stride-2
-blocks kept while the map is at least 2 px.
+Convolutions use TensorFlow's "SAME" padding (Conv2dTfSame) and batch norms TensorFlow's epsilon,
+as the reference implementation the weights were converted for. Small-input policy (64 px and
+below) as for the MobileNets: stem at stride 1, later stride-2 blocks kept while the map is at
+least 2 px.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ __all__ = ["efficientnet_lite0"]
 # EfficientNet-B0 table 1: expansion, kernel, first stride, output channels, repeats.
 LITE0_STAGES = [(1, 3, 1, 16, 1), (6, 3, 2, 24, 2), (6, 5, 2, 40, 2), (6, 3, 2, 80, 3), (6, 5, 1, 112, 3),
                 (6, 5, 2, 192, 4), (6, 3, 1, 320, 1)]  # fmt: skip
-TF_NORM = {"norm_eps": 1e-3, "norm_momentum": 0.01}  # TensorFlow's batch-norm defaults
+# TensorFlow's batch-norm defaults and "SAME" padding, which the ported ImageNet weights expect.
+TF_NORM = {"norm_eps": 1e-3, "norm_momentum": 0.01, "tf_same": True}
 
 
 def _efficientnet_lite(num_classes: int, in_chans: int, input_size: int, drop_rate: float = 0.2) -> MobileNet:

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 __all__ = [
+    "Conv2dTfSame",
     "ConvNormAct",
     "Fire",
     "GlobalPoolRepeat",
@@ -26,9 +27,23 @@ __all__ = [
 SMALL_INPUT_MAX_SIZE = 64
 
 
+class Conv2dTfSame(nn.Conv2d):
+    """A convolution with TensorFlow's "SAME" padding: for a stride-2 layer on an even-sized
+    map the extra row and column go at the bottom and right. Weights ported from TensorFlow
+    (EfficientNet-Lite) expect it; PyTorch's symmetric padding would shift every strided layer."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pads = []
+        for size, kernel, stride in zip(reversed(x.shape[-2:]), reversed(self.kernel_size), reversed(self.stride)):
+            total = max((-(-size // stride) - 1) * stride + kernel - size, 0)
+            pads += [total // 2, total - total // 2]
+        return super().forward(nn.functional.pad(x, pads))
+
+
 class ConvNormAct(nn.Sequential):
-    """Conv (no bias: the norm has one) -> BatchNorm -> activation, "same" padding.
-    Indices 0/1/2 match torchvision's Conv2dNormActivation."""
+    """Conv (no bias: the norm has one) -> BatchNorm -> activation, "same" padding
+    (TensorFlow's asymmetric kind with ``tf_same``). Indices 0/1/2 match torchvision's
+    Conv2dNormActivation."""
 
     def __init__(
         self,
@@ -40,11 +55,15 @@ class ConvNormAct(nn.Sequential):
         activation: type[nn.Module] | None = nn.ReLU,
         norm_eps: float = 1e-5,
         norm_momentum: float = 0.1,
+        tf_same: bool = False,
     ):
+        if tf_same:
+            conv: nn.Conv2d = Conv2dTfSame(in_chans, out_chans, kernel_size, stride, groups=groups, bias=False)
+        else:
+            padding = (kernel_size - 1) // 2
+            conv = nn.Conv2d(in_chans, out_chans, kernel_size, stride, padding, groups=groups, bias=False)
         layers: list[nn.Module] = [
-            nn.Conv2d(
-                in_chans, out_chans, kernel_size, stride, padding=(kernel_size - 1) // 2, groups=groups, bias=False
-            ),
+            conv,
             nn.BatchNorm2d(out_chans, eps=norm_eps, momentum=norm_momentum),
         ]
         if activation is not None:
@@ -95,9 +114,10 @@ class InvertedResidual(nn.Module):
         layout: str = "v3",
         norm_eps: float = 1e-5,
         norm_momentum: float = 0.1,
+        tf_same: bool = False,
     ):
         super().__init__()
-        norm = {"norm_eps": norm_eps, "norm_momentum": norm_momentum}
+        norm = {"norm_eps": norm_eps, "norm_momentum": norm_momentum, "tf_same": tf_same}
         layers: list[nn.Module] = []
         if expanded_chans != in_chans:
             layers.append(ConvNormAct(in_chans, expanded_chans, 1, activation=activation, **norm))

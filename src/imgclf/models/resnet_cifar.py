@@ -38,8 +38,14 @@ class PadShortcut(nn.Module):
 class CifarResNet(ImageClassifier):
     classifier_name = "fc"
 
-    def __init__(self, blocks_per_stage: int, num_classes: int = 10, in_chans: int = 3, input_size: int = 32,
-                 drop_rate: float = 0.0):  # fmt: skip
+    def __init__(
+        self,
+        blocks_per_stage: int,
+        num_classes: int = 10,
+        in_chans: int = 3,
+        input_size: int = 32,
+        drop_rate: float = 0.0,
+    ):
         super().__init__()
         self.num_classes = num_classes
         self.conv1 = nn.Conv2d(in_chans, 16, 3, 1, padding=1, bias=False)

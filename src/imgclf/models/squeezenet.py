@@ -21,19 +21,40 @@ __all__ = ["SqueezeNet", "squeezenet1_0", "squeezenet1_1"]
 
 # (in, squeeze, expand 1x1, expand 3x3) of each fire module; "M" is a 3x3/2 max-pool.
 FIRE_LAYOUTS = {
-    "1_0": [(96, 16, 64, 64), (128, 16, 64, 64), (128, 32, 128, 128), "M", (256, 32, 128, 128),
-            (256, 48, 192, 192), (384, 48, 192, 192), (384, 64, 256, 256), "M", (512, 64, 256, 256)],
-    "1_1": [(64, 16, 64, 64), (128, 16, 64, 64), "M", (128, 32, 128, 128), (256, 32, 128, 128), "M",
-            (256, 48, 192, 192), (384, 48, 192, 192), (384, 64, 256, 256), (512, 64, 256, 256)],
-}  # fmt: skip
+    "1_0": [
+        (96, 16, 64, 64),
+        (128, 16, 64, 64),
+        (128, 32, 128, 128),
+        "M",
+        (256, 32, 128, 128),
+        (256, 48, 192, 192),
+        (384, 48, 192, 192),
+        (384, 64, 256, 256),
+        "M",
+        (512, 64, 256, 256),
+    ],
+    "1_1": [
+        (64, 16, 64, 64),
+        (128, 16, 64, 64),
+        "M",
+        (128, 32, 128, 128),
+        (256, 32, 128, 128),
+        "M",
+        (256, 48, 192, 192),
+        (384, 48, 192, 192),
+        (384, 64, 256, 256),
+        (512, 64, 256, 256),
+    ],
+}
 STEMS = {"1_0": (96, 7), "1_1": (64, 3)}  # (filters, kernel) of the stride-2 first convolution
 
 
 class SqueezeNet(ImageClassifier):
     classifier_name = "classifier.1"
 
-    def __init__(self, version: str, num_classes: int = 1000, in_chans: int = 3, input_size: int = 224,
-                 drop_rate: float = 0.5):  # fmt: skip
+    def __init__(
+        self, version: str, num_classes: int = 1000, in_chans: int = 3, input_size: int = 224, drop_rate: float = 0.5
+    ):
         super().__init__()
         self.num_classes = num_classes
         small = input_size <= SMALL_INPUT_MAX_SIZE

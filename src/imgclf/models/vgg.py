@@ -45,18 +45,29 @@ def _features(config: list, in_chans: int, batch_norm: bool, input_size: int) ->
 class VGG(ImageClassifier):
     classifier_name = "classifier.6"
 
-    def __init__(self, depth: int, batch_norm: bool = False, num_classes: int = 1000, in_chans: int = 3,
-                 input_size: int = 224, drop_rate: float = 0.5):  # fmt: skip
+    def __init__(
+        self,
+        depth: int,
+        batch_norm: bool = False,
+        num_classes: int = 1000,
+        in_chans: int = 3,
+        input_size: int = 224,
+        drop_rate: float = 0.5,
+    ):
         super().__init__()
         self.num_classes = num_classes
         self.features = _features(CONFIGS[depth], in_chans, batch_norm, input_size)
         small = input_size <= SMALL_INPUT_MAX_SIZE
         self.avgpool = GlobalPoolRepeat(7) if small else nn.AdaptiveAvgPool2d((7, 7))
         self.classifier = nn.Sequential(
-            nn.Linear(512 * 7 * 7, 4096), nn.ReLU(inplace=True), nn.Dropout(drop_rate),
-            nn.Linear(4096, 4096), nn.ReLU(inplace=True), nn.Dropout(drop_rate),
+            nn.Linear(512 * 7 * 7, 4096),
+            nn.ReLU(inplace=True),
+            nn.Dropout(drop_rate),
+            nn.Linear(4096, 4096),
+            nn.ReLU(inplace=True),
+            nn.Dropout(drop_rate),
             nn.Linear(4096, num_classes),
-        )  # fmt: skip
+        )
         init_weights(self)
 
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:

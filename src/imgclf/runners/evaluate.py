@@ -11,7 +11,7 @@ from imgclf.bundle import load_bundle
 from imgclf.data.dataset import SplitPolicy, load_dataset
 from imgclf.engine.evaluate import classification_metrics, predict_logits
 from imgclf.errors import DataError
-from imgclf.runners.common import make_batches, prepare_splits, resolve_device, stderr_console
+from imgclf.runners.common import eval_batch_size, make_batches, prepare_splits, resolve_device, stderr_console
 
 __all__ = ["run_evaluate"]
 
@@ -63,7 +63,10 @@ def run_evaluate(
     target_split.targets = remap[target_split.targets]
     torch_device = resolve_device(device)
     logits, targets = predict_logits(
-        bundle.model.to(torch_device), make_batches(target_split, 256), bundle.preprocess, torch_device
+        bundle.model.to(torch_device, memory_format=torch.channels_last),
+        make_batches(target_split, eval_batch_size(bundle.preprocess.input_size)),
+        bundle.preprocess,
+        torch_device,
     )
     metrics = classification_metrics(logits, targets, bundle.classes)
     metrics["split"] = split

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from imgclf.data.layout import IMAGE_SUFFIXES, is_junk
-from imgclf.predictor import load
+from imgclf.predictor import load, load_pretrained_classifier
 
 __all__ = ["expand_image_paths", "run_predict"]
 
@@ -28,6 +28,16 @@ def expand_image_paths(inputs: list[str]) -> list[Path]:
     return paths
 
 
-def run_predict(bundle_dir: str | Path, inputs: list[str], top_k: int = 5, device: str = "cpu") -> list[dict]:
-    classifier = load(bundle_dir, device=device)
+def run_predict(
+    bundle_dir: str | Path | None,
+    inputs: list[str],
+    top_k: int = 5,
+    device: str = "cpu",
+    pretrained: tuple[str, str | None] | None = None,
+) -> list[dict]:
+    """Top-k labels from a bundle, or from ``pretrained`` = (model name, weights file or None)."""
+    if pretrained is not None:
+        classifier = load_pretrained_classifier(*pretrained, device=device)
+    else:
+        classifier = load(bundle_dir, device=device)
     return classifier.predict([str(path) for path in expand_image_paths(inputs)], top_k=top_k)

@@ -1,7 +1,7 @@
 """The train runner: the only code that knows both the configuration and the library pieces.
 
-data -> profile (header scan) -> input size and channels -> decode -> model, optimizer,
-schedule -> fit (checkpoint every epoch) -> test -> bundle.
+weights (if pretrained) -> data (scan, preprocessing, decode) -> model -> stages of fit
+(checkpoint every epoch) or a linear probe -> test -> bundle.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import math
 import os
 import re
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -19,33 +19,35 @@ from torch import nn
 
 from imgclf.bundle import is_bundle, save_bundle
 from imgclf.config import TrainConfig
-from imgclf.data.augment import choose_augmentation
+from imgclf.data.augment import Augmentation, choose_augmentation
 from imgclf.data.batches import Batches
-from imgclf.data.dataset import Dataset, SplitPolicy, load_dataset
-from imgclf.data.prepare import DataProfile, Preprocess, TensorSplit, estimate_mean_std, profile_dataset
+from imgclf.data.dataset import Dataset
+from imgclf.data.prepare import DataProfile, Preprocess, TensorSplit
 from imgclf.engine.checkpoint import load_training_state, save_training_state
 from imgclf.engine.evaluate import classification_metrics, predict_logits
 from imgclf.engine.loop import FitSetup, FitState, fit
 from imgclf.engine.observers import ProgressObserver, TrainObserver
 from imgclf.engine.optim import create_optimizer, create_schedule
-from imgclf.errors import DataError, UsageError
-from imgclf.models import choose_input_size, count_parameters, create_model, get_model_spec
+from imgclf.errors import UsageError
+from imgclf.models import ImageClassifier, count_parameters, create_model, get_model_spec
 from imgclf.runners.common import (
     PreparedSplits,
+    eval_batch_size,
     make_batches,
-    prepare_splits,
     resolve_device,
     seed_everything,
     stderr_console,
 )
+from imgclf.runners.finetune import Stage, plan_stages, run_linear_probe
+from imgclf.runners.train_data import describe_data, load_training_data
+from imgclf.transfer import PretrainedWeights, freeze_for_finetuning, load_pretrained, load_weights_into
 
-__all__ = ["run_train", "STATE_FILE"]
+__all__ = ["STATE_FILE", "run_train"]
 
 STATE_FILE = "training_state.safetensors"
 PREVIOUS_STATE_FILE = "training_state.prev.safetensors"
 # Auto epochs: enough to see about this many training images, within [3, 30] epochs.
 AUTO_EPOCH_IMAGES, AUTO_EPOCH_RANGE = 30_000, (3, 30)
-EVAL_BATCH_SIZE = 256
 
 
 def _default_output(data: str, model: str) -> Path:
@@ -72,33 +74,14 @@ def _check_output(output: Path, overwrite: bool, resume: bool) -> None:
         )
 
 
+def _state_path(output: Path) -> Path:
+    """The newest complete training state (the previous one if a crash hit mid-replace)."""
+    return output / STATE_FILE if (output / STATE_FILE).is_file() else output / PREVIOUS_STATE_FILE
+
+
 def _auto_epochs(train_images: int) -> int:
     low, high = AUTO_EPOCH_RANGE
     return int(min(high, max(low, math.ceil(AUTO_EPOCH_IMAGES / max(1, train_images)))))
-
-
-def _build_preprocess(
-    dataset: Dataset, profile: DataProfile, config: TrainConfig, console: Console
-) -> tuple[Preprocess, PreparedSplits]:
-    spec = get_model_spec(config.model)
-    size = config.input_size or choose_input_size(spec, profile.native_size)
-    pixels = sum(profile.sizes.values()) * profile.channels * size * size
-    in_memory = pixels <= config.max_memory_gb * 1024**3
-    provisional = Preprocess(size, profile.channels, (0.0,) * profile.channels, (1.0,) * profile.channels)
-    started = time.perf_counter()
-    prepared = prepare_splits(dataset, provisional, in_memory, config.workers)
-    train = prepared.splits["train"]
-    if isinstance(train, TensorSplit):
-        mean, std = estimate_mean_std(train.images)
-    else:
-        sample = [train[i] for i in range(0, len(train), max(1, len(train) // 2000))]
-        mean, std = estimate_mean_std(torch.stack([item[0] for item in sample if item is not None]))
-    where = "decoded into memory" if in_memory else "streamed from disk"
-    console.print(
-        f"data: {size}x{size} px, {profile.channels} channel(s), {where} "
-        f"({pixels / 1024**2:,.0f} MiB) in {time.perf_counter() - started:.1f}s"
-    )
-    return replace(provisional, mean=mean, std=std), prepared
 
 
 def _loss_function(config: TrainConfig, targets: torch.Tensor, num_classes: int, device) -> nn.Module:
@@ -110,44 +93,124 @@ def _loss_function(config: TrainConfig, targets: torch.Tensor, num_classes: int,
 
 
 def _split_targets(split) -> torch.Tensor:
-    if isinstance(split, TensorSplit):
-        return split.targets
-    return torch.from_numpy(split.split.targets)
+    return split.targets if isinstance(split, TensorSplit) else torch.from_numpy(split.split.targets)
 
 
-def _describe_data(dataset: Dataset, profile: DataProfile, prepared: PreparedSplits) -> dict:
-    skipped = profile.skipped + prepared.skipped
-    return {
-        "source": dataset.name,
-        "kind": dataset.kind,
-        "split": dataset.split_info,
-        "sizes": {name: len(split) for name, split in prepared.splits.items()},
-        "native_size": profile.native_size,
-        "skipped": [{"file": file, "reason": reason} for file, reason in skipped],
-        "ignored": len(dataset.ignored),
+@dataclass
+class TrainingRun:
+    """What the runner assembled for one run: everything the stages and the bundle need."""
+
+    config: TrainConfig
+    output: Path
+    dataset: Dataset
+    profile: DataProfile
+    prepared: PreparedSplits
+    preprocess: Preprocess
+    model: ImageClassifier
+    device: torch.device
+    augmentation: Augmentation
+    train_batches: Batches
+    val_batches: Batches
+    epochs: int
+    model_kwargs: dict
+    weights: PretrainedWeights | None
+    augment_generator: torch.Generator
+    state: FitState = field(default_factory=FitState)
+
+
+def _create_model(config: TrainConfig, dataset: Dataset, preprocess: Preprocess, weights, device, console):
+    model_kwargs = {
+        "num_classes": dataset.num_classes,
+        "in_chans": preprocess.channels,
+        "input_size": preprocess.input_size,
     }
+    if config.drop_rate is not None:
+        model_kwargs["drop_rate"] = config.drop_rate
+    model = create_model(config.model, **model_kwargs)
+    if weights is not None:
+        fresh = load_weights_into(model, weights)
+        console.print(f"weights: {weights.source}; newly initialized: {', '.join(fresh) or 'nothing'}")
+    # channels-last: 20-35% faster training steps on this CPU (see Preprocess.normalize)
+    return model.to(device, memory_format=torch.channels_last), model_kwargs
 
 
-def _load_data(data: str, config: TrainConfig, data_dir, console: Console):
-    policy = SplitPolicy(config.seed, config.val_fraction, config.test_fraction)
-    dataset = load_dataset(data, policy, data_dir)
-    profile = profile_dataset(dataset)
-    if len(dataset.splits["train"]) == 0:
-        raise DataError(f"{data}: no usable training images ({len(profile.skipped)} skipped)")
-    sizes = ", ".join(f"{name} {count:,}" for name, count in profile.sizes.items())
-    console.print(
-        f"data: {dataset.name}: {dataset.num_classes} classes, {sizes} images"
-        + (f", {len(profile.skipped)} unusable files skipped" if profile.skipped else "")
+def _assemble(data: str, config: TrainConfig, output: Path, data_dir, console: Console) -> TrainingRun:
+    device = resolve_device(config.device)
+    weights = None
+    if config.pretrained is not None:
+        weights = load_pretrained(config.model, None if config.pretrained == "default" else config.pretrained)
+    dataset, profile, preprocess, prepared = load_training_data(data, config, data_dir, weights, console)
+    seed_everything(config.seed)
+    model, model_kwargs = _create_model(config, dataset, preprocess, weights, device, console)
+    if device.type == "cuda":  # keep decoded datasets on the GPU: no host-to-device copy per batch
+        prepared.splits = {
+            name: TensorSplit(split.images.to(device), split.targets.to(device), split.keys)
+            if isinstance(split, TensorSplit)
+            else split
+            for name, split in prepared.splits.items()
+        }
+    epochs = config.epochs or _auto_epochs(len(prepared.splits["train"]))
+    augmentation = choose_augmentation(config.augment, dataset.kind, preprocess.channels, preprocess.input_size, epochs)
+    train_batches = make_batches(
+        prepared.splits["train"],
+        config.batch_size,
+        shuffle=True,
+        seed=config.seed,
+        drop_last=True,
+        workers=config.workers,
     )
-    preprocess, prepared = _build_preprocess(dataset, profile, config, console)
-    return dataset, profile, preprocess, prepared
+    val_batches = make_batches(prepared.splits["val"], eval_batch_size(preprocess.input_size), workers=config.workers)
+    return TrainingRun(
+        config,
+        output,
+        dataset,
+        profile,
+        prepared,
+        preprocess,
+        model,
+        device,
+        augmentation,
+        train_batches,
+        val_batches,
+        epochs,
+        model_kwargs,
+        weights,
+        torch.Generator().manual_seed(config.seed + 1),
+    )
 
 
-def _restore(state_path: Path, model: nn.Module) -> tuple[dict, FitState]:
-    saved = load_training_state(state_path)
-    model.load_state_dict(saved["model"])
+def _stage_setup(run: TrainingRun, stage: Stage) -> FitSetup:
+    config = run.config
+    frozen = freeze_for_finetuning(run.model, stage.train_backbone) if run.weights is not None else []
+    optimizer = create_optimizer(
+        run.model, config.optimizer, stage.lr, config.resolved_weight_decay(), config.momentum, stage.lr_scale
+    )
+    steps = (stage.end_epoch - stage.start_epoch) * len(run.train_batches)
+    scheduler = create_schedule(optimizer, steps, config.schedule, config.resolved_warmup_fraction())
+    loss_fn = _loss_function(config, _split_targets(run.prepared.splits["train"]), run.dataset.num_classes, run.device)
+    return FitSetup(
+        run.model,
+        optimizer,
+        scheduler,
+        loss_fn,
+        run.preprocess,
+        run.augmentation,
+        run.device,
+        run.augment_generator,
+        amp=config.amp,
+        grad_clip=config.grad_clip,
+        frozen_modules=frozen,
+    )
+
+
+def _resume_stage(run: TrainingRun, setup: FitSetup, stage_index: int, stage: Stage) -> None:
+    """Restore weights, best epoch and RNG states; the optimizer and schedule only when the
+    checkpoint was written inside this stage (at a stage boundary the new stage starts fresh,
+    exactly as it does in an uninterrupted run)."""
+    saved = load_training_state(_state_path(run.output))
     meta = saved["meta"]
-    state = FitState(
+    run.model.load_state_dict(saved["model"])
+    run.state = FitState(
         epoch=meta["epoch"],
         step=meta["step"],
         best_epoch=meta["best_epoch"],
@@ -156,101 +219,23 @@ def _restore(state_path: Path, model: nn.Module) -> tuple[dict, FitState]:
         epochs_without_improvement=meta["epochs_without_improvement"],
         history=meta["history"],
     )
-    return saved, state
+    torch.set_rng_state(saved["rng"]["torch"])
+    run.augment_generator.set_state(saved["rng"]["augment"])
+    if meta.get("stage", 0) == stage_index and meta["epoch"] > stage.start_epoch:
+        setup.optimizer.load_state_dict(saved["optimizer"])
+        steps_per_epoch = len(run.train_batches)
+        steps_done = (meta["epoch"] - stage.start_epoch) * steps_per_epoch
+        total_steps = (stage.end_epoch - stage.start_epoch) * steps_per_epoch
+        setup.scheduler = create_schedule(
+            setup.optimizer,
+            total_steps,
+            run.config.schedule,
+            run.config.resolved_warmup_fraction(),
+            last_step=steps_done - 1,
+        )
 
 
-@dataclass
-class TrainingRun:
-    """What the runner assembled for one run: the loop's inputs and what the bundle records."""
-
-    config: TrainConfig
-    output: Path
-    dataset: Dataset
-    profile: DataProfile
-    prepared: PreparedSplits
-    setup: FitSetup
-    train_batches: Batches
-    val_batches: Batches
-    epochs: int
-    model_kwargs: dict
-    state: FitState
-
-
-def _place_on_device(prepared: PreparedSplits, device: torch.device) -> None:
-    """Keep decoded datasets on the GPU when training there: no host-to-device copy per batch."""
-    if device.type == "cuda":
-        prepared.splits = {
-            name: TensorSplit(split.images.to(device), split.targets.to(device), split.keys)
-            if isinstance(split, TensorSplit)
-            else split
-            for name, split in prepared.splits.items()
-        }
-
-
-def _assemble(data: str, config: TrainConfig, output: Path, resume: bool, data_dir, console: Console) -> TrainingRun:
-    device = resolve_device(config.device)
-    dataset, profile, preprocess, prepared = _load_data(data, config, data_dir, console)
-    seed_everything(config.seed)
-    model_kwargs = {
-        "num_classes": dataset.num_classes,
-        "in_chans": preprocess.channels,
-        "input_size": preprocess.input_size,
-    }
-    if config.drop_rate is not None:
-        model_kwargs["drop_rate"] = config.drop_rate
-    model = create_model(config.model, **model_kwargs).to(device)
-    _place_on_device(prepared, device)
-    train_split = prepared.splits["train"]
-    epochs = config.epochs or _auto_epochs(len(train_split))
-    train_batches = make_batches(
-        train_split, config.batch_size, shuffle=True, seed=config.seed, drop_last=True, workers=config.workers
-    )
-    val_batches = make_batches(prepared.splits["val"], EVAL_BATCH_SIZE, workers=config.workers)
-    optimizer = create_optimizer(
-        model, config.optimizer, config.resolved_lr(), config.resolved_weight_decay(), config.momentum
-    )
-    state, last_step = FitState(), -1
-    augment_generator = torch.Generator().manual_seed(config.seed + 1)
-    if resume:
-        saved, state = _restore(_state_path(output), model)
-        optimizer.load_state_dict(saved["optimizer"])
-        torch.set_rng_state(saved["rng"]["torch"])
-        augment_generator.set_state(saved["rng"]["augment"])
-        last_step = state.step - 1
-    scheduler = create_schedule(
-        optimizer, epochs * len(train_batches), config.schedule, config.resolved_warmup_fraction(), last_step
-    )
-    augmentation = choose_augmentation(config.augment, dataset.kind, preprocess.channels, preprocess.input_size, epochs)
-    loss_fn = _loss_function(config, _split_targets(train_split), dataset.num_classes, device)
-    setup = FitSetup(
-        model,
-        optimizer,
-        scheduler,
-        loss_fn,
-        preprocess,
-        augmentation,
-        device,
-        augment_generator,
-        amp=config.amp,
-        grad_clip=config.grad_clip,
-    )
-    return TrainingRun(
-        config, output, dataset, profile, prepared, setup, train_batches, val_batches, epochs, model_kwargs, state
-    )
-
-
-def _announce(run: TrainingRun, console: Console) -> None:
-    config, setup = run.config, run.setup
-    epoch_source = "given" if config.epochs else f"auto: about {AUTO_EPOCH_IMAGES:,} training images seen"
-    console.print(
-        f"model: {config.model} ({count_parameters(setup.model):,} parameters) on {setup.device}, "
-        f"{run.epochs} epochs ({epoch_source}), {len(run.train_batches)} steps per epoch, "
-        f"lr {config.resolved_lr():.3g} ({config.optimizer}, {config.schedule})"
-    )
-    console.print(f"augmentation: {setup.augmentation.reason}")
-
-
-def _checkpoint_saver(run: TrainingRun):
+def _checkpoint_saver(run: TrainingRun, setup: FitSetup, stage_index: int):
     def save_checkpoint(state: FitState) -> None:
         current, previous = run.output / STATE_FILE, run.output / PREVIOUS_STATE_FILE
         if current.exists():
@@ -259,31 +244,85 @@ def _checkpoint_saver(run: TrainingRun):
             "epoch": state.epoch,
             "step": state.step,
             "best_epoch": state.best_epoch,
+            "stage": stage_index,
             "best_val_accuracy": state.best_val_accuracy,
             "history": state.history,
             "epochs_without_improvement": state.epochs_without_improvement,
             "config": {**run.config.to_dict(), "epochs": run.epochs},
         }
-        rng = {"torch": torch.get_rng_state(), "augment": run.setup.augment_generator.get_state()}
-        save_training_state(current, run.setup.model, run.setup.optimizer, state.best_weights, rng, meta)
+        rng = {"torch": torch.get_rng_state(), "augment": run.augment_generator.get_state()}
+        save_training_state(current, run.model, setup.optimizer, state.best_weights, rng, meta)
 
     return save_checkpoint
+
+
+def _run_stages(run: TrainingRun, resume: bool, observer: TrainObserver, console: Console) -> None:
+    stages = plan_stages(run.config, run.epochs)
+    resume_epoch = load_training_state(_state_path(run.output))["meta"]["epoch"] if resume else 0
+    for index, stage in enumerate(stages):
+        if resume_epoch >= stage.end_epoch:
+            continue
+        setup = _stage_setup(run, stage)
+        if resume:
+            _resume_stage(run, setup, index, stage)
+            resume = False
+        if len(stages) > 1 or run.weights is not None:
+            console.print(f"{stage.name}: epochs {stage.start_epoch + 1}-{stage.end_epoch}, peak lr {stage.lr:.3g}")
+        run.state.stopped_early, run.state.epochs_without_improvement = False, 0
+        saver = _checkpoint_saver(run, setup, index) if run.config.checkpoint_every_epoch else None
+        run.state = fit(
+            setup,
+            run.train_batches,
+            run.val_batches,
+            stage.end_epoch,
+            run.dataset.classes,
+            observer,
+            state=run.state,
+            early_stopping=run.config.early_stopping,
+            save_checkpoint=saver,
+        )
+
+
+def _linear_probe(run: TrainingRun, console: Console) -> None:
+    freeze_for_finetuning(run.model, train_backbone=False)
+    plain_train = make_batches(
+        run.prepared.splits["train"], eval_batch_size(run.preprocess.input_size), workers=run.config.workers
+    )
+    fingerprints = run.dataset.split_info.get("fingerprints", {})
+    key = {
+        "model": run.config.model,
+        "weights": run.weights.source,
+        "preprocess": run.preprocess.to_dict(),
+        "data": run.dataset.name,
+        "fingerprints": fingerprints,
+        "split_info": {k: v for k, v in run.dataset.split_info.items() if k.startswith("max_")},
+    }
+    run.state = run_linear_probe(
+        run.model,
+        {"train": plain_train, "val": run.val_batches},
+        run.preprocess,
+        run.device,
+        key,
+        run.dataset.num_classes,
+        run.config.seed,
+        console,
+    )
 
 
 def _final_metrics(run: TrainingRun) -> dict[str, dict]:
     final = {}
     for name in ("val", "test"):
         if name in run.prepared.splits:
-            batches = make_batches(run.prepared.splits[name], EVAL_BATCH_SIZE, workers=run.config.workers)
-            logits, targets = predict_logits(
-                run.setup.model, batches, run.setup.preprocess, run.setup.device, run.config.amp
+            batches = make_batches(
+                run.prepared.splits[name], eval_batch_size(run.preprocess.input_size), workers=run.config.workers
             )
+            logits, targets = predict_logits(run.model, batches, run.preprocess, run.device, run.config.amp)
             final[name] = classification_metrics(logits, targets, run.dataset.classes)
     return final
 
 
 def _write_bundle(run: TrainingRun, final: dict, seconds: float) -> dict:
-    state, config, preprocess = run.state, run.config, run.setup.preprocess
+    state, config, preprocess = run.state, run.config, run.preprocess
     summary = {
         "val_accuracy": final["val"]["accuracy"],
         "test_accuracy": final["test"]["accuracy"] if "test" in final else None,
@@ -294,30 +333,44 @@ def _write_bundle(run: TrainingRun, final: dict, seconds: float) -> dict:
     description = {
         "architecture": config.model,
         "model_kwargs": run.model_kwargs,
-        "params": count_parameters(run.setup.model),
+        "params": count_parameters(run.model),
         "classes": run.dataset.classes,
         "input_size": preprocess.input_size,
         "in_chans": preprocess.channels,
         "preprocess": preprocess.to_dict(),
-        "augmentation": run.setup.augmentation.to_dict(),
+        "augmentation": run.augmentation.to_dict(),
+        "pretrained": {**run.weights.describe(), "finetune": config.finetune} if run.weights else None,
         "training": {
             **config.to_dict(),
             "epochs": run.epochs,
             "lr": config.resolved_lr(),
             "weight_decay": config.resolved_weight_decay(),
-            "device": str(run.setup.device),
-        },
-        "data": _describe_data(run.dataset, run.profile, run.prepared),
+            "device": str(run.device),
+        },  # fmt: skip
+        "data": describe_data(run.dataset, run.profile, run.prepared),
         "metrics": summary,
         "seconds": round(seconds, 2),
     }
-    save_bundle(run.output, run.setup.model.cpu(), description, {**final, "summary": summary, "history": state.history})
+    metrics = {**final, "summary": summary, "history": state.history}
+    save_bundle(run.output, run.model.cpu(), description, metrics)
     return summary
 
 
-def _state_path(output: Path) -> Path:
-    """The newest complete training state (the previous one if a crash hit mid-replace)."""
-    return output / STATE_FILE if (output / STATE_FILE).is_file() else output / PREVIOUS_STATE_FILE
+def _announce(run: TrainingRun, console: Console) -> None:
+    config = run.config
+    if config.finetune == "linear-probe":
+        console.print(
+            f"model: {config.model} ({count_parameters(run.model):,} parameters) on {run.device}, "
+            "frozen: a linear probe on its embeddings"
+        )
+        return
+    epoch_source = "given" if config.epochs else f"auto: about {AUTO_EPOCH_IMAGES:,} training images seen"
+    console.print(
+        f"model: {config.model} ({count_parameters(run.model):,} parameters) on {run.device}, "
+        f"{run.epochs} epochs ({epoch_source}), {len(run.train_batches)} steps per epoch, "
+        f"lr {config.resolved_lr():.3g} ({config.optimizer}, {config.schedule})"
+    )
+    console.print(f"augmentation: {run.augmentation.reason}")
 
 
 def run_train(
@@ -341,21 +394,13 @@ def run_train(
     get_model_spec(config.model)  # an unknown model fails before any data is read
     if config.threads:
         torch.set_num_threads(config.threads)
-    run = _assemble(data, config, output, resume, data_dir, console)
+    run = _assemble(data, config, output, data_dir, console)
     _announce(run, console)
     output.mkdir(parents=True, exist_ok=True)
-    saver = _checkpoint_saver(run) if config.checkpoint_every_epoch else None
-    run.state = fit(
-        run.setup,
-        run.train_batches,
-        run.val_batches,
-        run.epochs,
-        run.dataset.classes,
-        observer or ProgressObserver(console),
-        state=run.state,
-        early_stopping=config.early_stopping,
-        save_checkpoint=saver,
-    )
+    if config.finetune == "linear-probe":
+        _linear_probe(run, console)
+    else:
+        _run_stages(run, resume, observer or ProgressObserver(console), console)
     summary = _write_bundle(run, _final_metrics(run), time.perf_counter() - started)
     seconds = time.perf_counter() - started
     console.print(

@@ -1,0 +1,117 @@
+"""Data for a training run: load DATA, cap it, scan it, choose the preprocessing, decode it."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import replace
+
+import numpy as np
+import torch
+from rich.console import Console
+
+from imgclf.config import TrainConfig
+from imgclf.data.dataset import Dataset, SplitPolicy, load_dataset
+from imgclf.data.prepare import DataProfile, Preprocess, TensorSplit, estimate_mean_std, profile_dataset
+from imgclf.errors import DataError
+from imgclf.models import choose_input_size, get_model_spec
+from imgclf.runners.common import PreparedSplits, prepare_splits
+from imgclf.transfer import PretrainedWeights
+
+__all__ = ["describe_data", "load_training_data"]
+
+
+def _cap_per_class(dataset: Dataset, split: str, limit: int, seed: int) -> None:
+    """Keep at most ``limit`` images of each class in ``split`` (a seeded random choice)."""
+    targets = dataset.splits[split].targets
+    rng = np.random.default_rng(seed)
+    keep = [rng.permutation(np.flatnonzero(targets == label))[:limit] for label in np.unique(targets)]
+    dataset.splits[split] = dataset.splits[split].subset(np.sort(np.concatenate(keep)))
+
+
+def _apply_train_cap(dataset: Dataset, config: TrainConfig) -> None:
+    """``max_train_per_class``: the validation split shrinks in proportion, so that a
+    "100 images per class" run is not dominated by evaluating thousands of validation images."""
+    limit = config.max_train_per_class
+    if limit is None:
+        return
+    _cap_per_class(dataset, "train", limit, config.seed)
+    val_limit = max(1, math.ceil(limit * config.val_fraction / (1 - config.val_fraction)))
+    _cap_per_class(dataset, "val", val_limit, config.seed)
+    dataset.split_info.update(
+        max_train_per_class=limit,
+        max_val_per_class=val_limit,
+        sizes={name: len(split) for name, split in dataset.splits.items()},
+    )
+
+
+def _choose_preprocess(profile: DataProfile, config: TrainConfig, weights: PretrainedWeights | None) -> Preprocess:
+    """Input size and channels from the data and model; pretrained weights bring their own
+    preprocessing (3 channels, their mean/std, their resize-then-crop ratio)."""
+    if weights is not None:
+        size = config.input_size or weights.input_size
+        resize = round(size * weights.resize_size / weights.input_size)
+        return Preprocess(size, 3, tuple(weights.mean), tuple(weights.std), resize_size=resize)
+    size = config.input_size or choose_input_size(get_model_spec(config.model), profile.native_size)
+    channels = profile.channels
+    return Preprocess(size, channels, (0.0,) * channels, (1.0,) * channels)
+
+
+def _decode(
+    dataset: Dataset,
+    profile: DataProfile,
+    preprocess: Preprocess,
+    config: TrainConfig,
+    weights: PretrainedWeights | None,
+    console: Console,
+) -> tuple[Preprocess, PreparedSplits]:
+    size, channels = preprocess.input_size, preprocess.channels
+    pixels = sum(len(split) for split in dataset.splits.values()) * channels * size * size
+    in_memory = pixels <= config.max_memory_gb * 1024**3
+    started = time.perf_counter()
+    prepared = prepare_splits(dataset, preprocess, in_memory, config.workers)
+    if weights is None:  # mean/std of this training set
+        train = prepared.splits["train"]
+        if isinstance(train, TensorSplit):
+            mean, std = estimate_mean_std(train.images)
+        else:
+            sample = [train[i] for i in range(0, len(train), max(1, len(train) // 2000))]
+            mean, std = estimate_mean_std(torch.stack([item[0] for item in sample if item is not None]))
+        preprocess = replace(preprocess, mean=mean, std=std)
+    where = "decoded into memory" if in_memory else "streamed from disk"
+    console.print(
+        f"data: {size}x{size} px, {channels} channel(s), {where} "
+        f"({pixels / 1024**2:,.0f} MiB) in {time.perf_counter() - started:.1f}s"
+    )
+    return preprocess, prepared
+
+
+def load_training_data(
+    data: str, config: TrainConfig, data_dir, weights: PretrainedWeights | None, console: Console
+) -> tuple[Dataset, DataProfile, Preprocess, PreparedSplits]:
+    policy = SplitPolicy(config.seed, config.val_fraction, config.test_fraction)
+    dataset = load_dataset(data, policy, data_dir)
+    _apply_train_cap(dataset, config)
+    profile = profile_dataset(dataset)
+    if len(dataset.splits["train"]) == 0:
+        raise DataError(f"{data}: no usable training images ({len(profile.skipped)} skipped)")
+    sizes = ", ".join(f"{name} {count:,}" for name, count in profile.sizes.items())
+    skipped = f", {len(profile.skipped)} unusable files skipped" if profile.skipped else ""
+    console.print(f"data: {dataset.name}: {dataset.num_classes} classes, {sizes} images{skipped}")
+    preprocess = _choose_preprocess(profile, config, weights)
+    preprocess, prepared = _decode(dataset, profile, preprocess, config, weights, console)
+    return dataset, profile, preprocess, prepared
+
+
+def describe_data(dataset: Dataset, profile: DataProfile, prepared: PreparedSplits) -> dict:
+    """The bundle's record of the data: source, split, sizes, and every skipped file."""
+    skipped = profile.skipped + prepared.skipped
+    return {
+        "source": dataset.name,
+        "kind": dataset.kind,
+        "split": dataset.split_info,
+        "sizes": {name: len(split) for name, split in prepared.splits.items()},
+        "native_size": profile.native_size,
+        "skipped": [{"file": file, "reason": reason} for file, reason in skipped],
+        "ignored": len(dataset.ignored),
+    }
