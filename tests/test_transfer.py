@@ -148,7 +148,6 @@ def test_two_stage_finetuning_end_to_end_with_the_bundle_preprocessing(photo_fol
 
 
 def test_head_mode_keeps_the_backbone_and_its_statistics_frozen(photo_folder, tmp_path):
-    config = TrainConfig(model="mobilenet_v3_small", pretrained=None, epochs=1, batch_size=4, input_size=32)
     reference = create_model("mobilenet_v3_small", num_classes=2, input_size=32)
     weights_file = tmp_path / "start.safetensors"
     save_file({k: v.contiguous() for k, v in reference.state_dict().items() if not k.startswith("classifier.3")},
