@@ -22,9 +22,12 @@ def train(
 ) -> dict:
     """Train on DATA (a folder, archive, CSV, ``digits`` or ``fashion-mnist``) and write a bundle.
 
-    ``options`` are TrainConfig fields (``model="lenet5"``, ``epochs=2``...); returns
+    ``options`` are TrainConfig fields (``model="lenet5"``, ``epochs=2``, ``pretrained=True`` or a
+    weights file, ``finetune="two-stage"``...); returns
     ``{"bundle", "model", "epochs", "seconds", "metrics": {"val_accuracy", "test_accuracy"}}``.
     """
+    if options.get("pretrained") is True:
+        options["pretrained"] = "default"  # the model's built-in ImageNet weights
     return run_train(
         data, TrainConfig.from_dict(options), output=output, overwrite=overwrite, resume=resume, data_dir=data_dir
     )
