@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import tarfile
 import zipfile
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Protocol
 
 from imgclf.errors import BadImageError, DataError
@@ -20,6 +20,17 @@ ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
 # A tar archive (no random access once compressed) is read into memory in one pass; above this
 # size the user is asked to extract it, so a huge archive never fills memory silently.
 MAX_TAR_BYTES = 4 * 1024**3
+# No image file is this large (the decoder's pixel limit refuses far smaller ones); a member that
+# claims or inflates to more is a decompression bomb, refused before it is inflated.
+MAX_MEMBER_BYTES = 256 * 1024**2
+
+
+def check_member_name(archive: Path, name: str) -> None:
+    """Refuse members that would point outside the archive's folder if it were extracted:
+    absolute paths, drive letters and ``..`` components (imgclf never extracts, but says so)."""
+    parts = PurePosixPath(name.replace("\\", "/")).parts
+    if name.startswith(("/", "\\")) or (parts and ":" in parts[0]) or ".." in parts:
+        raise DataError(f"{archive}: member {name!r} points outside the archive (absolute path or '..'); refused")
 
 
 class ImageReader(Protocol):
@@ -62,18 +73,27 @@ class FolderReader:
 class ZipReader:
     """Members of a zip archive, read on demand (each worker process opens its own handle)."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, max_member_bytes: int = MAX_MEMBER_BYTES):
         self.path = Path(path)
+        self.max_member_bytes = max_member_bytes
         self._handle: zipfile.ZipFile | None = None
         self._pid = -1
         try:
             with zipfile.ZipFile(self.path) as archive:
-                self._names = [info.filename for info in archive.infolist() if not info.is_dir()]
+                members = [info for info in archive.infolist() if not info.is_dir()]
         except (zipfile.BadZipFile, OSError) as error:
             raise DataError(f"{self.path}: not a readable zip archive ({error})") from None
+        for info in members:
+            check_member_name(self.path, info.filename)
+            if info.file_size > max_member_bytes:
+                raise DataError(
+                    f"{self.path}: member {info.filename!r} inflates to {info.file_size:,} bytes, over the "
+                    f"{max_member_bytes:,}-byte limit for one image (a zip bomb?); refused"
+                )
+        self._names = [info.filename for info in members]
 
     def __getstate__(self) -> dict:
-        return {"path": self.path, "_names": self._names, "_handle": None, "_pid": -1}
+        return {**self.__dict__, "_handle": None, "_pid": -1}
 
     def list_files(self) -> list[str]:
         return list(self._names)
@@ -83,9 +103,13 @@ class ZipReader:
             self._handle = zipfile.ZipFile(self.path)
             self._pid = os.getpid()
         try:
-            return self._handle.read(key)
+            with self._handle.open(key) as member:  # read at most the limit: headers can lie
+                data = member.read(self.max_member_bytes + 1)
         except (KeyError, zipfile.BadZipFile, OSError) as error:
             raise BadImageError(self.describe(key), f"cannot read archive member ({error})") from None
+        if len(data) > self.max_member_bytes:
+            raise BadImageError(self.describe(key), f"inflates past {self.max_member_bytes:,} bytes; refused")
+        return data
 
     def describe(self, key: str) -> str:
         return f"{self.path}:{key}"
@@ -101,8 +125,14 @@ class TarReader:
         try:
             with tarfile.open(self.path) as archive:
                 for member in archive:
-                    if not member.isfile():
+                    if not member.isfile():  # links, devices and folders are never read
                         continue
+                    check_member_name(self.path, member.name)
+                    if member.size > MAX_MEMBER_BYTES:
+                        raise DataError(
+                            f"{self.path}: member {member.name!r} holds {member.size:,} bytes, over the "
+                            f"{MAX_MEMBER_BYTES:,}-byte limit for one image; refused"
+                        )
                     total += member.size
                     if total > max_bytes:
                         raise DataError(

@@ -1,0 +1,141 @@
+"""Untrusted input: archives that point outside themselves or inflate without end, pickles offered
+as models, random bytes offered as images, and a training run killed with SIGKILL."""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+from safetensors.torch import load_file
+
+from conftest import write_class_folder
+from imgclf.bundle import load_bundle
+from imgclf.data.dataset import load_dataset
+from imgclf.data.decode import decode_image
+from imgclf.data.readers import ZipReader
+from imgclf.errors import BadImageError, BundleError, DataError
+
+PNG = io.BytesIO()
+Image.new("RGB", (6, 5), (10, 200, 30)).save(PNG, format="PNG")
+
+
+@pytest.mark.parametrize("member", ["../escape/cat/x.png", "/abs/cat/x.png", "data/../../cat/x.png"])
+def test_archive_members_pointing_outside_are_refused(tmp_path: Path, member: str):
+    archive = tmp_path / "data.zip"
+    with zipfile.ZipFile(archive, "w") as handle:
+        handle.writestr("data/dog/a.png", PNG.getvalue())
+        handle.writestr(member, PNG.getvalue())
+    with pytest.raises(DataError, match="points outside the archive"):
+        load_dataset(str(archive))
+
+
+def test_tar_members_pointing_outside_are_refused(tmp_path: Path):
+    archive = tmp_path / "data.tar.gz"
+    with tarfile.open(archive, "w:gz") as handle:
+        info = tarfile.TarInfo("../cat/x.png")
+        info.size = len(PNG.getvalue())
+        handle.addfile(info, io.BytesIO(PNG.getvalue()))
+    with pytest.raises(DataError, match="points outside the archive"):
+        load_dataset(str(archive))
+
+
+def test_zip_bomb_is_refused_before_inflating(tmp_path: Path):
+    archive = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_DEFLATED) as handle:
+        handle.writestr("cat/huge.png", b"\0" * 5_000_000)  # 5 MB of zeros, about 5 KB compressed
+    assert archive.stat().st_size < 50_000
+    with pytest.raises(DataError, match="zip bomb"):
+        ZipReader(archive, max_member_bytes=1_000_000)
+
+
+class _Marker:
+    def __init__(self, path: str):
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.path),))
+
+
+def test_a_pickle_in_a_bundle_folder_never_executes(tmp_path: Path):
+    marker = tmp_path / "executed"
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    (bundle / "model.json").write_text(
+        '{"format": "imgclf-bundle", "format_version": 1, "architecture": "lenet5", "model_kwargs": {}}'
+    )
+    (bundle / "model.safetensors").write_bytes(pickle.dumps({"fc3.weight": _Marker(str(marker))}))
+    with pytest.raises(BundleError, match="unreadable weights"):
+        load_bundle(bundle)
+    assert not marker.exists()
+
+
+def _seed_images() -> list[bytes]:
+    images = []
+    for fmt, mode in (("PNG", "RGBA"), ("JPEG", "RGB"), ("GIF", "P"), ("BMP", "L"), ("TIFF", "I;16")):
+        buffer = io.BytesIO()
+        Image.new(mode, (9, 7)).save(buffer, format=fmt)
+        images.append(buffer.getvalue())
+    return images
+
+
+# A short run in CI; a longer one: IMGCLF_FUZZ_EXAMPLES=20000 pytest tests/test_safety.py -k fuzz
+@settings(max_examples=int(os.environ.get("IMGCLF_FUZZ_EXAMPLES", "300")), deadline=None,
+          suppress_health_check=[HealthCheck.too_slow])  # fmt: skip
+@given(
+    seed=st.sampled_from(_seed_images()),
+    cuts=st.lists(st.tuples(st.integers(0, 4000), st.integers(0, 255)), max_size=8),
+    truncate=st.integers(0, 4000),
+    noise=st.binary(max_size=64),
+)
+def test_fuzz_decoding_only_ever_says_bad_image(seed: bytes, cuts, truncate: int, noise: bytes):
+    """Mutated, truncated and random bytes: an array or BadImageError, never another exception."""
+    data = bytearray(seed)
+    for position, value in cuts:
+        if data:
+            data[position % len(data)] = value
+    data = bytes(data[: max(truncate, 0) or len(data)]) + noise
+    try:
+        pixels = decode_image(data, "fuzz.bin", max_pixels=1_000_000)
+    except BadImageError as error:
+        assert error.source == "fuzz.bin"
+    else:
+        assert pixels.dtype == np.uint8 and pixels.ndim == 3 and pixels.shape[2] in (1, 3)
+
+
+def _train_command(data: Path, output: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "imgclf", "train", str(data), "--model", "resnet18", "--epochs", "4",
+            "--batch-size", "8", "--threads", "1", "--output", str(output), *extra]  # fmt: skip
+
+
+def test_a_run_killed_mid_epoch_resumes_to_the_same_weights(tmp_path: Path):
+    data = write_class_folder(tmp_path / "data", ["a", "b", "c"], per_class=24, size=48)
+    subprocess.run(_train_command(data, tmp_path / "whole"), check=True, capture_output=True, timeout=600)
+    process = subprocess.Popen(_train_command(data, tmp_path / "cut"), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)  # fmt: skip
+    state = tmp_path / "cut" / "training_state.safetensors"
+    deadline = time.monotonic() + 300
+    while not state.exists() and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.02)
+    time.sleep(0.3)  # into the second epoch
+    process.send_signal(signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL  # killed while training, not finished
+    assert not (tmp_path / "cut" / "model.safetensors").exists()
+    subprocess.run(_train_command(data, tmp_path / "cut", "--resume"), check=True, capture_output=True, timeout=600)
+    whole = load_file(str(tmp_path / "whole" / "model.safetensors"))
+    resumed = load_file(str(tmp_path / "cut" / "model.safetensors"))
+    assert all(np.array_equal(whole[name].numpy(), resumed[name].numpy()) for name in whole)
+    shutil.rmtree(tmp_path / "whole")
