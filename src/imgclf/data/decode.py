@@ -51,6 +51,9 @@ class ImageInfo:
     height: int
     mode: str
     format: str
+    exif_rotated: bool = False  # the EXIF orientation tag asks for a rotation or flip
+    frames: int = 1
+    transparency: bool = False  # a palette or grayscale image with a transparent colour
 
     @property
     def is_grayscale(self) -> bool:
@@ -88,7 +91,19 @@ def _open(data: bytes, source: str, max_pixels: int) -> Image.Image:
 def probe_image(data: bytes, source: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageInfo:
     """Read size, mode and format from the header; raises BadImageError naming ``source``."""
     image = _open(data, source, max_pixels)
-    return ImageInfo(width=image.width, height=image.height, mode=image.mode, format=image.format)
+    try:
+        orientation = image.getexif().get(0x0112, 1)
+    except (OSError, SyntaxError, ValueError):
+        orientation = 1
+    return ImageInfo(
+        width=image.width,
+        height=image.height,
+        mode=image.mode,
+        format=image.format,
+        exif_rotated=orientation not in (1, None),
+        frames=getattr(image, "n_frames", 1),
+        transparency="transparency" in image.info,
+    )
 
 
 def _composite_on_white(image: Image.Image) -> Image.Image:

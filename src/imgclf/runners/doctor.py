@@ -1,0 +1,221 @@
+"""``imgclf doctor DATA``: what imgclf will do with every file, before a minute of training.
+
+Each file is *used*, *converted* (and how) or *skipped* (and why); exact duplicates are found by
+content hash within and across splits (a duplicate across train and test inflates the test
+score); class imbalance, image sizes and modes per class are summarized, with a warning when a
+mode or format alone predicts the label.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter, defaultdict
+
+import numpy as np
+
+from imgclf.data.dataset import ArraySplit, Dataset, SplitPolicy, load_dataset
+from imgclf.data.decode import ImageInfo, decode_image, probe_image
+from imgclf.errors import BadImageError
+
+__all__ = ["run_doctor"]
+
+IMBALANCE_WARNING_RATIO = 3.0  # largest class over smallest class
+_EXTENSION_FORMATS = {
+    ".jpg": "JPEG",
+    ".jpeg": "JPEG",
+    ".jpe": "JPEG",
+    ".jfif": "JPEG",
+    ".png": "PNG",
+    ".gif": "GIF",
+    ".bmp": "BMP",
+    ".tif": "TIFF",
+    ".tiff": "TIFF",
+    ".webp": "WEBP",
+}
+
+
+def _conversions(info: ImageInfo, key: str, dataset_channels: int) -> list[str]:
+    mode, notes = info.mode, []
+    if info.exif_rotated:
+        notes.append("rotated by its EXIF orientation")
+    if mode == "1":
+        notes.append("1-bit expanded to 8-bit grayscale")
+    elif mode in ("LA", "La", "PA", "RGBA", "RGBa") or info.transparency:
+        notes.append("transparency composited on white")
+    elif mode.startswith("I"):
+        notes.append("16-bit values rescaled to 8-bit")
+    elif mode == "F":
+        notes.append("floating-point values rescaled to 8-bit")
+    elif mode in ("P", "CMYK", "YCbCr", "LAB", "HSV", "RGBX"):
+        notes.append(f"{mode} converted to RGB")
+    if info.is_grayscale and dataset_channels == 3:
+        notes.append("grayscale repeated to 3 channels")
+    if info.frames > 1:
+        notes.append(f"animated ({info.frames} frames): the first frame is used")
+    suffix = "." + key.rsplit(".", 1)[-1].lower() if "." in key else ""
+    expected = _EXTENSION_FORMATS.get(suffix)
+    if expected and info.format not in (expected, "MPO"):
+        notes.append(f"named {suffix} but holds {info.format}: read by content")
+    return notes
+
+
+def _inspect_file(split, key: str) -> tuple[ImageInfo | None, str | None, str]:
+    """Header, the reason it cannot be used (or None), and the content hash."""
+    source = split.reader.describe(key)
+    try:
+        data = split.reader.read(key)
+    except BadImageError as error:
+        return None, error.reason, ""
+    digest = hashlib.sha256(data).hexdigest()
+    try:
+        info = probe_image(data, source)
+        decode_image(data, source)  # the full decode finds truncated and corrupt files
+    except BadImageError as error:
+        return None, error.reason, digest
+    return info, None, digest
+
+
+def _scan_files(dataset: Dataset) -> tuple[list[dict], list[tuple], int]:
+    rows, infos = [], []
+    for split_name, split in dataset.splits.items():
+        for key, target in zip(split.keys, split.targets):
+            info, reason, digest = _inspect_file(split, key)
+            row = {
+                "file": split.reader.describe(key),
+                "split": split_name,
+                "class": dataset.classes[int(target)],
+                "sha256": digest,
+            }
+            rows.append(row)
+            infos.append((row, info, reason, key))
+    usable = [info for _, info, _, _ in infos if info is not None]
+    channels = 1 if usable and all(info.is_grayscale for info in usable) else 3
+    for row, info, reason, key in infos:
+        if info is None:
+            row.update(status="skipped", detail=reason)
+            continue
+        notes = _conversions(info, key, channels)
+        row.update(
+            status="converted" if notes else "used",
+            detail="; ".join(notes) or None,
+            size=[info.width, info.height],
+            mode=info.mode,
+            format=info.format,
+        )
+    return rows, infos, channels
+
+
+def _array_rows(dataset: Dataset) -> list[dict]:
+    rows = []
+    for split_name, split in dataset.splits.items():
+        for index, (key, target) in enumerate(zip(split.keys, split.targets)):
+            image = split.images[index]
+            rows.append(
+                {
+                    "file": key,
+                    "split": split_name,
+                    "class": dataset.classes[int(target)],
+                    "status": "used",
+                    "detail": None,
+                    "sha256": hashlib.sha256(image.tobytes()).hexdigest(),
+                    "size": [int(image.shape[1]), int(image.shape[0])],
+                    "mode": "L" if image.shape[2] == 1 else "RGB",
+                    "format": "array",
+                }
+            )
+    return rows
+
+
+def _duplicates(rows: list[dict]) -> dict:
+    groups = defaultdict(list)
+    for row in rows:
+        if row["sha256"]:
+            groups[row["sha256"]].append(row)
+    within, across = [], []
+    for group in groups.values():
+        if len(group) < 2:
+            continue
+        files = [row["file"] for row in group]
+        (across if len({row["split"] for row in group}) > 1 else within).append(files)
+    return {"within_split": within, "across_splits": across}
+
+
+def _label_leaks(rows: list[dict]) -> list[str]:
+    """A mode or format found in one class only, while other classes have another."""
+    warnings = []
+    for field in ("mode", "format"):
+        by_value = defaultdict(Counter)
+        for row in rows:
+            if row.get(field):
+                by_value[row[field]][row["class"]] += 1
+        if len(by_value) < 2:
+            continue
+        for value, classes in by_value.items():
+            if len(classes) == 1 and sum(classes.values()) >= 5:
+                name = next(iter(classes))
+                warnings.append(
+                    f"every {field} {value} image is in class {name!r}: a model can learn the "
+                    f"{field} instead of the content"
+                )
+    return warnings
+
+
+def _summary(dataset: Dataset, rows: list[dict]) -> dict:
+    usable = [row for row in rows if row["status"] != "skipped"]
+    per_split = {name: dict(Counter(row["class"] for row in usable if row["split"] == name)) for name in dataset.splits}
+    counts = Counter(row["class"] for row in usable)
+    sizes = defaultdict(list)
+    modes = defaultdict(Counter)
+    for row in usable:
+        sizes[row["class"]].append(row["size"])
+        modes[row["class"]][row["mode"]] += 1
+    size_summary = {
+        name: {
+            "min": np.min(values, axis=0).tolist(),
+            "median": np.median(values, axis=0).tolist(),
+            "max": np.max(values, axis=0).tolist(),
+        }
+        for name, values in sizes.items()
+    }
+    ratio = max(counts.values()) / max(1, min(counts.get(name, 0) for name in dataset.classes)) if counts else 0.0
+    return {
+        "per_split": per_split,
+        "sizes": size_summary,
+        "modes": {k: dict(v) for k, v in modes.items()},
+        "imbalance_ratio": round(float(ratio), 2),
+    }
+
+
+def run_doctor(data: str, seed: int = 0, data_dir=None) -> dict:
+    """Inspect DATA as ``train`` would read it (same layout and split rules); never trains."""
+    dataset = load_dataset(data, SplitPolicy(seed=seed), data_dir)
+    if any(isinstance(split, ArraySplit) for split in dataset.splits.values()):
+        rows = _array_rows(dataset)
+    else:
+        rows, _, _ = _scan_files(dataset)
+    duplicates = _duplicates(rows)
+    summary = _summary(dataset, rows)
+    warnings = _label_leaks(rows)
+    if duplicates["across_splits"]:
+        warnings.append(
+            f"{len(duplicates['across_splits'])} image(s) appear in more than one split: the test and "
+            "validation scores will be too high (leakage)"
+        )
+    if summary["imbalance_ratio"] > IMBALANCE_WARNING_RATIO:
+        warnings.append(
+            f"the largest class has {summary['imbalance_ratio']}x the images of the smallest: "
+            "consider --class-weights balanced"
+        )
+    counts = Counter(row["status"] for row in rows)
+    return {
+        "data": dataset.name,
+        "classes": dataset.classes,
+        "split": {k: v for k, v in dataset.split_info.items() if k != "fingerprints"},
+        "counts": {status: counts.get(status, 0) for status in ("used", "converted", "skipped")},
+        "files": rows,
+        "skipped": [{"file": row["file"], "reason": row["detail"]} for row in rows if row["status"] == "skipped"],
+        "ignored": [{"file": file, "reason": reason} for file, reason in dataset.ignored],
+        "duplicates": duplicates,
+        **summary,
+        "warnings": warnings,
+    }

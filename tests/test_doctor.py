@@ -1,0 +1,86 @@
+"""`imgclf doctor` and `train` on a messy folder: each bad file named once, with its reason."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+from PIL import Image
+
+from conftest import write_class_folder
+from imgclf.cli.main import main
+
+
+def _png_bytes(image: Image.Image, fmt: str = "PNG", **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+def _messy_folder(root: Path) -> tuple[Path, set[str], dict[str, str]]:
+    """Good images plus one of each problem; returns the folder, the bad file names and the
+    expected conversion of some converted files."""
+    data = write_class_folder(root / "messy", ["cat", "dog"], per_class=12, size=16)
+    cat, dog = data / "cat", data / "dog"
+    good = (cat / "000.png").read_bytes()
+    bad = {
+        "empty.jpg": b"",
+        "page.jpg": b"<!DOCTYPE html><html><body>404</body></html>",
+        "truncated.png": _png_bytes(Image.effect_noise((64, 64), 40).convert("RGB"))[:300],
+        "vector.eps": b"%!PS-Adobe-3.0 EPSF-3.0\n",
+    }
+    for name, content in bad.items():
+        (cat / name).write_bytes(content)
+    (dog / "cmyk.jpg").write_bytes(_png_bytes(Image.new("CMYK", (16, 16), (0, 80, 80, 0)), "JPEG"))
+    (dog / "alpha.png").write_bytes(_png_bytes(Image.new("RGBA", (16, 16), (0, 0, 0, 0))))
+    (dog / "really_png.jpg").write_bytes(good)
+    (dog / "copy of cat 000.png").write_bytes(good)  # an exact duplicate in another class
+    (dog / "ünïcode name with spaces.png").write_bytes(_png_bytes(Image.new("RGB", (1, 1), (9, 9, 9))))
+    (data / ".ipynb_checkpoints").mkdir()
+    (data / ".ipynb_checkpoints" / "x.png").write_bytes(good)
+    expected = {"cmyk.jpg": "CMYK converted to RGB", "alpha.png": "transparency composited on white",
+                "really_png.jpg": "named .jpg but holds PNG"}  # fmt: skip
+    skipped = {"empty.jpg", "page.jpg", "truncated.png"}  # .eps is not an image extension: ignored
+    return data, skipped, expected
+
+
+def test_doctor_lists_each_bad_file_and_conversion(tmp_path, capsys):
+    data, skipped, expected = _messy_folder(tmp_path)
+    assert main(["doctor", str(data), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert {Path(item["file"]).name for item in report["skipped"]} == skipped
+    reasons = {Path(item["file"]).name: item["reason"] for item in report["skipped"]}
+    assert "empty file" in reasons["empty.jpg"] and "not an image" in reasons["page.jpg"]
+    assert "cannot decode" in reasons["truncated.png"]
+    details = {Path(row["file"]).name: row["detail"] for row in report["files"]}
+    for name, conversion in expected.items():
+        assert conversion in details[name]
+    ignored = {Path(item["file"]).name: item["reason"] for item in report["ignored"]}
+    assert ignored["vector.eps"] == "not an image file extension" and "x.png" in ignored
+    duplicated = [sorted(Path(f).name for f in group) for group in sum(report["duplicates"].values(), [])]
+    assert ["000.png", "copy of cat 000.png", "really_png.jpg"] in duplicated
+    assert report["classes"] == ["cat", "dog"]
+
+
+def test_train_on_the_messy_folder_skips_exactly_the_files_doctor_names(tmp_path, capsys):
+    data, skipped, _ = _messy_folder(tmp_path)
+    assert main(["train", str(data), "--epochs", "1", "--output", str(tmp_path / "bundle"), "--json"]) == 0
+    capsys.readouterr()
+    description = json.loads((tmp_path / "bundle" / "model.json").read_text())
+    assert {Path(item["file"]).name for item in description["data"]["skipped"]} == skipped
+
+
+def test_doctor_warns_when_a_format_predicts_the_label(tmp_path, capsys):
+    data = write_class_folder(tmp_path / "a", ["png_class"], per_class=6, size=8, suffix=".png")
+    write_class_folder(tmp_path / "a", ["jpg_class"], per_class=6, size=8, suffix=".jpg", seed=1)
+    assert main(["doctor", str(data), "--json"]) == 0
+    warnings = json.loads(capsys.readouterr().out)["warnings"]
+    assert any("format PNG" in warning and "png_class" in warning for warning in warnings)
+
+
+def test_doctor_warns_about_imbalance(tmp_path, capsys):
+    data = write_class_folder(tmp_path / "b", ["many"], per_class=20, size=8)
+    write_class_folder(tmp_path / "b", ["few"], per_class=4, size=8, seed=2)
+    assert main(["doctor", str(data)]) == 0
+    assert "--class-weights balanced" in capsys.readouterr().out
