@@ -139,3 +139,45 @@ def test_a_run_killed_mid_epoch_resumes_to_the_same_weights(tmp_path: Path):
     resumed = load_file(str(tmp_path / "cut" / "model.safetensors"))
     assert all(np.array_equal(whole[name].numpy(), resumed[name].numpy()) for name in whole)
     shutil.rmtree(tmp_path / "whole")
+
+
+def test_strict_fails_on_the_first_bad_file_and_too_many_bad_files_abort(tmp_path: Path, capsys):
+    from imgclf.cli.main import main
+
+    data = write_class_folder(tmp_path / "data", ["a", "b"], per_class=6, size=8)
+    (data / "a" / "zero.png").write_bytes(b"")
+    assert main(["train", str(data), "--epochs", "1", "--strict", "--output", str(tmp_path / "s")]) == 2
+    assert "zero.png: empty file" in capsys.readouterr().err
+    for index in range(3):
+        (data / "b" / f"junk{index}.jpg").write_bytes(b"<html>")
+    assert main(["train", str(data), "--epochs", "1", "--output", str(tmp_path / "m")]) == 2
+    err = capsys.readouterr().err
+    assert "4 files (25%) cannot be used" in err and "imgclf doctor" in err
+    assert (
+        main(["train", str(data), "--epochs", "1", "--max-bad-fraction", "0.5", "--output", str(tmp_path / "ok")]) == 0
+    )
+
+
+def test_resume_uses_the_previous_state_when_the_latest_is_damaged(tmp_path: Path, capsys):
+    from imgclf.cli.main import main
+
+    data = write_class_folder(tmp_path / "data", ["a", "b"], per_class=8, size=8)
+    output = tmp_path / "run"
+    arguments = ["train", str(data), "--epochs", "3", "--batch-size", "4", "--output", str(output)]
+    assert main(arguments) == 0
+    state = output / "training_state.safetensors"
+    state.write_bytes(state.read_bytes()[:100])  # a truncated copy
+    assert main([*arguments, "--resume"]) == 0
+    err = capsys.readouterr().err
+    assert "not a readable imgclf training state" in err and "trying the previous" in err
+
+
+def test_resume_refuses_different_data_unless_forced(tmp_path: Path, capsys):
+    from imgclf.cli.main import main
+
+    data = write_class_folder(tmp_path / "data", ["a", "b"], per_class=8, size=8)
+    output = tmp_path / "run"
+    assert main(["train", str(data), "--epochs", "2", "--batch-size", "4", "--output", str(output)]) == 0
+    write_class_folder(tmp_path / "data", ["c"], per_class=8, size=8)
+    assert main(["train", str(data), "--resume", "--output", str(output)]) == 2
+    assert "the classes differ" in capsys.readouterr().err

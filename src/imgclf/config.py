@@ -50,6 +50,8 @@ class TrainConfig:
     pretrained: str | None = None  # "default": the model's built-in ImageNet weights; or a file
     finetune: str = "full"  # with pretrained weights: full, head, linear-probe or two-stage
     max_train_per_class: int | None = None  # keep at most this many training images per class
+    strict: bool = False  # fail on the first file that cannot be used, instead of skipping it
+    max_bad_fraction: float = 0.1  # abort when more than this share of the files cannot be used
 
     def __post_init__(self) -> None:
         self.validate()
@@ -62,6 +64,8 @@ class TrainConfig:
         _choice("finetune", self.finetune, FINETUNE_MODES)
         if self.finetune != "full" and self.pretrained is None:
             raise UsageError(f"--finetune {self.finetune} needs --pretrained (weights to start from)")
+        if not 0.0 <= self.max_bad_fraction <= 1.0:
+            raise UsageError(f"--max-bad-fraction must be in [0, 1], not {self.max_bad_fraction}")
         if self.max_train_per_class is not None:
             _positive("max_train_per_class", self.max_train_per_class)
         _positive("batch_size", self.batch_size)

@@ -47,6 +47,7 @@ _OPTIONS = (
         "with --pretrained: full, head, linear-probe or two-stage (default: full)",
     ),
     ("--max-train-per-class", "max_train_per_class", int, "use at most N training images per class"),
+    ("--max-bad-fraction", "max_bad_fraction", float, "abort when more of the files cannot be used (default: 0.1)"),
 )
 
 
@@ -75,6 +76,8 @@ def add_parser(commands) -> None:
     parser.add_argument("--output", "-o", help="bundle folder (default: runs/<data>-<model>)")
     parser.add_argument("--overwrite", action="store_true", help="replace a bundle already in --output")
     parser.add_argument("--resume", action="store_true", help="continue the run in --output from its last checkpoint")
+    parser.add_argument("--force", action="store_true", help="with --resume: continue even if DATA changed")
+    parser.add_argument("--strict", action="store_true", default=None, help="fail on the first unusable file")
     parser.add_argument("--data-dir", help="folder with the IDX files for fashion-mnist")
     parser.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
     parser.set_defaults(run=run)
@@ -89,6 +92,8 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
         values["amp"] = args.amp
     if args.pretrained is not None:
         values["pretrained"] = args.pretrained
+    if args.strict:
+        values["strict"] = True
     return TrainConfig.from_dict(values)
 
 
@@ -108,6 +113,7 @@ def run(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         resume=args.resume,
         data_dir=args.data_dir,
+        force=args.force,
     )
     if args.json:
         print_json(result)

@@ -28,7 +28,7 @@ from imgclf.engine.evaluate import classification_metrics, predict_logits
 from imgclf.engine.loop import FitSetup, FitState, fit
 from imgclf.engine.observers import ProgressObserver, TrainObserver
 from imgclf.engine.optim import create_optimizer, create_schedule
-from imgclf.errors import UsageError
+from imgclf.errors import ImgclfError, UsageError
 from imgclf.models import ImageClassifier, count_parameters, create_model, get_model_spec
 from imgclf.runners.common import (
     PreparedSplits,
@@ -74,9 +74,17 @@ def _check_output(output: Path, overwrite: bool, resume: bool) -> None:
         )
 
 
-def _state_path(output: Path) -> Path:
-    """The newest complete training state (the previous one if a crash hit mid-replace)."""
-    return output / STATE_FILE if (output / STATE_FILE).is_file() else output / PREVIOUS_STATE_FILE
+def _load_latest_state(output: Path, console: Console) -> dict:
+    """The newest readable training state: the previous one when the latest is missing (a crash
+    between the two renames) or damaged (a truncated copy), saying so."""
+    for path in (output / STATE_FILE, output / PREVIOUS_STATE_FILE):
+        if not path.is_file():
+            continue
+        try:
+            return load_training_state(path)
+        except ImgclfError as error:
+            console.print(f"warning: {error}; trying the previous training state")
+    raise UsageError(f"{output}: no readable training state to resume")
 
 
 def _auto_epochs(train_images: int) -> int:
@@ -203,11 +211,10 @@ def _stage_setup(run: TrainingRun, stage: Stage) -> FitSetup:
     )
 
 
-def _resume_stage(run: TrainingRun, setup: FitSetup, stage_index: int, stage: Stage) -> None:
+def _resume_stage(run: TrainingRun, saved: dict, setup: FitSetup, stage_index: int, stage: Stage) -> None:
     """Restore weights, best epoch and RNG states; the optimizer and schedule only when the
     checkpoint was written inside this stage (at a stage boundary the new stage starts fresh,
     exactly as it does in an uninterrupted run)."""
-    saved = load_training_state(_state_path(run.output))
     meta = saved["meta"]
     run.model.load_state_dict(saved["model"])
     run.state = FitState(
@@ -235,6 +242,31 @@ def _resume_stage(run: TrainingRun, setup: FitSetup, stage_index: int, stage: St
         )
 
 
+def _data_identity(run: TrainingRun) -> dict:
+    return {
+        "source": run.dataset.name,
+        "classes": run.dataset.classes,
+        "fingerprints": run.dataset.split_info.get("fingerprints", {}),
+    }
+
+
+def _check_same_data(run: TrainingRun, meta: dict, force: bool) -> None:
+    """A run resumes on the data it started with: the same classes and the same split files."""
+    saved, now = meta.get("data"), _data_identity(run)
+    if saved is None or force:
+        return
+    if saved["classes"] != now["classes"]:
+        raise UsageError(
+            f"--resume: the classes differ from the interrupted run's ({', '.join(saved['classes'])}); "
+            "pass --force to resume anyway"
+        )
+    if saved["fingerprints"] != now["fingerprints"]:
+        raise UsageError(
+            f"--resume: the images of {now['source']} differ from those the run started with "
+            f"({saved['source']}); pass --force to resume anyway"
+        )
+
+
 def _checkpoint_saver(run: TrainingRun, setup: FitSetup, stage_index: int):
     def save_checkpoint(state: FitState) -> None:
         current, previous = run.output / STATE_FILE, run.output / PREVIOUS_STATE_FILE
@@ -249,6 +281,7 @@ def _checkpoint_saver(run: TrainingRun, setup: FitSetup, stage_index: int):
             "history": state.history,
             "epochs_without_improvement": state.epochs_without_improvement,
             "config": {**run.config.to_dict(), "epochs": run.epochs},
+            "data": _data_identity(run),
         }
         rng = {"torch": torch.get_rng_state(), "augment": run.augment_generator.get_state()}
         save_training_state(current, run.model, setup.optimizer, state.best_weights, rng, meta)
@@ -256,16 +289,17 @@ def _checkpoint_saver(run: TrainingRun, setup: FitSetup, stage_index: int):
     return save_checkpoint
 
 
-def _run_stages(run: TrainingRun, resume: bool, observer: TrainObserver, console: Console) -> None:
+def _run_stages(run: TrainingRun, saved: dict | None, observer: TrainObserver, console: Console) -> None:
+    """Run each stage in turn; ``saved`` is the training state to resume from, if any."""
     stages = plan_stages(run.config, run.epochs)
-    resume_epoch = load_training_state(_state_path(run.output))["meta"]["epoch"] if resume else 0
+    resume_epoch = saved["meta"]["epoch"] if saved else 0
     for index, stage in enumerate(stages):
         if resume_epoch >= stage.end_epoch:
             continue
         setup = _stage_setup(run, stage)
-        if resume:
-            _resume_stage(run, setup, index, stage)
-            resume = False
+        if saved is not None:
+            _resume_stage(run, saved, setup, index, stage)
+            saved = None
         if len(stages) > 1 or run.weights is not None:
             console.print(f"{stage.name}: epochs {stage.start_epoch + 1}-{stage.end_epoch}, peak lr {stage.lr:.3g}")
         run.state.stopped_early, run.state.epochs_without_improvement = False, 0
@@ -382,25 +416,29 @@ def run_train(
     data_dir: str | Path | None = None,
     observer: TrainObserver | None = None,
     console: Console | None = None,
+    force: bool = False,
 ) -> dict:
     """Train a model on DATA and write a bundle; returns the ``train --json`` result."""
     started = time.perf_counter()
     console = console or stderr_console()
     output = Path(output) if output is not None else _default_output(data, config.model)
     _check_output(output, overwrite, resume)
-    if resume:
-        config = TrainConfig.from_dict(load_training_state(_state_path(output))["meta"]["config"])
+    saved = _load_latest_state(output, console) if resume else None
+    if saved is not None:
+        config = TrainConfig.from_dict(saved["meta"]["config"])
         console.print(f"resuming {output} (configuration from its training state)")
     get_model_spec(config.model)  # an unknown model fails before any data is read
     if config.threads:
         torch.set_num_threads(config.threads)
     run = _assemble(data, config, output, data_dir, console)
+    if saved is not None:
+        _check_same_data(run, saved["meta"], force)
     _announce(run, console)
     output.mkdir(parents=True, exist_ok=True)
     if config.finetune == "linear-probe":
         _linear_probe(run, console)
     else:
-        _run_stages(run, resume, observer or ProgressObserver(console), console)
+        _run_stages(run, saved, observer or ProgressObserver(console), console)
     summary = _write_bundle(run, _final_metrics(run), time.perf_counter() - started)
     seconds = time.perf_counter() - started
     console.print(

@@ -98,9 +98,26 @@ def load_training_data(
     sizes = ", ".join(f"{name} {count:,}" for name, count in profile.sizes.items())
     skipped = f", {len(profile.skipped)} unusable files skipped" if profile.skipped else ""
     console.print(f"data: {dataset.name}: {dataset.num_classes} classes, {sizes} images{skipped}")
+    _check_bad_files(data, profile.skipped, sum(profile.sizes.values()), config)
     preprocess = _choose_preprocess(profile, config, weights)
     preprocess, prepared = _decode(dataset, profile, preprocess, config, weights, console)
+    _check_bad_files(data, profile.skipped + prepared.skipped, sum(profile.sizes.values()), config)
     return dataset, profile, preprocess, prepared
+
+
+def _check_bad_files(data: str, skipped: list[tuple[str, str]], usable: int, config: TrainConfig) -> None:
+    """``--strict``: the first bad file ends the run; otherwise too many bad files do."""
+    if not skipped:
+        return
+    first_file, first_reason = skipped[0]
+    if config.strict:
+        raise DataError(f"{first_file}: {first_reason} (--strict; imgclf doctor {data} lists every problem)")
+    share = len(skipped) / (usable + len(skipped))
+    if share > config.max_bad_fraction:
+        raise DataError(
+            f"{data}: {len(skipped)} files ({share:.0%}) cannot be used, over --max-bad-fraction "
+            f"{config.max_bad_fraction:g}; first: {first_file}: {first_reason}. See: imgclf doctor {data}"
+        )
 
 
 def describe_data(dataset: Dataset, profile: DataProfile, prepared: PreparedSplits) -> dict:
