@@ -181,3 +181,15 @@ def test_resume_refuses_different_data_unless_forced(tmp_path: Path, capsys):
     write_class_folder(tmp_path / "data", ["c"], per_class=8, size=8)
     assert main(["train", str(data), "--resume", "--output", str(output)]) == 2
     assert "the classes differ" in capsys.readouterr().err
+
+
+def test_resume_auto_starts_then_continues(tmp_path: Path, capsys):
+    from imgclf.cli.main import main
+
+    data = write_class_folder(tmp_path / "data", ["a", "b"], per_class=8, size=8)
+    arguments = ["train", str(data), "--epochs", "2", "--batch-size", "4", "--output", str(tmp_path / "run"),
+                 "--resume", "auto"]  # fmt: skip
+    assert main(arguments) == 0
+    assert "resuming" not in capsys.readouterr().err
+    assert main(arguments) == 0
+    assert "resuming" in capsys.readouterr().err

@@ -75,7 +75,15 @@ def add_parser(commands) -> None:
     parser.add_argument("--config", help="JSON file of options (command-line options override it)")
     parser.add_argument("--output", "-o", help="bundle folder (default: runs/<data>-<model>)")
     parser.add_argument("--overwrite", action="store_true", help="replace a bundle already in --output")
-    parser.add_argument("--resume", action="store_true", help="continue the run in --output from its last checkpoint")
+    parser.add_argument(
+        "--resume",
+        nargs="?",
+        const="always",
+        default=None,
+        choices=("always", "auto"),
+        help="continue the run in --output from its last checkpoint; `--resume auto` continues it when there "
+        "is one and starts a new run otherwise (for restart loops)",
+    )
     parser.add_argument("--force", action="store_true", help="with --resume: continue even if DATA changed")
     parser.add_argument("--strict", action="store_true", default=None, help="fail on the first unusable file")
     parser.add_argument("--data-dir", help="folder with the IDX files for fashion-mnist")

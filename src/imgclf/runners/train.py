@@ -412,18 +412,24 @@ def run_train(
     config: TrainConfig,
     output: str | Path | None = None,
     overwrite: bool = False,
-    resume: bool = False,
+    resume: bool | str = False,
     data_dir: str | Path | None = None,
     observer: TrainObserver | None = None,
     console: Console | None = None,
     force: bool = False,
 ) -> dict:
-    """Train a model on DATA and write a bundle; returns the ``train --json`` result."""
+    """Train a model on DATA and write a bundle; returns the ``train --json`` result.
+    ``resume``: True (or "always") continues the run in ``output``; "auto" continues it if it has
+    a training state and starts a new run otherwise."""
     started = time.perf_counter()
     console = console or stderr_console()
+    if resume == "auto":  # restart loops: continue when there is something to continue
+        if output is None:
+            raise UsageError("--resume auto needs --output (the folder whose run to continue)")
+        resume = any((Path(output) / name).is_file() for name in (STATE_FILE, PREVIOUS_STATE_FILE))
     output = Path(output) if output is not None else _default_output(data, config.model)
-    _check_output(output, overwrite, resume)
-    saved = _load_latest_state(output, console) if resume else None
+    _check_output(output, overwrite, bool(resume))
+    saved = _load_latest_state(output, console) if resume else None  # resume: True, "always" or False
     if saved is not None:
         config = TrainConfig.from_dict(saved["meta"]["config"])
         console.print(f"resuming {output} (configuration from its training state)")
