@@ -9,8 +9,6 @@ from rich.console import Console
 
 __all__ = ["pretrained_source", "print_json", "stdout_console"]
 
-WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
-
 
 def print_json(value) -> None:
     sys.stdout.write(json.dumps(value, indent=2) + "\n")
@@ -26,6 +24,8 @@ def pretrained_source(value: str | None, positionals: list[str]) -> str | None:
     """``--pretrained`` takes an optional FILE, so ``--pretrained photo.jpg`` would swallow a
     positional argument: a value that is not a weights file goes back to the positionals and the
     built-in weights are meant ("default")."""
+    from imgclf.transfer import WEIGHT_SUFFIXES  # imported here: torch loads only when needed
+
     if value is None or value == "default" or value.lower().endswith(WEIGHT_SUFFIXES):
         return value
     positionals.insert(0, value)

@@ -75,7 +75,7 @@ def _inspect_file(split, key: str) -> tuple[ImageInfo | None, str | None, str]:
     return info, None, digest
 
 
-def _scan_files(dataset: Dataset) -> tuple[list[dict], list[tuple], int]:
+def _scan_files(dataset: Dataset) -> list[dict]:
     rows, infos = [], []
     for split_name, split in dataset.splits.items():
         for key, target in zip(split.keys, split.targets):
@@ -102,7 +102,7 @@ def _scan_files(dataset: Dataset) -> tuple[list[dict], list[tuple], int]:
             mode=info.mode,
             format=info.format,
         )
-    return rows, infos, channels
+    return rows
 
 
 def _array_rows(dataset: Dataset) -> list[dict]:
@@ -192,7 +192,7 @@ def run_doctor(data: str, seed: int = 0, data_dir=None) -> dict:
     if any(isinstance(split, ArraySplit) for split in dataset.splits.values()):
         rows = _array_rows(dataset)
     else:
-        rows, _, _ = _scan_files(dataset)
+        rows = _scan_files(dataset)
     duplicates = _duplicates(rows)
     summary = _summary(dataset, rows)
     warnings = _label_leaks(rows)

@@ -12,11 +12,11 @@ __all__ = ["measure_latency_ms", "run_models"]
 
 
 @torch.no_grad()
-def measure_latency_ms(name: str, batch: int, input_size: int, repeats: int = 5) -> float:
-    """Median wall time of one eval-mode forward pass at ``batch`` (after 2 warm-up passes)."""
-    spec = get_model_spec(name)
-    model = create_model(name, input_size=input_size).eval()
-    images = torch.randn(batch, spec.in_chans, input_size, input_size)
+def measure_latency_ms(model: torch.nn.Module, batch: int, in_chans: int, input_size: int, repeats: int = 5) -> float:
+    """Median wall time of one eval-mode forward pass at ``batch`` (after 2 warm-up passes), in
+    the channels-last layout that prediction uses."""
+    model = model.eval().to(memory_format=torch.channels_last)
+    images = torch.randn(batch, in_chans, input_size, input_size).contiguous(memory_format=torch.channels_last)
     for _ in range(2):
         model(images)
     times = []
@@ -32,8 +32,9 @@ def run_models(input_size: int | None = None, measure: bool = False, names: list
     for name in names or list_models():
         row = describe_model(name, input_size=input_size)
         if measure:
-            size = row["flops_input_size"]
-            row["latency_ms_batch1"] = measure_latency_ms(name, 1, size)
-            row["latency_ms_batch32"] = measure_latency_ms(name, 32, size)
+            size, in_chans = row["flops_input_size"], get_model_spec(name).in_chans
+            model = create_model(name, input_size=size)
+            row["latency_ms_batch1"] = measure_latency_ms(model, 1, in_chans, size)
+            row["latency_ms_batch32"] = measure_latency_ms(model, 32, in_chans, size)
         rows.append(row)
     return rows

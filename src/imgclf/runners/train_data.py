@@ -98,21 +98,22 @@ def load_training_data(
     sizes = ", ".join(f"{name} {count:,}" for name, count in profile.sizes.items())
     skipped = f", {len(profile.skipped)} unusable files skipped" if profile.skipped else ""
     console.print(f"data: {dataset.name}: {dataset.num_classes} classes, {sizes} images{skipped}")
-    _check_bad_files(data, profile.skipped, sum(profile.sizes.values()), config)
+    total_files = sum(profile.sizes.values()) + len(profile.skipped)
+    _check_bad_files(data, profile.skipped, total_files, config)
     preprocess = _choose_preprocess(profile, config, weights)
     preprocess, prepared = _decode(dataset, profile, preprocess, config, weights, console)
-    _check_bad_files(data, profile.skipped + prepared.skipped, sum(profile.sizes.values()), config)
+    _check_bad_files(data, profile.skipped + prepared.skipped, total_files, config)
     return dataset, profile, preprocess, prepared
 
 
-def _check_bad_files(data: str, skipped: list[tuple[str, str]], usable: int, config: TrainConfig) -> None:
+def _check_bad_files(data: str, skipped: list[tuple[str, str]], total_files: int, config: TrainConfig) -> None:
     """``--strict``: the first bad file ends the run; otherwise too many bad files do."""
     if not skipped:
         return
     first_file, first_reason = skipped[0]
     if config.strict:
         raise DataError(f"{first_file}: {first_reason} (--strict; imgclf doctor {data} lists every problem)")
-    share = len(skipped) / (usable + len(skipped))
+    share = len(skipped) / max(1, total_files)
     if share > config.max_bad_fraction:
         raise DataError(
             f"{data}: {len(skipped)} files ({share:.0%}) cannot be used, over --max-bad-fraction "
