@@ -47,9 +47,11 @@ def test_train_digits_reaches_97_percent_and_evaluate_reproduces_it(digits_bundl
 def test_bundle_is_described_by_safetensors_and_json_alone(digits_bundle):
     output, _ = digits_bundle
     assert sorted(p.name for p in output.iterdir() if not p.name.startswith("training_state")) == [
+        "centroids.safetensors",
         "metrics.json",
         "model.json",
         "model.safetensors",
+        "report.html",
     ]
     description = json.loads((output / "model.json").read_text())
     weights = load_file(str(output / "model.safetensors"))

@@ -3,7 +3,9 @@
 - ``model.safetensors``: the weights, nothing else (nothing is ever unpickled);
 - ``model.json``: architecture and its arguments, class names, preprocessing, training
   configuration, data and split description, metrics, versions;
-- ``metrics.json``: final validation/test metrics and the per-epoch history.
+- ``metrics.json``: final validation/test metrics and the per-epoch history;
+- ``centroids.safetensors`` (optional): each class's mean embedding, for ``predict`` to abstain
+  on images unlike every class (see ``imgclf.explain.calibration``).
 
 ``load_bundle`` rebuilds the model and its preprocessing from these files alone.
 """
@@ -24,11 +26,21 @@ from imgclf.engine.checkpoint import atomic_write_bytes, state_dict_for_saving
 from imgclf.errors import BundleError, ImgclfError
 from imgclf.models import ImageClassifier, create_model
 
-__all__ = ["BUNDLE_FORMAT", "Bundle", "is_bundle", "load_bundle", "save_bundle", "versions"]
+__all__ = [
+    "BUNDLE_FORMAT",
+    "Bundle",
+    "abstain_threshold",
+    "bundle_temperature",
+    "is_bundle",
+    "load_bundle",
+    "save_bundle",
+    "versions",
+]
 
 BUNDLE_FORMAT = "imgclf-bundle"
 FORMAT_VERSION = 1
 WEIGHTS_FILE, MODEL_FILE, METRICS_FILE = "model.safetensors", "model.json", "metrics.json"
+CENTROIDS_FILE = "centroids.safetensors"
 
 
 def versions() -> dict:
@@ -39,11 +51,17 @@ def _write_json(path: Path, values: dict) -> None:
     atomic_write_bytes(path, (json.dumps(values, indent=2) + "\n").encode("utf-8"))
 
 
-def save_bundle(directory: Path, model: ImageClassifier, description: dict, metrics: dict) -> Path:
-    """Write the three bundle files atomically; ``description`` becomes model.json."""
+def save_bundle(
+    directory: Path, model: ImageClassifier, description: dict, metrics: dict, centroids: torch.Tensor | None = None
+) -> Path:
+    """Write the bundle files atomically; ``description`` becomes model.json."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(directory / WEIGHTS_FILE, save(state_dict_for_saving(model), metadata={"format": "pt"}))
+    if centroids is not None:
+        atomic_write_bytes(directory / CENTROIDS_FILE, save({"centroids": centroids.contiguous().float()}))
+    else:
+        (directory / CENTROIDS_FILE).unlink(missing_ok=True)  # never pair new weights with old centroids
     _write_json(directory / METRICS_FILE, metrics)
     _write_json(
         directory / MODEL_FILE,
@@ -64,6 +82,18 @@ class Bundle:
     classes: list[str]
     description: dict  # model.json
     metrics: dict  # metrics.json (empty if the file is missing)
+    centroids: torch.Tensor | None = None  # (classes, embedding size), from centroids.safetensors
+
+
+def bundle_temperature(bundle: Bundle) -> float:
+    """The calibration temperature fitted at training (1.0 for bundles made before calibration)."""
+    return float((bundle.description.get("calibration") or {}).get("temperature", 1.0))
+
+
+def abstain_threshold(bundle: Bundle) -> float | None:
+    """The confidence below which ``predict`` withholds a label; None: always answer."""
+    value = (bundle.description.get("calibration") or {}).get("abstain_threshold")
+    return None if value is None else float(value)
 
 
 def _read_json(path: Path) -> dict:
@@ -119,4 +149,17 @@ def load_bundle(directory: str | Path) -> Bundle:
         raise BundleError(f"{directory / MODEL_FILE}: incomplete preprocessing or classes ({error})") from None
     metrics_path = directory / METRICS_FILE
     metrics = _read_json(metrics_path) if metrics_path.exists() else {}
-    return Bundle(directory, model, preprocess, classes, description, metrics)
+    return Bundle(directory, model, preprocess, classes, description, metrics, _read_centroids(directory, classes))
+
+
+def _read_centroids(directory: Path, classes: list[str]) -> torch.Tensor | None:
+    path = directory / CENTROIDS_FILE
+    if not path.is_file():
+        return None
+    try:
+        centroids = load_file(str(path))["centroids"]
+    except Exception as error:  # safetensors raises its own error types for corrupt files
+        raise BundleError(f"{path}: unreadable ({error})") from None
+    if centroids.ndim != 2 or centroids.shape[0] != len(classes):
+        raise BundleError(f"{path}: holds {tuple(centroids.shape)} centroids for {len(classes)} classes")
+    return centroids

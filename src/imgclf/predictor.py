@@ -9,17 +9,18 @@ import numpy as np
 import torch
 from PIL import Image
 
-from imgclf.bundle import Bundle, load_bundle
+from imgclf.bundle import Bundle, abstain_threshold, bundle_temperature, load_bundle
 from imgclf.data.decode import convert_channels, decode_image
 from imgclf.data.prepare import Preprocess
 from imgclf.errors import BadImageError, ImgclfError
+from imgclf.explain.calibration import centroid_distance
 
-__all__ = ["Classifier", "ImageInput", "load"]
+__all__ = ["Classifier", "ImageInput", "image_pixels", "load"]
 
 ImageInput = str | Path | bytes | Image.Image | np.ndarray
 
 
-def _to_pixels(image: ImageInput, channels: int) -> np.ndarray:
+def image_pixels(image: ImageInput, channels: int) -> np.ndarray:
     """Any supported input as HxWxC uint8, through the same decoder as training."""
     if isinstance(image, str | Path):
         path = Path(image)
@@ -47,28 +48,50 @@ def _to_pixels(image: ImageInput, channels: int) -> np.ndarray:
 class Classifier:
     """A trained model with its preprocessing: ``imgclf.load(bundle).predict(images)``."""
 
-    def __init__(self, bundle: Bundle, device: str | torch.device = "cpu"):
+    def __init__(self, bundle: Bundle, device: str | torch.device = "cpu", abstain: bool = True):
         self.bundle = bundle
         self.device = torch.device(device)
         self.model = bundle.model.to(self.device, memory_format=torch.channels_last).eval()
         self.preprocess = bundle.preprocess
         self.classes = bundle.classes
+        # Probabilities are softmax(logits / temperature), the temperature fitted on validation.
+        self.temperature = bundle_temperature(bundle)
+        calibration = bundle.description.get("calibration") or {}
+        self.abstain_threshold = abstain_threshold(bundle) if abstain else None
+        # Abstain also when the embedding is far from the predicted class's training images.
+        self.centroids = bundle.centroids if abstain else None
+        distance = calibration.get("abstain_distance_threshold")
+        self.distance_threshold = float(distance) if distance is not None and self.centroids is not None else None
 
-    def _prepare(self, image: ImageInput) -> np.ndarray:
-        return self.preprocess.prepare_pixels(_to_pixels(image, self.preprocess.channels))
+    def prepare(self, image: ImageInput) -> np.ndarray:
+        return self.preprocess.prepare_pixels(image_pixels(image, self.preprocess.channels))
 
     @torch.no_grad()
+    def _forward(self, prepared: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Probabilities (softmax of logits / temperature) and, when the bundle has class
+        centroids, each image's embedding distance to its predicted class's centroid."""
+        batch = self.preprocess.normalize(torch.from_numpy(np.stack(prepared)).to(self.device))
+        features = self.model.forward_features(batch)
+        logits = self.model.forward_head(features).float()
+        probabilities = torch.softmax(logits / self.temperature, dim=1).cpu()
+        if self.distance_threshold is None:
+            return probabilities, None
+        embeddings = torch.nn.functional.normalize(
+            torch.flatten(self.model.forward_head(features, pre_logits=True), 1).float(), dim=1
+        ).cpu()
+        return probabilities, centroid_distance(embeddings, self.centroids, probabilities.argmax(dim=1))
+
     def _probabilities(self, prepared: list[np.ndarray]) -> torch.Tensor:
-        batch = torch.from_numpy(np.stack(prepared)).to(self.device)
-        return torch.softmax(self.model(self.preprocess.normalize(batch)).float(), dim=1).cpu()
+        return self._forward(prepared)[0]
 
     def predict_proba(self, images: list[ImageInput]) -> np.ndarray:
         """Class probabilities, one row per image (raises BadImageError for a bad image)."""
-        return self._probabilities([self._prepare(image) for image in images]).numpy()
+        return self._probabilities([self.prepare(image) for image in images]).numpy()
 
     def predict(self, images: list[ImageInput], top_k: int = 5, batch_size: int = 64) -> list[dict]:
-        """Per image ``{"top_k": [{"label", "probability"}...]}`` or ``{"error": message}``;
-        a ``"path"`` key is added for images given as paths."""
+        """Per image ``{"label", "top_k": [{"label", "probability"}...]}`` or ``{"error": message}``;
+        a ``"path"`` key is added for images given as paths. ``label`` is the top class, or None
+        with an ``"abstained"`` reason when the confidence is under the bundle's abstain threshold."""
         top_k = max(1, min(top_k, len(self.classes)))
         results: list[dict] = []
         for start in range(0, len(images), batch_size):
@@ -81,24 +104,42 @@ class Classifier:
         for index, image in enumerate(images):
             entry = {"path": str(image)} if isinstance(image, str | Path) else {}
             try:
-                good.append((index, self._prepare(image)))
+                good.append((index, self.prepare(image)))
             except BadImageError as error:
                 entry["error"] = error.reason
             results.append(entry)
         if good:
-            probs = self._probabilities([pixels for _, pixels in good])
+            probs, distances = self._forward([pixels for _, pixels in good])
             values, indices = probs.topk(top_k, dim=1)
             for row, (index, _) in enumerate(good):
+                distance = None if distances is None else float(distances[row])
+                results[index].update(self._decision(float(values[row, 0]), int(indices[row, 0]), distance))
                 results[index]["top_k"] = [
                     {"label": self.classes[int(i)], "probability": round(float(p), 6)}
                     for p, i in zip(values[row], indices[row])
                 ]
         return results
 
+    def _decision(self, confidence: float, top_class: int, distance: float | None) -> dict:
+        if distance is not None and distance > self.distance_threshold:
+            reason = (
+                f"the image is unlike the training images of {self.classes[top_class]} (embedding distance "
+                f"{distance:.3f}, over the {self.distance_threshold:.3f} chosen on validation): it may show none "
+                "of the classes"
+            )
+            return {"label": None, "abstained": reason}
+        if self.abstain_threshold is not None and confidence < self.abstain_threshold:
+            reason = (
+                f"confidence {confidence:.3f} is below the threshold {self.abstain_threshold:.3f} chosen on "
+                "validation: the model cannot tell between classes"
+            )
+            return {"label": None, "abstained": reason}
+        return {"label": self.classes[top_class]}
 
-def load(bundle_dir: str | Path, device: str | torch.device = "cpu") -> Classifier:
-    """Load a bundle directory for prediction."""
-    return Classifier(load_bundle(bundle_dir), device=device)
+
+def load(bundle_dir: str | Path, device: str | torch.device = "cpu", abstain: bool = True) -> Classifier:
+    """Load a bundle directory for prediction; ``abstain=False`` always names a label."""
+    return Classifier(load_bundle(bundle_dir), device=device, abstain=abstain)
 
 
 def load_pretrained_classifier(model_name: str, source: str | None = None, device: str = "cpu") -> Classifier:

@@ -12,7 +12,7 @@ from imgclf.cli.output import print_json, stdout_console
 def add_parser(commands) -> None:
     parser = commands.add_parser(
         "evaluate",
-        help="accuracy, per-class metrics and confusion matrix",
+        help="accuracy, per-class metrics, calibration and confusion matrix",
         description="Evaluate a bundle on DATA. The test split by default: the one "
         "recorded in the bundle when imgclf made the split.",
     )
@@ -36,6 +36,14 @@ def _print_report(metrics: dict) -> None:
     for name, row in metrics["per_class"].items():
         table.add_row(name, f"{row['precision']:.3f}", f"{row['recall']:.3f}", f"{row['f1']:.3f}", str(row["support"]))
     console.print(table)
+    if metrics.get("ece") is not None:
+        console.print(
+            f"calibration: ECE {metrics['ece']:.4f} with temperature {metrics['temperature']:.3f} "
+            f"({metrics['ece_uncalibrated']:.4f} without)"
+        )
+    if metrics.get("most_confused"):
+        pairs = ", ".join(f"{p['true']} as {p['predicted']} ({p['count']})" for p in metrics["most_confused"][:5])
+        console.print(f"most confused: {pairs}")
     matrix = Table("true \\ predicted", *metrics["classes"], title="confusion matrix")
     for name, row in zip(metrics["classes"], metrics["confusion_matrix"]):
         matrix.add_row(name, *(str(count) for count in row))

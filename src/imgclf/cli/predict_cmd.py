@@ -26,6 +26,12 @@ def add_parser(commands) -> None:
         help="with --model: the built-in ImageNet weights, or a weights FILE",
     )
     parser.add_argument("--top-k", type=int, default=5, help="labels per image (default: 5)")
+    parser.add_argument(
+        "--no-abstain",
+        dest="abstain",
+        action="store_false",
+        help="always name a label, even below the confidence threshold chosen on validation",
+    )
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
     parser.set_defaults(run=run)
@@ -47,7 +53,9 @@ def run(args: argparse.Namespace) -> int:
     else:
         bundle, inputs = args.paths[0], args.paths[1:]
     pretrained = (args.model, None if args.pretrained == "default" else args.pretrained) if args.model else None
-    results = run_predict(bundle, inputs, top_k=args.top_k, device=args.device, pretrained=pretrained)
+    results = run_predict(
+        bundle, inputs, top_k=args.top_k, device=args.device, pretrained=pretrained, abstain=args.abstain
+    )
     failed = [result for result in results if "error" in result]
     if args.json:
         print_json(results)
@@ -56,7 +64,8 @@ def run(args: argparse.Namespace) -> int:
         for result in results:
             if "error" not in result:
                 labels = ", ".join(f"{item['label']} {item['probability']:.3f}" for item in result["top_k"])
-                console.print(f"{result.get('path', '?')}: {labels}")
+                verdict = "no label (abstained)" if result["label"] is None else result["label"]
+                console.print(f"{result.get('path', '?')}: {verdict} | {labels}")
     for result in failed:
         sys.stderr.write(f"imgclf predict: error: {result['path']}: {result['error']}\n")
     if not results:

@@ -80,6 +80,7 @@ class DataProfile:
     native_size: int  # median of the shorter image side, in pixels
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, reason)
     sizes: dict[str, int] = field(default_factory=dict)  # usable images per split
+    shorter_side_range: tuple[int, int] = (0, 0)  # smallest and largest shorter image side, pixels
 
 
 @dataclass
@@ -127,7 +128,10 @@ def profile_dataset(dataset: Dataset) -> DataProfile:
             dataset.splits[name] = split.subset(np.array(valid, dtype=np.int64))
     native = int(np.median(short_sides)) if short_sides else 0
     sizes = {name: len(split) for name, split in dataset.splits.items()}
-    return DataProfile(channels=1 if all_gray else 3, native_size=native, skipped=skipped, sizes=sizes)
+    side_range = (int(min(short_sides)), int(max(short_sides))) if short_sides else (0, 0)
+    return DataProfile(
+        channels=1 if all_gray else 3, native_size=native, skipped=skipped, sizes=sizes, shorter_side_range=side_range
+    )
 
 
 def _decode_one(split: FileSplit, index: int, preprocess: Preprocess) -> np.ndarray | tuple[str, str]:
@@ -181,6 +185,11 @@ class StreamingSplit(torch.utils.data.Dataset):
         if not isinstance(result, np.ndarray):
             return None
         return torch.from_numpy(result), int(self.split.targets[index])
+
+
+def split_targets(split: TensorSplit | StreamingSplit) -> torch.Tensor:
+    """The class index of every image of a decoded or streaming split, on the CPU."""
+    return split.targets.cpu() if isinstance(split, TensorSplit) else torch.from_numpy(split.split.targets)
 
 
 def estimate_mean_std(images: torch.Tensor, max_images: int = 10_000) -> tuple[tuple[float, ...], tuple[float, ...]]:

@@ -11,11 +11,52 @@ from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 from torch import nn
 
 from imgclf.data.prepare import Preprocess
+from imgclf.explain.calibration import expected_calibration_error, reliability_bins
 
-__all__ = ["classification_metrics", "predict_logits"]
+__all__ = [
+    "calibrated_metrics",
+    "classification_metrics",
+    "most_confused",
+    "predict_logits",
+    "predict_outputs",
+]
+
+MOST_CONFUSED_LIMIT = 10
 
 
 @torch.no_grad()
+def predict_outputs(
+    model: nn.Module,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    preprocess: Preprocess,
+    device: torch.device,
+    amp: bool = False,
+    embeddings: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Run the model in eval mode over uint8 batches: float32 logits, targets and (when asked)
+    the L2-normalized embeddings before the last layer, all on the CPU."""
+    was_training = model.training
+    model.eval()
+    all_logits, all_targets, all_embeddings = [], [], []
+    use_amp = amp and device.type == "cuda"
+    for images, targets in batches:
+        if len(images) == 0:
+            continue
+        inputs = preprocess.normalize(images.to(device, non_blocking=True))
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+            features = model.forward_features(inputs)
+            logits = model.forward_head(features)
+            if embeddings:
+                pooled = torch.flatten(model.forward_head(features, pre_logits=True), 1).float()
+                all_embeddings.append(nn.functional.normalize(pooled, dim=1).cpu())
+        all_logits.append(logits.float().cpu())
+        all_targets.append(targets.cpu())
+    model.train(was_training)
+    if not all_logits:
+        return torch.empty(0, 0), torch.empty(0, dtype=torch.int64), torch.empty(0, 0) if embeddings else None
+    return torch.cat(all_logits), torch.cat(all_targets), torch.cat(all_embeddings) if embeddings else None
+
+
 def predict_logits(
     model: nn.Module,
     batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
@@ -24,27 +65,24 @@ def predict_logits(
     amp: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Run the model in eval mode over uint8 batches; float32 logits and targets on the CPU."""
-    was_training = model.training
-    model.eval()
-    all_logits, all_targets = [], []
-    use_amp = amp and device.type == "cuda"
-    for images, targets in batches:
-        if len(images) == 0:
-            continue
-        inputs = preprocess.normalize(images.to(device, non_blocking=True))
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-            logits = model(inputs)
-        all_logits.append(logits.float().cpu())
-        all_targets.append(targets.cpu())
-    model.train(was_training)
-    if not all_logits:
-        return torch.empty(0, 0), torch.empty(0, dtype=torch.int64)
-    return torch.cat(all_logits), torch.cat(all_targets)
+    logits, targets, _ = predict_outputs(model, batches, preprocess, device, amp)
+    return logits, targets
 
 
 def _top_k_accuracy(logits: torch.Tensor, targets: torch.Tensor, k: int) -> float:
     top = logits.topk(k, dim=1).indices
     return float((top == targets.view(-1, 1)).any(dim=1).float().mean())
+
+
+def most_confused(confusion: np.ndarray, classes: list[str], limit: int = MOST_CONFUSED_LIMIT) -> list[dict]:
+    """The largest off-diagonal cells of a confusion matrix: which class is taken for which."""
+    pairs = [
+        {"true": classes[t], "predicted": classes[p], "count": int(confusion[t, p])}
+        for t in range(len(classes))
+        for p in range(len(classes))
+        if t != p and confusion[t, p] > 0
+    ]
+    return sorted(pairs, key=lambda pair: -pair["count"])[:limit]
 
 
 def classification_metrics(logits: torch.Tensor, targets: torch.Tensor, classes: list[str]) -> dict:
@@ -57,6 +95,7 @@ def classification_metrics(logits: torch.Tensor, targets: torch.Tensor, classes:
             "num_images": 0,
             "per_class": {},
             "confusion_matrix": [],
+            "most_confused": [],
             "classes": classes,
         }
     predictions = logits.argmax(dim=1).numpy()
@@ -72,12 +111,28 @@ def classification_metrics(logits: torch.Tensor, targets: torch.Tensor, classes:
         }
         for i, name in enumerate(classes)
     }
+    confusion = confusion_matrix(truth, predictions, labels=labels)
     return {
         "accuracy": float((predictions == truth).mean()),
         "top5_accuracy": _top_k_accuracy(logits, targets, 5) if len(classes) > 5 else None,
         "loss": float(nn.functional.cross_entropy(logits, targets)),
         "num_images": int(len(truth)),
         "per_class": per_class,
-        "confusion_matrix": confusion_matrix(truth, predictions, labels=labels).tolist(),
+        "confusion_matrix": confusion.tolist(),
+        "most_confused": most_confused(confusion, classes),
         "classes": list(classes),
     }
+
+
+def calibrated_metrics(logits: torch.Tensor, targets: torch.Tensor, classes: list[str], temperature: float) -> dict:
+    """``classification_metrics`` plus calibration: ECE of the probabilities ``predict`` gives
+    (softmax of logits / temperature), ECE without the temperature, and the reliability bins."""
+    metrics = classification_metrics(logits, targets, classes)
+    metrics["temperature"] = temperature
+    if len(targets) == 0:
+        return {**metrics, "ece": None, "ece_uncalibrated": None, "reliability": []}
+    calibrated = torch.softmax(logits.float() / temperature, dim=1)
+    metrics["ece"] = expected_calibration_error(calibrated, targets)
+    metrics["ece_uncalibrated"] = expected_calibration_error(torch.softmax(logits.float(), dim=1), targets)
+    metrics["reliability"] = reliability_bins(calibrated, targets)
+    return metrics

@@ -1,14 +1,17 @@
-"""Model facts a user asks for: parameters and FLOPs at an input size."""
+"""Model facts a user asks for: parameters, FLOPs at an input size, latency on this machine."""
 
 from __future__ import annotations
 
+import time
+
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from imgclf.models._registry import create_model, get_model_spec
 
-__all__ = ["count_flops", "count_parameters", "describe_model"]
+__all__ = ["count_flops", "count_parameters", "describe_model", "layer_summary", "measure_latency"]
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -50,3 +53,37 @@ def describe_model(name: str, input_size: int | None = None, with_flops: bool = 
             row["flops"] = count_flops(create_model(name, input_size=size), spec.in_chans, size)
             row["flops_input_size"] = size
     return row
+
+
+def layer_summary(model: nn.Module) -> dict[str, int]:
+    """How many layers of each kind (Conv2d, Linear, BatchNorm2d...) the model has, most first."""
+    counts: dict[str, int] = {}
+    for module in model.modules():
+        if not list(module.children()) and list(module.parameters(recurse=False)):
+            counts[type(module).__name__] = counts.get(type(module).__name__, 0) + 1
+    return dict(sorted(counts.items(), key=lambda item: -item[1]))
+
+
+@torch.no_grad()
+def measure_latency(
+    model: nn.Module, batch: int, in_chans: int, input_size: int, repeats: int = 20, warmup: int = 2
+) -> dict[str, float]:
+    """Wall time of one eval-mode forward pass at ``batch`` on the model's device, in the
+    channels-last layout that prediction uses: median and 95th percentile over ``repeats`` passes
+    after ``warmup`` untimed ones, in milliseconds."""
+    model = model.eval().to(memory_format=torch.channels_last)
+    device = next(model.parameters()).device
+    images = torch.randn(batch, in_chans, input_size, input_size, device=device)
+    images = images.contiguous(memory_format=torch.channels_last)
+    for _ in range(warmup):
+        model(images)
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        model(images)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append((time.perf_counter() - start) * 1000)
+    return {"p50_ms": round(float(np.median(times)), 3), "p95_ms": round(float(np.percentile(times, 95)), 3)}

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from rich.console import Console
 
-from imgclf.bundle import load_bundle
+from imgclf.bundle import Bundle, bundle_temperature, load_bundle
 from imgclf.data.dataset import SplitPolicy, load_dataset
-from imgclf.engine.evaluate import classification_metrics, predict_logits
+from imgclf.data.prepare import TensorSplit
+from imgclf.engine.evaluate import calibrated_metrics, predict_logits
 from imgclf.errors import DataError
 from imgclf.runners.common import eval_batch_size, make_batches, prepare_splits, resolve_device, stderr_console
 
-__all__ = ["run_evaluate"]
+__all__ = ["SplitEvaluation", "evaluate_split", "run_evaluate"]
 
 
 def _split_policy(description: dict) -> SplitPolicy:
@@ -27,17 +29,26 @@ def _split_policy(description: dict) -> SplitPolicy:
     )
 
 
-def run_evaluate(
-    bundle_dir: str | Path,
+@dataclass
+class SplitEvaluation:
+    """A bundle's predictions on one split of DATA: metrics, the decoded split and its logits."""
+
+    metrics: dict
+    split: TensorSplit
+    logits: torch.Tensor
+    targets: torch.Tensor
+
+
+def evaluate_split(
+    bundle: Bundle,
     data: str,
     split: str = "test",
     data_dir: str | Path | None = None,
     device: str = "auto",
     console: Console | None = None,
-) -> dict:
-    """Metrics of a bundle on one split of DATA (the test split by default)."""
+) -> SplitEvaluation:
+    """Decode one split of DATA with the bundle's preprocessing and run the model over it."""
     console = console or stderr_console()
-    bundle = load_bundle(bundle_dir)
     dataset = load_dataset(data, _split_policy(bundle.description), data_dir)
     if split not in dataset.splits:
         have = ", ".join(sorted(dataset.splits))
@@ -68,7 +79,22 @@ def run_evaluate(
         bundle.preprocess,
         torch_device,
     )
-    metrics = classification_metrics(logits, targets, bundle.classes)
+    bundle.model.cpu()
+    metrics = calibrated_metrics(logits, targets, bundle.classes, bundle_temperature(bundle))
     metrics["split"] = split
     metrics["skipped"] = [{"file": file, "reason": reason} for file, reason in prepared.skipped]
+    return SplitEvaluation(metrics, target_split, logits, targets)
+
+
+def run_evaluate(
+    bundle_dir: str | Path,
+    data: str,
+    split: str = "test",
+    data_dir: str | Path | None = None,
+    device: str = "auto",
+    console: Console | None = None,
+) -> dict:
+    """Metrics of a bundle on one split of DATA (the test split by default)."""
+    metrics = evaluate_split(load_bundle(bundle_dir), data, split, data_dir, device, console).metrics
+    metrics.pop("reliability")  # the diagram's bins: in the report, too detailed for the JSON result
     return metrics

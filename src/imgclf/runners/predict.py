@@ -34,10 +34,11 @@ def run_predict(
     top_k: int = 5,
     device: str = "cpu",
     pretrained: tuple[str, str | None] | None = None,
+    abstain: bool = True,
 ) -> list[dict]:
     """Top-k labels from a bundle, or from ``pretrained`` = (model name, weights file or None)."""
     if pretrained is not None:
         classifier = load_pretrained_classifier(*pretrained, device=device)
     else:
-        classifier = load(bundle_dir, device=device)
+        classifier = load(bundle_dir, device=device, abstain=abstain)
     return classifier.predict([str(path) for path in expand_image_paths(inputs)], top_k=top_k)

@@ -13,22 +13,24 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from rich.console import Console
 from torch import nn
 
-from imgclf.bundle import is_bundle, save_bundle
+from imgclf.bundle import Bundle, is_bundle, save_bundle
 from imgclf.config import TrainConfig
 from imgclf.data.augment import Augmentation, choose_augmentation
 from imgclf.data.batches import Batches
 from imgclf.data.dataset import Dataset
-from imgclf.data.prepare import DataProfile, Preprocess, TensorSplit
+from imgclf.data.prepare import DataProfile, Preprocess, StreamingSplit, TensorSplit, split_targets
 from imgclf.engine.checkpoint import load_training_state, save_training_state
-from imgclf.engine.evaluate import classification_metrics, predict_logits
+from imgclf.engine.evaluate import calibrated_metrics, predict_outputs
 from imgclf.engine.loop import FitSetup, FitState, fit
 from imgclf.engine.observers import ProgressObserver, TrainObserver
 from imgclf.engine.optim import create_optimizer, create_schedule
 from imgclf.errors import ImgclfError, UsageError
+from imgclf.explain.calibration import calibrate, class_centroids
 from imgclf.models import ImageClassifier, count_parameters, create_model, get_model_spec
 from imgclf.runners.common import (
     PreparedSplits,
@@ -39,6 +41,7 @@ from imgclf.runners.common import (
     stderr_console,
 )
 from imgclf.runners.finetune import Stage, plan_stages, run_linear_probe
+from imgclf.runners.report import mistakes_gallery, write_report
 from imgclf.runners.train_data import describe_data, load_training_data
 from imgclf.transfer import PretrainedWeights, freeze_for_finetuning, load_pretrained, load_weights_into
 
@@ -98,10 +101,6 @@ def _loss_function(config: TrainConfig, targets: torch.Tensor, num_classes: int,
         counts = torch.bincount(targets.cpu(), minlength=num_classes).float().clamp_min(1)
         weights = (counts.sum() / (num_classes * counts)).to(device)
     return nn.CrossEntropyLoss(weight=weights, label_smoothing=config.label_smoothing)
-
-
-def _split_targets(split) -> torch.Tensor:
-    return split.targets if isinstance(split, TensorSplit) else torch.from_numpy(split.split.targets)
 
 
 @dataclass
@@ -195,7 +194,7 @@ def _stage_setup(run: TrainingRun, stage: Stage) -> FitSetup:
     )
     steps = (stage.end_epoch - stage.start_epoch) * len(run.train_batches)
     scheduler = create_schedule(optimizer, steps, config.schedule, config.resolved_warmup_fraction())
-    loss_fn = _loss_function(config, _split_targets(run.prepared.splits["train"]), run.dataset.num_classes, run.device)
+    loss_fn = _loss_function(config, split_targets(run.prepared.splits["train"]), run.dataset.num_classes, run.device)
     return FitSetup(
         run.model,
         optimizer,
@@ -343,20 +342,52 @@ def _linear_probe(run: TrainingRun, console: Console) -> None:
     )
 
 
-def _final_metrics(run: TrainingRun) -> dict[str, dict]:
-    final = {}
-    for name in ("val", "test"):
-        if name in run.prepared.splits:
-            batches = make_batches(
-                run.prepared.splits[name], eval_batch_size(run.preprocess.input_size), workers=run.config.workers
-            )
-            logits, targets = predict_logits(run.model, batches, run.preprocess, run.device, run.config.amp)
-            final[name] = classification_metrics(logits, targets, run.dataset.classes)
-    return final
+# Class centroids for the abstain check come from up to this many evenly spaced training images.
+CENTROID_IMAGES = 5_000
 
 
-def _write_bundle(run: TrainingRun, final: dict, seconds: float) -> dict:
+@dataclass
+class FinalEvaluation:
+    """The trained model on val and test: calibration fitted on val, metrics, the test logits
+    (the report's worst-mistakes gallery ranks them) and the class centroids."""
+
+    calibration: dict
+    metrics: dict[str, dict]
+    logits: dict[str, tuple[torch.Tensor, torch.Tensor]]
+    centroids: torch.Tensor | None
+
+
+def _evenly_spaced(split: TensorSplit | StreamingSplit, limit: int) -> TensorSplit | StreamingSplit:
+    if len(split) <= limit:
+        return split
+    indices = np.linspace(0, len(split) - 1, limit).astype(np.int64)
+    if isinstance(split, TensorSplit):
+        return TensorSplit(split.images[indices], split.targets[indices], [split.keys[i] for i in indices])
+    return StreamingSplit(split.split.subset(indices), split.preprocess)
+
+
+def _outputs(run: TrainingRun, split, embeddings: bool):
+    batches = make_batches(split, eval_batch_size(run.preprocess.input_size), workers=run.config.workers)
+    return predict_outputs(run.model, batches, run.preprocess, run.device, run.config.amp, embeddings=embeddings)
+
+
+def _final_evaluation(run: TrainingRun) -> FinalEvaluation:
+    splits = run.prepared.splits
+    _, train_targets, train_embeddings = _outputs(run, _evenly_spaced(splits["train"], CENTROID_IMAGES), True)
+    centroids = class_centroids(train_embeddings, train_targets, run.dataset.num_classes)
+    val_logits, val_targets, val_embeddings = _outputs(run, splits["val"], True)
+    logits = {"val": (val_logits, val_targets)}
+    if "test" in splits:
+        logits["test"] = _outputs(run, splits["test"], False)[:2]
+    calibration = calibrate(val_logits, val_targets, val_embeddings, centroids)
+    temperature = calibration["temperature"]
+    metrics = {name: calibrated_metrics(*pair, run.dataset.classes, temperature) for name, pair in logits.items()}
+    return FinalEvaluation(calibration, metrics, logits, centroids)
+
+
+def _write_bundle(run: TrainingRun, evaluation: FinalEvaluation, seconds: float) -> Bundle:
     state, config, preprocess = run.state, run.config, run.preprocess
+    final = evaluation.metrics
     summary = {
         "val_accuracy": final["val"]["accuracy"],
         "test_accuracy": final["test"]["accuracy"] if "test" in final else None,
@@ -373,6 +404,7 @@ def _write_bundle(run: TrainingRun, final: dict, seconds: float) -> dict:
         "in_chans": preprocess.channels,
         "preprocess": preprocess.to_dict(),
         "augmentation": run.augmentation.to_dict(),
+        "calibration": evaluation.calibration,
         "pretrained": {**run.weights.describe(), "finetune": config.finetune} if run.weights else None,
         "training": {
             **config.to_dict(),
@@ -386,8 +418,23 @@ def _write_bundle(run: TrainingRun, final: dict, seconds: float) -> dict:
         "seconds": round(seconds, 2),
     }
     metrics = {**final, "summary": summary, "history": state.history}
-    save_bundle(run.output, run.model.cpu(), description, metrics)
-    return summary
+    save_bundle(run.output, run.model.cpu(), description, metrics, evaluation.centroids)
+    return Bundle(
+        run.output, run.model.eval(), preprocess, run.dataset.classes, description, metrics, evaluation.centroids
+    )
+
+
+def _write_report(run: TrainingRun, bundle: Bundle, evaluation: FinalEvaluation, console: Console) -> None:
+    """report.html from what the run holds in memory; a failure here never loses the bundle."""
+    split = "test" if len(evaluation.logits.get("test", ((), ()))[1]) else "val"
+    try:
+        gallery = mistakes_gallery(bundle, run.prepared.splits[split], *evaluation.logits[split])
+        path = write_report(bundle, gallery)
+    except Exception as error:  # noqa: BLE001 - the report is a view of a bundle already safely written
+        console.print(f"warning: the report could not be written ({error}); the bundle is complete. "
+                      f"Try: imgclf report {run.output}")  # fmt: skip
+        return
+    console.print(f"report: {path}")
 
 
 def _announce(run: TrainingRun, console: Console) -> None:
@@ -445,7 +492,10 @@ def run_train(
         _linear_probe(run, console)
     else:
         _run_stages(run, saved, observer or ProgressObserver(console), console)
-    summary = _write_bundle(run, _final_metrics(run), time.perf_counter() - started)
+    evaluation = _final_evaluation(run)
+    bundle = _write_bundle(run, evaluation, time.perf_counter() - started)
+    summary = bundle.metrics["summary"]
+    _write_report(run, bundle, evaluation, console)
     seconds = time.perf_counter() - started
     console.print(
         f"test accuracy {_format(summary['test_accuracy'])}, val accuracy "

@@ -12,7 +12,7 @@ from rich.console import Console
 
 from imgclf.config import TrainConfig
 from imgclf.data.dataset import Dataset, SplitPolicy, load_dataset
-from imgclf.data.prepare import DataProfile, Preprocess, TensorSplit, estimate_mean_std, profile_dataset
+from imgclf.data.prepare import DataProfile, Preprocess, TensorSplit, estimate_mean_std, profile_dataset, split_targets
 from imgclf.errors import DataError
 from imgclf.models import choose_input_size, get_model_spec
 from imgclf.runners.common import PreparedSplits, prepare_splits
@@ -129,7 +129,13 @@ def describe_data(dataset: Dataset, profile: DataProfile, prepared: PreparedSpli
         "kind": dataset.kind,
         "split": dataset.split_info,
         "sizes": {name: len(split) for name, split in prepared.splits.items()},
+        "class_counts": {
+            name: torch.bincount(split_targets(split), minlength=dataset.num_classes).tolist()
+            for name, split in prepared.splits.items()
+        },
         "native_size": profile.native_size,
+        "shorter_side_range": list(profile.shorter_side_range),
+        "channels": profile.channels,
         "skipped": [{"file": file, "reason": reason} for file, reason in skipped],
         "ignored": len(dataset.ignored),
     }

@@ -1,0 +1,1 @@
+"""Why the model decides: calibration, Grad-CAM and saliency, figures and the HTML report."""

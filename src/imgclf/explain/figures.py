@@ -1,0 +1,139 @@
+"""The report's and ``explain``'s pictures, drawn with matplotlib's object API (no pyplot state,
+no display needed) and returned as PNG bytes."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from imgclf.explain.gradcam import Explanation, heat_overlay
+
+__all__ = [
+    "class_counts_png",
+    "confusion_matrix_png",
+    "explanation_png",
+    "reliability_png",
+    "training_curves_png",
+]
+
+DPI = 100
+# Class names on axes get unreadable beyond this many classes: the report shows the table instead.
+MAX_LABELLED_CLASSES = 30
+
+
+def _png(figure: Figure) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight")
+    return buffer.getvalue()
+
+
+def training_curves_png(history: list[dict]) -> bytes:
+    """Loss, accuracy and learning rate per epoch, training and validation side by side (the
+    curves a record lacks, such as a linear probe's training loss, are left out)."""
+    figure = Figure(figsize=(12, 3.4))
+    panels = figure.subplots(1, 3)
+    epochs = [record.get("epoch", index + 1) for index, record in enumerate(history)]
+    curves = (
+        (panels[0], "loss", (("train_loss", "train"), ("val_loss", "validation"))),
+        (panels[1], "accuracy", (("train_accuracy", "train"), ("val_accuracy", "validation"))),
+        (panels[2], "learning rate at epoch start", (("lr", "learning rate"),)),
+    )
+    for axes, title, series in curves:
+        for key, label in series:
+            if all(record.get(key) is not None for record in history):
+                axes.plot(epochs, [record[key] for record in history], marker="o", label=label)
+        axes.set_title(title)
+        axes.set_xlabel("epoch")
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axes.grid(alpha=0.3)
+        if axes.get_lines() and title != curves[2][1]:
+            axes.legend()
+    return _png(figure)
+
+
+def confusion_matrix_png(confusion: list[list[int]], classes: list[str]) -> bytes:
+    """Row-normalized confusion matrix (share of each true class), counts written in the cells."""
+    counts = np.asarray(confusion, dtype=np.int64)
+    rows = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    size = min(14.0, 2.5 + 0.45 * len(classes))
+    figure = Figure(figsize=(size + 1.5, size))
+    axes = figure.subplots()
+    image = axes.imshow(rows, cmap="Blues", vmin=0, vmax=1)
+    figure.colorbar(image, ax=axes, fraction=0.046, label="share of the true class")
+    if len(classes) <= MAX_LABELLED_CLASSES:
+        ticks = np.arange(len(classes))
+        axes.set_xticks(ticks, classes, rotation=60, ha="right")
+        axes.set_yticks(ticks, classes)
+        for (row, column), count in np.ndenumerate(counts):
+            if count:
+                colour = "white" if rows[row, column] > 0.5 else "black"
+                axes.text(column, row, str(count), ha="center", va="center", color=colour, fontsize=8)
+    axes.set_xlabel("predicted")
+    axes.set_ylabel("true")
+    return _png(figure)
+
+
+def reliability_png(bins: list[dict], ece: float | None, ece_uncalibrated: float | None) -> bytes:
+    """Accuracy against confidence per bin; the diagonal is perfect calibration."""
+    figure = Figure(figsize=(4.6, 4.2))
+    axes = figure.subplots()
+    axes.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfectly calibrated")
+    if bins:
+        centres = [(b["low"] + b["high"]) / 2 for b in bins]
+        widths = [b["high"] - b["low"] for b in bins]
+        axes.bar(centres, [b["accuracy"] for b in bins], width=widths, edgecolor="black", alpha=0.7, label="accuracy")
+        axes.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], "o", color="tab:red",
+                  markersize=4, label="mean confidence")  # fmt: skip
+    title = "reliability" if ece is None else f"reliability: ECE {ece:.3f}"
+    if ece_uncalibrated is not None:
+        title += f" ({ece_uncalibrated:.3f} before scaling)"
+    axes.set_title(title, fontsize=10)
+    axes.set_xlabel("confidence")
+    axes.set_ylabel("accuracy")
+    axes.set_xlim(0, 1)
+    axes.set_ylim(0, 1)
+    axes.legend(loc="lower right", fontsize=8)
+    return _png(figure)
+
+
+def class_counts_png(class_counts: dict[str, list[int]], classes: list[str]) -> bytes:
+    """Images per class, one bar per split."""
+    figure = Figure(figsize=(min(14.0, 3 + 0.4 * len(classes)), 3.4))
+    axes = figure.subplots()
+    positions = np.arange(len(classes))
+    width = 0.8 / max(1, len(class_counts))
+    for offset, (split, counts) in enumerate(class_counts.items()):
+        axes.bar(positions + offset * width, counts, width=width, label=split)
+    if len(classes) <= MAX_LABELLED_CLASSES:
+        axes.set_xticks(positions + width * (len(class_counts) - 1) / 2, classes, rotation=60, ha="right")
+    axes.set_ylabel("images")
+    axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    axes.grid(axis="y", alpha=0.3)
+    return _png(figure)
+
+
+def explanation_png(explanation: Explanation, predicted: str, true: str | None, source: str = "") -> bytes:
+    """The image, its Grad-CAM overlay and its saliency map, titled with the labels."""
+    figure = Figure(figsize=(7.5, 2.9))
+    image_axes, cam_axes, saliency_axes = figure.subplots(1, 3)
+    pixels = explanation.pixels
+    shown = pixels[:, :, 0] if pixels.shape[2] == 1 else pixels
+    image_axes.imshow(shown, cmap="gray" if pixels.shape[2] == 1 else None, interpolation="nearest")
+    image_axes.set_title("input", fontsize=9)
+    height, width = explanation.feature_map_size
+    cam_axes.imshow(heat_overlay(pixels, explanation.cam), interpolation="nearest")
+    cam_axes.set_title(f"Grad-CAM ({height}x{width} feature map)", fontsize=9)
+    saliency_axes.imshow(explanation.saliency, cmap="hot", interpolation="nearest")
+    saliency_axes.set_title("saliency (input gradient)", fontsize=9)
+    for axes in (image_axes, cam_axes, saliency_axes):
+        axes.set_axis_off()
+    truth = "unknown" if true is None else true
+    verdict = "" if true is None else ("  (correct)" if true == predicted else "  (wrong)")
+    title = f"predicted: {predicted} ({explanation.probability:.2f})   true: {truth}{verdict}"
+    if source:
+        title = f"{source}\n{title}"
+    figure.suptitle(title, fontsize=10)
+    return _png(figure)

@@ -1,0 +1,287 @@
+"""``report.html``: one self-contained page (every image embedded) that tells a person in a
+minute what the model is good and bad at. Built from the bundle's own records (model.json,
+metrics.json) plus pictures of the worst mistakes; no network, no scripts, no external files."""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass
+from html import escape
+
+from imgclf.explain.figures import class_counts_png, confusion_matrix_png, reliability_png, training_curves_png
+
+__all__ = ["REPORT_FILE", "REPORT_SECTIONS", "GalleryItem", "render_report"]
+
+REPORT_FILE = "report.html"
+# (id, heading) of every section, in page order; tests check each is present.
+REPORT_SECTIONS = (
+    ("summary", "Summary"),
+    ("dataset", "Data"),
+    ("training", "Training curves"),
+    ("confusion", "Confusion matrix"),
+    ("per-class", "Per-class metrics"),
+    ("calibration", "Calibration"),
+    ("mistakes", "Worst mistakes"),
+    ("model-card", "Model card"),
+    ("configuration", "Configuration"),
+)
+
+STYLE = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0 auto;max-width:1100px;
+padding:1.5rem;color:#1d232a;line-height:1.45}
+h1{margin-bottom:.2rem}h2{border-bottom:2px solid #e3e7ec;padding-bottom:.25rem;margin-top:2.2rem}
+.sub{color:#5b6775;margin-top:0}
+.cards{display:flex;flex-wrap:wrap;gap:.8rem;margin:1rem 0}
+.card{background:#f4f6f9;border-radius:8px;padding:.7rem 1rem;min-width:9rem}
+.card b{display:block;font-size:1.5rem}.card span{color:#5b6775;font-size:.85rem}
+table{border-collapse:collapse;font-size:.9rem;margin:.5rem 0}
+td,th{border-bottom:1px solid #e3e7ec;padding:.25rem .7rem;text-align:right}
+th{background:#f4f6f9}td:first-child,th:first-child{text-align:left}
+tr.weak td{background:#fff1f0}
+img{max-width:100%;height:auto}
+.gallery{display:grid;grid-template-columns:repeat(auto-fill,minmax(480px,1fr));gap:1rem}
+.gallery figure{margin:0;border:1px solid #e3e7ec;border-radius:8px;padding:.4rem}
+figcaption{font-size:.8rem;color:#5b6775;word-break:break-all}
+pre{background:#f4f6f9;padding:.8rem;overflow-x:auto;font-size:.8rem}
+.note{color:#5b6775;font-size:.9rem}
+"""
+
+
+@dataclass
+class GalleryItem:
+    """One wrongly classified image with its explanation picture."""
+
+    png: bytes
+    caption: str
+
+
+def _image(png: bytes, alt: str) -> str:
+    return f'<img alt="{escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}">'
+
+
+def _percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"
+
+
+def _section(section_id: str, body: str) -> str:
+    heading = dict(REPORT_SECTIONS)[section_id]
+    return f'<section id="{section_id}"><h2>{escape(heading)}</h2>\n{body}\n</section>'
+
+
+def _table(header: list[str] | None, rows: list[list[str]], row_classes: list[str] | None = None) -> str:
+    head = f"<tr>{''.join(f'<th>{escape(cell)}</th>' for cell in header)}</tr>" if header else ""
+    body = []
+    for index, row in enumerate(rows):
+        css = f' class="{row_classes[index]}"' if row_classes and row_classes[index] else ""
+        body.append(f"<tr{css}>" + "".join(f"<td>{escape(str(cell))}</td>" for cell in row) + "</tr>")
+    return f"<table>{head}{''.join(body)}</table>"
+
+
+def _evaluated(metrics: dict) -> tuple[str, dict]:
+    """The split the report is about: test when there is one, validation otherwise."""
+    for name in ("test", "val"):
+        if metrics.get(name, {}).get("accuracy") is not None:
+            return name, metrics[name]
+    return "val", metrics.get("val", {})
+
+
+def _findings(description: dict, split: str, evaluated: dict) -> list[str]:
+    """The sentences a reader needs first: overall, best and worst classes, confusions, skips."""
+    findings = []
+    per_class = evaluated.get("per_class", {})
+    if per_class:
+        ranked = sorted(per_class.items(), key=lambda item: item[1]["f1"])
+        worst, best = ranked[0], ranked[-1]
+        findings.append(
+            f"Strongest class: {best[0]} (F1 {best[1]['f1']:.2f}); weakest: {worst[0]} "
+            f"(F1 {worst[1]['f1']:.2f}, recall {worst[1]['recall']:.2f} on {worst[1]['support']} images)."
+        )
+    confused = evaluated.get("most_confused", [])
+    if confused:
+        pairs = "; ".join(f"{c['true']} taken for {c['predicted']} ({c['count']}x)" for c in confused[:3])
+        findings.append(f"Most frequent mistakes on the {split} split: {pairs}.")
+    elif per_class:
+        findings.append(f"No mistakes on the {split} split.")
+    if evaluated.get("ece") is not None:
+        findings.append(
+            f"Confidence is calibrated to within {evaluated['ece']:.3f} on average (ECE; "
+            f"{evaluated['ece_uncalibrated']:.3f} before temperature scaling with T = {evaluated['temperature']:.2f})."
+        )
+    skipped = description.get("data", {}).get("skipped", [])
+    if skipped:
+        findings.append(f"{len(skipped)} files could not be used and were skipped (listed under Data).")
+    return findings
+
+
+def _summary(description: dict, metrics: dict) -> str:
+    split, evaluated = _evaluated(metrics)
+    summary = metrics.get("summary", {})
+    cards = [
+        (_percent(evaluated.get("accuracy")), f"{split} accuracy ({evaluated.get('num_images', 0):,} images)"),
+        (_percent(summary.get("val_accuracy")), "validation accuracy"),
+    ]
+    if evaluated.get("top5_accuracy") is not None:
+        cards.append((_percent(evaluated["top5_accuracy"]), f"{split} top-5 accuracy"))
+    if evaluated.get("ece") is not None:
+        cards.append((f"{evaluated['ece']:.3f}", "calibration error (ECE)"))
+    cards.append((f"{description.get('params', 0):,}", "parameters"))
+    card_html = "".join(f'<div class="card"><b>{escape(value)}</b><span>{escape(label)}</span></div>'
+                        for value, label in cards)  # fmt: skip
+    findings = "".join(f"<li>{escape(line)}</li>" for line in _findings(description, split, evaluated))
+    return f'<div class="cards">{card_html}</div><ul>{findings}</ul>'
+
+
+def _dataset(description: dict) -> str:
+    data = description.get("data", {})
+    classes = description.get("classes", [])
+    sizes = ", ".join(f"{name} {count:,}" for name, count in data.get("sizes", {}).items())
+    low, high = (data.get("shorter_side_range") or [None, None])[:2]
+    side = f"{low}-{high} px" if low is not None and low != high else f"{data.get('native_size')} px"
+    split = data.get("split", {})
+    split_text = split.get("method", "given")
+    if split.get("method") == "stratified":
+        split_text += f" (seed {split.get('seed')}, val {split.get('val_fraction')}, test {split.get('test_fraction')})"
+    parts = [
+        f"<p>Source <code>{escape(str(data.get('source')))}</code> ({escape(str(data.get('kind')))}): "
+        f"{len(classes)} classes; images per split: {escape(sizes)}; split: {escape(split_text)}. "
+        f"Shorter image side {escape(side)}, {'grayscale' if data.get('channels') == 1 else 'colour'}; "
+        f"the model sees {description.get('input_size')} x {description.get('input_size')} px.</p>"
+    ]
+    counts = data.get("class_counts")
+    if counts:
+        parts.append(_image(class_counts_png(counts, classes), "images per class and split"))
+    skipped = data.get("skipped", [])
+    if skipped:
+        parts.append(f"<p>{len(skipped)} files skipped:</p>")
+        parts.append(_table(["file", "reason"], [[item["file"], item["reason"]] for item in skipped]))
+    else:
+        parts.append("<p>No files were skipped: every image decoded.</p>")
+    if data.get("ignored"):
+        parts.append(f'<p class="note">{data["ignored"]} non-image files or junk folders were ignored.</p>')
+    return "\n".join(parts)
+
+
+def _training(description: dict, metrics: dict) -> str:
+    history = metrics.get("history", [])
+    summary = metrics.get("summary", {})
+    if not history:
+        return '<p class="note">No per-epoch history (a linear probe is fitted in one step).</p>'
+    best = summary.get("best_epoch")
+    note = f"Best validation accuracy at epoch {best} of {summary.get('epochs_run')}; its weights were kept."
+    if summary.get("stopped_early"):
+        note += " Training stopped early."
+    seconds = description.get("seconds")
+    if seconds is not None:
+        note += f" Whole run: {seconds:.1f} s on {description.get('training', {}).get('device', '?')}."
+    return f"<p>{escape(note)}</p>" + _image(training_curves_png(history), "training curves")
+
+
+def _per_class(evaluated: dict) -> str:
+    per_class = evaluated.get("per_class", {})
+    rows, css = [], []
+    for name, row in per_class.items():
+        rows.append([name, f"{row['precision']:.3f}", f"{row['recall']:.3f}", f"{row['f1']:.3f}", row["support"]])
+        css.append("weak" if row["f1"] < (evaluated.get("accuracy") or 0) - 0.05 else "")
+    note = '<p class="note">Rows shaded red: F1 more than 5 points below overall accuracy.</p>'
+    return _table(["class", "precision", "recall", "F1", "support"], rows, css) + note
+
+
+def _confusion(split: str, evaluated: dict, classes: list[str]) -> str:
+    if not evaluated.get("confusion_matrix"):
+        return '<p class="note">No evaluated images.</p>'
+    parts = [f"<p>{escape(split)} split; rows are the true class, each row sums to 1.</p>"]
+    parts.append(_image(confusion_matrix_png(evaluated["confusion_matrix"], classes), "confusion matrix"))
+    confused = evaluated.get("most_confused", [])
+    if confused:
+        parts.append(
+            _table(["true", "predicted as", "images"], [[c["true"], c["predicted"], c["count"]] for c in confused])
+        )
+    return "\n".join(parts)
+
+
+def _calibration(description: dict, evaluated: dict) -> str:
+    calibration = description.get("calibration") or {}
+    parts = [_image(reliability_png(evaluated.get("reliability", []), evaluated.get("ece"),
+                                    evaluated.get("ece_uncalibrated")), "reliability diagram")]  # fmt: skip
+    if calibration:
+        text = (
+            f"Temperature T = {calibration['temperature']:.3f}, fitted on {calibration['val_images']} validation "
+            f"images: validation ECE {calibration['val_ece_before']:.3f} before, {calibration['val_ece_after']:.3f} "
+            "after. "
+        )
+        if calibration.get("abstain_threshold") is not None:
+            text += (
+                f"predict abstains (label null) below confidence {calibration['abstain_threshold']:.3f}, "
+                f"{calibration['abstain_rule']}: it answers for {_percent(calibration['val_coverage'])} of validation "
+                f"images, {_percent(calibration['val_accuracy_when_answering'])} of those correctly."
+            )
+        parts.insert(0, f"<p>{escape(text)}</p>")
+    return "\n".join(parts)
+
+
+def _mistakes(gallery: list[GalleryItem] | str) -> str:
+    if isinstance(gallery, str):
+        return f'<p class="note">{escape(gallery)}</p>'
+    if not gallery:
+        return "<p>No mistakes to show: every evaluated image was classified correctly.</p>"
+    figures = "".join(
+        f"<figure>{_image(item.png, item.caption)}<figcaption>{escape(item.caption)}</figcaption></figure>"
+        for item in gallery
+    )
+    intro = (
+        "<p>The wrong predictions the model was most confident about. Grad-CAM shows the regions that raised "
+        "the predicted class (red is strongest); saliency shows the pixels it is most sensitive to.</p>"
+    )
+    return intro + f'<div class="gallery">{figures}</div>'
+
+
+def _model_card(description: dict, card: dict) -> str:
+    rows = [
+        ["architecture", description.get("architecture")],
+        ["parameters", f"{description.get('params', 0):,}"],
+        ["input", f"{description.get('in_chans')} x {description.get('input_size')} x {description.get('input_size')}"],
+    ]
+    if card.get("flops") is not None:
+        rows.append(["FLOPs per image", f"{card['flops']:,}"])
+    if card.get("latency"):
+        latency = card["latency"]
+        rows.append([f"latency, batch 1 ({card.get('latency_device', 'cpu')})",
+                     f"p50 {latency['p50_ms']:.2f} ms, p95 {latency['p95_ms']:.2f} ms"])  # fmt: skip
+    if card.get("layers"):
+        rows.append(["layers", ", ".join(f"{name} x{count}" for name, count in card["layers"].items())])
+    pretrained = description.get("pretrained")
+    rows.append(["starting weights", pretrained.get("source") if pretrained else "random initialization"])
+    versions = description.get("versions", {})
+    rows.append(["trained with", ", ".join(f"{k} {v}" for k, v in versions.items())])
+    return _table(None, rows)
+
+
+def _configuration(description: dict) -> str:
+    shown = {key: description.get(key) for key in ("training", "augmentation", "preprocess", "pretrained")}
+    return f"<pre>{escape(json.dumps(shown, indent=2))}</pre>"
+
+
+def render_report(description: dict, metrics: dict, gallery: list[GalleryItem] | str, card: dict) -> str:
+    """The whole page. ``gallery``: the worst mistakes, or a sentence saying why there are none
+    to show; ``card``: measured model facts (``flops``, ``latency``, ``latency_device``, ``layers``)."""
+    split, evaluated = _evaluated(metrics)
+    classes = description.get("classes", [])
+    bodies = {
+        "summary": _summary(description, metrics),
+        "dataset": _dataset(description),
+        "training": _training(description, metrics),
+        "confusion": _confusion(split, evaluated, classes),
+        "per-class": _per_class(evaluated),
+        "calibration": _calibration(description, evaluated),
+        "mistakes": _mistakes(gallery),
+        "model-card": _model_card(description, card),
+        "configuration": _configuration(description),
+    }
+    sections = "\n".join(_section(section_id, bodies[section_id]) for section_id, _ in REPORT_SECTIONS)
+    title = f"{description.get('architecture')} on {description.get('data', {}).get('source')}"
+    return (
+        f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><title>imgclf report: {escape(title)}</title>'
+        f"<style>{STYLE}</style></head><body>\n<h1>imgclf report</h1>"
+        f'<p class="sub">{escape(title)}</p>\n{sections}\n</body></html>\n'
+    )

@@ -1,0 +1,65 @@
+"""The explain runner: one PNG per image with the input, its Grad-CAM overlay and its saliency
+map, titled with the predicted label and (when the image sits in a class folder) the true one."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from imgclf.bundle import bundle_temperature, load_bundle
+from imgclf.engine.checkpoint import atomic_write_bytes
+from imgclf.errors import BadImageError
+from imgclf.explain.figures import explanation_png
+from imgclf.explain.gradcam import explain_batch
+from imgclf.predictor import image_pixels
+from imgclf.runners.common import resolve_device
+from imgclf.runners.predict import expand_image_paths
+
+__all__ = ["run_explain"]
+
+
+def _output_name(path: Path, used: set[str]) -> str:
+    """``<stem>.png``, made safe for any file system and unique within this run."""
+    stem = re.sub(r"[^\w.-]+", "_", path.stem)[:100] or "image"
+    name, number = f"{stem}.png", 2
+    while name in used:
+        name, number = f"{stem}-{number}.png", number + 1
+    used.add(name)
+    return name
+
+
+def run_explain(bundle_dir: str | Path, inputs: list[str], output: str | Path, device: str = "cpu") -> list[dict]:
+    """Explain each image; per image ``{"path", "output", "label", "probability", "true_label"}``
+    or ``{"path", "error"}`` for a file that cannot be used."""
+    bundle = load_bundle(bundle_dir)
+    torch_device = resolve_device(device)
+    model = bundle.model.to(torch_device, memory_format=torch.channels_last)
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    temperature, used, results = bundle_temperature(bundle), set(), []
+    for path in expand_image_paths(inputs):
+        try:
+            pixels = bundle.preprocess.prepare_pixels(image_pixels(path, bundle.preprocess.channels))
+        except BadImageError as error:
+            results.append({"path": str(path), "error": error.reason})
+            continue
+        images = torch.from_numpy(np.ascontiguousarray(pixels[None])).to(torch_device)
+        (explanation,) = explain_batch(model, images, bundle.preprocess.normalize, temperature)
+        predicted = bundle.classes[explanation.predicted]
+        # The parent folder names the true class in the usual root/<class>/<image> layout.
+        true_label = path.parent.name if path.parent.name in bundle.classes else None
+        target = output / _output_name(path, used)
+        atomic_write_bytes(target, explanation_png(explanation, predicted, true_label, source=path.name))
+        results.append(
+            {
+                "path": str(path),
+                "output": str(target),
+                "label": predicted,
+                "probability": round(explanation.probability, 6),
+                "true_label": true_label,
+            }
+        )
+    return results
