@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import html
 import io
 import json
+import re
 from pathlib import Path
 
 from PIL import Image
@@ -37,11 +39,55 @@ def _messy_folder(root: Path) -> tuple[Path, set[str], dict[str, str]]:
     (dog / "really_png.jpg").write_bytes(good)
     (dog / "copy of cat 000.png").write_bytes(good)  # an exact duplicate in another class
     (dog / "ünïcode name with spaces.png").write_bytes(_png_bytes(Image.new("RGB", (1, 1), (9, 9, 9))))
+    # The rest of the list: every one either converted (and used) or skipped with its reason.
+    jpeg = _png_bytes(Image.effect_noise((64, 64), 40).convert("RGB"), "JPEG")
+    bad.update(
+        {
+            "truncated.jpg": jpeg[: len(jpeg) // 3],
+            "bomb.png": _png_bytes(Image.new("1", (9000, 9000))),  # 81 megapixels in a few kB
+            "postscript named.png": b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n",
+        }
+    )
+    for name in ("truncated.jpg", "bomb.png", "postscript named.png"):
+        (cat / name).write_bytes(bad[name])
+    (cat / "gone.png").symlink_to(cat / "no such target.png")  # unreadable: a dangling link
+    palette = Image.new("P", (16, 16), 3)
+    palette.info["transparency"] = 3
+    (dog / "palette_transparent.png").write_bytes(_png_bytes(palette))
+    (dog / "la.png").write_bytes(_png_bytes(Image.new("LA", (16, 16), (100, 128))))
+    (dog / "sixteen.png").write_bytes(_png_bytes(Image.new("I;16", (16, 16), 40000)))
+    (dog / "onebit.png").write_bytes(_png_bytes(Image.new("1", (16, 16), 1)))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees
+    (dog / "phone.jpg").write_bytes(_png_bytes(Image.new("RGB", (20, 16), (200, 10, 10)), "JPEG", exif=exif))
+    frames = [Image.new("RGB", (16, 16), colour) for colour in ((255, 0, 0), (0, 0, 255))]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, format="GIF", save_all=True, append_images=frames[1:])
+    (dog / "animated.gif").write_bytes(buffer.getvalue())
+    (dog / ("very long name " * 14 + ".png")).write_bytes(good)
     (data / ".ipynb_checkpoints").mkdir()
     (data / ".ipynb_checkpoints" / "x.png").write_bytes(good)
-    expected = {"cmyk.jpg": "CMYK converted to RGB", "alpha.png": "transparency composited on white",
-                "really_png.jpg": "named .jpg but holds PNG"}  # fmt: skip
-    skipped = {"empty.jpg", "page.jpg", "truncated.png"}  # .eps is not an image extension: ignored
+    expected = {
+        "cmyk.jpg": "CMYK converted to RGB",
+        "alpha.png": "transparency composited on white",
+        "really_png.jpg": "named .jpg but holds PNG",
+        "palette_transparent.png": "transparency composited on white",
+        "la.png": "transparency composited on white",
+        "sixteen.png": "16-bit values rescaled to 8-bit",
+        "onebit.png": "1-bit expanded to 8-bit grayscale",
+        "phone.jpg": "rotated by its EXIF orientation",
+        "animated.gif": "the first frame is used",
+    }
+    # .eps is not an image extension: ignored, never opened
+    skipped = {
+        "empty.jpg",
+        "page.jpg",
+        "truncated.png",
+        "truncated.jpg",
+        "bomb.png",
+        "postscript named.png",
+        "gone.png",
+    }
     return data, skipped, expected
 
 
@@ -52,23 +98,38 @@ def test_doctor_lists_each_bad_file_and_conversion(tmp_path, capsys):
     assert {Path(item["file"]).name for item in report["skipped"]} == skipped
     reasons = {Path(item["file"]).name: item["reason"] for item in report["skipped"]}
     assert "empty file" in reasons["empty.jpg"] and "not an image" in reasons["page.jpg"]
-    assert "cannot decode" in reasons["truncated.png"]
+    assert "cannot decode" in reasons["truncated.png"] and "cannot decode" in reasons["truncated.jpg"]
+    assert "pixels" in reasons["bomb.png"] and "not found" in reasons["gone.png"]
+    assert (
+        "not an allowed image format" in reasons["postscript named.png"]
+        or "not an image" in reasons["postscript named.png"]
+    )
     details = {Path(row["file"]).name: row["detail"] for row in report["files"]}
     for name, conversion in expected.items():
         assert conversion in details[name]
     ignored = {Path(item["file"]).name: item["reason"] for item in report["ignored"]}
     assert ignored["vector.eps"] == "not an image file extension" and "x.png" in ignored
     duplicated = [sorted(Path(f).name for f in group) for group in sum(report["duplicates"].values(), [])]
-    assert ["000.png", "copy of cat 000.png", "really_png.jpg"] in duplicated
+    long_name = "very long name " * 14 + ".png"
+    assert sorted(["000.png", "copy of cat 000.png", long_name, "really_png.jpg"]) in duplicated
     assert report["classes"] == ["cat", "dog"]
 
 
 def test_train_on_the_messy_folder_skips_exactly_the_files_doctor_names(tmp_path, capsys):
     data, skipped, _ = _messy_folder(tmp_path)
-    assert main(["train", str(data), "--epochs", "1", "--output", str(tmp_path / "bundle"), "--json"]) == 0
+    command = ["train", str(data), "--epochs", "1", "--max-bad-fraction", "0.3", "--output", str(tmp_path / "bundle")]
+    assert main([*command, "--json"]) == 0
     capsys.readouterr()
     description = json.loads((tmp_path / "bundle" / "model.json").read_text())
     assert {Path(item["file"]).name for item in description["data"]["skipped"]} == skipped
+    report = (tmp_path / "bundle" / "report.html").read_text(encoding="utf-8")
+    data_section = report[report.index('<section id="dataset">') : report.index('<section id="training">')]
+    listed = re.findall(r"<tr><td>([^<]+)</td><td>([^<]+)</td></tr>", data_section)
+    assert {Path(html.unescape(file)).name for file, _ in listed} == skipped
+    assert all(reason.strip() for _, reason in listed)
+    assert any("duplicate" in w or "more than one split" in w for w in description["data"]["warnings"]) or (
+        description["data"]["duplicates"]["within_split"] >= 1
+    )
 
 
 def test_doctor_warns_when_a_format_predicts_the_label(tmp_path, capsys):

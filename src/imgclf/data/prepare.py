@@ -8,6 +8,7 @@ one uint8 tensor; larger ones stream (decoded per batch by DataLoader workers).
 
 from __future__ import annotations
 
+import hashlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
@@ -81,6 +82,9 @@ class DataProfile:
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, reason)
     sizes: dict[str, int] = field(default_factory=dict)  # usable images per split
     shorter_side_range: tuple[int, int] = (0, 0)  # smallest and largest shorter image side, pixels
+    files: list[dict] = field(default_factory=list)  # one row per file, see imgclf.data.checks
+    duplicates: dict[str, list[list[str]]] = field(default_factory=dict)  # filled by the train runner
+    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -95,42 +99,74 @@ class TensorSplit:
         return len(self.keys)
 
 
-def _scan_file_split(split: FileSplit) -> tuple[list[int], list[tuple[str, str]], list[int], bool]:
-    valid, bad, short_sides, all_gray = [], [], [], True
-    for index, key in enumerate(split.keys):
+@dataclass
+class _SplitScan:
+    valid: list[int] = field(default_factory=list)  # indices of usable files
+    bad: list[tuple[str, str]] = field(default_factory=list)  # (file, reason)
+    short_sides: list[int] = field(default_factory=list)
+    all_gray: bool = True
+    rows: list[dict] = field(default_factory=list)  # per file, for imgclf.data.checks
+
+
+def _scan_file_split(name: str, split: FileSplit, classes: list[str]) -> _SplitScan:
+    scan = _SplitScan()
+    for index, (key, target) in enumerate(zip(split.keys, split.targets)):
         source = split.reader.describe(key)
+        row = {"file": source, "split": name, "class": classes[int(target)], "status": "skipped"}
+        scan.rows.append(row)
         try:
-            info = probe_image(split.reader.read(key), source)
+            data = split.reader.read(key)
+            row["sha256"] = hashlib.sha256(data).hexdigest()  # exact duplicates and leakage
+            info = probe_image(data, source)
         except BadImageError as error:
-            bad.append((error.source, error.reason))
+            scan.bad.append((error.source, error.reason))
             continue
-        valid.append(index)
-        short_sides.append(min(info.width, info.height))
-        all_gray = all_gray and info.is_grayscale
-    return valid, bad, short_sides, all_gray
+        row.update(status="used", mode=info.mode, format=info.format)
+        scan.valid.append(index)
+        scan.short_sides.append(min(info.width, info.height))
+        scan.all_gray = scan.all_gray and info.is_grayscale
+    return scan
+
+
+def _scan_array_split(name: str, split: ArraySplit, classes: list[str]) -> _SplitScan:
+    scan = _SplitScan(short_sides=[min(split.images.shape[1:3])] * len(split), all_gray=split.images.shape[3] == 1)
+    mode = "L" if scan.all_gray else "RGB"
+    scan.rows = [
+        {"file": key, "split": name, "class": classes[int(target)], "status": "used", "mode": mode,
+         "format": "array", "sha256": hashlib.sha256(image.tobytes()).hexdigest()}
+        for key, target, image in zip(split.keys, split.targets, split.images)
+    ]  # fmt: skip
+    return scan
 
 
 def profile_dataset(dataset: Dataset) -> DataProfile:
-    """Scan every split's headers; drop unusable files from ``dataset.splits`` (skip and report)."""
+    """Scan every split's headers (and hash every file); drop unusable files from
+    ``dataset.splits`` (skip and report)."""
     skipped: list[tuple[str, str]] = []
     short_sides: list[int] = []
+    rows: list[dict] = []
     all_gray = True
     for name, split in list(dataset.splits.items()):
         if isinstance(split, ArraySplit):
-            short_sides.extend([min(split.images.shape[1:3])] * len(split))
-            all_gray = all_gray and split.images.shape[3] == 1
-            continue
-        valid, bad, sides, gray = _scan_file_split(split)
-        skipped.extend(bad)
-        short_sides.extend(sides)
-        all_gray = all_gray and gray
-        if bad:
-            dataset.splits[name] = split.subset(np.array(valid, dtype=np.int64))
+            scan = _scan_array_split(name, split, dataset.classes)
+        else:
+            scan = _scan_file_split(name, split, dataset.classes)
+            if scan.bad:
+                dataset.splits[name] = split.subset(np.array(scan.valid, dtype=np.int64))
+        skipped.extend(scan.bad)
+        short_sides.extend(scan.short_sides)
+        rows.extend(scan.rows)
+        all_gray = all_gray and scan.all_gray
     native = int(np.median(short_sides)) if short_sides else 0
     sizes = {name: len(split) for name, split in dataset.splits.items()}
     side_range = (int(min(short_sides)), int(max(short_sides))) if short_sides else (0, 0)
     return DataProfile(
-        channels=1 if all_gray else 3, native_size=native, skipped=skipped, sizes=sizes, shorter_side_range=side_range
+        channels=1 if all_gray else 3,
+        native_size=native,
+        skipped=skipped,
+        sizes=sizes,
+        shorter_side_range=side_range,
+        files=rows,
     )
 
 

@@ -45,6 +45,7 @@ img{max-width:100%;height:auto}
 figcaption{font-size:.8rem;color:#5b6775;word-break:break-all}
 pre{background:#f4f6f9;padding:.8rem;overflow-x:auto;font-size:.8rem}
 .note{color:#5b6775;font-size:.9rem}
+.warn{background:#fff6e0;border-left:4px solid #e0a000;padding:.4rem .7rem}
 """
 
 
@@ -108,9 +109,11 @@ def _findings(description: dict, split: str, evaluated: dict) -> list[str]:
             f"Confidence is calibrated to within {evaluated['ece']:.3f} on average (ECE; "
             f"{evaluated['ece_uncalibrated']:.3f} before temperature scaling with T = {evaluated['temperature']:.2f})."
         )
-    skipped = description.get("data", {}).get("skipped", [])
+    data = description.get("data", {})
+    skipped = data.get("skipped", [])
     if skipped:
         findings.append(f"{len(skipped)} files could not be used and were skipped (listed under Data).")
+    findings.extend(f"Data warning: {warning}" for warning in data.get("warnings", []))
     return findings
 
 
@@ -148,6 +151,8 @@ def _dataset(description: dict) -> str:
         f"Shorter image side {escape(side)}, {'grayscale' if data.get('channels') == 1 else 'colour'}; "
         f"the model sees {description.get('input_size')} x {description.get('input_size')} px.</p>"
     ]
+    for warning in data.get("warnings", []):
+        parts.append(f'<p class="warn">Warning: {escape(warning)}</p>')
     counts = data.get("class_counts")
     if counts:
         parts.append(_image(class_counts_png(counts, classes), "images per class and split"))

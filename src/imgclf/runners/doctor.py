@@ -13,13 +13,13 @@ from collections import Counter, defaultdict
 
 import numpy as np
 
+from imgclf.data.checks import data_warnings, imbalance_ratio
 from imgclf.data.dataset import ArraySplit, Dataset, SplitPolicy, load_dataset
 from imgclf.data.decode import ImageInfo, decode_image, probe_image
 from imgclf.errors import BadImageError
 
 __all__ = ["run_doctor"]
 
-IMBALANCE_WARNING_RATIO = 3.0  # largest class over smallest class
 _EXTENSION_FORMATS = {
     ".jpg": "JPEG",
     ".jpeg": "JPEG",
@@ -126,44 +126,9 @@ def _array_rows(dataset: Dataset) -> list[dict]:
     return rows
 
 
-def _duplicates(rows: list[dict]) -> dict:
-    groups = defaultdict(list)
-    for row in rows:
-        if row["sha256"]:
-            groups[row["sha256"]].append(row)
-    within, across = [], []
-    for group in groups.values():
-        if len(group) < 2:
-            continue
-        files = [row["file"] for row in group]
-        (across if len({row["split"] for row in group}) > 1 else within).append(files)
-    return {"within_split": within, "across_splits": across}
-
-
-def _label_leaks(rows: list[dict]) -> list[str]:
-    """A mode or format found in one class only, while other classes have another."""
-    warnings = []
-    for field in ("mode", "format"):
-        by_value = defaultdict(Counter)
-        for row in rows:
-            if row.get(field):
-                by_value[row[field]][row["class"]] += 1
-        if len(by_value) < 2:
-            continue
-        for value, classes in by_value.items():
-            if len(classes) == 1 and sum(classes.values()) >= 5:
-                name = next(iter(classes))
-                warnings.append(
-                    f"every {field} {value} image is in class {name!r}: a model can learn the "
-                    f"{field} instead of the content"
-                )
-    return warnings
-
-
 def _summary(dataset: Dataset, rows: list[dict]) -> dict:
     usable = [row for row in rows if row["status"] != "skipped"]
     per_split = {name: dict(Counter(row["class"] for row in usable if row["split"] == name)) for name in dataset.splits}
-    counts = Counter(row["class"] for row in usable)
     sizes = defaultdict(list)
     modes = defaultdict(Counter)
     for row in usable:
@@ -177,12 +142,11 @@ def _summary(dataset: Dataset, rows: list[dict]) -> dict:
         }
         for name, values in sizes.items()
     }
-    ratio = max(counts.values()) / max(1, min(counts.get(name, 0) for name in dataset.classes)) if counts else 0.0
     return {
         "per_split": per_split,
         "sizes": size_summary,
         "modes": {k: dict(v) for k, v in modes.items()},
-        "imbalance_ratio": round(float(ratio), 2),
+        "imbalance_ratio": imbalance_ratio(rows, dataset.classes),
     }
 
 
@@ -193,19 +157,8 @@ def run_doctor(data: str, seed: int = 0, data_dir=None) -> dict:
         rows = _array_rows(dataset)
     else:
         rows = _scan_files(dataset)
-    duplicates = _duplicates(rows)
+    duplicates, warnings = data_warnings(rows, dataset.classes)
     summary = _summary(dataset, rows)
-    warnings = _label_leaks(rows)
-    if duplicates["across_splits"]:
-        warnings.append(
-            f"{len(duplicates['across_splits'])} image(s) appear in more than one split: the test and "
-            "validation scores will be too high (leakage)"
-        )
-    if summary["imbalance_ratio"] > IMBALANCE_WARNING_RATIO:
-        warnings.append(
-            f"the largest class has {summary['imbalance_ratio']}x the images of the smallest: "
-            "consider --class-weights balanced"
-        )
     counts = Counter(row["status"] for row in rows)
     return {
         "data": dataset.name,

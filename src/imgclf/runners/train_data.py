@@ -11,6 +11,7 @@ import torch
 from rich.console import Console
 
 from imgclf.config import TrainConfig
+from imgclf.data.checks import data_warnings
 from imgclf.data.dataset import Dataset, SplitPolicy, load_dataset
 from imgclf.data.prepare import DataProfile, Preprocess, TensorSplit, estimate_mean_std, profile_dataset, split_targets
 from imgclf.errors import DataError
@@ -100,6 +101,10 @@ def load_training_data(
     console.print(f"data: {dataset.name}: {dataset.num_classes} classes, {sizes} images{skipped}")
     total_files = sum(profile.sizes.values()) + len(profile.skipped)
     _check_bad_files(data, profile.skipped, total_files, config)
+    # imgclf doctor's dataset checks, from the scan just made: nothing is read again.
+    profile.duplicates, profile.warnings = data_warnings(profile.files, dataset.classes)
+    for warning in profile.warnings:
+        console.print(f"[bold yellow]warning:[/] {warning} (see: imgclf doctor {data})")
     preprocess = _choose_preprocess(profile, config, weights)
     preprocess, prepared = _decode(dataset, profile, preprocess, config, weights, console)
     _check_bad_files(data, profile.skipped + prepared.skipped, total_files, config)
@@ -137,5 +142,7 @@ def describe_data(dataset: Dataset, profile: DataProfile, prepared: PreparedSpli
         "shorter_side_range": list(profile.shorter_side_range),
         "channels": profile.channels,
         "skipped": [{"file": file, "reason": reason} for file, reason in skipped],
+        "warnings": profile.warnings,
+        "duplicates": {kind: len(groups) for kind, groups in profile.duplicates.items()},
         "ignored": len(dataset.ignored),
     }
