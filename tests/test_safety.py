@@ -4,6 +4,7 @@ as models, random bytes offered as images, and a training run killed with SIGKIL
 from __future__ import annotations
 
 import io
+import json
 import os
 import pickle
 import shutil
@@ -20,6 +21,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
+from safetensors import safe_open
 from safetensors.torch import load_file
 
 from conftest import write_class_folder
@@ -117,24 +119,38 @@ def test_fuzz_decoding_only_ever_says_bad_image(seed: bytes, cuts, truncate: int
 
 
 def _train_command(data: Path, output: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "imgclf", "train", str(data), "--model", "resnet18", "--epochs", "4",
+    return [sys.executable, "-m", "imgclf", "train", str(data), "--model", "resnet20", "--epochs", "4",
             "--batch-size", "8", "--threads", "1", "--output", str(output), *extra]  # fmt: skip
 
 
-def test_a_run_killed_mid_epoch_resumes_to_the_same_weights(tmp_path: Path):
+def _batches_done(state: Path) -> int:
+    """Where inside its epoch the latest training state was written (0: at an epoch end)."""
+    try:
+        with safe_open(str(state), framework="pt") as file:
+            meta = json.loads(file.metadata()["imgclf_training_state"])
+    except Exception:  # not there yet, or being replaced
+        return 0
+    return int((meta.get("epoch_progress") or {}).get("batches_done", 0))
+
+
+@pytest.mark.parametrize("streaming", [False, True], ids=["in-memory", "streaming"])
+def test_a_run_killed_mid_epoch_resumes_to_the_same_weights(tmp_path: Path, streaming: bool):
     data = write_class_folder(tmp_path / "data", ["a", "b", "c"], per_class=24, size=48)
-    subprocess.run(_train_command(data, tmp_path / "whole"), check=True, capture_output=True, timeout=600)
-    process = subprocess.Popen(_train_command(data, tmp_path / "cut"), stdout=subprocess.DEVNULL,
+    extra = ["--checkpoint-interval", "0.05"] + (["--max-memory-gb", "0", "--workers", "1"] if streaming else [])
+    subprocess.run(_train_command(data, tmp_path / "whole", *extra), check=True, capture_output=True, timeout=600)
+    process = subprocess.Popen(_train_command(data, tmp_path / "cut", *extra), stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)  # fmt: skip
     state = tmp_path / "cut" / "training_state.safetensors"
     deadline = time.monotonic() + 300
-    while not state.exists() and time.monotonic() < deadline and process.poll() is None:
-        time.sleep(0.02)
-    time.sleep(0.3)  # into the second epoch
+    while _batches_done(state) == 0 and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.01)
     process.send_signal(signal.SIGKILL)
     assert process.wait() == -signal.SIGKILL  # killed while training, not finished
     assert not (tmp_path / "cut" / "model.safetensors").exists()
-    subprocess.run(_train_command(data, tmp_path / "cut", "--resume"), check=True, capture_output=True, timeout=600)
+    assert _batches_done(state) > 0  # the state it resumes from was written inside an epoch
+    subprocess.run(
+        _train_command(data, tmp_path / "cut", *extra, "--resume"), check=True, capture_output=True, timeout=600
+    )
     whole = load_file(str(tmp_path / "whole" / "model.safetensors"))
     resumed = load_file(str(tmp_path / "cut" / "model.safetensors"))
     assert all(np.array_equal(whole[name].numpy(), resumed[name].numpy()) for name in whole)

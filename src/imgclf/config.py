@@ -47,6 +47,7 @@ class TrainConfig:
     workers: int = 2  # decoding threads/processes
     max_memory_gb: float = 4.0  # decoded data above this streams from disk instead
     checkpoint_every_epoch: bool = True
+    checkpoint_interval: float = 600.0  # seconds between mid-epoch checkpoints (0: at epoch ends only)
     pretrained: str | None = None  # "default": the model's built-in ImageNet weights; or a file
     finetune: str = "full"  # with pretrained weights: full, head, linear-probe or two-stage
     max_train_per_class: int | None = None  # keep at most this many training images per class
@@ -66,6 +67,8 @@ class TrainConfig:
             raise UsageError(f"--finetune {self.finetune} needs --pretrained (weights to start from)")
         if not 0.0 <= self.max_bad_fraction <= 1.0:
             raise UsageError(f"--max-bad-fraction must be in [0, 1], not {self.max_bad_fraction}")
+        if not self.checkpoint_interval >= 0:  # also refuses NaN
+            raise UsageError(f"--checkpoint-interval must be 0 or more seconds, not {self.checkpoint_interval}")
         if self.max_train_per_class is not None:
             _positive("max_train_per_class", self.max_train_per_class)
         _positive("batch_size", self.batch_size)

@@ -48,6 +48,12 @@ _OPTIONS = (
     ),
     ("--max-train-per-class", "max_train_per_class", int, "use at most N training images per class"),
     ("--max-bad-fraction", "max_bad_fraction", float, "abort when more of the files cannot be used (default: 0.1)"),
+    (
+        "--checkpoint-interval",
+        "checkpoint_interval",
+        float,
+        "seconds between checkpoints inside an epoch (default: 600; 0: at epoch ends only)",
+    ),
 )
 
 

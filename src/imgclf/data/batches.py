@@ -37,10 +37,11 @@ class TensorBatches:
         self.shuffle = shuffle
         self.seed = seed
         self.drop_last = drop_last and len(data) > batch_size
-        self.epoch = 0
+        self.epoch, self.skip = 0, 0
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        """The epoch whose order to give, starting after its first ``skip`` batches (resume)."""
+        self.epoch, self.skip = epoch, skip
 
     def __len__(self) -> int:
         full, rest = divmod(len(self.data), self.batch_size)
@@ -49,7 +50,7 @@ class TensorBatches:
     def __iter__(self) -> Iterator[Batch]:
         order = _epoch_order(len(self.data), self.seed, self.epoch, self.shuffle)
         order = order.to(self.data.images.device)
-        for batch in range(len(self)):
+        for batch in range(self.skip, len(self)):
             indices = order[batch * self.batch_size : (batch + 1) * self.batch_size]
             yield self.data.images[indices], self.data.targets[indices]
 
@@ -57,12 +58,14 @@ class TensorBatches:
 class _EpochSampler(Sampler[int]):
     def __init__(self, size: int, seed: int, shuffle: bool):
         self.size, self.seed, self.shuffle, self.epoch = size, seed, shuffle, 0
+        self.skip_images = 0  # a resumed epoch starts after the images already trained on
 
     def __len__(self) -> int:
         return self.size
 
     def __iter__(self) -> Iterator[int]:
-        return iter(_epoch_order(self.size, self.seed, self.epoch, self.shuffle).tolist())
+        order = _epoch_order(self.size, self.seed, self.epoch, self.shuffle)
+        return iter(order[self.skip_images :].tolist())
 
 
 def collate_skipping_bad(items: list) -> Batch:
@@ -88,6 +91,7 @@ class StreamingBatches:
         workers: int = 2,
     ):
         self.sampler = _EpochSampler(len(data), seed, shuffle)
+        self.batch_size = batch_size
         self.loader = DataLoader(
             data,
             batch_size=batch_size,
@@ -97,10 +101,14 @@ class StreamingBatches:
             drop_last=drop_last and len(data) > batch_size,
             persistent_workers=workers > 0,
             pin_memory=torch.cuda.is_available(),
+            # Its own generator: creating an epoch's iterator must not draw from the global RNG,
+            # or dropout in a resumed run would see different random numbers.
+            generator=torch.Generator().manual_seed(seed),
         )
 
-    def set_epoch(self, epoch: int) -> None:
-        self.sampler.epoch = epoch
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        """The epoch whose order to give, starting after its first ``skip`` batches (resume)."""
+        self.sampler.epoch, self.sampler.skip_images = epoch, skip * self.batch_size
 
     def __len__(self) -> int:
         return len(self.loader)

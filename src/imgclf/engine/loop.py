@@ -2,7 +2,9 @@
 
 ``fit`` runs epochs of ``train_one_epoch`` followed by validation, keeps the weights of the
 best validation epoch, stops early when asked, and hands a snapshot to ``save_checkpoint``
-after every epoch. The loop knows nothing of files, bundles or command lines.
+after every epoch and every ``checkpoint_interval`` seconds inside one (with the batches done,
+so a resumed run continues the same epoch order where it stopped). The loop knows nothing of
+files, bundles or command lines.
 """
 
 from __future__ import annotations
@@ -52,19 +54,34 @@ class FitState:
     epochs_without_improvement: int = 0
     stopped_early: bool = False
     history: list[dict] = field(default_factory=list)
+    # Inside an unfinished epoch: batches done and the running totals of its training record.
+    epoch_progress: dict = field(default_factory=dict)
 
 
-def train_one_epoch(setup: FitSetup, batches: Batches, epoch: int, observer: TrainObserver) -> dict:
+def train_one_epoch(
+    setup: FitSetup,
+    batches: Batches,
+    epoch: int,
+    observer: TrainObserver,
+    progress: dict | None = None,
+    save_progress: Callable[[dict], None] | None = None,
+    interval_s: float = 0.0,
+) -> dict:
+    """One pass over ``batches`` (set to the epoch by the caller). ``progress``: where a resumed
+    epoch stands; ``save_progress`` is called with the new one every ``interval_s`` seconds."""
     model, device = setup.model, setup.device
+    progress = progress or {}
     model.train()
     for module in setup.frozen_modules:  # a frozen backbone keeps its ImageNet statistics
         module.eval()
     use_amp = setup.amp and device.type == "cuda"
-    total_loss = torch.zeros((), device=device)  # summed on the device: no sync per step
-    total_correct = torch.zeros((), device=device, dtype=torch.int64)
-    seen, started = 0, time.perf_counter()
+    # Summed on the device: no sync per step.
+    total_loss = torch.tensor(float(progress.get("loss_sum", 0.0)), device=device)
+    total_correct = torch.tensor(int(progress.get("correct", 0)), device=device, dtype=torch.int64)
+    seen, earlier_seconds = int(progress.get("seen", 0)), float(progress.get("seconds", 0.0))
+    started = last_saved = time.perf_counter()
     shown = (float("nan"), float("nan"), 0.0)  # loss, accuracy, images/s for the progress bar
-    for step, (images, targets) in enumerate(batches):
+    for step, (images, targets) in enumerate(batches, start=int(progress.get("batches_done", 0))):
         if len(images) == 0:
             continue  # every file of this batch failed to decode (streaming data)
         images = images.to(device, non_blocking=True)
@@ -85,10 +102,21 @@ def train_one_epoch(setup: FitSetup, batches: Batches, epoch: int, observer: Tra
         total_correct += (logits.detach().argmax(dim=1) == targets).sum()
         seen += len(targets)
         if step % 10 == 0:  # reading the device totals syncs, so only every 10 steps
-            elapsed = time.perf_counter() - started
+            elapsed = earlier_seconds + time.perf_counter() - started
             shown = (float(total_loss) / seen, float(total_correct) / seen, seen / elapsed)
         observer.on_step(epoch, step, *shown)
-    seconds = time.perf_counter() - started
+        if save_progress is not None and 0 < interval_s <= time.perf_counter() - last_saved:
+            save_progress(
+                {
+                    "batches_done": step + 1,
+                    "loss_sum": float(total_loss),
+                    "correct": int(total_correct),
+                    "seen": seen,
+                    "seconds": earlier_seconds + time.perf_counter() - started,
+                }
+            )
+            last_saved = time.perf_counter()
+    seconds = earlier_seconds + time.perf_counter() - started
     seen = max(seen, 1)
     return {
         "train_loss": float(total_loss) / seen,
@@ -119,19 +147,38 @@ def fit(
     state: FitState | None = None,
     early_stopping: int = 0,
     save_checkpoint: Callable[[FitState], None] | None = None,
+    checkpoint_interval: float = 0.0,
 ) -> FitState:
-    """Train until ``epochs`` are done (or early stopping), then load the best epoch's weights."""
+    """Train until ``epochs`` are done (or early stopping), then load the best epoch's weights.
+    ``save_checkpoint`` gets the state after each epoch and every ``checkpoint_interval`` seconds."""
     state = state or FitState()
     observer.on_fit_start(epochs, len(train_batches), state.epoch)
     started = time.perf_counter()
     while state.epoch < epochs and not state.stopped_early:
-        train_batches.set_epoch(state.epoch)
-        lr = setup.optimizer.param_groups[0]["lr"]
-        record = train_one_epoch(setup, train_batches, state.epoch, observer)
+        progress = state.epoch_progress
+        epoch_start_step = state.step - int(progress.get("batches_done", 0))
+        train_batches.set_epoch(state.epoch, skip=int(progress.get("batches_done", 0)))
+        lr = progress.get("lr", setup.optimizer.param_groups[0]["lr"])
+
+        def save_progress(new_progress: dict, state: FitState = state, lr: float = lr, start: int = epoch_start_step):
+            state.epoch_progress = {**new_progress, "lr": lr}
+            state.step = start + new_progress["batches_done"]
+            save_checkpoint(state)
+
+        record = train_one_epoch(
+            setup,
+            train_batches,
+            state.epoch,
+            observer,
+            progress,
+            save_progress if save_checkpoint is not None else None,
+            checkpoint_interval,
+        )
         logits, targets = predict_logits(setup.model, val_batches, setup.preprocess, setup.device, setup.amp)
         val = classification_metrics(logits, targets, classes)
-        state.step += len(train_batches)
+        state.step = epoch_start_step + len(train_batches)
         state.epoch += 1
+        state.epoch_progress = {}
         is_best = _update_best(state, setup.model, val["accuracy"])
         record.update(epoch=state.epoch, val_loss=val["loss"], val_accuracy=val["accuracy"], lr=lr, is_best=is_best)
         state.history.append(record)

@@ -224,13 +224,15 @@ def _resume_stage(run: TrainingRun, saved: dict, setup: FitSetup, stage_index: i
         best_weights=saved["best"],
         epochs_without_improvement=meta["epochs_without_improvement"],
         history=meta["history"],
+        epoch_progress=meta.get("epoch_progress") or {},
     )
     torch.set_rng_state(saved["rng"]["torch"])
     run.augment_generator.set_state(saved["rng"]["augment"])
-    if meta.get("stage", 0) == stage_index and meta["epoch"] > stage.start_epoch:
+    batches_done = int(run.state.epoch_progress.get("batches_done", 0))
+    if meta.get("stage", 0) == stage_index and (meta["epoch"] > stage.start_epoch or batches_done):
         setup.optimizer.load_state_dict(saved["optimizer"])
         steps_per_epoch = len(run.train_batches)
-        steps_done = (meta["epoch"] - stage.start_epoch) * steps_per_epoch
+        steps_done = (meta["epoch"] - stage.start_epoch) * steps_per_epoch + batches_done
         total_steps = (stage.end_epoch - stage.start_epoch) * steps_per_epoch
         setup.scheduler = create_schedule(
             setup.optimizer,
@@ -279,6 +281,7 @@ def _checkpoint_saver(run: TrainingRun, setup: FitSetup, stage_index: int):
             "best_val_accuracy": state.best_val_accuracy,
             "history": state.history,
             "epochs_without_improvement": state.epochs_without_improvement,
+            "epoch_progress": state.epoch_progress,
             "config": {**run.config.to_dict(), "epochs": run.epochs},
             "data": _data_identity(run),
         }
@@ -296,12 +299,14 @@ def _run_stages(run: TrainingRun, saved: dict | None, observer: TrainObserver, c
         if resume_epoch >= stage.end_epoch:
             continue
         setup = _stage_setup(run, stage)
+        resumed_inside = saved is not None and saved["meta"].get("stage", 0) == index
         if saved is not None:
             _resume_stage(run, saved, setup, index, stage)
             saved = None
         if len(stages) > 1 or run.weights is not None:
             console.print(f"{stage.name}: epochs {stage.start_epoch + 1}-{stage.end_epoch}, peak lr {stage.lr:.3g}")
-        run.state.stopped_early, run.state.epochs_without_improvement = False, 0
+        if not resumed_inside:  # a new stage judges early stopping afresh
+            run.state.stopped_early, run.state.epochs_without_improvement = False, 0
         saver = _checkpoint_saver(run, setup, index) if run.config.checkpoint_every_epoch else None
         run.state = fit(
             setup,
@@ -313,6 +318,7 @@ def _run_stages(run: TrainingRun, saved: dict | None, observer: TrainObserver, c
             state=run.state,
             early_stopping=run.config.early_stopping,
             save_checkpoint=saver,
+            checkpoint_interval=run.config.checkpoint_interval,
         )
 
 
