@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 
 demo: install
 	$(BIN)/imgclf train digits --output runs/demo --overwrite
-	@echo "Try: $(BIN)/imgclf evaluate runs/demo digits"
+	@echo "Report: runs/demo/report.html (open it in a browser). Try: $(BIN)/imgclf evaluate runs/demo digits"
 
 # The Fashion-MNIST tests need Debian's package; install it when we can (root on Debian).
 fashion-mnist:

@@ -46,7 +46,7 @@ def run_explain(bundle_dir: str | Path, inputs: list[str], output: str | Path, d
         except BadImageError as error:
             results.append({"path": str(path), "error": error.reason})
             continue
-        images = torch.from_numpy(np.ascontiguousarray(pixels[None])).to(torch_device)
+        images = torch.from_numpy(np.array(pixels[None])).to(torch_device)  # a writable copy
         (explanation,) = explain_batch(model, images, bundle.preprocess.normalize, temperature)
         predicted = bundle.classes[explanation.predicted]
         # The parent folder names the true class in the usual root/<class>/<image> layout.
