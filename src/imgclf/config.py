@@ -48,6 +48,7 @@ class TrainConfig:
     max_memory_gb: float = 4.0  # decoded data above this streams from disk instead
     checkpoint_every_epoch: bool = True
     checkpoint_interval: float = 600.0  # seconds between mid-epoch checkpoints (0: at epoch ends only)
+    sync_batchnorm: bool = False  # with several processes: batch statistics over the global batch
     pretrained: str | None = None  # "default": the model's built-in ImageNet weights; or a file
     finetune: str = "full"  # with pretrained weights: full, head, linear-probe or two-stage
     max_train_per_class: int | None = None  # keep at most this many training images per class
@@ -93,16 +94,17 @@ class TrainConfig:
             raise UsageError(f"unknown training option(s): {', '.join(unknown)}")
         return cls(**values)
 
-    def resolved_lr(self) -> float:
-        """Peak learning rate: the given one, or 0.2 (SGD) / 2e-3 (AdamW) per 256 images
-        (0.1 at batch 128, the CIFAR ResNet rate of He et al. 2016); a tenth of that when
-        pretrained layers are trained too (full fine-tuning keeps what ImageNet taught)."""
+    def resolved_lr(self, processes: int = 1) -> float:
+        """Peak learning rate: the given one, or 0.2 (SGD) / 2e-3 (AdamW) per 256 images of the
+        global batch (batch_size x processes; 0.1 at batch 128, the CIFAR ResNet rate of He et
+        al. 2016, scaled linearly as Goyal et al. 2017 do); a tenth of that when pretrained
+        layers are trained too (full fine-tuning keeps what ImageNet taught)."""
         if self.lr is not None:
             return self.lr
         per_256 = 0.2 if self.optimizer == "sgd" else 2e-3
         if self.pretrained is not None and self.finetune == "full":
             per_256 /= 10
-        return per_256 * self.batch_size / 256
+        return per_256 * self.batch_size * processes / 256
 
     def resolved_weight_decay(self) -> float:
         if self.weight_decay is not None:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
+import sys
 
 from imgclf.cli.output import pretrained_source, print_json
 from imgclf.config import TrainConfig, load_config_file
@@ -93,6 +96,21 @@ def add_parser(commands) -> None:
     parser.add_argument("--force", action="store_true", help="with --resume: continue even if DATA changed")
     parser.add_argument("--strict", action="store_true", default=None, help="fail on the first unusable file")
     parser.add_argument("--data-dir", help="folder with the IDX files for fashion-mnist")
+    parser.add_argument(
+        "--nproc",
+        type=int,
+        default=None,
+        metavar="N",
+        help="train with N processes on this machine (torchrun --standalone --nproc-per-node N; one per GPU); "
+        "for several machines run torchrun yourself (see README)",
+    )
+    parser.add_argument(
+        "--sync-batchnorm",
+        dest="sync_batchnorm",
+        action="store_true",
+        default=None,
+        help="with several GPU processes: batch-norm statistics over the global batch",
+    )
     parser.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
     parser.set_defaults(run=run)
 
@@ -108,13 +126,38 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
         values["pretrained"] = args.pretrained
     if args.strict:
         values["strict"] = True
+    if args.sync_batchnorm:
+        values["sync_batchnorm"] = True
     return TrainConfig.from_dict(values)
+
+
+def _without_nproc(argv: list[str]) -> list[str]:
+    kept, skip_next = [], False
+    for item in argv:
+        if skip_next:
+            skip_next = False
+        elif item == "--nproc":
+            skip_next = True
+        elif not item.startswith("--nproc="):
+            kept.append(item)
+    return kept
+
+
+def launch_with_torchrun(processes: int, argv: list[str]) -> int:
+    """Run this same command under PyTorch's launcher with ``processes`` local processes."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}"]
+    return subprocess.run([*command, "-m", "imgclf", *_without_nproc(argv)], check=False).returncode
 
 
 def run(args: argparse.Namespace) -> int:
     from imgclf.errors import UsageError
     from imgclf.runners.train import run_train
 
+    if args.nproc is not None:
+        if args.nproc < 1:
+            raise UsageError(f"--nproc must be at least 1, not {args.nproc}")
+        if args.nproc > 1 and "RANK" not in os.environ:  # not yet under torchrun
+            return launch_with_torchrun(args.nproc, args.argv)
     positionals = [args.data] if args.data else []
     args.pretrained = pretrained_source(args.pretrained, positionals)
     if len(positionals) != 1:
@@ -129,6 +172,6 @@ def run(args: argparse.Namespace) -> int:
         data_dir=args.data_dir,
         force=args.force,
     )
-    if args.json:
+    if args.json and "rank" not in result:  # under torchrun only rank 0 answers
         print_json(result)
     return 0

@@ -19,24 +19,39 @@ __all__ = ["Batches", "StreamingBatches", "TensorBatches", "collate_skipping_bad
 Batch = tuple[torch.Tensor, torch.Tensor]
 
 
-def _epoch_order(size: int, seed: int, epoch: int, shuffle: bool) -> torch.Tensor:
+def _epoch_order(size: int, seed: int, epoch: int, shuffle: bool, rank: int = 0, world_size: int = 1) -> torch.Tensor:
+    """The epoch's image order; with several processes, this rank's share of it. Every rank
+    gets the same number of images (the last ``size % world_size`` of the order sit this epoch
+    out), so all ranks take the same number of steps, as DistributedDataParallel requires."""
     if not shuffle:
-        return torch.arange(size)
-    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
-    return torch.randperm(size, generator=generator)
+        order = torch.arange(size)
+    else:
+        order = torch.randperm(size, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+    if world_size == 1:
+        return order
+    return order[: size - size % world_size][rank::world_size]
 
 
 class TensorBatches:
     """Batches sliced from tensors already in memory (CPU or GPU): no per-image Python work."""
 
     def __init__(
-        self, data: TensorSplit, batch_size: int, shuffle: bool = False, seed: int = 0, drop_last: bool = False
+        self,
+        data: TensorSplit,
+        batch_size: int,
+        shuffle: bool = False,
+        seed: int = 0,
+        drop_last: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
     ):
         self.data = data
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.seed = seed
-        self.drop_last = drop_last and len(data) > batch_size
+        self.rank, self.world_size = rank, world_size
+        self.images_per_epoch = len(data) // world_size  # this rank's share
+        self.drop_last = drop_last and self.images_per_epoch > batch_size
         self.epoch, self.skip = 0, 0
 
     def set_epoch(self, epoch: int, skip: int = 0) -> None:
@@ -44,11 +59,11 @@ class TensorBatches:
         self.epoch, self.skip = epoch, skip
 
     def __len__(self) -> int:
-        full, rest = divmod(len(self.data), self.batch_size)
+        full, rest = divmod(self.images_per_epoch, self.batch_size)
         return full if self.drop_last or rest == 0 else full + 1
 
     def __iter__(self) -> Iterator[Batch]:
-        order = _epoch_order(len(self.data), self.seed, self.epoch, self.shuffle)
+        order = _epoch_order(len(self.data), self.seed, self.epoch, self.shuffle, self.rank, self.world_size)
         order = order.to(self.data.images.device)
         for batch in range(self.skip, len(self)):
             indices = order[batch * self.batch_size : (batch + 1) * self.batch_size]
@@ -56,15 +71,18 @@ class TensorBatches:
 
 
 class _EpochSampler(Sampler[int]):
-    def __init__(self, size: int, seed: int, shuffle: bool):
+    """The streaming counterpart of TensorBatches' order: per (seed, epoch), this rank's share."""
+
+    def __init__(self, size: int, seed: int, shuffle: bool, rank: int = 0, world_size: int = 1):
         self.size, self.seed, self.shuffle, self.epoch = size, seed, shuffle, 0
+        self.rank, self.world_size = rank, world_size
         self.skip_images = 0  # a resumed epoch starts after the images already trained on
 
     def __len__(self) -> int:
-        return self.size
+        return self.size // self.world_size
 
     def __iter__(self) -> Iterator[int]:
-        order = _epoch_order(self.size, self.seed, self.epoch, self.shuffle)
+        order = _epoch_order(self.size, self.seed, self.epoch, self.shuffle, self.rank, self.world_size)
         return iter(order[self.skip_images :].tolist())
 
 
@@ -89,8 +107,10 @@ class StreamingBatches:
         seed: int = 0,
         drop_last: bool = False,
         workers: int = 2,
+        rank: int = 0,
+        world_size: int = 1,
     ):
-        self.sampler = _EpochSampler(len(data), seed, shuffle)
+        self.sampler = _EpochSampler(len(data), seed, shuffle, rank, world_size)
         self.batch_size = batch_size
         self.loader = DataLoader(
             data,
@@ -98,7 +118,7 @@ class StreamingBatches:
             sampler=self.sampler,
             num_workers=workers,
             collate_fn=collate_skipping_bad,
-            drop_last=drop_last and len(data) > batch_size,
+            drop_last=drop_last and len(self.sampler) > batch_size,
             persistent_workers=workers > 0,
             pin_memory=torch.cuda.is_available(),
             # Its own generator: creating an epoch's iterator must not draw from the global RNG,

@@ -19,6 +19,7 @@ from torch import nn
 from imgclf.data.augment import Augmentation
 from imgclf.data.batches import Batches
 from imgclf.data.prepare import Preprocess
+from imgclf.distributed import World, all_reduce_sum
 from imgclf.engine.evaluate import classification_metrics, predict_logits
 from imgclf.engine.observers import TrainObserver
 
@@ -40,6 +41,10 @@ class FitSetup:
     amp: bool = False  # bf16 autocast, CUDA only
     grad_clip: float = 0.0
     frozen_modules: list[nn.Module] = field(default_factory=list)  # batch norms kept in eval mode
+    # The module the training step calls: a DistributedDataParallel wrapper of ``model`` when
+    # several processes train together (None: ``model`` itself). Everything else uses ``model``.
+    forward_model: nn.Module | None = None
+    world: World = field(default_factory=World)
 
 
 @dataclass
@@ -90,7 +95,7 @@ def train_one_epoch(
         if setup.augmentation.enabled:
             inputs = setup.augmentation(inputs, setup.augment_generator)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-            logits = model(inputs)
+            logits = (setup.forward_model or model)(inputs)
         loss = setup.loss_fn(logits.float(), targets)
         setup.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -117,6 +122,10 @@ def train_one_epoch(
             )
             last_saved = time.perf_counter()
     seconds = earlier_seconds + time.perf_counter() - started
+    if setup.world.distributed:  # the epoch's record covers every rank's images
+        seen_total = torch.tensor(seen, device=device, dtype=torch.int64)
+        all_reduce_sum(setup.world, total_loss, total_correct, seen_total)
+        seen = int(seen_total)
     seen = max(seen, 1)
     return {
         "train_loss": float(total_loss) / seen,

@@ -81,7 +81,10 @@ def make_batches(
     seed: int = 0,
     drop_last: bool = False,
     workers: int = 2,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> Batches:
+    """Batches of a split; with ``world_size`` > 1, only this rank's share of each epoch."""
     if isinstance(split, TensorSplit):
-        return TensorBatches(split, batch_size, shuffle, seed, drop_last)
-    return StreamingBatches(split, batch_size, shuffle, seed, drop_last, workers)
+        return TensorBatches(split, batch_size, shuffle, seed, drop_last, rank, world_size)
+    return StreamingBatches(split, batch_size, shuffle, seed, drop_last, workers, rank, world_size)

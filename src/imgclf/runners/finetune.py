@@ -40,8 +40,8 @@ class Stage:
     lr_scale: dict[str, float] | None = None
 
 
-def plan_stages(config: TrainConfig, epochs: int) -> list[Stage]:
-    lr = config.resolved_lr()
+def plan_stages(config: TrainConfig, epochs: int, processes: int = 1) -> list[Stage]:
+    lr = config.resolved_lr(processes)
     if config.finetune == "head":
         return [Stage("head only (backbone and its batch norms frozen)", 0, epochs, False, lr)]
     if config.finetune == "two-stage" and epochs >= 2:

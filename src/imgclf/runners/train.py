@@ -6,6 +6,7 @@ weights (if pretrained) -> data (scan, preprocessing, decode) -> model -> stages
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import re
@@ -24,6 +25,7 @@ from imgclf.data.augment import Augmentation, choose_augmentation
 from imgclf.data.batches import Batches
 from imgclf.data.dataset import Dataset
 from imgclf.data.prepare import DataProfile, Preprocess, StreamingSplit, TensorSplit, split_targets
+from imgclf.distributed import World, init_from_environment, shutdown
 from imgclf.engine.checkpoint import load_training_state, save_training_state
 from imgclf.engine.evaluate import calibrated_metrics, predict_outputs
 from imgclf.engine.loop import FitSetup, FitState, fit
@@ -122,6 +124,7 @@ class TrainingRun:
     model_kwargs: dict
     weights: PretrainedWeights | None
     augment_generator: torch.Generator
+    world: World = field(default_factory=World)
     state: FitState = field(default_factory=FitState)
 
 
@@ -141,14 +144,17 @@ def _create_model(config: TrainConfig, dataset: Dataset, preprocess: Preprocess,
     return model.to(device, memory_format=torch.channels_last), model_kwargs
 
 
-def _assemble(data: str, config: TrainConfig, output: Path, data_dir, console: Console) -> TrainingRun:
-    device = resolve_device(config.device)
+def _assemble(
+    data: str, config: TrainConfig, output: Path, data_dir, console: Console, world: World, device: torch.device
+) -> TrainingRun:
     weights = None
     if config.pretrained is not None:
         weights = load_pretrained(config.model, None if config.pretrained == "default" else config.pretrained)
     dataset, profile, preprocess, prepared = load_training_data(data, config, data_dir, weights, console)
     seed_everything(config.seed)
     model, model_kwargs = _create_model(config, dataset, preprocess, weights, device, console)
+    if config.sync_batchnorm and world.distributed:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # same parameter names: bundles unchanged
     if device.type == "cuda":  # keep decoded datasets on the GPU: no host-to-device copy per batch
         prepared.splits = {
             name: TensorSplit(split.images.to(device), split.targets.to(device), split.keys)
@@ -165,6 +171,8 @@ def _assemble(data: str, config: TrainConfig, output: Path, data_dir, console: C
         seed=config.seed,
         drop_last=True,
         workers=config.workers,
+        rank=world.rank,
+        world_size=world.size,
     )
     val_batches = make_batches(prepared.splits["val"], eval_batch_size(preprocess.input_size), workers=config.workers)
     return TrainingRun(
@@ -182,7 +190,8 @@ def _assemble(data: str, config: TrainConfig, output: Path, data_dir, console: C
         epochs,
         model_kwargs,
         weights,
-        torch.Generator().manual_seed(config.seed + 1),
+        torch.Generator().manual_seed(config.seed + 1 + world.rank),  # each rank augments differently
+        world,
     )
 
 
@@ -194,6 +203,10 @@ def _stage_setup(run: TrainingRun, stage: Stage) -> FitSetup:
     )
     steps = (stage.end_epoch - stage.start_epoch) * len(run.train_batches)
     scheduler = create_schedule(optimizer, steps, config.schedule, config.resolved_warmup_fraction())
+    forward_model = None
+    if run.world.distributed:  # wrapped per stage: DDP registers the parameters that train now
+        device_ids = [run.device.index] if run.device.type == "cuda" else None
+        forward_model = nn.parallel.DistributedDataParallel(run.model, device_ids=device_ids)
     loss_fn = _loss_function(config, split_targets(run.prepared.splits["train"]), run.dataset.num_classes, run.device)
     return FitSetup(
         run.model,
@@ -207,6 +220,8 @@ def _stage_setup(run: TrainingRun, stage: Stage) -> FitSetup:
         amp=config.amp,
         grad_clip=config.grad_clip,
         frozen_modules=frozen,
+        forward_model=forward_model,
+        world=run.world,
     )
 
 
@@ -282,6 +297,7 @@ def _checkpoint_saver(run: TrainingRun, setup: FitSetup, stage_index: int):
             "history": state.history,
             "epochs_without_improvement": state.epochs_without_improvement,
             "epoch_progress": state.epoch_progress,
+            "world_size": run.world.size,
             "config": {**run.config.to_dict(), "epochs": run.epochs},
             "data": _data_identity(run),
         }
@@ -293,7 +309,7 @@ def _checkpoint_saver(run: TrainingRun, setup: FitSetup, stage_index: int):
 
 def _run_stages(run: TrainingRun, saved: dict | None, observer: TrainObserver, console: Console) -> None:
     """Run each stage in turn; ``saved`` is the training state to resume from, if any."""
-    stages = plan_stages(run.config, run.epochs)
+    stages = plan_stages(run.config, run.epochs, run.world.size)
     resume_epoch = saved["meta"]["epoch"] if saved else 0
     for index, stage in enumerate(stages):
         if resume_epoch >= stage.end_epoch:
@@ -307,7 +323,12 @@ def _run_stages(run: TrainingRun, saved: dict | None, observer: TrainObserver, c
             console.print(f"{stage.name}: epochs {stage.start_epoch + 1}-{stage.end_epoch}, peak lr {stage.lr:.3g}")
         if not resumed_inside:  # a new stage judges early stopping afresh
             run.state.stopped_early, run.state.epochs_without_improvement = False, 0
-        saver = _checkpoint_saver(run, setup, index) if run.config.checkpoint_every_epoch else None
+        # Only rank 0 writes; several processes checkpoint at epoch ends only, so a run can resume
+        # with another number of processes.
+        saver = (
+            _checkpoint_saver(run, setup, index) if run.config.checkpoint_every_epoch and run.world.is_main else None
+        )
+        interval = 0.0 if run.world.distributed else run.config.checkpoint_interval
         run.state = fit(
             setup,
             run.train_batches,
@@ -318,7 +339,7 @@ def _run_stages(run: TrainingRun, saved: dict | None, observer: TrainObserver, c
             state=run.state,
             early_stopping=run.config.early_stopping,
             save_checkpoint=saver,
-            checkpoint_interval=run.config.checkpoint_interval,
+            checkpoint_interval=interval,
         )
 
 
@@ -415,11 +436,18 @@ def _write_bundle(run: TrainingRun, evaluation: FinalEvaluation, seconds: float)
         "training": {
             **config.to_dict(),
             "epochs": run.epochs,
-            "lr": config.resolved_lr(),
+            "lr": config.resolved_lr(run.world.size),
             "weight_decay": config.resolved_weight_decay(),
             "device": str(run.device),
         },  # fmt: skip
         "data": describe_data(run.dataset, run.profile, run.prepared),
+        "distributed": {
+            "processes": run.world.size,
+            "backend": run.world.backend,
+            "batch_per_process": config.batch_size,
+            "global_batch": config.batch_size * run.world.size,
+            "lr_rule": "peak lr per 256 images of the global batch (linear scaling)",
+        },
         "metrics": summary,
         "seconds": round(seconds, 2),
     }
@@ -455,9 +483,14 @@ def _announce(run: TrainingRun, console: Console) -> None:
     console.print(
         f"model: {config.model} ({count_parameters(run.model):,} parameters) on {run.device}, "
         f"{run.epochs} epochs ({epoch_source}), {len(run.train_batches)} steps per epoch, "
-        f"lr {config.resolved_lr():.3g} ({config.optimizer}, {config.schedule})"
+        f"lr {config.resolved_lr(run.world.size):.3g} ({config.optimizer}, {config.schedule})"
     )
     console.print(f"augmentation: {run.augmentation.reason}")
+    if run.world.distributed:
+        console.print(
+            f"distributed: {run.world.size} processes ({run.world.backend}), global batch {config.batch_size} x "
+            f"{run.world.size} = {config.batch_size * run.world.size}; the peak lr scales with the global batch"
+        )
 
 
 def run_train(
@@ -487,17 +520,51 @@ def run_train(
         config = TrainConfig.from_dict(saved["meta"]["config"])
         console.print(f"resuming {output} (configuration from its training state)")
     get_model_spec(config.model)  # an unknown model fails before any data is read
+    device = resolve_device(config.device)
+    world = init_from_environment(device)
+    try:
+        return _train_in_world(data, config, output, data_dir, observer, console, force, saved, world, device, started)
+    finally:
+        shutdown(world)
+
+
+def _join_checks(config: TrainConfig, world: World, saved: dict | None, device: torch.device) -> None:
+    if not world.distributed:
+        return
+    if config.finetune == "linear-probe":
+        raise UsageError("--finetune linear-probe runs in one process; start it without torchrun")
+    if config.sync_batchnorm and device.type != "cuda":
+        raise UsageError("--sync-batchnorm needs GPUs (NCCL); on CPUs leave it out")
+    meta = saved["meta"] if saved else {}
+    if meta.get("epoch_progress") and meta.get("world_size", 1) != world.size:
+        raise UsageError(
+            f"--resume: the training state was written inside an epoch by {meta.get('world_size', 1)} process(es); "
+            f"resume it with that many, or from an epoch end"
+        )
+
+
+def _train_in_world(data, config, output, data_dir, observer, console, force, saved, world, device, started) -> dict:
+    if not world.is_main:
+        console = Console(file=io.StringIO())  # one voice: rank 0 speaks for the run
+    if device.type == "cuda" and world.distributed:
+        device = torch.device("cuda", world.local_rank)
+    _join_checks(config, world, saved, device)
     if config.threads:
         torch.set_num_threads(config.threads)
-    run = _assemble(data, config, output, data_dir, console)
+    elif world.distributed and device.type == "cpu":  # processes on one machine share its cores
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world.local_size))
+    run = _assemble(data, config, output, data_dir, console, world, device)
     if saved is not None:
         _check_same_data(run, saved["meta"], force)
     _announce(run, console)
-    output.mkdir(parents=True, exist_ok=True)
+    if world.is_main:
+        output.mkdir(parents=True, exist_ok=True)
     if config.finetune == "linear-probe":
         _linear_probe(run, console)
     else:
         _run_stages(run, saved, observer or ProgressObserver(console), console)
+    if not world.is_main:
+        return {"bundle": str(output), "model": config.model, "epochs": run.state.epoch, "rank": world.rank}
     evaluation = _final_evaluation(run)
     bundle = _write_bundle(run, evaluation, time.perf_counter() - started)
     summary = bundle.metrics["summary"]

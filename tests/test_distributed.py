@@ -1,0 +1,70 @@
+"""The same training on several processes: torchrun's own launcher, gloo on CPU (marker dist)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from safetensors import safe_open
+
+from imgclf.cli.main import main
+
+pytestmark = pytest.mark.dist
+
+EPOCHS = "15"
+
+
+def _torchrun(output: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "imgclf",
+            "train", "digits", "--model", "simple_cnn", "--epochs", EPOCHS, "--output", str(output), "--json",
+            *extra]  # fmt: skip
+
+
+def _state_epoch(state: Path) -> int:
+    try:
+        with safe_open(str(state), framework="pt") as file:
+            return int(json.loads(file.metadata()["imgclf_training_state"])["epoch"])
+    except Exception:  # not written yet, or being replaced
+        return 0
+
+
+def test_two_gloo_processes_match_one_and_write_one_bundle(tmp_path: Path, capsys):
+    assert main(["train", "digits", "--model", "simple_cnn", "--epochs", EPOCHS, "--output", str(tmp_path / "one"),
+                 "--json"]) == 0  # fmt: skip
+    single = json.loads(capsys.readouterr().out)
+    finished = subprocess.run(_torchrun(tmp_path / "two"), capture_output=True, text=True, timeout=600)
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    two = json.loads(finished.stdout)  # exactly one JSON answer (two would not parse): only rank 0 prints
+    assert abs(two["metrics"]["test_accuracy"] - single["metrics"]["test_accuracy"]) <= 0.02
+    description = json.loads((tmp_path / "two" / "model.json").read_text())
+    assert description["distributed"]["processes"] == 2 and description["distributed"]["global_batch"] == 256
+    assert sorted(p.name for p in (tmp_path / "two").iterdir() if p.suffix != ".html") == [
+        "centroids.safetensors", "metrics.json", "model.json", "model.safetensors",
+        "training_state.prev.safetensors", "training_state.safetensors",
+    ]  # fmt: skip
+    assert "distributed: 2 processes (gloo), global batch 128 x 2 = 256" in finished.stderr
+
+
+def test_a_two_process_checkpoint_resumes_with_one_process(tmp_path: Path, capsys):
+    output = tmp_path / "run"
+    process = subprocess.Popen(_torchrun(output), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               start_new_session=True)  # fmt: skip
+    state = output / "training_state.safetensors"
+    deadline = time.monotonic() + 300
+    while _state_epoch(state) < 3 and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)  # the launcher and both workers
+    process.wait()
+    assert not (output / "model.safetensors").exists() and _state_epoch(state) >= 3
+    capsys.readouterr()
+    assert main(["train", "digits", "--resume", "--output", str(output), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["epochs"] == int(EPOCHS) and result["metrics"]["test_accuracy"] >= 0.9
+    description = json.loads((output / "model.json").read_text())
+    assert description["distributed"]["processes"] == 1
