@@ -145,3 +145,42 @@ def test_doctor_warns_about_imbalance(tmp_path, capsys):
     write_class_folder(tmp_path / "b", ["few"], per_class=4, size=8, seed=2)
     assert main(["doctor", str(data)]) == 0
     assert "--class-weights balanced" in capsys.readouterr().out
+
+
+def test_class_sets_that_differ_between_splits_and_empty_class_folders(tmp_path, capsys):
+    root = tmp_path / "given"
+    write_class_folder(root / "train", ["a", "b", "c"], per_class=6, size=8)
+    write_class_folder(root / "val", ["a", "b"], per_class=2, size=8, seed=1)
+    write_class_folder(root / "test", ["a", "d"], per_class=2, size=8, seed=2)
+    (root / "train" / "empty").mkdir()
+    assert main(["doctor", str(root)]) == 2
+    assert "class 'd' is in test but has no training images" in capsys.readouterr().err
+    for image in (root / "test" / "d").iterdir():
+        image.unlink()
+    (root / "test" / "d").rmdir()
+    assert main(["doctor", str(root), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["classes"] == ["a", "b", "c"]  # c may be missing from val and test: it is still a class
+    ignored = {Path(item["file"]).name: item["reason"] for item in report["ignored"]}
+    assert ignored["empty"] == "class folder without images: not a class"
+
+
+def test_a_file_that_vanishes_after_the_scan_is_skipped_and_named(tmp_path):
+    from imgclf.data.dataset import load_dataset
+    from imgclf.data.prepare import Preprocess, profile_dataset
+    from imgclf.runners.common import prepare_splits
+
+    data = write_class_folder(tmp_path / "data", ["a", "b"], per_class=6, size=8)
+    dataset = load_dataset(str(data))
+    profile_dataset(dataset)  # the scan saw every file
+    (data / "a" / "003.png").unlink()  # gone before decoding
+    preprocess = Preprocess(8, 3, (0.5,) * 3, (0.5,) * 3)
+    for in_memory in (True, False):
+        prepared = prepare_splits(dataset, preprocess, in_memory=in_memory, workers=1)
+        if in_memory:
+            assert [(Path(f).name, r) for f, r in prepared.skipped] == [
+                ("003.png", "file not found (moved or deleted?)")
+            ]
+        else:  # streaming: the file is skipped in its batch when it is reached
+            items = [prepared.splits[name][i] for name in prepared.splits for i in range(len(prepared.splits[name]))]
+            assert sum(item is None for item in items) == 1

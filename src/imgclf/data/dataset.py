@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from imgclf.data.builtins import FASHION_MNIST_CLASSES, load_digits_arrays, load_fashion_mnist_arrays
-from imgclf.data.layout import SPLIT_NAMES, parse_layout
+from imgclf.data.layout import SPLIT_NAMES, is_junk, parse_layout
 from imgclf.data.readers import FolderReader, ImageReader, open_reader
 from imgclf.data.split import fingerprint, stratified_split
 from imgclf.errors import DataError
@@ -143,6 +143,23 @@ def _labelled_files(
     return classes, splits, info
 
 
+def _empty_class_folders(root: Path, by_split: dict[str, list[tuple[str, str]]]) -> list[tuple[str, str]]:
+    """Class folders without a usable image (they make no class), to be listed as ignored."""
+    found = []
+    for split, items in by_split.items():
+        base = root if split == "pool" else root / split
+        labels = {label for _, label in items}
+        for folder in sorted(base.iterdir()) if base.is_dir() else []:
+            if (
+                folder.is_dir()
+                and not is_junk(folder.name)
+                and folder.name not in labels | set(SPLIT_NAMES)
+                and folder.name.lower() not in SPLIT_NAMES
+            ):
+                found.append((str(folder), "class folder without images: not a class"))
+    return found
+
+
 def _load_folder_or_archive(path: Path, policy: SplitPolicy) -> Dataset:
     reader = open_reader(path)
     is_archive = not path.is_dir()
@@ -155,6 +172,8 @@ def _load_folder_or_archive(path: Path, policy: SplitPolicy) -> Dataset:
         )
         raise DataError(f"{path}: no images found in class folders{detail}")
     classes, splits, info = _labelled_files(str(path), reader, layout.splits, policy)
+    if not is_archive:
+        layout.ignored.extend(_empty_class_folders(path, layout.splits))
     kind = "archive" if is_archive else "folder"
     return Dataset(str(path), classes, splits, info, ignored=layout.ignored, kind=kind)
 
