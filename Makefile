@@ -6,7 +6,7 @@ STAMP := $(VENV)/.imgclf-installed
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-all lint fashion-mnist clean
+.PHONY: install demo test test-all lint fashion-mnist debian-packages clean
 
 install: $(STAMP)
 
@@ -21,16 +21,22 @@ demo: install
 	$(BIN)/imgclf train digits --output runs/demo --overwrite
 	@echo "Report: runs/demo/report.html (open it in a browser). Try: $(BIN)/imgclf evaluate runs/demo digits"
 
-# The Fashion-MNIST tests need Debian's package; install it when we can (root on Debian).
-fashion-mnist:
-	@if [ ! -f $(FASHION_MNIST) ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist; \
+# The Fashion-MNIST tests need Debian's package and the web page test a real browser (chromium
+# driven through chromium-driver); install them when we can (root on Debian).
+DEBIAN_TEST_PACKAGES := dataset-fashion-mnist chromium chromium-driver
+debian-packages:
+	@missing=""; for package in $(DEBIAN_TEST_PACKAGES); do \
+		dpkg -s $$package >/dev/null 2>&1 || missing="$$missing $$package"; done; \
+	if [ -n "$$missing" ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	fi
 
-test: install fashion-mnist
+fashion-mnist: debian-packages
+
+test: install debian-packages
 	$(BIN)/python -m pytest -m "not gpu and not slow" $(PYTEST_ARGS)
 
-test-all: install fashion-mnist
+test-all: install debian-packages
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: install

@@ -10,12 +10,32 @@ import argparse
 import sys
 
 from imgclf import __version__
-from imgclf.cli import doctor_cmd, evaluate_cmd, explain_cmd, models_cmd, predict_cmd, report_cmd, train_cmd
+from imgclf.cli import (
+    doctor_cmd,
+    evaluate_cmd,
+    explain_cmd,
+    export_cmd,
+    models_cmd,
+    predict_cmd,
+    report_cmd,
+    serve_cmd,
+    train_cmd,
+)
 from imgclf.errors import ImgclfError
 
 __all__ = ["build_parser", "main"]
 
-COMMANDS = (train_cmd, evaluate_cmd, predict_cmd, explain_cmd, report_cmd, models_cmd, doctor_cmd)
+COMMANDS = (
+    train_cmd,
+    evaluate_cmd,
+    predict_cmd,
+    explain_cmd,
+    report_cmd,
+    export_cmd,
+    serve_cmd,
+    models_cmd,
+    doctor_cmd,
+)
 
 
 class _Parser(argparse.ArgumentParser):

@@ -1,0 +1,1 @@
+"""Models that leave imgclf: ONNX files that carry their preprocessing, checked against PyTorch."""

@@ -1,0 +1,146 @@
+"""An ONNX model that takes raw uint8 pixels: preprocessing graph + network + calibrated softmax.
+
+The graph a user runs with nothing but onnxruntime:
+
+    pixels (uint8, N x H x W x C or N x C x H x W, any H and W)
+      -> Cast float -> [Transpose to NCHW]
+      -> Resize: shorter side to S (long side truncated), bilinear, antialiased
+      -> centre crop S x S (torchvision's offsets)
+      -> (x - 255 mean) / (255 std)
+      -> the network -> logits, and probabilities = softmax(logits / temperature)
+
+Resize with antialias needs opset 18. An image
+already S x S passes the resize unchanged, so on pre-sized images the graph matches imgclf's own
+preprocessing exactly; on other sizes ONNX's antialiased bilinear filter stands in for Pillow's
+(close, not bit-identical).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+from onnx import TensorProto, compose, helper, numpy_helper
+
+from imgclf.data.prepare import Preprocess
+
+__all__ = ["OPSET", "add_contract", "preprocessing_graph", "with_preprocessing"]
+
+OPSET = 18
+PIXELS, NORMALIZED, LOGITS, PROBABILITIES = "pixels", "normalized", "logits", "probabilities"
+
+
+def _constant(name: str, values, dtype) -> onnx.TensorProto:
+    return numpy_helper.from_array(np.array(values, dtype=dtype), name)
+
+
+def _resize_and_crop_nodes(source: str, resize_to: int, size: int) -> list[onnx.NodeProto]:
+    """Shorter side to ``resize_to`` (long side truncated, as torchvision and imgclf do), bilinear
+    and antialiased, then the centre ``size`` square at torchvision's offsets (round half to even).
+    Sizes are computed in the graph: Resize gets all four output sizes, no ``axes`` attribute
+    (onnxruntime's full optimization mishandles Resize with axes in quantized graphs)."""
+    node = helper.make_node
+    return [
+        node("Shape", [source], ["shape"]),
+        node("Slice", ["shape", "zero", "two"], ["batch_and_channels"]),
+        node("Slice", ["shape", "two", "four"], ["height_width"]),
+        node("Cast", ["height_width"], ["height_width_float"], to=TensorProto.FLOAT),
+        node("ReduceMin", ["height_width_float"], ["shorter_side"], keepdims=1),
+        # size x resize_to / shorter, multiplied first: exact for the shorter side in float32
+        node("Mul", ["height_width_float", "resize_to"], ["scaled_up"]),
+        node("Div", ["scaled_up", "shorter_side"], ["new_size_float"]),
+        node("Floor", ["new_size_float"], ["new_size_floor"]),
+        node("Cast", ["new_size_floor"], ["new_size"], to=TensorProto.INT64),
+        node("Concat", ["batch_and_channels", "new_size"], ["sizes"], axis=0),
+        node(
+            "Resize",
+            [source, "", "", "sizes"],
+            ["resized"],
+            mode="linear",
+            antialias=1,
+            coordinate_transformation_mode="half_pixel",
+        ),  # fmt: skip
+        node("Sub", ["new_size_floor", "crop_float"], ["margin"]),
+        node("Div", ["margin", "two_float"], ["half_margin"]),
+        node("Round", ["half_margin"], ["start_float"]),
+        node("Cast", ["start_float"], ["start"], to=TensorProto.INT64),
+        node("Add", ["start", "crop"], ["end"]),
+        node("Slice", ["resized", "start", "end", "height_width_axes"], ["cropped"]),
+    ]
+
+
+def preprocessing_graph(preprocess: Preprocess, layout: str, ir_version: int) -> onnx.ModelProto:
+    """uint8 pixels in ``layout`` ("nhwc" or "nchw") -> normalized float NCHW at the input size."""
+    size, channels = preprocess.input_size, preprocess.channels
+    shape = ["batch", "height", "width", channels] if layout == "nhwc" else ["batch", channels, "height", "width"]
+    mean = np.array(preprocess.mean, dtype=np.float32).reshape(1, -1, 1, 1) * 255.0
+    std = np.array(preprocess.std, dtype=np.float32).reshape(1, -1, 1, 1) * 255.0
+    initializers = [
+        _constant("zero", [0], np.int64),
+        _constant("two", [2], np.int64),
+        _constant("four", [4], np.int64),
+        _constant("height_width_axes", [2, 3], np.int64),
+        _constant("resize_to", [max(size, preprocess.resize_size or size)], np.float32),
+        _constant("crop", [size, size], np.int64),
+        _constant("crop_float", [size, size], np.float32),
+        _constant("two_float", [2.0], np.float32),
+        numpy_helper.from_array(mean, "mean_255"),
+        numpy_helper.from_array(std, "std_255"),
+    ]
+    nodes = [helper.make_node("Cast", [PIXELS], ["as_float"], to=TensorProto.FLOAT)]
+    source = "as_float"
+    if layout == "nhwc":
+        nodes.append(helper.make_node("Transpose", [source], ["nchw"], perm=[0, 3, 1, 2]))
+        source = "nchw"
+    nodes += _resize_and_crop_nodes(source, size, size)
+    nodes += [
+        helper.make_node("Sub", ["cropped", "mean_255"], ["centred"]),
+        helper.make_node("Div", ["centred", "std_255"], [NORMALIZED]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "imgclf_preprocess",
+        [helper.make_tensor_value_info(PIXELS, TensorProto.UINT8, shape)],
+        [helper.make_tensor_value_info(NORMALIZED, TensorProto.FLOAT, ["batch", channels, size, size])],
+        initializers,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    model.ir_version = ir_version
+    return model
+
+
+def _with_probabilities(network: onnx.ModelProto, temperature: float) -> onnx.ModelProto:
+    """A copy of the network with its output named ``logits`` and calibrated ``probabilities`` added."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(network)
+    network = copy
+    graph = network.graph
+    old = graph.output[0].name
+    for node in graph.node:
+        node.output[:] = [LOGITS if name == old else name for name in node.output]
+    graph.output[0].name = LOGITS
+    graph.initializer.append(numpy_helper.from_array(np.array(temperature, dtype=np.float32), "temperature"))
+    graph.node.append(helper.make_node("Div", [LOGITS, "temperature"], ["scaled_logits"]))
+    graph.node.append(helper.make_node("Softmax", ["scaled_logits"], [PROBABILITIES], axis=1))
+    classes = graph.output[0].type.tensor_type.shape.dim[1].dim_value or None
+    graph.output.append(helper.make_tensor_value_info(PROBABILITIES, TensorProto.FLOAT, ["batch", classes]))
+    return network
+
+
+def with_preprocessing(
+    network: onnx.ModelProto, preprocess: Preprocess, layout: str, temperature: float
+) -> onnx.ModelProto:
+    """The whole graph: pixels in, logits and probabilities out."""
+    network = _with_probabilities(network, temperature)
+    pre = preprocessing_graph(preprocess, layout, network.ir_version)
+    merged = compose.merge_models(pre, network, io_map=[(NORMALIZED, network.graph.input[0].name)])
+    onnx.checker.check_model(merged)
+    return merged
+
+
+def add_contract(model: onnx.ModelProto, contract: dict) -> None:
+    """Class names and the input contract as metadata: everything a caller needs to feed it."""
+    for key, value in contract.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = f"imgclf.{key}", json.dumps(value)

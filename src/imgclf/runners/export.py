@@ -1,0 +1,257 @@
+"""The export runner: a bundle in, an ONNX file out that takes raw uint8 pixels, with a parity
+check against PyTorch (and an int8 variant with its accuracy change) and a latency table."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from rich.console import Console
+
+from imgclf.bundle import Bundle, bundle_temperature, load_bundle
+from imgclf.data.dataset import load_dataset
+from imgclf.engine.checkpoint import atomic_write_bytes
+from imgclf.engine.evaluate import predict_logits
+from imgclf.errors import ImgclfError, UsageError
+from imgclf.export.onnx_graph import OPSET, add_contract, with_preprocessing
+from imgclf.models.info import measure_latency
+from imgclf.runners.common import eval_batch_size, make_batches, prepare_splits, stderr_console
+from imgclf.runners.evaluate import _split_policy
+from imgclf.runners.report import _recorded_data
+
+__all__ = ["MIN_FP32_AGREEMENT", "onnx_session", "run_export"]
+
+MIN_FP32_AGREEMENT = 0.999  # export fails below this top-1 agreement with PyTorch
+PARITY_IMAGES = 2_000  # validation images compared (evenly spaced)
+CALIBRATION_IMAGES = 256  # training images for int8 calibration (evenly spaced)
+LAYOUTS = ("nhwc", "nchw")
+
+
+def onnx_session(model: onnx.ModelProto | bytes | str):
+    """An onnxruntime CPU session for a model (object, bytes or file path)."""
+    import onnxruntime
+
+    source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 3  # errors only: shape-merge notes about the exported graph are harmless
+    return onnxruntime.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+
+
+def _network_proto(bundle: Bundle) -> onnx.ModelProto:
+    """The network alone, float NCHW in, dynamic batch, via PyTorch's exporter (torch.export)."""
+    model = bundle.model.eval()
+    example = torch.zeros(2, bundle.preprocess.channels, bundle.preprocess.input_size, bundle.preprocess.input_size)
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")  # the exporter's progress notes and deprecation chatter
+        program = torch.onnx.export(
+            model, (example,), dynamo=True, opset_version=OPSET, dynamic_shapes=({0: batch},), verbose=False
+        )
+    return program.model_proto
+
+
+def _sample_split(bundle: Bundle, data: str | None, data_dir, split: str, limit: int):
+    """Up to ``limit`` evenly spaced images of a split, decoded and prepared (C x S x S uint8)."""
+    if data is None:
+        return None
+    dataset = load_dataset(data, _split_policy(bundle.description), data_dir)
+    if split not in dataset.splits or len(dataset.splits[split]) == 0:
+        return None
+    chosen = dataset.splits[split]
+    if len(chosen) > limit:
+        chosen = chosen.subset(np.linspace(0, len(chosen) - 1, limit).astype(np.int64))
+    dataset.splits = {split: chosen}
+    prepared = prepare_splits(dataset, bundle.preprocess, in_memory=True, workers=2)
+    return prepared.splits[split]
+
+
+def _to_layout(images: torch.Tensor, layout: str) -> np.ndarray:
+    return np.ascontiguousarray((images.permute(0, 2, 3, 1) if layout == "nhwc" else images).numpy())
+
+
+def _run(session, pixels: np.ndarray, output: str = "logits", batch: int = 64) -> np.ndarray:
+    name = session.get_inputs()[0].name
+    return np.concatenate(
+        [session.run([output], {name: pixels[i : i + batch]})[0] for i in range(0, len(pixels), batch)]
+    )
+
+
+def _parity(bundle: Bundle, session, images: torch.Tensor, layout: str) -> dict:
+    """Top-1 agreement and largest logit difference between onnxruntime and PyTorch."""
+    batches = make_batches(_as_split(images), eval_batch_size(bundle.preprocess.input_size))
+    torch_logits, _ = predict_logits(bundle.model, batches, bundle.preprocess, torch.device("cpu"))
+    onnx_logits = _run(session, _to_layout(images, layout))
+    agreement = float((onnx_logits.argmax(1) == torch_logits.numpy().argmax(1)).mean())
+    return {"top1_agreement": agreement, "max_logit_diff": float(np.abs(onnx_logits - torch_logits.numpy()).max())}
+
+
+def _as_split(images: torch.Tensor):
+    from imgclf.data.prepare import TensorSplit
+
+    return TensorSplit(images, torch.zeros(len(images), dtype=torch.int64), [str(i) for i in range(len(images))])
+
+
+def _quantized_network(network: onnx.ModelProto, calibration: np.ndarray) -> onnx.ModelProto:
+    """onnxruntime static int8 quantization (QDQ, per-channel weights) of the float network,
+    calibrated on normalized training images."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self, name: str):
+            self.items = iter([{name: calibration[i : i + 1]} for i in range(len(calibration))])
+
+        def get_next(self):
+            return next(self.items, None)
+
+    root_logger = logging.getLogger()
+    level = root_logger.level
+    root_logger.setLevel(logging.ERROR)  # onnxruntime logs advice on the root logger while quantizing
+    try:
+        return _quantize_files(network, Reader, quantize_static, QuantFormat, QuantType)
+    finally:
+        root_logger.setLevel(level)
+
+
+def _quantize_files(network, Reader, quantize_static, QuantFormat, QuantType) -> onnx.ModelProto:  # noqa: N803
+    with tempfile.TemporaryDirectory() as folder:
+        source, target = Path(folder) / "float.onnx", Path(folder) / "int8.onnx"
+        onnx.save(network, source)
+        quantize_static(
+            str(source), str(target), Reader(network.graph.input[0].name), quant_format=QuantFormat.QDQ,
+            per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+        )  # fmt: skip
+        return onnx.load(str(target))
+
+
+def _onnx_latency_ms(session, layout: str, channels: int, size: int, batch: int, repeats: int = 20) -> float:
+    shape = (batch, size, size, channels) if layout == "nhwc" else (batch, channels, size, size)
+    pixels = np.random.default_rng(0).integers(0, 256, size=shape, dtype=np.uint8)
+    name = session.get_inputs()[0].name
+    for _ in range(2):
+        session.run(None, {name: pixels})
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        session.run(None, {name: pixels})
+        times.append((time.perf_counter() - start) * 1000)
+    return round(float(np.median(times)), 3)
+
+
+def _latency_table(bundle: Bundle, sessions: dict, layout: str) -> dict:
+    channels, size = bundle.preprocess.channels, bundle.preprocess.input_size
+    table = {}
+    for batch in (1, 32):
+        row = {"pytorch_eager": measure_latency(bundle.model, batch, channels, size)["p50_ms"]}
+        for name, session in sessions.items():
+            row[name] = _onnx_latency_ms(session, layout, channels, size, batch)
+        table[f"batch_{batch}"] = row
+    return table
+
+
+def _contract(bundle: Bundle, layout: str, quantized: bool) -> dict:
+    pre = bundle.preprocess
+    shape = "N x H x W x C" if layout == "nhwc" else "N x C x H x W"
+    return {
+        "classes": bundle.classes,
+        "input": {
+            "name": "pixels",
+            "dtype": "uint8",
+            "layout": layout.upper(),
+            "shape": shape,
+            "channels": pre.channels,
+            "channel_order": "RGB" if pre.channels == 3 else "grayscale",
+            "resize": f"any H and W: inside the graph the shorter side goes to {pre.resize_size or pre.input_size} px "
+            f"(bilinear, antialiased) and the centre {pre.input_size} x {pre.input_size} is cropped",
+        },
+        "outputs": {"logits": "N x classes", "probabilities": "N x classes, softmax(logits / temperature)"},
+        "preprocess": pre.to_dict(),
+        "temperature": bundle_temperature(bundle),
+        "architecture": bundle.description.get("architecture"),
+        "quantization": "int8 static (QDQ), calibrated on training images" if quantized else "none (fp32)",
+    }
+
+
+def run_export(
+    bundle_dir: str | Path,
+    output: str | Path | None = None,
+    quantize: str | None = None,
+    layout: str = "nhwc",
+    data: str | None = None,
+    data_dir=None,
+    console: Console | None = None,
+) -> dict:
+    """Export BUNDLE to ONNX; fails (writing nothing) when fp32 top-1 agreement with PyTorch on
+    the validation images is below MIN_FP32_AGREEMENT."""
+    console = console or stderr_console()
+    if layout not in LAYOUTS:
+        raise UsageError(f"--layout must be nhwc or nchw, not {layout!r}")
+    if quantize not in (None, "int8"):
+        raise UsageError(f"--quantize must be int8, not {quantize!r}")
+    bundle = load_bundle(bundle_dir)
+    data = data or _recorded_data(bundle)
+    network = _network_proto(bundle)
+    temperature = bundle_temperature(bundle)
+    fp32 = with_preprocessing(network, bundle.preprocess, layout, temperature)
+    fp32_session = onnx_session(fp32)
+    val = _sample_split(bundle, data, data_dir, "val", PARITY_IMAGES)
+    if val is not None:
+        images, source = val.images, f"{len(val)} validation images of {data}"
+    else:  # nothing to compare on but the numbers themselves
+        size, channels = bundle.preprocess.input_size, bundle.preprocess.channels
+        images = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (256, channels, size, size), np.uint8))
+        source = "256 random-pixel images (the training data is not available here; pass --data DATA)"
+    parity = {"images": source, **_parity(bundle, fp32_session, images, layout)}
+    console.print(
+        f"parity with PyTorch on {source}: top-1 agreement {parity['top1_agreement']:.4%}, "
+        f"largest logit difference {parity['max_logit_diff']:.2e}"
+    )
+    if parity["top1_agreement"] < MIN_FP32_AGREEMENT:
+        raise ImgclfError(
+            f"export refused: the ONNX model agrees with PyTorch on only {parity['top1_agreement']:.2%} of "
+            f"{source} (at least {MIN_FP32_AGREEMENT:.1%} needed)"
+        )
+    result = {"format": "onnx", "opset": OPSET, "layout": layout, "parity": parity}
+    sessions, final = {"onnxruntime_fp32": fp32_session}, fp32
+    if quantize == "int8":
+        final, result["int8"] = _int8(bundle, network, data, data_dir, layout, temperature, val, console)
+        sessions["onnxruntime_int8"] = onnx_session(final)
+    add_contract(final, _contract(bundle, layout, quantize == "int8"))
+    default_name = "model.int8.onnx" if quantize == "int8" else "model.onnx"
+    target = Path(output) if output else Path(bundle_dir) / default_name
+    atomic_write_bytes(target, final.SerializeToString())
+    result["output"] = str(target)
+    result["latency_ms"] = _latency_table(bundle, sessions, layout)
+    console.print(f"wrote {target}")
+    return result
+
+
+def _int8(bundle, network, data, data_dir, layout, temperature, val, console) -> tuple[onnx.ModelProto, dict]:
+    train = _sample_split(bundle, data, data_dir, "train", CALIBRATION_IMAGES)
+    if train is None:
+        raise UsageError("--quantize int8 calibrates on training images: pass --data DATA (the training data)")
+    calibration = bundle.preprocess.normalize(train.images).contiguous().numpy()
+    quantized = with_preprocessing(_quantized_network(network, calibration), bundle.preprocess, layout, temperature)
+    report = {"calibration_images": len(train)}
+    if val is not None:
+        fp32_predictions = _run(onnx_session(with_preprocessing(network, bundle.preprocess, layout, temperature)),
+                                _to_layout(val.images, layout)).argmax(1)  # fmt: skip
+        int8_predictions = _run(onnx_session(quantized), _to_layout(val.images, layout)).argmax(1)
+        truth = val.targets.numpy()
+        report.update(
+            fp32_accuracy=float((fp32_predictions == truth).mean()),
+            int8_accuracy=float((int8_predictions == truth).mean()),
+            top1_agreement=float((fp32_predictions == int8_predictions).mean()),
+        )
+        console.print(
+            f"int8: validation accuracy {report['int8_accuracy']:.4f} (fp32 {report['fp32_accuracy']:.4f}), "
+            f"top-1 agreement with fp32 {report['top1_agreement']:.2%}"
+        )
+    return quantized, report

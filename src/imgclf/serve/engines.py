@@ -1,0 +1,107 @@
+"""What the server runs: a bundle through imgclf's Classifier, or an exported ONNX file through
+onnxruntime. Both take a list of decoded HxWxC uint8 images and give ``predict``'s JSON rows."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from imgclf.bundle import is_bundle
+from imgclf.data.decode import decode_image
+from imgclf.errors import UsageError
+from imgclf.predictor import Classifier, load
+
+__all__ = ["BundleEngine", "OnnxEngine", "open_engine"]
+
+
+class BundleEngine:
+    """A trained bundle: calibrated probabilities, abstaining, and Grad-CAM pictures."""
+
+    def __init__(self, classifier: Classifier):
+        self.classifier = classifier
+        self.classes = classifier.classes
+        self.channels = classifier.preprocess.channels
+        description = classifier.bundle.description
+        self.metadata = {
+            "kind": "bundle",
+            "architecture": description.get("architecture"),
+            "classes": self.classes,
+            "params": description.get("params"),
+            "input": {"size": classifier.preprocess.input_size, "channels": self.channels},
+            "metrics": description.get("metrics"),
+            "calibration": description.get("calibration"),
+            "explain": True,
+        }
+
+    def decode(self, data: bytes, source: str) -> np.ndarray:
+        return decode_image(data, source, self.channels)
+
+    def predict(self, images: list[np.ndarray], top_k: int) -> list[dict]:
+        return self.classifier.predict(images, top_k=top_k, batch_size=max(1, len(images)))
+
+    def explain_png(self, image: np.ndarray) -> bytes:
+        from imgclf.explain.figures import explanation_png
+        from imgclf.explain.gradcam import explain_batch
+
+        prepared = torch.from_numpy(np.array(self.classifier.prepare(image)[None]))
+        (explanation,) = explain_batch(
+            self.classifier.model, prepared, self.classifier.preprocess.normalize, self.classifier.temperature
+        )
+        return explanation_png(explanation, self.classes[explanation.predicted], None)
+
+
+class OnnxEngine:
+    """An ONNX file from ``imgclf export``: its metadata says how to feed it."""
+
+    def __init__(self, path: Path):
+        from imgclf.runners.export import onnx_session
+
+        self.session = onnx_session(str(path))
+        metadata = self.session.get_modelmeta().custom_metadata_map
+        if "imgclf.classes" not in metadata:
+            raise UsageError(f"{path}: not an ONNX file written by imgclf export (no class names in its metadata)")
+        self.classes = json.loads(metadata["imgclf.classes"])
+        self.contract = json.loads(metadata["imgclf.input"])
+        self.channels = int(self.contract["channels"])
+        self.metadata = {
+            "kind": "onnx",
+            "architecture": json.loads(metadata.get("imgclf.architecture", "null")),
+            "classes": self.classes,
+            "input": self.contract,
+            "quantization": json.loads(metadata.get("imgclf.quantization", "null")),
+            "explain": False,
+        }
+
+    def decode(self, data: bytes, source: str) -> np.ndarray:
+        return decode_image(data, source, self.channels)
+
+    def predict(self, images: list[np.ndarray], top_k: int) -> list[dict]:
+        rows = []
+        for pixels in images:  # images differ in size; the graph resizes each
+            batch = pixels[None] if self.contract["layout"] == "NHWC" else pixels.transpose(2, 0, 1)[None]
+            (probabilities,) = self.session.run(["probabilities"], {self.contract["name"]: np.ascontiguousarray(batch)})
+            order = np.argsort(-probabilities[0])[:top_k]
+            top = [{"label": self.classes[i], "probability": round(float(probabilities[0, i]), 6)} for i in order]
+            rows.append({"label": top[0]["label"], "top_k": top})
+        return rows
+
+    def explain_png(self, image: np.ndarray) -> bytes:
+        raise UsageError("Grad-CAM needs the bundle, not an exported ONNX file")
+
+
+def open_engine(source: str | Path) -> BundleEngine | OnnxEngine:
+    """A bundle folder or an .onnx file; nothing else is ever loaded (no pickles, no URLs)."""
+    path = Path(source)
+    if path.is_dir() and is_bundle(path):
+        return BundleEngine(load(path))
+    if path.is_file() and path.suffix.lower() == ".onnx":
+        return OnnxEngine(path)
+    raise UsageError(f"{source}: not a bundle folder or an .onnx file from imgclf export")
+
+
+def png_data_url(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")

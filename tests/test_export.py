@@ -1,0 +1,80 @@
+"""ONNX export: the file alone (onnxruntime + numpy + Pillow, no imgclf) predicts what imgclf does."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnxruntime
+import pytest
+from PIL import Image
+
+from conftest import write_class_folder
+from imgclf.cli.main import main
+
+
+@pytest.fixture(scope="module")
+def given_split_bundle(tmp_path_factory) -> tuple[Path, Path]:
+    """A bundle trained on root/train and root/val of 16 x 20 px (non-square) images."""
+    root = tmp_path_factory.mktemp("export")
+    classes = ["left", "right", "top"]
+    write_class_folder(root / "data" / "train", classes, per_class=30, size=20, seed=0)
+    write_class_folder(root / "data" / "val", classes, per_class=10, size=20, seed=1)
+    for image in (root / "data").rglob("*.png"):  # crop to 20 wide x 16 high: the graph must crop too
+        with Image.open(image) as opened:
+            opened.crop((0, 2, 20, 18)).save(image)
+    assert main(["train", str(root / "data"), "--model", "simple_cnn", "--epochs", "3", "--augment", "none",
+                 "--output", str(root / "bundle")]) == 0  # fmt: skip
+    return root / "bundle", root / "data"
+
+
+def test_onnx_alone_gives_the_same_top1_as_imgclf_predict(given_split_bundle, tmp_path, capsys):
+    bundle, data = given_split_bundle
+    capsys.readouterr()
+    assert main(["export", str(bundle), "--output", str(tmp_path / "model.onnx"), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["parity"]["top1_agreement"] >= 0.999 and result["opset"] >= 17
+    assert set(result["latency_ms"]["batch_1"]) == {"pytorch_eager", "onnxruntime_fp32"}
+    val_files = sorted((data / "val").rglob("*.png"))
+    assert main(["predict", str(bundle), *map(str, val_files), "--no-abstain", "--json"]) in (0, 1)
+    expected = [item["top_k"][0]["label"] for item in json.loads(capsys.readouterr().out)]
+
+    # From here on: onnxruntime, numpy and Pillow only, driven by the model's own metadata.
+    session = onnxruntime.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
+    metadata = session.get_modelmeta().custom_metadata_map
+    classes = json.loads(metadata["imgclf.classes"])
+    contract = json.loads(metadata["imgclf.input"])
+    assert contract["dtype"] == "uint8" and contract["layout"] == "NHWC"
+    mode = "RGB" if contract["channels"] == 3 else "L"
+    got = []
+    for file in val_files:
+        with Image.open(file) as image:
+            pixels = np.asarray(image.convert(mode)).reshape(image.height, image.width, contract["channels"])
+        logits, probabilities = session.run(None, {contract["name"]: pixels[None]})
+        assert probabilities.sum() == pytest.approx(1.0, abs=1e-4)
+        got.append(classes[int(logits.argmax())])
+    assert got == expected
+
+
+def test_int8_export_reports_its_accuracy_change_and_runs(given_split_bundle, tmp_path, capsys):
+    bundle, data = given_split_bundle
+    capsys.readouterr()
+    command = ["export", str(bundle), "--quantize", "int8", "--layout", "nchw", "--output", str(tmp_path / "q.onnx")]
+    assert main([*command, "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)["int8"]
+    assert result["calibration_images"] > 0
+    assert abs(result["int8_accuracy"] - result["fp32_accuracy"]) <= 0.1 and result["top1_agreement"] >= 0.9
+    session = onnxruntime.InferenceSession(str(tmp_path / "q.onnx"), providers=["CPUExecutionProvider"])
+    assert "int8" in json.loads(session.get_modelmeta().custom_metadata_map["imgclf.quantization"])
+    pixels = np.zeros((3, 3, 16, 20), dtype=np.uint8)  # NCHW, any size: resized in the graph
+    assert session.run(["probabilities"], {"pixels": pixels})[0].shape == (3, 3)
+
+
+def test_export_refuses_bad_options_clearly(given_split_bundle, capsys):
+    bundle, _ = given_split_bundle
+    with pytest.raises(SystemExit) as exit_info:
+        main(["export", str(bundle), "--layout", "hwc"])
+    assert exit_info.value.code == 2 and "invalid choice" in capsys.readouterr().err
+    assert main(["export", str(bundle.parent / "no-bundle")]) == 2
+    assert "no such bundle" in capsys.readouterr().err

@@ -1,0 +1,214 @@
+"""The prediction server, tested over real HTTP against a uvicorn process on loopback."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from sklearn.datasets import load_digits
+
+import imgclf
+
+TOKEN = "s3cret"
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class Server:
+    def __init__(self, model: Path, *options: str):
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        command = [sys.executable, "-m", "imgclf", "serve", str(model), "--port", str(self.port), *options]
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if self.get("/v1/ready")[0] == 200:
+                    return
+            except OSError:
+                time.sleep(0.2)
+        raise RuntimeError(f"server did not start: {self.process.stderr.read().decode()[-2000:]}")
+
+    def request(self, path: str, body: bytes | None = None, headers: dict | None = None, method: str = "POST"):
+        request = urllib.request.Request(self.url + path, data=body, headers=headers or {}, method=method)
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return response.status, json.loads(response.read()), dict(response.headers)
+        except urllib.error.HTTPError as error:
+            return error.code, json.loads(error.read()), dict(error.headers)
+
+    def get(self, path: str):
+        return self.request(path, method="GET")[:2]
+
+    def alive(self) -> bool:
+        return self.get("/v1/health") == (200, {"status": "ok"}) and self.process.poll() is None
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=30)
+
+
+def _multipart(files: list[tuple[str, str, bytes]]) -> tuple[bytes, dict]:
+    boundary = uuid.uuid4().hex
+    parts = []
+    for field, name, data in files:
+        parts.append(
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; filename="{name}"\r\n'
+            f"Content-Type: application/octet-stream\r\n\r\n".encode()
+            + data
+            + b"\r\n"
+        )
+    body = b"".join(parts) + f"--{boundary}--\r\n".encode()
+    return body, {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+
+
+def _digit_png(index: int) -> tuple[bytes, str]:
+    digits = load_digits()
+    pixels = np.clip(digits.images[index] * 16, 0, 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue(), str(digits.target[index])
+
+
+@pytest.fixture(scope="module")
+def digits_bundle(tmp_path_factory) -> Path:
+    output = tmp_path_factory.mktemp("serve") / "digits"
+    imgclf.train("digits", output=output, model="simple_cnn", epochs=15)
+    return output
+
+
+@pytest.fixture(scope="module")
+def server(digits_bundle):
+    running = Server(digits_bundle, "--token", TOKEN, "--max-body-mb", "0.05", "--max-in-flight", "2")
+    yield running
+    running.stop()
+
+
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def test_a_real_image_gets_its_label(server):
+    for index in (0, 1, 2, 3):
+        data, truth = _digit_png(index)
+        body, headers = _multipart([("file", "digit.png", data)])
+        status, result, _ = server.request("/v1/predict", body, {**headers, **AUTH})
+        assert status == 200 and result["top_k"][0]["label"] == truth
+        status, raw, _ = server.request("/v1/predict?top_k=2", data, AUTH)  # the raw body works too
+        assert status == 200 and raw["top_k"][0]["label"] == truth and len(raw["top_k"]) == 2
+    body, headers = _multipart([("files", "a.png", _digit_png(0)[0]), ("files", "b.png", _digit_png(1)[0])])
+    status, results, _ = server.request("/v1/predict/batch", body, {**headers, **AUTH})
+    assert status == 200 and [r["top_k"][0]["label"] for r in results] == ["0", "1"]
+
+
+def test_limits_answer_with_json_errors_and_the_server_stays_up(server):
+    cases = {
+        "no token": (_digit_png(0)[0], {}, 401),
+        "wrong token": (_digit_png(0)[0], {"Authorization": "Bearer nope"}, 401),
+        "body too large": (b"\0" * 60_000, AUTH, 413),
+        "not an image": (b"<html>hello</html>", AUTH, 415),
+        "pixel bomb": (_bomb_png(), AUTH, 413),
+        "empty body": (b"", AUTH, 422),
+        "multipart without file": (_multipart([("other", "x.png", b"1")])[0], AUTH, 422),
+    }
+    for name, (body, headers, expected) in cases.items():
+        if name == "multipart without file":
+            headers = {**headers, **_multipart([])[1]}
+            body = body.replace(body.split(b"\r\n")[0], b"--" + headers["Content-Type"].split("=")[1].encode())
+        status, result, _ = server.request("/v1/predict", body, headers)
+        assert status == expected, (name, result)
+        assert result["error"]["status"] == expected and result["error"]["message"], name
+        assert server.alive(), name
+    status, result, _ = server.request("/v1/predict?top_k=zero", _digit_png(0)[0], AUTH)
+    assert status == 422 and "top_k" in result["error"]["message"]
+    assert server.get("/v1/metadata")[1]["auth_required"] is True  # metadata needs no token
+
+
+def _bomb_png() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("1", (9000, 9000)).save(buffer, format="PNG")  # 81 megapixels in a few kB
+    return buffer.getvalue()
+
+
+def test_too_many_requests_in_flight_get_503_with_retry_after(server):
+    held = []
+    for _ in range(2):  # two slow uploads hold both slots: they announce a body and send half of it
+        connection = socket.create_connection(("127.0.0.1", server.port))
+        head = f"POST /v1/predict HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: 1000\r\n\r\n"
+        connection.sendall(head.encode() + b"x" * 10)
+        held.append(connection)
+    time.sleep(0.5)
+    status, result, headers = server.request("/v1/predict", _digit_png(0)[0], AUTH)
+    assert status == 503 and headers.get("retry-after") == "1" and "in flight" in result["error"]["message"]
+    for connection in held:
+        connection.close()
+    time.sleep(0.5)
+    assert server.alive() and server.request("/v1/predict", _digit_png(0)[0], AUTH)[0] == 200
+
+
+def test_an_exported_onnx_file_is_served_the_same_way(digits_bundle, tmp_path):
+    from imgclf.cli.main import main
+
+    assert main(["export", str(digits_bundle), "--output", str(tmp_path / "m.onnx")]) == 0
+    onnx_server = Server(tmp_path / "m.onnx")
+    try:
+        data, truth = _digit_png(5)
+        status, result, _ = onnx_server.request("/v1/predict", data)
+        assert status == 200 and result["top_k"][0]["label"] == truth
+        assert onnx_server.get("/v1/metadata")[1]["kind"] == "onnx"
+    finally:
+        onnx_server.stop()
+
+
+def _chromium() -> tuple[str, str] | None:
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver = shutil.which("chromedriver") or (
+        "/usr/bin/chromedriver" if Path("/usr/bin/chromedriver").exists() else None
+    )
+    return (browser, driver) if browser and driver else None
+
+
+@pytest.mark.skipif(_chromium() is None, reason="needs Debian's chromium and chromium-driver (.ci/run installs them)")
+def test_the_web_page_shows_the_label_of_an_uploaded_image(digits_bundle, tmp_path):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser, driver_path = _chromium()
+    page_server = Server(digits_bundle)
+    data, truth = _digit_png(7)
+    image = tmp_path / "digit.png"
+    image.write_bytes(data)
+    options = webdriver.ChromeOptions()
+    options.binary_location = browser
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(driver_path), options=options)
+    try:
+        driver.get(page_server.url + "/")
+        WebDriverWait(driver, 30).until(lambda d: "classes" in d.find_element(By.ID, "model").text)
+        driver.find_element(By.ID, "file").send_keys(str(image))
+        WebDriverWait(driver, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#bars .bar"))
+        label = driver.find_element(By.ID, "label").text
+        first_bar = driver.find_element(By.CSS_SELECTOR, "#bars .bar .name").text
+        assert first_bar == truth and label in (truth, "no label (abstained)")
+        WebDriverWait(driver, 30).until(lambda d: d.find_elements(By.ID, "cam"))  # the Grad-CAM picture
+    finally:
+        driver.quit()
+        page_server.stop()
