@@ -9,6 +9,7 @@ import logging
 import tempfile
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,13 +18,15 @@ import torch
 from rich.console import Console
 
 from imgclf.bundle import Bundle, bundle_temperature, load_bundle
-from imgclf.data.dataset import load_dataset
+from imgclf.data.dataset import ArraySplit, load_dataset
+from imgclf.data.decode import convert_channels, decode_image
+from imgclf.data.prepare import TensorSplit
 from imgclf.engine.checkpoint import atomic_write_bytes
 from imgclf.engine.evaluate import predict_logits
-from imgclf.errors import ImgclfError, UsageError
+from imgclf.errors import BadImageError, ImgclfError, UsageError
 from imgclf.export.onnx_graph import OPSET, add_contract, with_preprocessing
 from imgclf.models.info import measure_latency
-from imgclf.runners.common import eval_batch_size, make_batches, prepare_splits, stderr_console
+from imgclf.runners.common import eval_batch_size, make_batches, stderr_console
 from imgclf.runners.evaluate import _split_policy
 from imgclf.runners.report import _recorded_data
 
@@ -58,8 +61,18 @@ def _network_proto(bundle: Bundle) -> onnx.ModelProto:
     return program.model_proto
 
 
-def _sample_split(bundle: Bundle, data: str | None, data_dir, split: str, limit: int):
-    """Up to ``limit`` evenly spaced images of a split, decoded and prepared (C x S x S uint8)."""
+@dataclass
+class RawImages:
+    """Decoded images at their own size (H x W x C uint8, the model's channel count): what a user
+    feeds the exported graph, which resizes and crops them itself."""
+
+    pixels: list[np.ndarray]
+    targets: np.ndarray
+    source: str
+
+
+def _raw_images(bundle: Bundle, data: str | None, data_dir, split: str, limit: int) -> RawImages | None:
+    """Up to ``limit`` evenly spaced images of a split of DATA, decoded but not resized."""
     if data is None:
         return None
     dataset = load_dataset(data, _split_policy(bundle.description), data_dir)
@@ -68,34 +81,68 @@ def _sample_split(bundle: Bundle, data: str | None, data_dir, split: str, limit:
     chosen = dataset.splits[split]
     if len(chosen) > limit:
         chosen = chosen.subset(np.linspace(0, len(chosen) - 1, limit).astype(np.int64))
-    dataset.splits = {split: chosen}
-    prepared = prepare_splits(dataset, bundle.preprocess, in_memory=True, workers=2)
-    return prepared.splits[split]
+    channels, remap = bundle.preprocess.channels, [bundle.classes.index(name) for name in dataset.classes]
+    pixels, targets = [], []
+    for index, key in enumerate(chosen.keys):
+        try:
+            if isinstance(chosen, ArraySplit):
+                image = convert_channels(chosen.images[index], channels)
+            else:
+                image = decode_image(chosen.reader.read(key), chosen.reader.describe(key), channels)
+        except BadImageError:
+            continue  # imgclf skips it too
+        pixels.append(image)
+        targets.append(remap[int(chosen.targets[index])])
+    return RawImages(pixels, np.array(targets, dtype=np.int64), f"{len(pixels)} {split} images of {data}")
 
 
-def _to_layout(images: torch.Tensor, layout: str) -> np.ndarray:
-    return np.ascontiguousarray((images.permute(0, 2, 3, 1) if layout == "nhwc" else images).numpy())
+def _random_images(bundle: Bundle, count: int = 256) -> RawImages:
+    """Random pixels at a size other than the input size, so the in-graph resize is exercised."""
+    size, channels = bundle.preprocess.input_size, bundle.preprocess.channels
+    rng = np.random.default_rng(0)
+    pixels = [rng.integers(0, 256, (size + 7, size + 3, channels), dtype=np.uint8) for _ in range(count)]
+    source = f"{count} random-pixel images (the training data is not available here; pass --data DATA)"
+    return RawImages(pixels, np.zeros(count, dtype=np.int64), source)
 
 
-def _run(session, pixels: np.ndarray, output: str = "logits", batch: int = 64) -> np.ndarray:
+def _in_layout(batch: np.ndarray, layout: str) -> np.ndarray:
+    return np.ascontiguousarray(batch if layout == "nhwc" else batch.transpose(0, 3, 1, 2))
+
+
+def _onnx_outputs(session, images: RawImages, layout: str, output: str = "logits", batch: int = 64) -> np.ndarray:
+    """Run the graph on every image: one call per chunk of images of the same size."""
     name = session.get_inputs()[0].name
-    return np.concatenate(
-        [session.run([output], {name: pixels[i : i + batch]})[0] for i in range(0, len(pixels), batch)]
-    )
+    results: list = [None] * len(images.pixels)
+    by_shape: dict[tuple, list[int]] = {}
+    for index, pixels in enumerate(images.pixels):
+        by_shape.setdefault(pixels.shape, []).append(index)
+    for indices in by_shape.values():
+        for start in range(0, len(indices), batch):
+            chunk = indices[start : start + batch]
+            stacked = _in_layout(np.stack([images.pixels[i] for i in chunk]), layout)
+            for index, row in zip(chunk, session.run([output], {name: stacked})[0]):
+                results[index] = row
+    return np.stack(results)
 
 
-def _parity(bundle: Bundle, session, images: torch.Tensor, layout: str) -> dict:
+def _torch_logits(bundle: Bundle, images: RawImages) -> np.ndarray:
+    """What imgclf itself computes: Pillow resize and crop, then the PyTorch model."""
+    prepared = torch.from_numpy(np.stack([bundle.preprocess.prepare_pixels(p) for p in images.pixels]))
+    batches = make_batches(_as_split(prepared), eval_batch_size(bundle.preprocess.input_size))
+    return predict_logits(bundle.model, batches, bundle.preprocess, torch.device("cpu"))[0].numpy()
+
+
+def _parity(bundle: Bundle, session, images: RawImages, layout: str) -> dict:
     """Top-1 agreement and largest logit difference between onnxruntime and PyTorch."""
-    batches = make_batches(_as_split(images), eval_batch_size(bundle.preprocess.input_size))
-    torch_logits, _ = predict_logits(bundle.model, batches, bundle.preprocess, torch.device("cpu"))
-    onnx_logits = _run(session, _to_layout(images, layout))
-    agreement = float((onnx_logits.argmax(1) == torch_logits.numpy().argmax(1)).mean())
-    return {"top1_agreement": agreement, "max_logit_diff": float(np.abs(onnx_logits - torch_logits.numpy()).max())}
+    torch_logits, onnx_logits = _torch_logits(bundle, images), _onnx_outputs(session, images, layout)
+    return {
+        "images": images.source,
+        "top1_agreement": float((onnx_logits.argmax(1) == torch_logits.argmax(1)).mean()),
+        "max_logit_diff": float(np.abs(onnx_logits - torch_logits).max()),
+    }
 
 
-def _as_split(images: torch.Tensor):
-    from imgclf.data.prepare import TensorSplit
-
+def _as_split(images: torch.Tensor) -> TensorSplit:
     return TensorSplit(images, torch.zeros(len(images), dtype=torch.int64), [str(i) for i in range(len(images))])
 
 
@@ -201,22 +248,16 @@ def run_export(
     temperature = bundle_temperature(bundle)
     fp32 = with_preprocessing(network, bundle.preprocess, layout, temperature)
     fp32_session = onnx_session(fp32)
-    val = _sample_split(bundle, data, data_dir, "val", PARITY_IMAGES)
-    if val is not None:
-        images, source = val.images, f"{len(val)} validation images of {data}"
-    else:  # nothing to compare on but the numbers themselves
-        size, channels = bundle.preprocess.input_size, bundle.preprocess.channels
-        images = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (256, channels, size, size), np.uint8))
-        source = "256 random-pixel images (the training data is not available here; pass --data DATA)"
-    parity = {"images": source, **_parity(bundle, fp32_session, images, layout)}
+    val = _raw_images(bundle, data, data_dir, "val", PARITY_IMAGES)
+    parity = _parity(bundle, fp32_session, val or _random_images(bundle), layout)
     console.print(
-        f"parity with PyTorch on {source}: top-1 agreement {parity['top1_agreement']:.4%}, "
+        f"parity with PyTorch on {parity['images']}: top-1 agreement {parity['top1_agreement']:.4%}, "
         f"largest logit difference {parity['max_logit_diff']:.2e}"
     )
     if parity["top1_agreement"] < MIN_FP32_AGREEMENT:
         raise ImgclfError(
             f"export refused: the ONNX model agrees with PyTorch on only {parity['top1_agreement']:.2%} of "
-            f"{source} (at least {MIN_FP32_AGREEMENT:.1%} needed)"
+            f"{parity['images']} (at least {MIN_FP32_AGREEMENT:.1%} needed)"
         )
     result = {"format": "onnx", "opset": OPSET, "layout": layout, "parity": parity}
     sessions, final = {"onnxruntime_fp32": fp32_session}, fp32
@@ -234,20 +275,20 @@ def run_export(
 
 
 def _int8(bundle, network, data, data_dir, layout, temperature, val, console) -> tuple[onnx.ModelProto, dict]:
-    train = _sample_split(bundle, data, data_dir, "train", CALIBRATION_IMAGES)
+    train = _raw_images(bundle, data, data_dir, "train", CALIBRATION_IMAGES)
     if train is None:
         raise UsageError("--quantize int8 calibrates on training images: pass --data DATA (the training data)")
-    calibration = bundle.preprocess.normalize(train.images).contiguous().numpy()
+    prepared = torch.from_numpy(np.stack([bundle.preprocess.prepare_pixels(p) for p in train.pixels]))
+    calibration = bundle.preprocess.normalize(prepared).contiguous().numpy()
     quantized = with_preprocessing(_quantized_network(network, calibration), bundle.preprocess, layout, temperature)
-    report = {"calibration_images": len(train)}
+    report = {"calibration_images": len(train.pixels)}
     if val is not None:
-        fp32_predictions = _run(onnx_session(with_preprocessing(network, bundle.preprocess, layout, temperature)),
-                                _to_layout(val.images, layout)).argmax(1)  # fmt: skip
-        int8_predictions = _run(onnx_session(quantized), _to_layout(val.images, layout)).argmax(1)
-        truth = val.targets.numpy()
+        fp32_graph = with_preprocessing(network, bundle.preprocess, layout, temperature)
+        fp32_predictions = _onnx_outputs(onnx_session(fp32_graph), val, layout).argmax(1)
+        int8_predictions = _onnx_outputs(onnx_session(quantized), val, layout).argmax(1)
         report.update(
-            fp32_accuracy=float((fp32_predictions == truth).mean()),
-            int8_accuracy=float((int8_predictions == truth).mean()),
+            fp32_accuracy=float((fp32_predictions == val.targets).mean()),
+            int8_accuracy=float((int8_predictions == val.targets).mean()),
             top1_agreement=float((fp32_predictions == int8_predictions).mean()),
         )
         console.print(

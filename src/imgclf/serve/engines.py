@@ -80,14 +80,24 @@ class OnnxEngine:
         return decode_image(data, source, self.channels)
 
     def predict(self, images: list[np.ndarray], top_k: int) -> list[dict]:
-        rows = []
-        for pixels in images:  # images differ in size; the graph resizes each
-            batch = pixels[None] if self.contract["layout"] == "NHWC" else pixels.transpose(2, 0, 1)[None]
-            (probabilities,) = self.session.run(["probabilities"], {self.contract["name"]: np.ascontiguousarray(batch)})
-            order = np.argsort(-probabilities[0])[:top_k]
-            top = [{"label": self.classes[i], "probability": round(float(probabilities[0, i]), 6)} for i in order]
-            rows.append({"label": top[0]["label"], "top_k": top})
-        return rows
+        """One onnxruntime call per distinct image size (the graph resizes; a batch shares a size)."""
+        probabilities: list[np.ndarray | None] = [None] * len(images)
+        by_shape: dict[tuple, list[int]] = {}
+        for index, pixels in enumerate(images):
+            by_shape.setdefault(pixels.shape, []).append(index)
+        for indices in by_shape.values():
+            batch = np.stack([images[i] for i in indices])
+            if self.contract["layout"] != "NHWC":
+                batch = batch.transpose(0, 3, 1, 2)
+            (result,) = self.session.run(["probabilities"], {self.contract["name"]: np.ascontiguousarray(batch)})
+            for row, index in enumerate(indices):
+                probabilities[index] = result[row]
+        return [self._row(values, top_k) for values in probabilities]
+
+    def _row(self, probabilities: np.ndarray, top_k: int) -> dict:
+        order = np.argsort(-probabilities)[:top_k]
+        top = [{"label": self.classes[i], "probability": round(float(probabilities[i]), 6)} for i in order]
+        return {"label": top[0]["label"], "top_k": top}
 
     def explain_png(self, image: np.ndarray) -> bytes:
         raise UsageError("Grad-CAM needs the bundle, not an exported ONNX file")
