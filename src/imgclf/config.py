@@ -6,6 +6,8 @@ Unknown keys are errors (a typo must not silently train with a default).
 from __future__ import annotations
 
 import json
+import math
+import re
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -15,7 +17,8 @@ __all__ = ["TrainConfig", "load_config_file"]
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("onecycle", "cosine", "constant")
-AUGMENTATIONS = ("auto", "none", "flip", "translate", "flip+translate")
+# --augment: "auto", "none", or these parts joined by "+" (at most one of mixup and cutmix)
+AUGMENTATION_PARTS = ("flip", "translate", "erase", "jitter", "mixup", "cutmix")
 CLASS_WEIGHTS = ("none", "balanced")
 FINETUNE_MODES = ("full", "head", "linear-probe", "two-stage")
 
@@ -24,6 +27,7 @@ FINETUNE_MODES = ("full", "head", "linear-probe", "two-stage")
 class TrainConfig:
     model: str = "simple_cnn"
     epochs: int | None = None  # None: about 30,000 images seen, 3 to 30 epochs
+    time_budget: float | None = None  # seconds for the whole run; epochs planned from measured speed
     batch_size: int = 128
     optimizer: str = "sgd"  # SGD with Nesterov momentum, or AdamW
     lr: float | None = None  # peak learning rate; None: 0.2 (SGD) or 2e-3 (AdamW) per 256 images
@@ -61,7 +65,7 @@ class TrainConfig:
     def validate(self) -> None:
         _choice("optimizer", self.optimizer, OPTIMIZERS)
         _choice("schedule", self.schedule, SCHEDULES)
-        _choice("augment", self.augment, AUGMENTATIONS)
+        _check_augment(self.augment)
         _choice("class_weights", self.class_weights, CLASS_WEIGHTS)
         _choice("finetune", self.finetune, FINETUNE_MODES)
         if self.finetune != "full" and self.pretrained is None:
@@ -75,6 +79,11 @@ class TrainConfig:
         _positive("batch_size", self.batch_size)
         if self.epochs is not None:
             _positive("epochs", self.epochs)
+        if self.time_budget is not None:
+            if self.epochs is not None:
+                raise UsageError("give --epochs or --time-budget, not both")
+            if not self.time_budget > 0:
+                raise UsageError(f"--time-budget must be positive, not {self.time_budget}")
         if self.lr is not None and self.lr <= 0:
             raise UsageError(f"--lr must be above 0, not {self.lr}")
         if not 0.0 <= self.label_smoothing < 1.0:
@@ -115,6 +124,33 @@ class TrainConfig:
         if self.warmup_fraction is not None:
             return self.warmup_fraction
         return {"onecycle": 0.25, "cosine": 0.05, "constant": 0.0}[self.schedule]
+
+
+def parse_duration(text: str | float | int) -> float:
+    """Seconds from "90", "90s", "10m", "1.5h" (or a number)."""
+    if isinstance(text, int | float):
+        seconds = float(text)
+    else:
+        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h)?\s*", str(text).lower())
+        if match is None:
+            raise UsageError(f"--time-budget must look like 90s, 10m or 1.5h, not {text!r}")
+        unit = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600}[match.group(2) or "s"]
+        seconds = float(match.group(1)) * unit
+    if not seconds > 0 or not math.isfinite(seconds):
+        raise UsageError(f"--time-budget must be positive, not {text!r}")
+    return seconds
+
+
+def _check_augment(mode: str) -> None:
+    if mode in ("auto", "none"):
+        return
+    parts = mode.split("+")
+    unknown = [part for part in parts if part not in AUGMENTATION_PARTS]
+    if unknown or len(set(parts) & {"mixup", "cutmix"}) > 1:
+        raise UsageError(
+            f"--augment must be auto, none, or parts joined by '+' from {', '.join(AUGMENTATION_PARTS)} "
+            f"(at most one of mixup and cutmix), not {mode!r}"
+        )
 
 
 def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:

@@ -8,12 +8,18 @@ import subprocess
 import sys
 
 from imgclf.cli.output import pretrained_source, print_json
-from imgclf.config import TrainConfig, load_config_file
+from imgclf.config import TrainConfig, load_config_file, parse_duration
 
 # Command-line option -> TrainConfig field (None values mean "not given": keep the default).
 _OPTIONS = (
     ("--model", "model", str, "model name from `imgclf models` (default: simple_cnn)"),
     ("--epochs", "epochs", int, "epochs to train (default: about 30,000 images seen, 3 to 30)"),
+    (
+        "--time-budget",
+        "time_budget",
+        str,
+        "finish the whole run within this time (90s, 10m, 1.5h): epochs and schedule planned from a warm-up",
+    ),
     ("--batch-size", "batch_size", int, "images per step (default: 128)"),
     ("--optimizer", "optimizer", str, "sgd (Nesterov momentum) or adamw (default: sgd)"),
     ("--lr", "lr", float, "peak learning rate (default: 0.2 for SGD, 2e-3 for AdamW, per 256 images)"),
@@ -120,6 +126,8 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
     for _, field, _, _ in _OPTIONS:
         if getattr(args, field) is not None:
             values[field] = getattr(args, field)
+    if values.get("time_budget") is not None:
+        values["time_budget"] = parse_duration(values["time_budget"])
     if args.amp is not None:
         values["amp"] = args.amp
     if args.pretrained is not None:

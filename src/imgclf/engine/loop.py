@@ -45,6 +45,7 @@ class FitSetup:
     # several processes train together (None: ``model`` itself). Everything else uses ``model``.
     forward_model: nn.Module | None = None
     world: World = field(default_factory=World)
+    stop_at: float | None = None  # time.perf_counter() value: a time budget's hard end for training
 
 
 @dataclass
@@ -87,6 +88,8 @@ def train_one_epoch(
     started = last_saved = time.perf_counter()
     shown = (float("nan"), float("nan"), 0.0)  # loss, accuracy, images/s for the progress bar
     for step, (images, targets) in enumerate(batches, start=int(progress.get("batches_done", 0))):
+        if setup.stop_at is not None and time.perf_counter() > setup.stop_at:
+            break  # the time budget is spent: validate what there is and finish
         if len(images) == 0:
             continue  # every file of this batch failed to decode (streaming data)
         images = images.to(device, non_blocking=True)
@@ -94,9 +97,19 @@ def train_one_epoch(
         inputs = setup.preprocess.normalize(images)
         if setup.augmentation.enabled:
             inputs = setup.augmentation(inputs, setup.augment_generator)
+        mixed = (
+            setup.augmentation.mix_batch(inputs, targets, setup.augment_generator) if setup.augmentation.mixes else None
+        )
+        if mixed is not None:
+            inputs = mixed.images
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
             logits = (setup.forward_model or model)(inputs)
-        loss = setup.loss_fn(logits.float(), targets)
+        if mixed is None:
+            loss = setup.loss_fn(logits.float(), targets)
+        else:  # mixup / cutmix: the loss of each label, weighted by its share of the picture
+            loss = mixed.lam * setup.loss_fn(logits.float(), mixed.targets_a)
+            loss = loss + (1 - mixed.lam) * setup.loss_fn(logits.float(), mixed.targets_b)
+            targets = mixed.targets_a if mixed.lam >= 0.5 else mixed.targets_b  # accuracy: the larger share
         setup.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if setup.grad_clip > 0:
@@ -192,6 +205,8 @@ def fit(
         record.update(epoch=state.epoch, val_loss=val["loss"], val_accuracy=val["accuracy"], lr=lr, is_best=is_best)
         state.history.append(record)
         state.stopped_early = 0 < early_stopping <= state.epochs_without_improvement
+        if setup.stop_at is not None and time.perf_counter() > setup.stop_at:
+            state.stopped_early = True  # out of time
         observer.on_epoch_end(record)
         if save_checkpoint is not None:
             save_checkpoint(state)

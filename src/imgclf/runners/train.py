@@ -26,6 +26,7 @@ from imgclf.data.batches import Batches
 from imgclf.data.dataset import Dataset
 from imgclf.data.prepare import DataProfile, Preprocess, StreamingSplit, TensorSplit, split_targets
 from imgclf.distributed import World, init_from_environment, shutdown
+from imgclf.engine.budget import BudgetPlan, measure_eval_speed, measure_train_speed, plan_epochs
 from imgclf.engine.checkpoint import load_training_state, save_training_state
 from imgclf.engine.evaluate import calibrated_metrics, predict_outputs
 from imgclf.engine.loop import FitSetup, FitState, fit
@@ -126,6 +127,8 @@ class TrainingRun:
     augment_generator: torch.Generator
     world: World = field(default_factory=World)
     state: FitState = field(default_factory=FitState)
+    budget: BudgetPlan | None = None  # with --time-budget: the plan, and when training must stop
+    stop_at: float | None = None
 
 
 def _create_model(config: TrainConfig, dataset: Dataset, preprocess: Preprocess, weights, device, console):
@@ -222,6 +225,7 @@ def _stage_setup(run: TrainingRun, stage: Stage) -> FitSetup:
         frozen_modules=frozen,
         forward_model=forward_model,
         world=run.world,
+        stop_at=run.stop_at,
     )
 
 
@@ -298,7 +302,8 @@ def _checkpoint_saver(run: TrainingRun, setup: FitSetup, stage_index: int):
             "epochs_without_improvement": state.epochs_without_improvement,
             "epoch_progress": state.epoch_progress,
             "world_size": run.world.size,
-            "config": {**run.config.to_dict(), "epochs": run.epochs},
+            # A resumed run finishes the planned epochs; the budget was this process's to keep.
+            "config": {**run.config.to_dict(), "epochs": run.epochs, "time_budget": None},
             "data": _data_identity(run),
         }
         rng = {"torch": torch.get_rng_state(), "augment": run.augment_generator.get_state()}
@@ -441,6 +446,7 @@ def _write_bundle(run: TrainingRun, evaluation: FinalEvaluation, seconds: float)
             "device": str(run.device),
         },  # fmt: skip
         "data": describe_data(run.dataset, run.profile, run.prepared),
+        "time_budget": None if run.budget is None else run.budget.to_dict(),
         "distributed": {
             "processes": run.world.size,
             "backend": run.world.backend,
@@ -480,6 +486,8 @@ def _announce(run: TrainingRun, console: Console) -> None:
         )
         return
     epoch_source = "given" if config.epochs else f"auto: about {AUTO_EPOCH_IMAGES:,} training images seen"
+    if run.budget is not None:
+        epoch_source = f"planned for the {run.budget.budget_s:g} s budget"
     console.print(
         f"model: {config.model} ({count_parameters(run.model):,} parameters) on {run.device}, "
         f"{run.epochs} epochs ({epoch_source}), {len(run.train_batches)} steps per epoch, "
@@ -528,6 +536,35 @@ def run_train(
         shutdown(world)
 
 
+def _plan_time_budget(run: TrainingRun, started: float, console: Console) -> None:
+    """Measure this machine's speed on a copy of the model, then fit whole epochs to the budget."""
+    budget, splits = run.config.time_budget, run.prepared.splits
+    warmup = min(3.0, 0.04 * budget)  # seconds of training steps; a third of that evaluating
+    train_speed = measure_train_speed(
+        run.model, run.train_batches, run.preprocess, run.augmentation, run.device, warmup
+    )
+    eval_speed = measure_eval_speed(run.model, run.val_batches, run.preprocess, run.device, warmup / 3)
+    final_images = min(len(splits["train"]), CENTROID_IMAGES) + sum(
+        len(splits[n]) for n in ("val", "test") if n in splits
+    )
+    run.budget = plan_epochs(
+        budget,
+        time.perf_counter() - started,
+        len(run.train_batches) * run.config.batch_size,
+        len(splits["val"]),
+        final_images,
+        train_speed,
+        eval_speed,
+    )
+    run.epochs = run.budget.epochs
+    run.stop_at = started + budget - run.budget.final_seconds
+    dataset = run.dataset
+    run.augmentation = choose_augmentation(
+        run.config.augment, dataset.kind, run.preprocess.channels, run.preprocess.input_size, run.epochs
+    )
+    console.print(run.budget.describe())
+
+
 def _join_checks(config: TrainConfig, world: World, saved: dict | None, device: torch.device) -> None:
     if not world.distributed:
         return
@@ -554,6 +591,8 @@ def _train_in_world(data, config, output, data_dir, observer, console, force, sa
     elif world.distributed and device.type == "cpu":  # processes on one machine share its cores
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // world.local_size))
     run = _assemble(data, config, output, data_dir, console, world, device)
+    if config.time_budget is not None:
+        _plan_time_budget(run, started, console)
     if saved is not None:
         _check_same_data(run, saved["meta"], force)
     _announce(run, console)
@@ -574,13 +613,23 @@ def _train_in_world(data, config, output, data_dir, observer, console, force, sa
         f"test accuracy {_format(summary['test_accuracy'])}, val accuracy "
         f"{_format(summary['val_accuracy'])}; bundle written to {output} in {seconds:.1f}s"
     )
-    return {
+    result = {
         "bundle": str(output),
         "model": config.model,
         "epochs": run.state.epoch,
         "seconds": round(seconds, 2),
         "metrics": {"val_accuracy": summary["val_accuracy"], "test_accuracy": summary["test_accuracy"]},
     }
+    if run.budget is not None:
+        console.print(
+            f"time budget: used {seconds:.1f} s of {run.budget.budget_s:g} s ({seconds / run.budget.budget_s:.0%})"
+        )
+        result["time_budget"] = {
+            "budget_s": run.budget.budget_s,
+            "planned_epochs": run.budget.epochs,
+            "used_s": round(seconds, 2),
+        }
+    return result
 
 
 def _format(value: float | None) -> str:

@@ -1,0 +1,126 @@
+"""Training to a wall-clock budget: measure how fast this machine trains and evaluates this model
+on this data (a short warm-up on a copy of the model), then plan the epochs so the whole run,
+final evaluation included, ends inside the budget. The learning-rate schedule is then laid out
+over the planned epochs, so it completes instead of being cut off."""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from imgclf.data.augment import Augmentation
+from imgclf.data.batches import Batches
+from imgclf.data.prepare import Preprocess
+from imgclf.errors import UsageError
+
+__all__ = ["BudgetPlan", "measure_eval_speed", "measure_train_speed", "plan_epochs"]
+
+SAFETY_FRACTION = 0.04  # of the budget, kept back for what the estimates miss
+REPORT_SECONDS = 2.0  # writing the bundle and report.html (measured 1-2 s for small models here)
+MAX_EPOCHS = 500
+
+
+@dataclass(frozen=True)
+class BudgetPlan:
+    budget_s: float
+    epochs: int
+    train_images_per_s: float
+    eval_images_per_s: float
+    seconds_per_epoch: float  # training plus the validation pass
+    final_seconds: float  # final evaluation, calibration, bundle and report
+    fits: bool  # False: not even one epoch fits; one is run anyway and the budget will be exceeded
+
+    def to_dict(self) -> dict:
+        return {key: round(value, 3) if isinstance(value, float) else value for key, value in asdict(self).items()}
+
+    def describe(self) -> str:
+        text = (
+            f"time budget {self.budget_s:g} s: {self.train_images_per_s:,.0f} training and "
+            f"{self.eval_images_per_s:,.0f} evaluation images/s measured here -> {self.epochs} epochs of about "
+            f"{self.seconds_per_epoch:.1f} s, then {self.final_seconds:.1f} s of final evaluation"
+        )
+        return text if self.fits else text + " (one epoch does not fit the budget: the run will take longer)"
+
+
+def plan_epochs(
+    budget_s: float,
+    elapsed_s: float,
+    train_images: int,
+    val_images: int,
+    final_images: int,
+    train_images_per_s: float,
+    eval_images_per_s: float,
+) -> BudgetPlan:
+    """As many whole epochs as fit in what is left of the budget after what has been spent, the
+    final evaluation of ``final_images`` images, the report and a safety margin."""
+    epoch_s = train_images / train_images_per_s + val_images / eval_images_per_s
+    final_s = final_images / eval_images_per_s + REPORT_SECONDS
+    available = budget_s * (1 - SAFETY_FRACTION) - elapsed_s - final_s
+    fitting = int(available // epoch_s) if epoch_s > 0 else MAX_EPOCHS
+    epochs = max(1, min(MAX_EPOCHS, fitting))
+    return BudgetPlan(budget_s, epochs, train_images_per_s, eval_images_per_s, epoch_s, final_s, fitting >= 1)
+
+
+def measure_train_speed(
+    model: nn.Module,
+    batches: Batches,
+    preprocess: Preprocess,
+    augmentation: Augmentation,
+    device: torch.device,
+    seconds: float,
+) -> float:
+    """Training images per second on a copy of the model (the real one is untouched): SGD steps
+    with the run's preprocessing and augmentation, timed after one untimed step."""
+    trial = copy.deepcopy(model).train()
+    optimizer = torch.optim.SGD([p for p in trial.parameters() if p.requires_grad], lr=1e-4, momentum=0.9)
+    generator = torch.Generator().manual_seed(0)
+    rng_state = torch.get_rng_state()  # dropout draws from it: leave the run's random numbers alone
+    seen, started = 0, None
+    try:
+        for images, targets in batches:
+            inputs = preprocess.normalize(images.to(device))
+            if augmentation.enabled:
+                inputs = augmentation(inputs, generator)
+            loss = nn.functional.cross_entropy(trial(inputs).float(), targets.to(device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            if started is None:  # the first step pays for allocation and kernel selection
+                started = time.perf_counter()
+                continue
+            seen += len(targets)
+            if time.perf_counter() - started >= seconds:
+                break
+    finally:
+        torch.set_rng_state(rng_state)
+    if started is None or seen == 0:
+        raise UsageError("--time-budget: too few training images to measure the training speed")
+    return seen / (time.perf_counter() - started)
+
+
+@torch.no_grad()
+def measure_eval_speed(
+    model: nn.Module, batches: Batches, preprocess: Preprocess, device: torch.device, seconds: float
+) -> float:
+    """Evaluation images per second (eval mode, no gradients), after one untimed batch."""
+    was_training = model.training
+    model.eval()
+    seen, started = 0, None
+    for images, _ in batches:
+        model(preprocess.normalize(images.to(device)))
+        if started is None:
+            started = time.perf_counter()
+            continue
+        seen += len(images)
+        if time.perf_counter() - started >= seconds:
+            break
+    model.train(was_training)
+    if started is None or seen == 0:
+        return float("inf")  # a single batch: evaluation costs next to nothing
+    return seen / (time.perf_counter() - started)

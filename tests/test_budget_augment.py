@@ -1,0 +1,114 @@
+"""Augmentations on tensors, the time-budget planner's arithmetic, and seeded determinism."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from imgclf.cli.main import main
+from imgclf.config import TrainConfig, parse_duration
+from imgclf.data.augment import choose_augmentation
+from imgclf.engine.budget import REPORT_SECONDS, SAFETY_FRACTION, plan_epochs
+from imgclf.errors import UsageError
+
+
+def _batch(count: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    images = torch.randn(count, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    return images, torch.arange(count) % 4
+
+
+@pytest.mark.parametrize("part", ["flip", "translate", "erase", "jitter"])
+def test_label_preserving_parts_keep_shape_and_are_seeded(part):
+    images, _ = _batch()
+    augmentation = choose_augmentation(part, "folder", 3, 32)
+    first = augmentation(images, torch.Generator().manual_seed(5))
+    second = augmentation(images, torch.Generator().manual_seed(5))
+    assert first.shape == images.shape and first.dtype == images.dtype
+    assert torch.equal(first, second) and not torch.equal(first, images)
+
+
+def test_flip_mirrors_and_erase_blanks_a_box():
+    images, _ = _batch()
+    flipped = choose_augmentation("flip", "folder", 3, 32)(images, torch.Generator().manual_seed(0))
+    for original, result in zip(images, flipped):
+        assert torch.equal(result, original) or torch.equal(result, original.flip(2))
+    erased = choose_augmentation("erase", "folder", 3, 32)(images, torch.Generator().manual_seed(0))
+    changed = (erased != images).any(dim=1)  # (N, H, W)
+    assert changed.any()
+    for mask in changed:
+        if mask.any():  # the changed pixels form one rectangle of zeros
+            rows, cols = mask.any(dim=1).nonzero().flatten(), mask.any(dim=0).nonzero().flatten()
+            assert mask[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1].all()
+
+
+def test_mixup_blends_images_and_soft_targets_sum_to_one():
+    images, targets = _batch()
+    augmentation = choose_augmentation("mixup", "folder", 3, 32)
+    generator = torch.Generator().manual_seed(3)
+    mixed = augmentation.mix_batch(images, targets, generator)
+    while not 0.05 < mixed.lam < 0.95:  # Beta(0.2, 0.2) favours the ends; find a real blend to check
+        mixed = augmentation.mix_batch(images, targets, generator)
+    assert torch.equal(mixed.targets_a, targets)
+    partners = (mixed.images - mixed.lam * images) / (1 - mixed.lam)  # each must be an image of the batch
+    for partner, label in zip(partners, mixed.targets_b):
+        matches = [j for j in range(len(images)) if torch.allclose(partner, images[j], atol=1e-4)]
+        assert matches and all(targets[j] == label for j in matches)
+    soft = mixed.soft_targets(4)
+    assert soft.shape == (16, 4) and torch.allclose(soft.sum(dim=1), torch.ones(16))
+    assert torch.all(soft[torch.arange(16), targets] >= mixed.lam - 1e-6)
+
+
+def test_cutmix_pastes_one_box_and_lam_is_its_complement():
+    images, targets = _batch()
+    mixed = choose_augmentation("cutmix", "folder", 3, 32).mix_batch(images, targets, torch.Generator().manual_seed(4))
+    pasted = (mixed.images != images).any(dim=1)[0].float().mean()
+    assert mixed.lam == pytest.approx(1.0 - float(pasted), abs=0.02)  # partners equal to themselves change nothing
+    assert mixed.images.shape == images.shape
+
+
+def test_augment_option_is_checked():
+    assert TrainConfig(augment="flip+translate+erase+cutmix").augment.endswith("cutmix")
+    for bad in ("mixup+cutmix", "rotate", "flip+"):
+        with pytest.raises(UsageError, match="--augment"):
+            TrainConfig(augment=bad)
+
+
+def test_time_budget_planner_arithmetic():
+    plan = plan_epochs(60.0, 5.0, 54_000, 6_000, 21_000, 15_000.0, 50_000.0)
+    epoch_s = 54_000 / 15_000 + 6_000 / 50_000
+    final_s = 21_000 / 50_000 + REPORT_SECONDS
+    assert plan.seconds_per_epoch == pytest.approx(epoch_s) and plan.final_seconds == pytest.approx(final_s)
+    assert plan.epochs == int((60 * (1 - SAFETY_FRACTION) - 5 - final_s) // epoch_s) and plan.fits
+    assert plan.epochs * epoch_s + 5 + final_s <= 60  # the plan itself stays inside the budget
+    tight = plan_epochs(5.0, 4.0, 54_000, 6_000, 21_000, 15_000.0, 50_000.0)
+    assert tight.epochs == 1 and not tight.fits and "does not fit" in tight.describe()
+    assert parse_duration("90") == parse_duration("1.5m") == 90.0 and parse_duration("1h") == 3600.0
+    for bad in ("soon", "-5s", "0"):
+        with pytest.raises(UsageError, match="--time-budget"):
+            parse_duration(bad)
+    with pytest.raises(UsageError, match="not both"):
+        TrainConfig(epochs=3, time_budget=60.0)
+
+
+def test_time_budget_run_plans_epochs_and_reports_what_it_used(tmp_path, capsys):
+    assert main(["train", "digits", "--model", "lenet5", "--time-budget", "15s", "--output", str(tmp_path / "b"),
+                 "--json"]) == 0  # fmt: skip
+    captured = capsys.readouterr()
+    result = json.loads(captured.out)
+    assert result["time_budget"]["budget_s"] == 15.0 and result["epochs"] >= 1
+    assert result["time_budget"]["planned_epochs"] >= result["epochs"]
+    assert "time budget 15 s:" in captured.err and "time budget: used" in captured.err
+    description = json.loads((tmp_path / "b" / "model.json").read_text())
+    assert description["time_budget"]["epochs"] == result["time_budget"]["planned_epochs"]
+
+
+def test_a_fixed_seed_gives_identical_weights_twice(tmp_path, capsys):
+    for name in ("one", "two"):
+        command = ["train", "digits", "--model", "lenet5", "--epochs", "3", "--augment", "translate+erase+mixup"]
+        assert main([*command, "--seed", "7", "--output", str(tmp_path / name)]) == 0
+    one, two = (load_file(str(tmp_path / name / "model.safetensors")) for name in ("one", "two"))
+    assert all(np.array_equal(one[key].numpy(), two[key].numpy()) for key in one)
