@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
-from imgclf.cli.output import print_json, stdout_console
+from imgclf.cli.output import per_file_exit_code, print_json, stdout_console
 
 
 def add_parser(commands) -> None:
@@ -38,10 +37,4 @@ def run(args: argparse.Namespace) -> int:
                 console.print(
                     f"{result['path']}: {result['label']} ({result['probability']:.3f}{truth}) -> {result['output']}"
                 )
-    for result in results:
-        if "error" in result:
-            sys.stderr.write(f"imgclf explain: error: {result['path']}: {result['error']}\n")
-    if not results:
-        sys.stderr.write("imgclf explain: error: no image files found in the given folders\n")
-        return 2
-    return 1 if any("error" in result for result in results) else 0
+    return per_file_exit_code("explain", results)

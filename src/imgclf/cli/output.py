@@ -7,7 +7,7 @@ import sys
 
 from rich.console import Console
 
-__all__ = ["pretrained_source", "print_json", "stdout_console"]
+__all__ = ["per_file_exit_code", "pretrained_source", "print_json", "stdout_console"]
 
 
 def print_json(value) -> None:
@@ -30,3 +30,14 @@ def pretrained_source(value: str | None, positionals: list[str]) -> str | None:
         return value
     positionals.insert(0, value)
     return "default"
+
+
+def per_file_exit_code(command: str, results: list[dict]) -> int:
+    """Name each file that failed on stderr; 1 when any failed, 2 when there was nothing to do."""
+    for result in results:
+        if "error" in result:
+            sys.stderr.write(f"imgclf {command}: error: {result['path']}: {result['error']}\n")
+    if not results:
+        sys.stderr.write(f"imgclf {command}: error: no image files found in the given folders\n")
+        return 2
+    return 1 if any("error" in result for result in results) else 0

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
-from imgclf.cli.output import pretrained_source, print_json, stdout_console
+from imgclf.cli.output import per_file_exit_code, pretrained_source, print_json, stdout_console
 
 
 def add_parser(commands) -> None:
@@ -56,7 +55,6 @@ def run(args: argparse.Namespace) -> int:
     results = run_predict(
         bundle, inputs, top_k=args.top_k, device=args.device, pretrained=pretrained, abstain=args.abstain
     )
-    failed = [result for result in results if "error" in result]
     if args.json:
         print_json(results)
     else:
@@ -66,9 +64,4 @@ def run(args: argparse.Namespace) -> int:
                 labels = ", ".join(f"{item['label']} {item['probability']:.3f}" for item in result["top_k"])
                 verdict = "no label (abstained)" if result["label"] is None else result["label"]
                 console.print(f"{result.get('path', '?')}: {verdict} | {labels}")
-    for result in failed:
-        sys.stderr.write(f"imgclf predict: error: {result['path']}: {result['error']}\n")
-    if not results:
-        sys.stderr.write("imgclf predict: error: no image files found in the given folders\n")
-        return 2
-    return 1 if failed else 0
+    return per_file_exit_code("predict", results)
