@@ -7,13 +7,15 @@
 2. `imgclf export` to fp32 and int8 ONNX (the export prints PyTorch eager vs onnxruntime latency).
 3. The same fp32 ONNX file two ways, each with 8 concurrent batch-1 clients for --seconds:
    raw onnxruntime (8 threads calling session.run on decoded pixels) and `imgclf serve` over HTTP
-   on loopback (8 threads POSTing the PNG bytes). Reports requests/s, p50/p95 latency and the ratio.
+   on loopback (8 threads POSTing the PNG bytes on kept-alive connections). Reports requests/s,
+   p50/p95 latency and the ratio.
 Both sides run in this one script on this machine; the clients share its CPU cores with the server.
 """
 
 from __future__ import annotations
 
 import argparse
+import http.client
 import io
 import json
 import statistics
@@ -112,9 +114,17 @@ def main() -> None:
         except OSError:
             time.sleep(0.2)
 
+    local = threading.local()
+
     def post() -> None:
-        request = urllib.request.Request(url + "/v1/predict", data=png, method="POST")
-        urllib.request.urlopen(request, timeout=60).read()
+        """One request on this client thread's kept-alive connection, as a real client would."""
+        if not hasattr(local, "connection"):
+            local.connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        local.connection.request("POST", "/v1/predict", body=png, headers={"Content-Type": "image/png"})
+        response = local.connection.getresponse()
+        response.read()
+        if response.status != 200:
+            raise RuntimeError(f"server answered {response.status}")
 
     try:
         served = _run_clients(post, args.seconds)
