@@ -15,10 +15,10 @@ from imgclf.engine.evaluate import calibrated_metrics, predict_logits
 from imgclf.errors import DataError
 from imgclf.runners.common import eval_batch_size, make_batches, prepare_splits, resolve_device, stderr_console
 
-__all__ = ["SplitEvaluation", "evaluate_split", "run_evaluate"]
+__all__ = ["SplitEvaluation", "evaluate_split", "run_evaluate", "split_policy"]
 
 
-def _split_policy(description: dict) -> SplitPolicy:
+def split_policy(description: dict) -> SplitPolicy:
     """The split the bundle was trained with, so imgclf remakes the same test set."""
     split = description.get("data", {}).get("split", {})
     training = description.get("training", {})
@@ -49,7 +49,7 @@ def evaluate_split(
 ) -> SplitEvaluation:
     """Decode one split of DATA with the bundle's preprocessing and run the model over it."""
     console = console or stderr_console()
-    dataset = load_dataset(data, _split_policy(bundle.description), data_dir)
+    dataset = load_dataset(data, split_policy(bundle.description), data_dir)
     if split not in dataset.splits:
         have = ", ".join(sorted(dataset.splits))
         raise DataError(f"{data}: has no {split!r} split (it has {have}); choose one with --split")

@@ -27,8 +27,8 @@ from imgclf.errors import BadImageError, ImgclfError, UsageError
 from imgclf.export.onnx_graph import OPSET, add_contract, with_preprocessing
 from imgclf.models.info import measure_latency
 from imgclf.runners.common import eval_batch_size, make_batches, stderr_console
-from imgclf.runners.evaluate import _split_policy
-from imgclf.runners.report import _recorded_data
+from imgclf.runners.evaluate import split_policy
+from imgclf.runners.report import recorded_data
 
 __all__ = ["MIN_FP32_AGREEMENT", "onnx_session", "run_export"]
 
@@ -75,7 +75,7 @@ def _raw_images(bundle: Bundle, data: str | None, data_dir, split: str, limit: i
     """Up to ``limit`` evenly spaced images of a split of DATA, decoded but not resized."""
     if data is None:
         return None
-    dataset = load_dataset(data, _split_policy(bundle.description), data_dir)
+    dataset = load_dataset(data, split_policy(bundle.description), data_dir)
     if split not in dataset.splits or len(dataset.splits[split]) == 0:
         return None
     chosen = dataset.splits[split]
@@ -243,7 +243,7 @@ def run_export(
     if quantize not in (None, "int8"):
         raise UsageError(f"--quantize must be int8, not {quantize!r}")
     bundle = load_bundle(bundle_dir)
-    data = data or _recorded_data(bundle)
+    data = data or recorded_data(bundle)
     network = _network_proto(bundle)
     temperature = bundle_temperature(bundle)
     fp32 = with_preprocessing(network, bundle.preprocess, layout, temperature)
@@ -262,7 +262,7 @@ def run_export(
     result = {"format": "onnx", "opset": OPSET, "layout": layout, "parity": parity}
     sessions, final = {"onnxruntime_fp32": fp32_session}, fp32
     if quantize == "int8":
-        final, result["int8"] = _int8(bundle, network, data, data_dir, layout, temperature, val, console)
+        final, result["int8"] = _int8(bundle, network, data, data_dir, layout, temperature, val, fp32_session, console)
         sessions["onnxruntime_int8"] = onnx_session(final)
     add_contract(final, _contract(bundle, layout, quantize == "int8"))
     default_name = "model.int8.onnx" if quantize == "int8" else "model.onnx"
@@ -274,7 +274,9 @@ def run_export(
     return result
 
 
-def _int8(bundle, network, data, data_dir, layout, temperature, val, console) -> tuple[onnx.ModelProto, dict]:
+def _int8(
+    bundle, network, data, data_dir, layout, temperature, val, fp32_session, console
+) -> tuple[onnx.ModelProto, dict]:
     train = _raw_images(bundle, data, data_dir, "train", CALIBRATION_IMAGES)
     if train is None:
         raise UsageError("--quantize int8 calibrates on training images: pass --data DATA (the training data)")
@@ -283,8 +285,7 @@ def _int8(bundle, network, data, data_dir, layout, temperature, val, console) ->
     quantized = with_preprocessing(_quantized_network(network, calibration), bundle.preprocess, layout, temperature)
     report = {"calibration_images": len(train.pixels)}
     if val is not None:
-        fp32_graph = with_preprocessing(network, bundle.preprocess, layout, temperature)
-        fp32_predictions = _onnx_outputs(onnx_session(fp32_graph), val, layout).argmax(1)
+        fp32_predictions = _onnx_outputs(fp32_session, val, layout).argmax(1)
         int8_predictions = _onnx_outputs(onnx_session(quantized), val, layout).argmax(1)
         report.update(
             fp32_accuracy=float((fp32_predictions == val.targets).mean()),

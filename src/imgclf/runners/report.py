@@ -19,7 +19,7 @@ from imgclf.explain.report import REPORT_FILE, GalleryItem, render_report
 from imgclf.models.info import count_flops, layer_summary, measure_latency
 from imgclf.runners.common import stderr_console
 
-__all__ = ["GALLERY_SIZE", "mistakes_gallery", "run_report", "write_report"]
+__all__ = ["GALLERY_SIZE", "mistakes_gallery", "recorded_data", "run_report", "write_report"]
 
 GALLERY_SIZE = 8  # worst mistakes shown in the report
 
@@ -79,7 +79,7 @@ def write_report(bundle: Bundle, gallery: list[GalleryItem] | str) -> Path:
     return path
 
 
-def _recorded_data(bundle: Bundle) -> str | None:
+def recorded_data(bundle: Bundle) -> str | None:
     """The data the bundle was trained on, when it can still be read from here."""
     source = bundle.description.get("data", {}).get("source")
     if source and (source in BUILTIN_DATASETS or Path(source).exists()):
@@ -100,7 +100,7 @@ def run_report(
 
     console = console or stderr_console()
     bundle = load_bundle(bundle_dir)
-    data = data or _recorded_data(bundle)
+    data = data or recorded_data(bundle)
     if data is None:
         gallery: list[GalleryItem] | str = (
             "The training data is not available here; run imgclf report BUNDLE DATA to show the worst mistakes."
