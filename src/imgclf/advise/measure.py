@@ -1,0 +1,155 @@
+"""Measuring a candidate model on this machine: size and cost counted on the meta device, then
+inference latency and training throughput timed on the real one (synthetic pixels: speed does
+not depend on what the pixels show)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+from imgclf.data.augment import Augmentation
+from imgclf.data.batches import TensorBatches
+from imgclf.data.prepare import Preprocess, TensorSplit
+from imgclf.engine.budget import measure_train_speed
+from imgclf.models import count_flops, count_parameters, create_model
+from imgclf.models.info import measure_latency
+
+__all__ = ["Candidate", "measure_candidate", "static_facts", "timed_batch_size", "training_speed"]
+
+LATENCY_SECONDS = 1.5  # timing per candidate for latency (at least 5 passes after a warm-up one)
+TRAINING_SECONDS = 2.0  # timing per candidate for training steps (after one untimed step)
+MAX_REPEATS = 30
+TIMED_BATCHES = 8  # random batches made for timing; fewer are used when the time runs out
+# The timed training batch is the run's batch, made smaller for heavy models so that one step
+# stays near this many FLOPs (forward + backward is about 3x the forward pass).
+STEP_FLOPS = 3e10
+BYTES_PER_VALUE = 4  # fp32
+# Training memory: weights, gradients and SGD momentum (3 copies of the parameters), plus each
+# layer's output kept for the backward pass and about as much again for its gradient.
+PARAMETER_COPIES, ACTIVATION_COPIES = 3, 2
+
+
+@dataclass
+class Candidate:
+    """One model as the advisor sees it; ``rejected_because`` empty means it is still in."""
+
+    name: str
+    family: str
+    input_size: int
+    pretrained: str | None = None  # the weights' source when the candidate starts from ImageNet
+    params: int = 0
+    flops: int = 0  # one forward pass at batch 1 (multiply-add = 2)
+    weight_layers: int = 0  # Conv2d and Linear layers
+    gradcam_size: int = 0  # side of the Grad-CAM map (the last feature map) at input_size
+    activation_bytes: int = 0  # layer outputs of one image, fp32
+    memory_mb: float = 0.0  # training memory estimate at the run's batch (or measured on CUDA)
+    latency_ms_p50: float | None = None
+    latency_ms_p95: float | None = None
+    train_images_per_s: float | None = None
+    timed_batch: int = 0
+    epochs_in_budget: float | None = None
+    probe_accuracy: float | None = None
+    probe_seconds: float | None = None
+    probe_images: int | None = None
+    rejected_because: list[str] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} (pretrained)" if self.pretrained else self.name
+
+    def to_dict(self) -> dict:
+        values = asdict(self)
+        values["meets_budgets"] = not self.rejected_because
+        return values
+
+
+def _weight_layers(model: nn.Module) -> int:
+    return sum(isinstance(module, nn.Conv2d | nn.Linear) for module in model.modules())
+
+
+@torch.no_grad()
+def _activations_and_map(model: nn.Module, in_chans: int, input_size: int) -> tuple[int, int]:
+    """Bytes of every leaf layer's output for one image, and the side of the last feature map."""
+    total = 0
+
+    def count(_module, _inputs, output):
+        nonlocal total
+        if isinstance(output, torch.Tensor):
+            total += output.numel() * BYTES_PER_VALUE
+
+    leaves = [module for module in model.modules() if not list(module.children())]
+    handles = [module.register_forward_hook(count) for module in leaves]
+    try:
+        features = model.forward_features(torch.zeros(1, in_chans, input_size, input_size))
+        model.forward_head(features)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return total, int(features.shape[-1]) if features.dim() == 4 else 1
+
+
+def static_facts(candidate: Candidate, in_chans: int, num_classes: int, batch_size: int) -> None:
+    """Parameters, FLOPs, layers, Grad-CAM map size and a memory estimate, on the meta device
+    (shapes only: VGG's 133M weights cost no memory and no arithmetic)."""
+    with torch.device("meta"):
+        model = create_model(candidate.name, num_classes=num_classes, in_chans=in_chans, input_size=candidate.input_size)
+        model.eval()
+        candidate.params = count_parameters(model)
+        candidate.flops = count_flops(model, in_chans, candidate.input_size)
+        candidate.weight_layers = _weight_layers(model)
+        candidate.activation_bytes, candidate.gradcam_size = _activations_and_map(model, in_chans, candidate.input_size)
+    parameter_bytes = PARAMETER_COPIES * BYTES_PER_VALUE * candidate.params
+    activation_bytes = ACTIVATION_COPIES * batch_size * candidate.activation_bytes
+    candidate.memory_mb = round((parameter_bytes + activation_bytes) / 1024**2, 1)
+
+
+def timed_batch_size(flops: int, batch_size: int) -> int:
+    return int(max(2, min(batch_size, STEP_FLOPS // max(1, 3 * flops))))
+
+
+def training_speed(
+    model: nn.Module, batch: int, in_chans: int, input_size: int, num_classes: int, device: torch.device, seconds: float
+) -> float:
+    """Training images per second on random pixels (speed does not depend on what they show),
+    measured the way ``--time-budget`` measures it, on a copy of the model."""
+    generator = torch.Generator().manual_seed(0)
+    count = batch * TIMED_BATCHES
+    images = torch.randint(0, 256, (count, in_chans, input_size, input_size), dtype=torch.uint8, generator=generator)
+    split = TensorSplit(images, torch.randint(0, num_classes, (count,), generator=generator), [""] * count)
+    batches = TensorBatches(split, batch, shuffle=False)
+    identity = Preprocess(input_size, in_chans, (0.0,) * in_chans, (1.0,) * in_chans)
+    return measure_train_speed(model, batches, identity, Augmentation(), device, seconds)
+
+
+def measure_candidate(
+    candidate: Candidate,
+    in_chans: int,
+    num_classes: int,
+    batch_size: int,
+    latency_batch: int,
+    device: torch.device,
+    latency_seconds: float = LATENCY_SECONDS,
+    training_seconds: float = TRAINING_SECONDS,
+) -> None:
+    """Fill in the counted facts, then latency (unless ``latency_seconds`` is 0) and training
+    speed measured on ``device``."""
+    static_facts(candidate, in_chans, num_classes, batch_size)
+    model = create_model(candidate.name, num_classes=num_classes, in_chans=in_chans, input_size=candidate.input_size)
+    model = model.to(device, memory_format=torch.channels_last)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    if latency_seconds > 0:
+        latency = measure_latency(
+            model, latency_batch, in_chans, candidate.input_size, repeats=MAX_REPEATS, warmup=1,
+            max_seconds=latency_seconds,
+        )  # fmt: skip
+        candidate.latency_ms_p50, candidate.latency_ms_p95 = latency["p50_ms"], latency["p95_ms"]
+    candidate.timed_batch = timed_batch_size(candidate.flops, batch_size)
+    speed = training_speed(
+        model, candidate.timed_batch, in_chans, candidate.input_size, num_classes, device, training_seconds
+    )
+    candidate.train_images_per_s = round(speed, 1)
+    if device.type == "cuda":  # measured, not estimated (at the timed batch)
+        candidate.memory_mb = round(torch.cuda.max_memory_allocated(device) / 1024**2, 1)

@@ -1,0 +1,260 @@
+"""The advise runner: profile the data and the machine, measure every candidate here, apply the
+rules, probe the most promising, recommend one. ``imgclf advise`` prints it; ``imgclf train
+--time-budget`` without ``--model`` trains what it recommends."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from rich.console import Console
+
+from imgclf.advise.facts import DataFacts, hardware_facts, image_statistics, looks_like_photos
+from imgclf.advise.measure import Candidate, measure_candidate, static_facts
+from imgclf.advise.probe import probe_pretrained, probe_scratch, stratified_indices
+from imgclf.advise.rules import (
+    MEASURED_RULES,
+    Budgets,
+    choose,
+    epochs_in_budget,
+    probe_order,
+    rejection_reasons,
+    resnet_verdict,
+    transfer_is_promising,
+)
+from imgclf.data.dataset import Dataset, SplitPolicy, load_dataset
+from imgclf.data.prepare import Preprocess, TensorSplit, decode_split, profile_dataset
+from imgclf.errors import DataError
+from imgclf.models import choose_input_size, get_model_spec
+from imgclf.runners.common import resolve_device, stderr_console
+from imgclf.transfer import load_pretrained, pretrained_available
+
+__all__ = ["DEFAULT_CANDIDATES", "AdviseOptions", "run_advise"]
+
+# One or two of each family of the note's story, small-image designs included.
+DEFAULT_CANDIDATES = ("lenet5", "simple_cnn", "resnet20", "resnet56", "resnet18", "resnet50", "vgg11", "alexnet",
+                      "mobilenet_v3_small", "mobilenet_v2", "squeezenet1_1", "efficientnet_lite0")  # fmt: skip
+PLANNING_BUDGET_S = 600.0  # without --time-budget the advisor plans a 10-minute run
+PROBE_SHARE = 0.2  # of the time budget, shared by the probes
+PROBE_TOTAL_RANGE = (30.0, 180.0)  # seconds all probes of `imgclf advise` take together
+MIN_PROBE_SECONDS, MAX_PROBE_SECONDS = 5.0, 60.0
+PROBE_TRAIN_IMAGES, PROBE_VAL_IMAGES = 4_000, 1_000  # stratified subsets the probes share
+# Inside `train --time-budget`, the advisor's measuring and probing take at most this share.
+TRAIN_ADVISOR_SHARE = 0.12
+PHOTO_SAMPLE = 200  # images decoded to tell photos from drawings
+
+
+@dataclass
+class AdviseOptions:
+    device: str = "auto"
+    time_budget: float | None = None
+    latency_ms: float | None = None
+    batch: int = 1
+    max_params: int | None = None
+    interpretable: bool = False
+    models: tuple[str, ...] = DEFAULT_CANDIDATES
+    probes: int = 3
+    seed: int = 0
+    batch_size: int = 128  # the training batch the memory estimate is for
+    within_training: bool = False  # called by `train`: spend at most TRAIN_ADVISOR_SHARE of the budget
+
+    def budgets(self) -> Budgets:
+        return Budgets(
+            self.time_budget or PLANNING_BUDGET_S, self.latency_ms, self.batch, self.max_params, self.interpretable
+        )
+
+
+def _data_facts(dataset: Dataset, native_size: int, channels: int, workers: int = 2) -> DataFacts:
+    train = dataset.splits["train"]
+    targets = np.asarray(train.targets)
+    picks = np.linspace(0, len(train) - 1, min(PHOTO_SAMPLE, len(train))).astype(np.int64)
+    size = max(8, min(224, native_size))
+    sample, _ = decode_split(train.subset(picks), Preprocess(size, channels, (0.0,) * channels, (1.0,) * channels), workers)
+    statistics = image_statistics(sample.images)
+    return DataFacts(
+        dataset.name,
+        len(train),
+        dataset.num_classes,
+        np.bincount(targets, minlength=dataset.num_classes).tolist(),
+        native_size,
+        channels,
+        looks_like_photos(statistics, native_size),
+        statistics,
+    )
+
+
+def _candidates(options: AdviseOptions, data: DataFacts) -> list[Candidate]:
+    candidates = []
+    for name in options.models:
+        spec = get_model_spec(name)
+        candidates.append(Candidate(name, spec.family, choose_input_size(spec, data.native_size)))
+    if data.photos:  # the note's transfer case: ImageNet weights for photos, where they are here
+        for name in options.models:
+            if pretrained_available(name):
+                weights_size = 224  # the ImageNet input size every built-in source was trained at
+                candidates.append(Candidate(name, get_model_spec(name).family, weights_size, pretrained="ImageNet"))
+    return candidates
+
+
+class _Timing:
+    """How long the advisor may spend measuring and probing."""
+
+    def __init__(self, options: AdviseOptions, count: int):
+        budget = options.time_budget or PLANNING_BUDGET_S
+        if options.within_training:
+            share = budget * TRAIN_ADVISOR_SHARE
+            self.training_s = min(2.0, max(0.3, share * 0.4 / max(1, count)))
+            self.latency_s = 0.0 if options.latency_ms is None else self.training_s
+            self.probe_total_s = share * 0.5
+        else:
+            self.training_s, self.latency_s = 2.0, 1.5
+            low, high = PROBE_TOTAL_RANGE
+            self.probe_total_s = min(high, max(low, budget * PROBE_SHARE))
+
+
+def _measure_all(candidates, data: DataFacts, options: AdviseOptions, hardware, device, timing, console) -> None:
+    budgets = options.budgets()
+    for candidate in candidates:
+        static_facts(candidate, 3 if candidate.pretrained else data.channels, data.classes, options.batch_size)
+        candidate.rejected_because = rejection_reasons(candidate, data, budgets, hardware)
+        if candidate.rejected_because and options.within_training:
+            continue  # out already: not worth the budget's seconds
+        in_chans = 3 if candidate.pretrained else data.channels
+        console.print(f"measuring {candidate.label} at {candidate.input_size} px", highlight=False)
+        measure_candidate(candidate, in_chans, data.classes, options.batch_size, options.batch, device,
+                          timing.latency_s, timing.training_s)  # fmt: skip
+        candidate.rejected_because += rejection_reasons(candidate, data, budgets, hardware, MEASURED_RULES)
+        epochs = epochs_in_budget(candidate, data, budgets)
+        candidate.epochs_in_budget = None if epochs is None else round(epochs, 1)
+
+
+class _ProbeData:
+    """Stratified subsets of train and val, decoded once per preprocessing."""
+
+    def __init__(self, dataset: Dataset, seed: int):
+        self.dataset, self.decoded = dataset, {}
+        per_class = math.ceil(PROBE_TRAIN_IMAGES / dataset.num_classes)
+        val_per_class = math.ceil(PROBE_VAL_IMAGES / dataset.num_classes)
+        self.splits = {
+            "train": dataset.splits["train"].subset(stratified_indices(np.asarray(dataset.splits["train"].targets),
+                                                                       per_class, seed)),
+            "val": dataset.splits["val"].subset(stratified_indices(np.asarray(dataset.splits["val"].targets),
+                                                                   val_per_class, seed)),
+        }  # fmt: skip
+
+    def get(self, preprocess: Preprocess) -> tuple[TensorSplit, TensorSplit]:
+        key = (preprocess.input_size, preprocess.channels, preprocess.resize_size)
+        if key not in self.decoded:
+            self.decoded[key] = tuple(decode_split(self.splits[name], preprocess)[0] for name in ("train", "val"))
+        return self.decoded[key]
+
+
+def _probe(candidate: Candidate, probe_data: _ProbeData, data: DataFacts, seconds: float, device, seed: int) -> None:
+    started = time.perf_counter()
+    dataset = probe_data.dataset
+    if candidate.pretrained:
+        weights = load_pretrained(candidate.name)
+        resize = round(candidate.input_size * weights.resize_size / weights.input_size)
+        preprocess = Preprocess(candidate.input_size, 3, tuple(weights.mean), tuple(weights.std), resize_size=resize)
+        train, val = probe_data.get(preprocess)
+        candidate.probe_accuracy = probe_pretrained(candidate, weights, train, val, preprocess, data.classes, device, seed)
+    else:
+        channels = data.channels
+        train, val = probe_data.get(Preprocess(candidate.input_size, channels, (0.0,) * channels, (1.0,) * channels))
+        candidate.probe_accuracy = probe_scratch(candidate, train, val, dataset.kind, dataset.classes, seconds, device, seed)
+    candidate.probe_accuracy = round(candidate.probe_accuracy, 4)
+    candidate.probe_images = len(train)
+    candidate.probe_seconds = round(time.perf_counter() - started, 1)
+
+
+def _run_probes(candidates, data: DataFacts, dataset: Dataset, options: AdviseOptions, timing, device, console):
+    chosen = probe_order(candidates, data, options.budgets())[: options.probes]
+    pretrained = [c for c in candidates if c.pretrained and not c.rejected_because and c not in chosen]
+    if pretrained and transfer_is_promising(data):
+        chosen.append(pretrained[0])
+    seconds = min(MAX_PROBE_SECONDS, timing.probe_total_s / max(1, len(chosen)))
+    if seconds < MIN_PROBE_SECONDS or not chosen:
+        console.print(f"probes: none (the budget leaves {timing.probe_total_s:.0f} s for them)")
+        return
+    probe_data = _ProbeData(dataset, options.seed)
+    for candidate in chosen:
+        console.print(f"probing {candidate.label} for up to {seconds:.0f} s", highlight=False)
+        _probe(candidate, probe_data, data, seconds, device, options.seed)
+
+
+def _train_options(pick: Candidate | None, budgets: Budgets) -> dict | None:
+    if pick is None:
+        return None
+    options = {"model": pick.name}
+    if pick.pretrained:
+        epochs = pick.epochs_in_budget
+        options.update(pretrained="default", finetune="two-stage" if epochs is None or epochs >= 3 else "linear-probe")
+    return options
+
+
+def _train_command(data: str, options: dict | None, budget_s: float | None) -> str | None:
+    if options is None:
+        return None
+    parts = ["imgclf", "train", data, "--model", options["model"]]
+    if options.get("pretrained"):
+        parts += ["--pretrained", "--finetune", options["finetune"]]
+    if budget_s:
+        parts += ["--time-budget", f"{budget_s:g}s"]
+    return " ".join(parts)
+
+
+def run_advise(
+    data: str, options: AdviseOptions, data_dir=None, console: Console | None = None
+) -> dict:
+    """Recommend a model for DATA on this machine; the ``advise --json`` result."""
+    started = time.perf_counter()
+    console = console or stderr_console()
+    device = resolve_device(options.device)
+    dataset = load_dataset(data, SplitPolicy(options.seed), data_dir)
+    profile = profile_dataset(dataset)
+    if len(dataset.splits["train"]) == 0:
+        raise DataError(f"{data}: no usable training images ({len(profile.skipped)} skipped)")
+    facts = _data_facts(dataset, profile.native_size, profile.channels)
+    hardware = hardware_facts(device)
+    console.print(f"data: {facts.describe()}", highlight=False)
+    console.print(f"hardware: {hardware.describe()}", highlight=False)
+    candidates = _candidates(options, facts)
+    timing = _Timing(options, len(candidates))
+    _measure_all(candidates, facts, options, hardware, device, timing, console)
+    _run_probes(candidates, facts, dataset, options, timing, device, console)
+    budgets = options.budgets()
+    choice = choose(candidates, facts, budgets)
+    pick = choice.candidate
+    reasons = [f"data: {facts.describe()}", *choice.reasons]
+    if pick is not None:
+        reasons += _pick_facts(pick, budgets)
+    train_options = _train_options(pick, budgets)
+    return {
+        "recommended": pick.name if pick else None,
+        "pretrained": bool(pick and pick.pretrained),
+        "reasons": reasons,
+        "resnet": resnet_verdict(candidates, pick, facts),
+        "train_options": train_options,
+        "train_command": _train_command(data, train_options, options.time_budget),
+        "candidates": [candidate.to_dict() for candidate in candidates],
+        "data": facts.to_dict(),
+        "hardware": hardware.to_dict(),
+        "budgets": {**asdict(budgets), "time_budget_given": options.time_budget is not None},
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+
+
+def _pick_facts(pick: Candidate, budgets: Budgets) -> list[str]:
+    """The recommended model's measured numbers, for the reasons list."""
+    facts = [f"{pick.label}: {pick.params:,} parameters, {pick.flops / 1e6:,.1f} MFLOPs per image at "
+             f"{pick.input_size} px, trains {pick.train_images_per_s:,.0f} images/s here"]  # fmt: skip
+    if pick.epochs_in_budget is not None:
+        facts.append(f"{pick.epochs_in_budget:.1f} epochs fit in {budgets.time_budget_s:g} s of training")
+    if pick.latency_ms_p50 is not None:
+        limit = f" (budget {budgets.latency_ms:g} ms)" if budgets.latency_ms is not None else ""
+        facts.append(f"latency at batch {budgets.latency_batch}: p50 {pick.latency_ms_p50:.2f} ms, p95 "
+                     f"{pick.latency_ms_p95:.2f} ms{limit}")  # fmt: skip
+    return facts
