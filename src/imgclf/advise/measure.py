@@ -94,7 +94,9 @@ def static_facts(candidate: Candidate, in_chans: int, num_classes: int, batch_si
     """Parameters, FLOPs, layers, Grad-CAM map size and a memory estimate, on the meta device
     (shapes only: VGG's 133M weights cost no memory and no arithmetic)."""
     with torch.device("meta"):
-        model = create_model(candidate.name, num_classes=num_classes, in_chans=in_chans, input_size=candidate.input_size)
+        model = create_model(
+            candidate.name, num_classes=num_classes, in_chans=in_chans, input_size=candidate.input_size
+        )
         model.eval()
         candidate.params = count_parameters(model)
         candidate.flops = count_flops(model, in_chans, candidate.input_size)
@@ -119,7 +121,7 @@ def training_speed(
     images = torch.randint(0, 256, (count, in_chans, input_size, input_size), dtype=torch.uint8, generator=generator)
     split = TensorSplit(images, torch.randint(0, num_classes, (count,), generator=generator), [""] * count)
     batches = TensorBatches(split, batch, shuffle=False)
-    identity = Preprocess(input_size, in_chans, (0.0,) * in_chans, (1.0,) * in_chans)
+    identity = Preprocess.unnormalized(input_size, in_chans)
     return measure_train_speed(model, batches, identity, Augmentation(), device, seconds)
 
 

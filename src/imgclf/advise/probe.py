@@ -63,7 +63,9 @@ def probe_scratch(
     train_batches = make_batches(train, batch, shuffle=True, seed=seed, drop_last=True, workers=0)
     val_batches = make_batches(val, eval_batch_size(size), workers=0)
     optimizer = create_optimizer(model, config.optimizer, config.resolved_lr(), config.resolved_weight_decay())
-    schedule = create_schedule(optimizer, epochs * len(train_batches), config.schedule, config.resolved_warmup_fraction())
+    schedule = create_schedule(
+        optimizer, epochs * len(train_batches), config.schedule, config.resolved_warmup_fraction()
+    )
     setup = FitSetup(
         model,
         optimizer,

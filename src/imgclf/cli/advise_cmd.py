@@ -65,8 +65,9 @@ def _optional(value, pattern: str) -> str:
 
 def print_advice(advice: dict) -> None:
     console = stdout_console()
+    title = f"candidates measured here (latency at batch {advice['budgets']['latency_batch']})"
     table = Table("model", "params", "FLOPs", "px", "ms p50", "ms p95", "train img/s", "epochs", "MiB", "probe",
-                  "verdict", title=f"candidates measured here (latency at batch {advice['budgets']['latency_batch']})")  # fmt: skip
+                  "verdict", title=title)  # fmt: skip
     for row in advice["candidates"]:
         name = f"{row['name']} (pretrained)" if row["pretrained"] else row["name"]
         verdict = "ok" if row["meets_budgets"] else row["rejected_because"][0]

@@ -62,6 +62,11 @@ class Preprocess:
         return {**asdict(self), "mean": list(self.mean), "std": list(self.std)}
 
     @classmethod
+    def unnormalized(cls, input_size: int, channels: int) -> Preprocess:
+        """Resize and crop only (mean 0, std 1): for decoding before the mean and std are known."""
+        return cls(input_size, channels, (0.0,) * channels, (1.0,) * channels)
+
+    @classmethod
     def from_dict(cls, values: dict) -> Preprocess:
         return cls(
             input_size=int(values["input_size"]),

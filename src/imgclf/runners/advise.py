@@ -9,7 +9,6 @@ import time
 from dataclasses import asdict, dataclass
 
 import numpy as np
-import torch
 from rich.console import Console
 
 from imgclf.advise.facts import DataFacts, hardware_facts, image_statistics, looks_like_photos
@@ -72,7 +71,7 @@ def _data_facts(dataset: Dataset, native_size: int, channels: int, workers: int 
     targets = np.asarray(train.targets)
     picks = np.linspace(0, len(train) - 1, min(PHOTO_SAMPLE, len(train))).astype(np.int64)
     size = max(8, min(224, native_size))
-    sample, _ = decode_split(train.subset(picks), Preprocess(size, channels, (0.0,) * channels, (1.0,) * channels), workers)
+    sample, _ = decode_split(train.subset(picks), Preprocess.unnormalized(size, channels), workers)
     statistics = image_statistics(sample.images)
     return DataFacts(
         dataset.name,
@@ -160,12 +159,12 @@ def _probe(candidate: Candidate, probe_data: _ProbeData, data: DataFacts, second
         resize = round(candidate.input_size * weights.resize_size / weights.input_size)
         preprocess = Preprocess(candidate.input_size, 3, tuple(weights.mean), tuple(weights.std), resize_size=resize)
         train, val = probe_data.get(preprocess)
-        candidate.probe_accuracy = probe_pretrained(candidate, weights, train, val, preprocess, data.classes, device, seed)
+        accuracy = probe_pretrained(candidate, weights, train, val, preprocess, data.classes, device, seed)
     else:
         channels = data.channels
-        train, val = probe_data.get(Preprocess(candidate.input_size, channels, (0.0,) * channels, (1.0,) * channels))
-        candidate.probe_accuracy = probe_scratch(candidate, train, val, dataset.kind, dataset.classes, seconds, device, seed)
-    candidate.probe_accuracy = round(candidate.probe_accuracy, 4)
+        train, val = probe_data.get(Preprocess.unnormalized(candidate.input_size, channels))
+        accuracy = probe_scratch(candidate, train, val, dataset.kind, dataset.classes, seconds, device, seed)
+    candidate.probe_accuracy = round(accuracy, 4)
     candidate.probe_images = len(train)
     candidate.probe_seconds = round(time.perf_counter() - started, 1)
 
@@ -206,9 +205,7 @@ def _train_command(data: str, options: dict | None, budget_s: float | None) -> s
     return " ".join(parts)
 
 
-def run_advise(
-    data: str, options: AdviseOptions, data_dir=None, console: Console | None = None
-) -> dict:
+def run_advise(data: str, options: AdviseOptions, data_dir=None, console: Console | None = None) -> dict:
     """Recommend a model for DATA on this machine; the ``advise --json`` result."""
     started = time.perf_counter()
     console = console or stderr_console()

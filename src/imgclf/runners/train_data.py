@@ -55,7 +55,7 @@ def _choose_preprocess(profile: DataProfile, config: TrainConfig, weights: Pretr
         return Preprocess(size, 3, tuple(weights.mean), tuple(weights.std), resize_size=resize)
     size = config.input_size or choose_input_size(get_model_spec(config.model), profile.native_size)
     channels = profile.channels
-    return Preprocess(size, channels, (0.0,) * channels, (1.0,) * channels)
+    return Preprocess.unnormalized(size, channels)
 
 
 def _decode(
