@@ -8,12 +8,13 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from imgclf.data.augment import Augmentation
 from imgclf.data.batches import TensorBatches
 from imgclf.data.prepare import Preprocess, TensorSplit
 from imgclf.engine.budget import measure_train_speed
-from imgclf.models import count_flops, count_parameters, create_model
+from imgclf.models import count_parameters, create_model
 from imgclf.models.info import measure_latency
 
 __all__ = ["Candidate", "measure_candidate", "static_facts", "timed_batch_size", "training_speed"]
@@ -70,8 +71,9 @@ def _weight_layers(model: nn.Module) -> int:
 
 
 @torch.no_grad()
-def _activations_and_map(model: nn.Module, in_chans: int, input_size: int) -> tuple[int, int]:
-    """Bytes of every leaf layer's output for one image, and the side of the last feature map."""
+def _one_counted_pass(model: nn.Module, in_chans: int, input_size: int) -> tuple[int, int, int]:
+    """One forward pass on the meta device: FLOPs (PyTorch's counter, multiply-add = 2), bytes of
+    every leaf layer's output for one image, and the side of the last feature map."""
     total = 0
 
     def count(_module, _inputs, output):
@@ -82,26 +84,37 @@ def _activations_and_map(model: nn.Module, in_chans: int, input_size: int) -> tu
     leaves = [module for module in model.modules() if not list(module.children())]
     handles = [module.register_forward_hook(count) for module in leaves]
     try:
-        features = model.forward_features(torch.zeros(1, in_chans, input_size, input_size))
-        model.forward_head(features)
+        with FlopCounterMode(display=False) as counter:
+            features = model.forward_features(torch.zeros(1, in_chans, input_size, input_size))
+            model.forward_head(features)
     finally:
         for handle in handles:
             handle.remove()
-    return total, int(features.shape[-1]) if features.dim() == 4 else 1
+    side = int(features.shape[-1]) if features.dim() == 4 else 1
+    return int(counter.get_total_flops()), total, side
+
+
+def _count(candidate: Candidate, in_chans: int, num_classes: int) -> None:
+    with torch.device("meta"):
+        model = create_model(
+            candidate.name, num_classes=num_classes, in_chans=in_chans, input_size=candidate.input_size
+        ).eval()
+        candidate.params = count_parameters(model)
+        candidate.weight_layers = _weight_layers(model)
+        counted = _one_counted_pass(model, in_chans, candidate.input_size)
+        candidate.flops, candidate.activation_bytes, candidate.gradcam_size = counted
 
 
 def static_facts(candidate: Candidate, in_chans: int, num_classes: int, batch_size: int) -> None:
     """Parameters, FLOPs, layers, Grad-CAM map size and a memory estimate, on the meta device
     (shapes only: VGG's 133M weights cost no memory and no arithmetic)."""
-    with torch.device("meta"):
-        model = create_model(
-            candidate.name, num_classes=num_classes, in_chans=in_chans, input_size=candidate.input_size
+    try:
+        _count(candidate, in_chans, num_classes)
+    except RuntimeError as error:  # e.g. pooling that leaves nothing of a small input
+        candidate.rejected_because.append(
+            f"cannot take {candidate.input_size} px inputs ({str(error).splitlines()[0][:100]})"
         )
-        model.eval()
-        candidate.params = count_parameters(model)
-        candidate.flops = count_flops(model, in_chans, candidate.input_size)
-        candidate.weight_layers = _weight_layers(model)
-        candidate.activation_bytes, candidate.gradcam_size = _activations_and_map(model, in_chans, candidate.input_size)
+        return
     parameter_bytes = PARAMETER_COPIES * BYTES_PER_VALUE * candidate.params
     activation_bytes = ACTIVATION_COPIES * batch_size * candidate.activation_bytes
     candidate.memory_mb = round((parameter_bytes + activation_bytes) / 1024**2, 1)
@@ -135,9 +148,8 @@ def measure_candidate(
     latency_seconds: float = LATENCY_SECONDS,
     training_seconds: float = TRAINING_SECONDS,
 ) -> None:
-    """Fill in the counted facts, then latency (unless ``latency_seconds`` is 0) and training
-    speed measured on ``device``."""
-    static_facts(candidate, in_chans, num_classes, batch_size)
+    """Latency (unless ``latency_seconds`` is 0) and training speed measured on ``device``
+    (``static_facts`` first: the timed batch depends on the FLOPs)."""
     model = create_model(candidate.name, num_classes=num_classes, in_chans=in_chans, input_size=candidate.input_size)
     model = model.to(device, memory_format=torch.channels_last)
     if device.type == "cuda":

@@ -12,7 +12,13 @@ from imgclf.config import TrainConfig, load_config_file, parse_duration
 
 # Command-line option -> TrainConfig field (None values mean "not given": keep the default).
 _OPTIONS = (
-    ("--model", "model", str, "model name from `imgclf models` (default: simple_cnn)"),
+    (
+        "--model",
+        "model",
+        str,
+        "model name from `imgclf models` (default: with --time-budget, the one `imgclf advise` recommends for "
+        "the budget; else simple_cnn)",
+    ),
     ("--epochs", "epochs", int, "epochs to train (default: about 30,000 images seen, 3 to 30)"),
     (
         "--time-budget",
@@ -171,14 +177,17 @@ def run(args: argparse.Namespace) -> int:
     if len(positionals) != 1:
         raise UsageError("give one DATA: a folder, an archive, a CSV file, digits or fashion-mnist")
     args.data = positionals[0]
+    config = build_config(args)
+    model_given = args.model is not None or (args.config and "model" in load_config_file(args.config))
     result = run_train(
         args.data,
-        build_config(args),
+        config,
         output=args.output,
         overwrite=args.overwrite,
         resume=args.resume,
         data_dir=args.data_dir,
         force=args.force,
+        choose_model=not model_given and config.time_budget is not None and not args.resume,
     )
     if args.json and "rank" not in result:  # under torchrun only rank 0 answers
         print_json(result)

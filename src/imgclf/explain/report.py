@@ -24,6 +24,7 @@ REPORT_SECTIONS = (
     ("calibration", "Calibration"),
     ("mistakes", "Worst mistakes"),
     ("model-card", "Model card"),
+    ("choice", "Why this model"),
     ("configuration", "Configuration"),
 )
 
@@ -267,6 +268,27 @@ def _configuration(description: dict) -> str:
     return f"<pre>{escape(json.dumps(shown, indent=2))}</pre>"
 
 
+def _choice(description: dict) -> str:
+    """The advisor's reasons and measurements when it chose the model; else who did."""
+    advice = description.get("advisor")
+    if not advice:
+        return (f"<p>Chosen by the user: <code>{escape(str(description.get('architecture')))}</code>. "
+                "<code>imgclf advise DATA</code> measures the alternatives on this machine.</p>")  # fmt: skip
+    reasons = "".join(f"<li>{escape(reason)}</li>" for reason in advice.get("reasons", []))
+    rows = []
+    for row in advice.get("candidates", []):
+        name = f"{row['name']} (pretrained)" if row.get("pretrained") else row["name"]
+        speed = row.get("train_images_per_s")
+        probe = row.get("probe_accuracy")
+        verdict = "chosen" if row["name"] == advice["recommended"] and bool(row.get("pretrained")) == advice[
+            "pretrained"] else ("ok" if not row["rejected_because"] else row["rejected_because"][0])  # fmt: skip
+        rows.append([name, f"{row['params']:,}", "-" if speed is None else f"{speed:,.0f}",
+                     "-" if probe is None else _percent(probe), verdict])  # fmt: skip
+    table = _table(["model", "parameters", "training images/s here", "probe accuracy", "verdict"], rows)
+    return (f"<p>The advisor chose <b>{escape(advice['recommended'])}</b> for the time budget:</p><ul>{reasons}</ul>"
+            f"<p>{escape(advice.get('resnet', ''))}</p>{table}")  # fmt: skip
+
+
 def render_report(description: dict, metrics: dict, gallery: list[GalleryItem] | str, card: dict) -> str:
     """The whole page. ``gallery``: the worst mistakes, or a sentence saying why there are none
     to show; ``card``: measured model facts (``flops``, ``latency``, ``latency_device``, ``layers``)."""
@@ -281,6 +303,7 @@ def render_report(description: dict, metrics: dict, gallery: list[GalleryItem] |
         "calibration": _calibration(description, evaluated),
         "mistakes": _mistakes(gallery),
         "model-card": _model_card(description, card),
+        "choice": _choice(description),
         "configuration": _configuration(description),
     }
     sections = "\n".join(_section(section_id, bodies[section_id]) for section_id, _ in REPORT_SECTIONS)

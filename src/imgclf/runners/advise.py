@@ -22,6 +22,7 @@ from imgclf.advise.rules import (
     probe_order,
     rejection_reasons,
     resnet_verdict,
+    too_slow_to_train,
     transfer_is_promising,
 )
 from imgclf.data.dataset import Dataset, SplitPolicy, load_dataset
@@ -107,27 +108,49 @@ class _Timing:
             share = budget * TRAIN_ADVISOR_SHARE
             self.training_s = min(2.0, max(0.3, share * 0.4 / max(1, count)))
             self.latency_s = 0.0 if options.latency_ms is None else self.training_s
+            self.measure_total_s = share * 0.5
             self.probe_total_s = share * 0.5
         else:
             self.training_s, self.latency_s = 2.0, 1.5
+            self.measure_total_s = float("inf")
             low, high = PROBE_TOTAL_RANGE
             self.probe_total_s = min(high, max(low, budget * PROBE_SHARE))
 
 
 def _measure_all(candidates, data: DataFacts, options: AdviseOptions, hardware, device, timing, console) -> None:
+    """Count every candidate, then time them from the cheapest (FLOPs) up; inside `train`, the
+    heavier ones left when the advisor's share of the budget is spent are not timed."""
     budgets = options.budgets()
     for candidate in candidates:
         static_facts(candidate, 3 if candidate.pretrained else data.channels, data.classes, options.batch_size)
-        candidate.rejected_because = rejection_reasons(candidate, data, budgets, hardware)
-        if candidate.rejected_because and options.within_training:
-            continue  # out already: not worth the budget's seconds
+        if not candidate.rejected_because:  # else it cannot even run at this size
+            candidate.rejected_because = rejection_reasons(candidate, data, budgets, hardware)
+    started, too_slow = time.perf_counter(), None
+    for candidate in sorted(candidates, key=lambda c: c.flops):
+        if candidate.rejected_because and (options.within_training or candidate.params == 0):
+            continue  # out already: not worth the budget's seconds (or it cannot run)
+        if options.within_training and (skip := _skip_timing(candidate, too_slow, started, timing, budgets)):
+            candidate.rejected_because.append(skip)
+            continue
         in_chans = 3 if candidate.pretrained else data.channels
         console.print(f"measuring {candidate.label} at {candidate.input_size} px", highlight=False)
         measure_candidate(candidate, in_chans, data.classes, options.batch_size, options.batch, device,
                           timing.latency_s, timing.training_s)  # fmt: skip
         candidate.rejected_because += rejection_reasons(candidate, data, budgets, hardware, MEASURED_RULES)
+        if too_slow is None and too_slow_to_train(candidate, data, budgets, hardware):
+            too_slow = candidate
         epochs = epochs_in_budget(candidate, data, budgets)
         candidate.epochs_in_budget = None if epochs is None else round(epochs, 1)
+
+
+def _skip_timing(candidate: Candidate, too_slow: Candidate | None, started: float, timing, budgets) -> str | None:
+    """Inside `train`: why a candidate is not worth timing (candidates come cheapest first)."""
+    if too_slow is not None and not candidate.pretrained:
+        return (f"not timed: more FLOPs per image than {too_slow.label}, already too slow to train in the "
+                f"{budgets.time_budget_s:g} s budget")  # fmt: skip
+    if time.perf_counter() - started > timing.measure_total_s:
+        return f"not timed: the advisor's share of the {budgets.time_budget_s:g} s budget went to lighter candidates"
+    return None
 
 
 class _ProbeData:

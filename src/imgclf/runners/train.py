@@ -11,7 +11,7 @@ import math
 import os
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -129,6 +129,7 @@ class TrainingRun:
     state: FitState = field(default_factory=FitState)
     budget: BudgetPlan | None = None  # with --time-budget: the plan, and when training must stop
     stop_at: float | None = None
+    advice: dict | None = None  # the advisor's recommendation, when it chose the model
 
 
 def _create_model(config: TrainConfig, dataset: Dataset, preprocess: Preprocess, weights, device, console):
@@ -447,6 +448,7 @@ def _write_bundle(run: TrainingRun, evaluation: FinalEvaluation, seconds: float)
         },  # fmt: skip
         "data": describe_data(run.dataset, run.profile, run.prepared),
         "time_budget": None if run.budget is None else run.budget.to_dict(),
+        "advisor": run.advice,
         "distributed": {
             "processes": run.world.size,
             "backend": run.world.backend,
@@ -511,29 +513,60 @@ def run_train(
     observer: TrainObserver | None = None,
     console: Console | None = None,
     force: bool = False,
+    choose_model: bool = False,
 ) -> dict:
     """Train a model on DATA and write a bundle; returns the ``train --json`` result.
     ``resume``: True (or "always") continues the run in ``output``; "auto" continues it if it has
-    a training state and starts a new run otherwise."""
+    a training state and starts a new run otherwise. ``choose_model``: the advisor picks the model
+    (and transfer learning) for the time budget, inside that budget."""
     started = time.perf_counter()
     console = console or stderr_console()
     if resume == "auto":  # restart loops: continue when there is something to continue
         if output is None:
             raise UsageError("--resume auto needs --output (the folder whose run to continue)")
         resume = any((Path(output) / name).is_file() for name in (STATE_FILE, PREVIOUS_STATE_FILE))
-    output = Path(output) if output is not None else _default_output(data, config.model)
-    _check_output(output, overwrite, bool(resume))
+    if output is None and (resume or not choose_model):  # else: named after the model the advisor picks
+        output = _default_output(data, config.model)
+    if output is not None:
+        output = Path(output)
+        _check_output(output, overwrite, bool(resume))
     saved = _load_latest_state(output, console) if resume else None  # resume: True, "always" or False
+    advice = None
     if saved is not None:
         config = TrainConfig.from_dict(saved["meta"]["config"])
         console.print(f"resuming {output} (configuration from its training state)")
+    elif choose_model:
+        config, advice = _advised_config(data, config, data_dir, console)
+    if output is None:
+        output = _default_output(data, config.model)
     get_model_spec(config.model)  # an unknown model fails before any data is read
     device = resolve_device(config.device)
     world = init_from_environment(device)
     try:
-        return _train_in_world(data, config, output, data_dir, observer, console, force, saved, world, device, started)
+        return _train_in_world(
+            data, config, output, data_dir, observer, console, force, saved, world, device, started, advice
+        )
     finally:
         shutdown(world)
+
+
+def _advised_config(data: str, config: TrainConfig, data_dir, console: Console) -> tuple[TrainConfig, dict]:
+    """The advisor's model for this budget (it measures and probes within a small share of it)."""
+    from imgclf.runners.advise import AdviseOptions, run_advise  # the advisor imports this module's peers
+
+    if config.time_budget is None:
+        raise UsageError("without --model, give --time-budget so the advisor can choose a model for it")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise UsageError("with several processes give --model: the advisor runs in one process")
+    options = AdviseOptions(device=config.device, time_budget=config.time_budget, seed=config.seed,
+                            batch_size=config.batch_size, within_training=True)  # fmt: skip
+    advice = run_advise(data, options, data_dir, console)
+    if advice["recommended"] is None:
+        raise UsageError(f"the advisor found no model for this budget: {advice['reasons'][-1]}")
+    console.print(f"advisor: {advice['recommended']}" + (" from ImageNet weights" if advice["pretrained"] else ""))
+    for reason in advice["reasons"]:
+        console.print(f"  - {reason}", highlight=False)
+    return replace(config, **advice["train_options"]), advice
 
 
 def _plan_time_budget(run: TrainingRun, started: float, console: Console) -> None:
@@ -580,7 +613,9 @@ def _join_checks(config: TrainConfig, world: World, saved: dict | None, device: 
         )
 
 
-def _train_in_world(data, config, output, data_dir, observer, console, force, saved, world, device, started) -> dict:
+def _train_in_world(
+    data, config, output, data_dir, observer, console, force, saved, world, device, started, advice
+) -> dict:
     if not world.is_main:
         console = Console(file=io.StringIO())  # one voice: rank 0 speaks for the run
     if device.type == "cuda" and world.distributed:
@@ -591,6 +626,7 @@ def _train_in_world(data, config, output, data_dir, observer, console, force, sa
     elif world.distributed and device.type == "cpu":  # processes on one machine share its cores
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // world.local_size))
     run = _assemble(data, config, output, data_dir, console, world, device)
+    run.advice = advice
     if config.time_budget is not None:
         _plan_time_budget(run, started, console)
     if saved is not None:
@@ -620,6 +656,8 @@ def _train_in_world(data, config, output, data_dir, observer, console, force, sa
         "seconds": round(seconds, 2),
         "metrics": {"val_accuracy": summary["val_accuracy"], "test_accuracy": summary["test_accuracy"]},
     }
+    if run.advice is not None:
+        result["advisor"] = {key: run.advice[key] for key in ("recommended", "pretrained", "reasons")}
     if run.budget is not None:
         console.print(
             f"time budget: used {seconds:.1f} s of {run.budget.budget_s:g} s ({seconds / run.budget.budget_s:.0%})"
