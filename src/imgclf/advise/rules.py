@@ -233,8 +233,27 @@ def _closest_miss(candidates: list[Candidate]) -> str:
     return f"closest: {closest.label}: {'; '.join(closest.rejected_because)}"
 
 
+def _would_need(reasons: list[str]) -> list[str]:
+    needs = []
+    for reason in reasons:
+        if "would overfit" in reason:
+            needs.append("many more training images")
+        elif "designed for 224 px" in reason or "cannot take" in reason:
+            needs.append("larger images")
+        elif "latency" in reason:
+            needs.append("a looser latency limit")
+        elif "epochs" in reason or "not timed" in reason:
+            needs.append("a longer time budget")
+        elif "--interpretable" in reason:
+            needs.append("no need to read the model layer by layer")
+        elif "parameters, over" in reason or "MiB" in reason:
+            needs.append("more memory or a larger parameter limit")
+    return list(dict.fromkeys(needs))
+
+
 def resnet_verdict(candidates: list[Candidate], pick: Candidate | None, data: DataFacts) -> str:
-    """The note's question, answered for this data: is ResNet the right choice, and if not, why."""
+    """The note's question, answered for this data: is ResNet the right choice, and if not, why
+    and what would change the answer."""
     if pick is not None and pick.family.startswith("resnet"):
         return (
             f"ResNet is the right choice here: {data.train_images:,} training images are enough for "
@@ -245,11 +264,10 @@ def resnet_verdict(candidates: list[Candidate], pick: Candidate | None, data: Da
     out = [c for c in resnets if c.rejected_because]
     lines = [f"{c.label}: {c.rejected_because[0]}" for c in out[:3]]
     kept = [c for c in resnets if not c.rejected_because and c.probe_accuracy is not None]
+    needs = _would_need([reason for c in out for reason in c.rejected_because])
     if kept and pick is not None and pick.probe_accuracy is not None:
         best = max(kept, key=lambda c: c.probe_accuracy)
         lines.append(f"{best.label} reached {best.probe_accuracy:.1%} in its probe against {pick.probe_accuracy:.1%}")
+        needs.append("data on which its depth pays off in accuracy")
     text = "ResNet is not the choice here" + (": " + "; ".join(lines) if lines else "")
-    return text + (
-        ". It would be with more images (thousands per class), a budget that trains it for "
-        f"{TARGET_EPOCHS}+ epochs, and no tighter latency limit than its measured one"
-    )
+    return text + (f". It would be with {', '.join(needs)}" if needs else "")

@@ -27,7 +27,8 @@ def add_parser(commands) -> None:
     parser.add_argument("--max-params", type=int, help="the most parameters the model may have")
     parser.add_argument("--interpretable", action="store_true", help="only models that can be read layer by layer")
     parser.add_argument("--models", help="comma-separated candidates (default: one or two of each family)")
-    parser.add_argument("--probes", type=int, default=3, help="short training runs of the best candidates (default: 3)")
+    parser.add_argument("--probes", type=int, default=4,
+                        help="short training runs: the most promising and the fastest (default: 4)")  # fmt: skip
     parser.add_argument("--seed", type=int, default=0, help="split and probe seed (default: 0)")
     parser.add_argument("--data-dir", help="folder with the IDX files for fashion-mnist")
     parser.add_argument("--json", action="store_true", help="print the result as JSON on stdout")

@@ -157,10 +157,11 @@ def pareto_png(rows: list[dict], title: str) -> bytes:
         axes.annotate(label, (row["latency_ms"], row["accuracy"]), textcoords="offset points", xytext=(6, 4),
                       fontsize=8, color="0.45" if dominated else "black")  # fmt: skip
     axes.set_xscale("log")
+    axes.margins(x=0.25, y=0.12)  # room for the labels right of and above the points
     axes.set_xlabel("latency at batch 1, ms (p50, this machine)")
     axes.set_ylabel("test accuracy")
     axes.set_title(title)
     axes.grid(alpha=0.3)
-    if front:
-        axes.legend(loc="lower right")
+    if len(front) > 1:
+        axes.legend(loc="best")
     return _png(figure)

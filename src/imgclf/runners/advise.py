@@ -56,7 +56,7 @@ class AdviseOptions:
     max_params: int | None = None
     interpretable: bool = False
     models: tuple[str, ...] = DEFAULT_CANDIDATES
-    probes: int = 3
+    probes: int = 4  # short training runs: the most promising, and the fastest
     seed: int = 0
     batch_size: int = 128  # the training batch the memory estimate is for
     within_training: bool = False  # called by `train`: spend at most TRAIN_ADVISOR_SHARE of the budget
@@ -193,7 +193,12 @@ def _probe(candidate: Candidate, probe_data: _ProbeData, data: DataFacts, second
 
 
 def _run_probes(candidates, data: DataFacts, dataset: Dataset, options: AdviseOptions, timing, device, console):
-    chosen = probe_order(candidates, data, options.budgets())[: options.probes]
+    ordered = probe_order(candidates, data, options.budgets())
+    chosen = ordered[: max(0, options.probes - 1)]
+    # The fastest model always gets a probe: when it ties, speed decides (the note's last case).
+    fastest = min(ordered, key=lambda c: (c.latency_ms_p50 or float("inf"), c.flops), default=None)
+    if options.probes > 0 and fastest is not None:
+        chosen += [fastest] if fastest not in chosen else ordered[len(chosen) : len(chosen) + 1]
     pretrained = [c for c in candidates if c.pretrained and not c.rejected_because and c not in chosen]
     if pretrained and transfer_is_promising(data):
         chosen.append(pretrained[0])
