@@ -28,8 +28,8 @@ TIMED_BATCHES = 8  # random batches made for timing; fewer are used when the tim
 STEP_FLOPS = 3e10
 BYTES_PER_VALUE = 4  # fp32
 # Training memory: weights, gradients and SGD momentum (3 copies of the parameters), plus each
-# layer's output kept for the backward pass and about as much again for its gradient.
-PARAMETER_COPIES, ACTIVATION_COPIES = 3, 2
+# layer's output, kept for the backward pass (gradient buffers come and go layer by layer).
+PARAMETER_COPIES, ACTIVATION_COPIES = 3, 1
 
 
 @dataclass

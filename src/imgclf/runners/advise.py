@@ -122,7 +122,8 @@ def _measure_all(candidates, data: DataFacts, options: AdviseOptions, hardware, 
     heavier ones left when the advisor's share of the budget is spent are not timed."""
     budgets = options.budgets()
     for candidate in candidates:
-        static_facts(candidate, 3 if candidate.pretrained else data.channels, data.classes, options.batch_size)
+        batch = min(options.batch_size, data.train_images)  # a run's batch never exceeds its data
+        static_facts(candidate, 3 if candidate.pretrained else data.channels, data.classes, batch)
         if not candidate.rejected_because:  # else it cannot even run at this size
             candidate.rejected_because = rejection_reasons(candidate, data, budgets, hardware)
     started, too_slow = time.perf_counter(), None
@@ -203,7 +204,9 @@ def _run_probes(candidates, data: DataFacts, dataset: Dataset, options: AdviseOp
     if pretrained and transfer_is_promising(data):
         chosen.append(pretrained[0])
     seconds = min(MAX_PROBE_SECONDS, timing.probe_total_s / max(1, len(chosen)))
-    if seconds < MIN_PROBE_SECONDS or not chosen:
+    if not chosen:
+        return
+    if seconds < MIN_PROBE_SECONDS:
         console.print(f"probes: none (the budget leaves {timing.probe_total_s:.0f} s for them)")
         return
     probe_data = _ProbeData(dataset, options.seed)
