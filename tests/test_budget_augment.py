@@ -12,8 +12,14 @@ from safetensors.torch import load_file
 from imgclf.cli.main import main
 from imgclf.config import TrainConfig, parse_duration
 from imgclf.data.augment import choose_augmentation
+from imgclf.data.batches import TensorBatches
+from imgclf.data.prepare import Preprocess, TensorSplit
 from imgclf.engine.budget import REPORT_SECONDS, SAFETY_FRACTION, plan_epochs
+from imgclf.engine.checkpoint import load_training_state
+from imgclf.engine.evaluate import predict_logits
+from imgclf.engine.loop import weight_average
 from imgclf.errors import UsageError
+from imgclf.models import create_model
 
 
 def _batch(count: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
@@ -112,3 +118,46 @@ def test_a_fixed_seed_gives_identical_weights_twice(tmp_path, capsys):
         assert main([*command, "--seed", "7", "--output", str(tmp_path / name)]) == 0
     one, two = (load_file(str(tmp_path / name / "model.safetensors")) for name in ("one", "two"))
     assert all(np.array_equal(one[key].numpy(), two[key].numpy()) for key in one)
+
+
+def test_weight_average_follows_the_warmed_up_exponential_recursion():
+    model = torch.nn.Linear(1, 1, bias=False)
+    average = weight_average(model, decay=0.9)
+    expected = None
+    for update, value in enumerate([1.0, 2.0, 4.0, 8.0, 16.0]):
+        with torch.no_grad():
+            model.weight.fill_(value)
+        average.update_parameters(model)
+        rate = min(0.9, (1 + update) / (10 + update)) if update else None  # the first update copies
+        expected = value if expected is None else expected + (value - expected) * (1 - rate)
+        assert float(average.module.weight.detach()) == pytest.approx(expected)
+
+
+def test_ema_weights_are_validated_shipped_and_kept_in_the_training_state(tmp_path, capsys):
+    output = tmp_path / "ema"
+    assert main(["train", "digits", "--epochs", "2", "--ema", "0.9", "-o", str(output), "--json"]) == 0
+    capsys.readouterr()
+    state = load_training_state(output / "training_state.safetensors")
+    assert state["ema"] is not None and "n_averaged" in state["ema"]
+    bundle_weights = load_file(str(output / "model.safetensors"))
+    ema_weights = {key.removeprefix("module."): value for key, value in state["ema"].items() if key != "n_averaged"}
+    best = state["meta"]["best_epoch"]
+    if best == state["meta"]["epoch"]:  # the last epoch was the best: the bundle holds the EMA weights
+        for key, value in bundle_weights.items():
+            assert torch.equal(value, ema_weights[key].to(value.dtype)), key
+    with pytest.raises(UsageError, match="--ema"):
+        TrainConfig(ema=1.0)
+
+
+def test_flip_test_time_augmentation_averages_the_image_and_its_mirror(tmp_path, capsys):
+    torch.manual_seed(0)
+    model = create_model("simple_cnn", num_classes=3, in_chans=1, input_size=8).eval()
+    images = torch.randint(0, 256, (4, 1, 8, 8), dtype=torch.uint8)
+    split = TensorSplit(images, torch.zeros(4, dtype=torch.int64), ["a"] * 4)
+    preprocess = Preprocess.unnormalized(8, 1)
+    plain = predict_logits(model, TensorBatches(split, 4), preprocess, torch.device("cpu"))[0]
+    mirrored = TensorSplit(torch.flip(images, dims=(3,)), split.targets, split.keys)
+    flipped = predict_logits(model, TensorBatches(mirrored, 4), preprocess, torch.device("cpu"))[0]
+    averaged = predict_logits(model, TensorBatches(split, 4), preprocess, torch.device("cpu"), flip_tta=True)[0]
+    assert torch.allclose(averaged, (plain + flipped) / 2, atol=1e-5)
+    assert not torch.allclose(plain, flipped)

@@ -21,6 +21,8 @@ def add_parser(commands) -> None:
     parser.add_argument("--split", default="test", choices=("train", "val", "test"), help="default: test")
     parser.add_argument("--data-dir", help="folder with the IDX files for fashion-mnist")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    parser.add_argument("--tta", default="none", choices=("none", "flip"),
+                        help="test-time augmentation: flip averages each image with its mirror")  # fmt: skip
     parser.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
     parser.set_defaults(run=run)
 
@@ -31,6 +33,7 @@ def _print_report(metrics: dict) -> None:
     console.print(
         f"{metrics['split']} split: {metrics['num_images']:,} images, accuracy "
         f"{metrics['accuracy']:.4f}" + (f", top-5 {top5:.4f}" if top5 is not None else "")
+        + (" (with flip test-time augmentation)" if metrics.get("tta") == "flip" else "")
     )
     table = Table("class", "precision", "recall", "f1", "support")
     for name, row in metrics["per_class"].items():
@@ -53,7 +56,9 @@ def _print_report(metrics: dict) -> None:
 def run(args: argparse.Namespace) -> int:
     from imgclf.runners.evaluate import run_evaluate
 
-    metrics = run_evaluate(args.bundle, args.data, split=args.split, data_dir=args.data_dir, device=args.device)
+    metrics = run_evaluate(
+        args.bundle, args.data, split=args.split, data_dir=args.data_dir, device=args.device, tta=args.tta
+    )
     if args.json:
         print_json(metrics)
     else:

@@ -41,6 +41,13 @@ _OPTIONS = (
     ("--early-stopping", "early_stopping", int, "stop after N epochs without a better val accuracy (default: off)"),
     ("--grad-clip", "grad_clip", float, "clip the gradient norm to this value (default: off)"),
     ("--drop-rate", "drop_rate", float, "dropout before the classifier (default: the model's)"),
+    (
+        "--ema",
+        "ema",
+        float,
+        "keep an exponential moving average of the weights with this decay per step (e.g. 0.999) and "
+        "validate and ship it (default: off)",
+    ),
     ("--augment", "augment", str, "auto, none, flip, translate or flip+translate (default: auto, per data kind)"),
     ("--input-size", "input_size", int, "input size in px (default: chosen from the data and model)"),
     ("--seed", "seed", int, "seed for weights, shuffling, augmentation and the split (default: 0)"),

@@ -89,9 +89,13 @@ def save_training_state(
     best_weights: dict[str, torch.Tensor] | None,
     rng_states: dict[str, torch.Tensor],
     meta: dict,
+    ema_state: dict[str, torch.Tensor] | None = None,
 ) -> None:
-    """One file with weights, best weights, optimizer state, RNG states and ``meta``."""
+    """One file with weights, best weights, optimizer state, RNG states, the weight average's
+    state (with ``--ema``) and ``meta``."""
     tensors = {f"model.{k}": v for k, v in state_dict_for_saving(model).items()}
+    if ema_state is not None:
+        tensors.update({f"ema.{k}": v.detach().cpu().contiguous() for k, v in ema_state.items()})
     if best_weights is not None:
         tensors.update({f"best.{k}": v.contiguous() for k, v in best_weights.items()})
     optimizer_tensors, optimizer_meta = _split_optimizer_state(optimizer)
@@ -102,7 +106,7 @@ def save_training_state(
 
 
 def load_training_state(path: Path) -> dict:
-    """Read a state file: {"model", "best", "optimizer", "rng": tensors by name, "meta": dict}."""
+    """Read a state file: {"model", "best", "optimizer", "rng", "ema": tensors by name, "meta": dict}."""
     try:
         with safe_open(str(path), framework="pt") as file:
             meta = json.loads(file.metadata()[_STATE_KEY])
@@ -118,5 +122,6 @@ def load_training_state(path: Path) -> dict:
         "best": strip("best.") or None,
         "optimizer": _join_optimizer_state(tensors, meta.pop("optimizer")),
         "rng": strip("rng."),
+        "ema": strip("ema.") or None,
         "meta": meta,
     }

@@ -32,9 +32,12 @@ def predict_outputs(
     device: torch.device,
     amp: bool = False,
     embeddings: bool = False,
+    flip_tta: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Run the model in eval mode over uint8 batches: float32 logits, targets and (when asked)
-    the L2-normalized embeddings before the last layer, all on the CPU."""
+    the L2-normalized embeddings before the last layer, all on the CPU. ``flip_tta``: the logits
+    are the mean of the image's and its left-right mirror's (test-time augmentation; only for
+    data whose class survives a mirror, as flip augmentation assumes)."""
     was_training = model.training
     model.eval()
     all_logits, all_targets, all_embeddings = [], [], []
@@ -46,6 +49,8 @@ def predict_outputs(
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
             features = model.forward_features(inputs)
             logits = model.forward_head(features)
+            if flip_tta:
+                logits = (logits + model(torch.flip(inputs, dims=(3,)))) / 2
             if embeddings:
                 pooled = torch.flatten(model.forward_head(features, pre_logits=True), 1).float()
                 all_embeddings.append(nn.functional.normalize(pooled, dim=1).cpu())
@@ -63,9 +68,10 @@ def predict_logits(
     preprocess: Preprocess,
     device: torch.device,
     amp: bool = False,
+    flip_tta: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Run the model in eval mode over uint8 batches; float32 logits and targets on the CPU."""
-    logits, targets, _ = predict_outputs(model, batches, preprocess, device, amp)
+    logits, targets, _ = predict_outputs(model, batches, preprocess, device, amp, flip_tta=flip_tta)
     return logits, targets
 
 

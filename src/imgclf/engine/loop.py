@@ -23,7 +23,22 @@ from imgclf.distributed import World, all_reduce_sum
 from imgclf.engine.evaluate import classification_metrics, predict_logits
 from imgclf.engine.observers import TrainObserver
 
-__all__ = ["FitSetup", "FitState", "fit", "train_one_epoch"]
+__all__ = ["FitSetup", "FitState", "fit", "train_one_epoch", "weight_average"]
+
+# EMA warm-up: the decay after n updates is min(decay, (1 + n) / (10 + n)), as TensorFlow's
+# ExponentialMovingAverage does with num_updates, so short runs are not dominated by the
+# random initial weights.
+EMA_WARMUP = 10
+
+
+def weight_average(model: nn.Module, decay: float) -> torch.optim.swa_utils.AveragedModel:
+    """An exponential moving average of ``model``'s weights and batch-norm statistics."""
+
+    def average(averaged: torch.Tensor, current: torch.Tensor, updates: torch.Tensor) -> torch.Tensor:
+        rate = min(decay, (1 + float(updates)) / (EMA_WARMUP + float(updates)))
+        return averaged + (current - averaged) * (1 - rate)
+
+    return torch.optim.swa_utils.AveragedModel(model, avg_fn=average, use_buffers=True)
 
 
 @dataclass
@@ -46,6 +61,13 @@ class FitSetup:
     forward_model: nn.Module | None = None
     world: World = field(default_factory=World)
     stop_at: float | None = None  # time.perf_counter() value: a time budget's hard end for training
+    # An exponential moving average of the weights (``weight_average``), updated after every step;
+    # validation, the best epoch and the final weights use it. None: the raw weights.
+    ema: torch.optim.swa_utils.AveragedModel | None = None
+
+    @property
+    def evaluated_model(self) -> nn.Module:
+        return self.ema.module if self.ema is not None else self.model
 
 
 @dataclass
@@ -116,6 +138,8 @@ def train_one_epoch(
             nn.utils.clip_grad_norm_(model.parameters(), setup.grad_clip)
         setup.optimizer.step()
         setup.scheduler.step()
+        if setup.ema is not None:
+            setup.ema.update_parameters(model)
         total_loss += loss.detach() * len(targets)
         total_correct += (logits.detach().argmax(dim=1) == targets).sum()
         seen += len(targets)
@@ -196,12 +220,13 @@ def fit(
             save_progress if save_checkpoint is not None else None,
             checkpoint_interval,
         )
-        logits, targets = predict_logits(setup.model, val_batches, setup.preprocess, setup.device, setup.amp)
+        evaluated = setup.evaluated_model
+        logits, targets = predict_logits(evaluated, val_batches, setup.preprocess, setup.device, setup.amp)
         val = classification_metrics(logits, targets, classes)
         state.step = epoch_start_step + len(train_batches)
         state.epoch += 1
         state.epoch_progress = {}
-        is_best = _update_best(state, setup.model, val["accuracy"])
+        is_best = _update_best(state, evaluated, val["accuracy"])
         record.update(epoch=state.epoch, val_loss=val["loss"], val_accuracy=val["accuracy"], lr=lr, is_best=is_best)
         state.history.append(record)
         state.stopped_early = 0 < early_stopping <= state.epochs_without_improvement

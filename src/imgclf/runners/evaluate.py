@@ -46,8 +46,10 @@ def evaluate_split(
     data_dir: str | Path | None = None,
     device: str = "auto",
     console: Console | None = None,
+    tta: str = "none",
 ) -> SplitEvaluation:
-    """Decode one split of DATA with the bundle's preprocessing and run the model over it."""
+    """Decode one split of DATA with the bundle's preprocessing and run the model over it
+    (``tta="flip"``: averaged with the mirrored image)."""
     console = console or stderr_console()
     dataset = load_dataset(data, split_policy(bundle.description), data_dir)
     if split not in dataset.splits:
@@ -78,10 +80,12 @@ def evaluate_split(
         make_batches(target_split, eval_batch_size(bundle.preprocess.input_size)),
         bundle.preprocess,
         torch_device,
+        flip_tta=tta == "flip",
     )
     bundle.model.cpu()
     metrics = calibrated_metrics(logits, targets, bundle.classes, bundle_temperature(bundle))
     metrics["split"] = split
+    metrics["tta"] = tta
     metrics["skipped"] = [{"file": file, "reason": reason} for file, reason in prepared.skipped]
     return SplitEvaluation(metrics, target_split, logits, targets)
 
@@ -93,8 +97,9 @@ def run_evaluate(
     data_dir: str | Path | None = None,
     device: str = "auto",
     console: Console | None = None,
+    tta: str = "none",
 ) -> dict:
     """Metrics of a bundle on one split of DATA (the test split by default)."""
-    metrics = evaluate_split(load_bundle(bundle_dir), data, split, data_dir, device, console).metrics
+    metrics = evaluate_split(load_bundle(bundle_dir), data, split, data_dir, device, console, tta).metrics
     metrics.pop("reliability")  # the diagram's bins: in the report, too detailed for the JSON result
     return metrics

@@ -29,7 +29,7 @@ from imgclf.distributed import World, init_from_environment, shutdown
 from imgclf.engine.budget import BudgetPlan, measure_eval_speed, measure_train_speed, plan_epochs
 from imgclf.engine.checkpoint import load_training_state, save_training_state
 from imgclf.engine.evaluate import calibrated_metrics, predict_outputs
-from imgclf.engine.loop import FitSetup, FitState, fit
+from imgclf.engine.loop import FitSetup, FitState, fit, weight_average
 from imgclf.engine.observers import ProgressObserver, TrainObserver
 from imgclf.engine.optim import create_optimizer, create_schedule
 from imgclf.errors import ImgclfError, UsageError
@@ -227,6 +227,7 @@ def _stage_setup(run: TrainingRun, stage: Stage) -> FitSetup:
         forward_model=forward_model,
         world=run.world,
         stop_at=run.stop_at,
+        ema=weight_average(run.model, config.ema) if config.ema > 0 else None,
     )
 
 
@@ -251,6 +252,8 @@ def _resume_stage(run: TrainingRun, saved: dict, setup: FitSetup, stage_index: i
     batches_done = int(run.state.epoch_progress.get("batches_done", 0))
     if meta.get("stage", 0) == stage_index and (meta["epoch"] > stage.start_epoch or batches_done):
         setup.optimizer.load_state_dict(saved["optimizer"])
+        if setup.ema is not None and saved.get("ema"):
+            setup.ema.load_state_dict(saved["ema"])
         steps_per_epoch = len(run.train_batches)
         steps_done = (meta["epoch"] - stage.start_epoch) * steps_per_epoch + batches_done
         total_steps = (stage.end_epoch - stage.start_epoch) * steps_per_epoch
@@ -308,7 +311,8 @@ def _checkpoint_saver(run: TrainingRun, setup: FitSetup, stage_index: int):
             "data": _data_identity(run),
         }
         rng = {"torch": torch.get_rng_state(), "augment": run.augment_generator.get_state()}
-        save_training_state(current, run.model, setup.optimizer, state.best_weights, rng, meta)
+        ema_state = setup.ema.state_dict() if setup.ema is not None else None
+        save_training_state(current, run.model, setup.optimizer, state.best_weights, rng, meta, ema_state)
 
     return save_checkpoint
 
