@@ -20,6 +20,7 @@ from imgclf.engine.evaluate import predict_logits
 from imgclf.engine.loop import weight_average
 from imgclf.errors import UsageError
 from imgclf.models import create_model
+from imgclf.models.resnet import drop_path_rates
 
 
 def _batch(count: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
@@ -161,3 +162,26 @@ def test_flip_test_time_augmentation_averages_the_image_and_its_mirror(tmp_path,
     averaged = predict_logits(model, TensorBatches(split, 4), preprocess, torch.device("cpu"), flip_tta=True)[0]
     assert torch.allclose(averaged, (plain + flipped) / 2, atol=1e-5)
     assert not torch.allclose(plain, flipped)
+
+
+def test_drop_path_skips_residual_branches_in_training_only_and_keeps_the_weights_layout():
+    assert drop_path_rates(4, 0.2) == pytest.approx([0.05, 0.1, 0.15, 0.2])
+    torch.manual_seed(0)
+    plain = create_model("resnet20", num_classes=3, in_chans=1, input_size=16)
+    dropping = create_model("resnet20", num_classes=3, in_chans=1, input_size=16, drop_path_rate=0.5)
+    dropping.load_state_dict(plain.state_dict())  # same names and shapes: bundles load either way
+    for model in (plain, dropping):  # non-zero last norms, so that a branch matters
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                torch.nn.init.ones_(module.weight)
+    dropping.load_state_dict(plain.state_dict())
+    images = torch.randn(8, 1, 16, 16)
+    plain.eval(), dropping.eval()
+    assert torch.allclose(plain(images), dropping(images))  # evaluation: every block, as without it
+    dropping.train()
+    assert not torch.allclose(dropping(images), dropping(images))  # training: random blocks skipped
+
+
+def test_drop_path_on_a_network_without_residual_blocks_is_refused(tmp_path, capsys):
+    assert main(["train", "digits", "--model", "lenet5", "--drop-path", "0.1", "-o", str(tmp_path / "x")]) == 2
+    assert "--drop-path skips residual blocks" in capsys.readouterr().err

@@ -41,6 +41,7 @@ class TrainConfig:
     grad_clip: float = 0.0  # max gradient norm; 0: off
     drop_rate: float | None = None  # dropout before the classifier; None: the model's default
     ema: float = 0.0  # decay per step of an exponential moving average of the weights; 0: off
+    drop_path: float = 0.0  # residual nets: chance of skipping the last block's branch (stochastic depth)
     augment: str = "auto"
     input_size: int | None = None  # None: chosen from the data and the model
     seed: int = 0  # seeds the weights, the shuffling, the augmentation and the split
@@ -87,6 +88,8 @@ class TrainConfig:
                 raise UsageError(f"--time-budget must be positive, not {self.time_budget}")
         if self.lr is not None and self.lr <= 0:
             raise UsageError(f"--lr must be above 0, not {self.lr}")
+        if not 0.0 <= self.drop_path < 1.0:
+            raise UsageError(f"--drop-path must be in [0, 1), not {self.drop_path}")
         if not 0.0 <= self.ema < 1.0:
             raise UsageError(f"--ema must be in [0, 1) (a decay such as 0.999; 0: off), not {self.ema}")
         if not 0.0 <= self.label_smoothing < 1.0:

@@ -32,7 +32,8 @@ def _print_report(metrics: dict) -> None:
     top5 = metrics["top5_accuracy"]
     console.print(
         f"{metrics['split']} split: {metrics['num_images']:,} images, accuracy "
-        f"{metrics['accuracy']:.4f}" + (f", top-5 {top5:.4f}" if top5 is not None else "")
+        f"{metrics['accuracy']:.4f}"
+        + (f", top-5 {top5:.4f}" if top5 is not None else "")
         + (" (with flip test-time augmentation)" if metrics.get("tta") == "flip" else "")
     )
     table = Table("class", "precision", "recall", "f1", "support")

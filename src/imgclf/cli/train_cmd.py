@@ -42,6 +42,13 @@ _OPTIONS = (
     ("--grad-clip", "grad_clip", float, "clip the gradient norm to this value (default: off)"),
     ("--drop-rate", "drop_rate", float, "dropout before the classifier (default: the model's)"),
     (
+        "--drop-path",
+        "drop_path",
+        float,
+        "residual nets: stochastic depth, the last block's branch skipped with this chance in training, "
+        "earlier blocks less (default: 0)",
+    ),
+    (
         "--ema",
         "ema",
         float,

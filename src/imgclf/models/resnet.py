@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torchvision.ops import StochasticDepth
 
 from imgclf.models._base import ImageClassifier
 from imgclf.models._registry import register_model
@@ -32,12 +33,19 @@ def _downsample(in_chans: int, out_chans: int, stride: int) -> nn.Module | None:
     return nn.Sequential(nn.Conv2d(in_chans, out_chans, 1, stride, bias=False), nn.BatchNorm2d(out_chans))
 
 
+def drop_path_rates(blocks: int, rate: float) -> list[float]:
+    """Stochastic depth (Huang et al. 2016, arXiv:1603.09382): the chance of skipping a block's
+    residual branch in training grows linearly from near 0 at the first block to ``rate`` at the
+    last, since early blocks compute features every later one needs."""
+    return [rate * (index + 1) / blocks for index in range(blocks)]
+
+
 class BasicBlock(nn.Module):
     """Two 3x3 convolutions; the input is added back before the last ReLU (identity skip)."""
 
     expansion = 1
 
-    def __init__(self, in_chans: int, planes: int, stride: int = 1):
+    def __init__(self, in_chans: int, planes: int, stride: int = 1, drop_path: float = 0.0):
         super().__init__()
         self.conv1 = nn.Conv2d(in_chans, planes, 3, stride, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(planes)
@@ -45,12 +53,13 @@ class BasicBlock(nn.Module):
         self.conv2 = nn.Conv2d(planes, planes, 3, 1, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
         self.downsample = _downsample(in_chans, planes, stride)
+        self.drop_path = StochasticDepth(drop_path, "row")  # no parameters: bundles are unchanged
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        return self.relu(out + shortcut)
+        return self.relu(self.drop_path(out) + shortcut)
 
     def last_norm(self) -> nn.BatchNorm2d:
         return self.bn2
@@ -61,7 +70,7 @@ class Bottleneck(nn.Module):
 
     expansion = 4
 
-    def __init__(self, in_chans: int, planes: int, stride: int = 1):
+    def __init__(self, in_chans: int, planes: int, stride: int = 1, drop_path: float = 0.0):
         super().__init__()
         out_chans = planes * self.expansion
         self.conv1 = nn.Conv2d(in_chans, planes, 1, bias=False)
@@ -72,13 +81,14 @@ class Bottleneck(nn.Module):
         self.bn3 = nn.BatchNorm2d(out_chans)
         self.relu = nn.ReLU(inplace=True)
         self.downsample = _downsample(in_chans, out_chans, stride)
+        self.drop_path = StochasticDepth(drop_path, "row")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
-        return self.relu(out + shortcut)
+        return self.relu(self.drop_path(out) + shortcut)
 
     def last_norm(self) -> nn.BatchNorm2d:
         return self.bn3
@@ -96,9 +106,11 @@ class ResNet(ImageClassifier):
         input_size: int = 224,
         zero_init_residual: bool = True,
         drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
     ):
         super().__init__()
         self.num_classes = num_classes
+        drop_paths = iter(drop_path_rates(sum(layers), drop_path_rate))
         self.small_stem = input_size <= SMALL_STEM_MAX_SIZE
         if self.small_stem:
             self.conv1 = nn.Conv2d(in_chans, 64, 3, 1, padding=1, bias=False)
@@ -111,9 +123,9 @@ class ResNet(ImageClassifier):
         widths, in_width = (64, 128, 256, 512), 64
         for index, (width, blocks) in enumerate(zip(widths, layers)):
             stride = 1 if index == 0 else 2
-            stage = [block(in_width, width, stride)]
+            stage = [block(in_width, width, stride, next(drop_paths))]
             in_width = width * block.expansion
-            stage += [block(in_width, width) for _ in range(blocks - 1)]
+            stage += [block(in_width, width, 1, next(drop_paths)) for _ in range(blocks - 1)]
             setattr(self, f"layer{index + 1}", nn.Sequential(*stage))
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(drop_rate)

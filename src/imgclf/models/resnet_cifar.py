@@ -17,7 +17,7 @@ from torch import nn
 from imgclf.models._base import ImageClassifier
 from imgclf.models._registry import register_model
 from imgclf.models.layers import init_weights
-from imgclf.models.resnet import BasicBlock
+from imgclf.models.resnet import BasicBlock, drop_path_rates
 
 __all__ = ["CifarResNet", "resnet20", "resnet32", "resnet44", "resnet56", "resnet110"]
 
@@ -45,9 +45,11 @@ class CifarResNet(ImageClassifier):
         in_chans: int = 3,
         input_size: int = 32,
         drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
     ):
         super().__init__()
         self.num_classes = num_classes
+        drop_paths = iter(drop_path_rates(3 * blocks_per_stage, drop_path_rate))
         self.conv1 = nn.Conv2d(in_chans, 16, 3, 1, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(16)
         self.relu = nn.ReLU(inplace=True)
@@ -57,7 +59,7 @@ class CifarResNet(ImageClassifier):
             stage = []
             for block_index in range(blocks_per_stage):
                 block_stride = stride if block_index == 0 else 1
-                block = BasicBlock(in_width, width, block_stride)
+                block = BasicBlock(in_width, width, block_stride, next(drop_paths))
                 if block.downsample is not None:  # replace the projection with option A
                     block.downsample = PadShortcut(width - in_width, block_stride)
                 stage.append(block)

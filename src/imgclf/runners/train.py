@@ -132,6 +132,9 @@ class TrainingRun:
     advice: dict | None = None  # the advisor's recommendation, when it chose the model
 
 
+RESIDUAL_FAMILIES = ("resnet", "resnet_cifar")  # the families whose blocks take drop_path_rate
+
+
 def _create_model(config: TrainConfig, dataset: Dataset, preprocess: Preprocess, weights, device, console):
     model_kwargs = {
         "num_classes": dataset.num_classes,
@@ -140,6 +143,11 @@ def _create_model(config: TrainConfig, dataset: Dataset, preprocess: Preprocess,
     }
     if config.drop_rate is not None:
         model_kwargs["drop_rate"] = config.drop_rate
+    if config.drop_path > 0:
+        if get_model_spec(config.model).family not in RESIDUAL_FAMILIES:
+            raise UsageError(f"--drop-path skips residual blocks: it applies to {', '.join(RESIDUAL_FAMILIES)} "
+                             f"models, not {config.model}")  # fmt: skip
+        model_kwargs["drop_path_rate"] = config.drop_path
     model = create_model(config.model, **model_kwargs)
     if weights is not None:
         fresh = load_weights_into(model, weights)
