@@ -33,6 +33,7 @@ class BudgetPlan:
     seconds_per_epoch: float  # training plus the validation pass
     final_seconds: float  # final evaluation, calibration, bundle and report
     fits: bool  # False: not even one epoch fits; one is run anyway and the budget will be exceeded
+    replanned_epochs: int | None = None  # after the first epoch, from its measured time (None: unchanged)
 
     def to_dict(self) -> dict:
         return {key: round(value, 3) if isinstance(value, float) else value for key, value in asdict(self).items()}

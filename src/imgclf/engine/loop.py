@@ -194,12 +194,16 @@ def fit(
     early_stopping: int = 0,
     save_checkpoint: Callable[[FitState], None] | None = None,
     checkpoint_interval: float = 0.0,
+    replan: Callable[[FitState, float], int | None] | None = None,
 ) -> FitState:
     """Train until ``epochs`` are done (or early stopping), then load the best epoch's weights.
-    ``save_checkpoint`` gets the state after each epoch and every ``checkpoint_interval`` seconds."""
+    ``save_checkpoint`` gets the state after each epoch and every ``checkpoint_interval`` seconds.
+    ``replan(state, seconds_per_epoch)`` may answer a new number of epochs after each epoch (a
+    time budget that now knows how long an epoch takes here: the mean of this call's epochs)."""
     state = state or FitState()
     observer.on_fit_start(epochs, len(train_batches), state.epoch)
     started = time.perf_counter()
+    first_epoch = state.epoch
     while state.epoch < epochs and not state.stopped_early:
         progress = state.epoch_progress
         epoch_start_step = state.step - int(progress.get("batches_done", 0))
@@ -233,6 +237,8 @@ def fit(
         if setup.stop_at is not None and time.perf_counter() > setup.stop_at:
             state.stopped_early = True  # out of time
         observer.on_epoch_end(record)
+        if replan is not None and not state.stopped_early:
+            epochs = replan(state, (time.perf_counter() - started) / (state.epoch - first_epoch)) or epochs
         if save_checkpoint is not None:
             save_checkpoint(state)
     if state.best_weights is not None:

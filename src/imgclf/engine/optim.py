@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-__all__ = ["create_optimizer", "create_schedule", "lr_multiplier"]
+__all__ = ["StepSchedule", "create_optimizer", "create_schedule", "lr_multiplier", "stretch_schedule"]
 
 
 def _decay_groups(parameters: list[nn.Parameter], weight_decay: float, lr: float) -> list[dict]:
@@ -61,12 +62,29 @@ def lr_multiplier(step: int, total_steps: int, schedule: str, warmup_fraction: f
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
+@dataclass
+class StepSchedule:
+    """The learning-rate multiplier at each step; ``total_steps`` may change while training (a
+    time budget re-planned after its first epoch) and the curve stretches from there."""
+
+    total_steps: int
+    schedule: str
+    warmup_fraction: float
+
+    def __call__(self, step: int) -> float:
+        return lr_multiplier(step, self.total_steps, self.schedule, self.warmup_fraction)
+
+
 def create_schedule(
     optimizer: torch.optim.Optimizer, total_steps: int, schedule: str, warmup_fraction: float, last_step: int = -1
 ) -> torch.optim.lr_scheduler.LambdaLR:
     """A per-step schedule; ``last_step`` resumes it (the optimizer must hold ``initial_lr``)."""
     return torch.optim.lr_scheduler.LambdaLR(
-        optimizer,
-        lambda step: lr_multiplier(step, total_steps, schedule, warmup_fraction),
-        last_epoch=last_step,
+        optimizer, StepSchedule(total_steps, schedule, warmup_fraction), last_epoch=last_step
     )
+
+
+def stretch_schedule(scheduler: torch.optim.lr_scheduler.LambdaLR, total_steps: int) -> None:
+    """Lay the rest of ``scheduler``'s curve over ``total_steps`` steps in all."""
+    for multiplier in scheduler.lr_lambdas:
+        multiplier.total_steps = total_steps

@@ -26,12 +26,12 @@ from imgclf.data.batches import Batches
 from imgclf.data.dataset import Dataset
 from imgclf.data.prepare import DataProfile, Preprocess, StreamingSplit, TensorSplit, split_targets
 from imgclf.distributed import World, init_from_environment, shutdown
-from imgclf.engine.budget import BudgetPlan, measure_eval_speed, measure_train_speed, plan_epochs
+from imgclf.engine.budget import MAX_EPOCHS, BudgetPlan, measure_eval_speed, measure_train_speed, plan_epochs
 from imgclf.engine.checkpoint import load_training_state, save_training_state
 from imgclf.engine.evaluate import calibrated_metrics, predict_outputs
 from imgclf.engine.loop import FitSetup, FitState, fit, weight_average
 from imgclf.engine.observers import ProgressObserver, TrainObserver
-from imgclf.engine.optim import create_optimizer, create_schedule
+from imgclf.engine.optim import create_optimizer, create_schedule, stretch_schedule
 from imgclf.errors import ImgclfError, UsageError
 from imgclf.explain.calibration import calibrate, class_centroids
 from imgclf.models import ImageClassifier, count_parameters, create_model, get_model_spec
@@ -347,6 +347,7 @@ def _run_stages(run: TrainingRun, saved: dict | None, observer: TrainObserver, c
             _checkpoint_saver(run, setup, index) if run.config.checkpoint_every_epoch and run.world.is_main else None
         )
         interval = 0.0 if run.world.distributed else run.config.checkpoint_interval
+        replan = _budget_replanner(run, setup, console) if run.budget is not None and len(stages) == 1 else None
         run.state = fit(
             setup,
             run.train_batches,
@@ -358,7 +359,38 @@ def _run_stages(run: TrainingRun, saved: dict | None, observer: TrainObserver, c
             early_stopping=run.config.early_stopping,
             save_checkpoint=saver,
             checkpoint_interval=interval,
+            replan=replan,
         )
+
+
+REPLAN_AFTER_S = 3.0  # seconds of epochs before a time budget is re-planned from them
+
+
+def _budget_replanner(run: TrainingRun, setup: FitSetup, console: Console):
+    """After the first epoch, the epochs that fit before the deadline at the speed just seen
+    (the warm-up's few seconds over- or underestimate it), with the learning-rate schedule laid
+    over them, so the schedule ends at the deadline instead of being cut off or ending early."""
+
+    replanned = False
+
+    def replan(state: FitState, epoch_seconds: float) -> int | None:
+        nonlocal replanned
+        # Once, when the epochs so far are a fair sample: the first steps pay one-time costs.
+        if replanned or run.stop_at is None or epoch_seconds * state.epoch < REPLAN_AFTER_S:
+            return None
+        replanned = True
+        remaining = run.stop_at - time.perf_counter()
+        epochs = max(state.epoch, min(MAX_EPOCHS, state.epoch + int(remaining // epoch_seconds)))
+        if epochs != run.epochs:
+            planned = run.budget.seconds_per_epoch
+            console.print(f"time budget: epochs take {epoch_seconds:.1f} s here (planned {planned:.1f} s): "
+                          f"{epochs} epochs in all instead of {run.epochs}")  # fmt: skip
+            run.epochs = epochs
+            run.budget = replace(run.budget, replanned_epochs=epochs)
+            stretch_schedule(setup.scheduler, epochs * len(run.train_batches))
+        return epochs
+
+    return replan
 
 
 def _linear_probe(run: TrainingRun, console: Console) -> None:
@@ -677,6 +709,7 @@ def _train_in_world(
         result["time_budget"] = {
             "budget_s": run.budget.budget_s,
             "planned_epochs": run.budget.epochs,
+            "replanned_epochs": run.budget.replanned_epochs,
             "used_s": round(seconds, 2),
         }
     return result
