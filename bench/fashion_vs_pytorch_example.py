@@ -83,15 +83,20 @@ def baseline_curve(epochs: int) -> list[dict]:
     return curve
 
 
-def imgclf_run(budget: str, model: str | None, work: Path) -> dict:
+def imgclf_run(budget: str, model: str | None, work: Path, extra: list[str] | None = None, tta: bool = False) -> dict:
     output = work / f"run-{budget}-{model}"
     command = [sys.executable, "-m", "imgclf", "train", "fashion-mnist", "--time-budget", budget, "--threads", "2",
-               "--output", str(output), "--overwrite", "--json"]  # fmt: skip
+               "--output", str(output), "--overwrite", "--json", *(extra or [])]  # fmt: skip
     if model:
         command += ["--model", model]
     result = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout)
-    row = {"budget": budget, "model": result["model"], "epochs": result["epochs"], "seconds": result["seconds"],
-           "test_accuracy": result["metrics"]["test_accuracy"]}  # fmt: skip
+    row = {"budget": budget, "model": result["model"], "options": " ".join(extra or []), "epochs": result["epochs"],
+           "seconds": result["seconds"], "test_accuracy": result["metrics"]["test_accuracy"],
+           "replanned_epochs": result.get("time_budget", {}).get("replanned_epochs")}  # fmt: skip
+    if tta:  # the same bundle evaluated with flip test-time augmentation (not counted in "seconds")
+        evaluate = [sys.executable, "-m", "imgclf", "evaluate", str(output), "fashion-mnist", "--tta", "flip", "--json"]
+        metrics = json.loads(subprocess.run(evaluate, check=True, capture_output=True, text=True).stdout)
+        row["test_accuracy_tta_flip"] = metrics["accuracy"]
     print(json.dumps({"imgclf": row}), flush=True)
     return row
 
@@ -108,12 +113,15 @@ def main() -> None:
     parser.add_argument("--model", default="lenet5", help="imgclf model for the budget runs")
     parser.add_argument("--long", default="600", help="budget of the long imgclf run (seconds; 0: skip)")
     parser.add_argument("--long-model", default="simple_cnn")
+    parser.add_argument("--long-options", default="", help="extra train options of the long run, e.g. '--ema 0.999'")
     args = parser.parse_args()
     torch.set_num_threads(2)
     work = Path(tempfile.mkdtemp(prefix="imgclf-fashion-bench-"))
     ours = [imgclf_run(f"{b}s", args.model, work) for b in args.budgets.split(",")]
     baseline = baseline_curve(args.baseline_epochs)
-    long_run = imgclf_run(f"{args.long}s", args.long_model, work) if float(args.long) > 0 else None
+    long_run = None
+    if float(args.long) > 0:
+        long_run = imgclf_run(f"{args.long}s", args.long_model, work, args.long_options.split(), tta=True)
     ours_91, baseline_91 = first_time_at(ours, TARGET), first_time_at(baseline, TARGET)
     summary = {
         "torch": torch.__version__,

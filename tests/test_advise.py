@@ -241,8 +241,11 @@ def test_the_recommended_model_meets_the_latency_budget_when_measured_again(quic
         rows[row["name"]] = row
     # Half the slowest model's latency (about 10x LeNet-5's here): the slowest must be out.
     budget = round(rows["resnet56"]["latency_ms_p50"] / 2, 3)
-    code = main(["advise", "digits", "--models", models, "--latency-ms", str(budget), "--batch", "1", "--json"])
-    advice = json.loads(capsys.readouterr().out)
+    for _ in range(2):  # once more if a burst of other work on this machine spoiled the timing
+        code = main(["advise", "digits", "--models", models, "--latency-ms", str(budget), "--batch", "1", "--json"])
+        advice = json.loads(capsys.readouterr().out)
+        if code == 0:
+            break
     assert code == 0 and advice["recommended"] is not None
     rows = {row["name"]: row for row in advice["candidates"]}
     assert not rows["resnet56"]["meets_budgets"] and "budget" in rows["resnet56"]["rejected_because"][0]
