@@ -9,8 +9,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from conftest import write_class_folder
 from imgclf.cli.main import main
-from imgclf.config import TrainConfig, parse_duration
+from imgclf.config import TrainConfig, parse_duration, preset_values
 from imgclf.data.augment import choose_augmentation
 from imgclf.data.batches import TensorBatches
 from imgclf.data.prepare import Preprocess, TensorSplit
@@ -185,3 +186,25 @@ def test_drop_path_skips_residual_branches_in_training_only_and_keeps_the_weight
 def test_drop_path_on_a_network_without_residual_blocks_is_refused(tmp_path, capsys):
     assert main(["train", "digits", "--model", "lenet5", "--drop-path", "0.1", "-o", str(tmp_path / "x")]) == 2
     assert "--drop-path skips residual blocks" in capsys.readouterr().err
+
+
+def test_the_fast_preset_sets_its_recipe_under_what_the_user_gives(tmp_path, capsys):
+    assert preset_values("fast", cuda=True)["model"] == "fastnet"
+    assert preset_values("fast", cuda=False)["model"] == "fastnet_small"
+    output = tmp_path / "fast"
+    code = main(["train", "digits", "--preset", "fast", "--device", "cpu", "--label-smoothing", "0.05", "--epochs",
+                 "3", "-o", str(output), "--json"])  # fmt: skip
+    result = json.loads(capsys.readouterr().out)
+    assert code == 0 and result["model"] == "fastnet_small" and result["epochs"] == 3
+    training = json.loads((output / "model.json").read_text())["training"]
+    assert training["preset"] == "fast" and training["ema"] == 0.99 and training["batch_size"] == 256
+    assert training["label_smoothing"] == 0.05  # given by the user: the preset does not override it
+    assert result["metrics"]["test_accuracy"] > 0.8
+
+
+def test_the_fast_preset_refuses_large_images_and_unknown_presets(tmp_path, capsys):
+    data = write_class_folder(tmp_path / "big", ["a", "b"], per_class=6, size=96)
+    assert main(["train", str(data), "--preset", "fast", "-o", str(tmp_path / "out")]) == 2
+    assert "--preset fast is for images of 64 px and below" in capsys.readouterr().err
+    assert main(["train", "digits", "--preset", "turbo", "-o", str(tmp_path / "out2")]) == 2
+    assert "--preset must be one of none, fast" in capsys.readouterr().err

@@ -3,6 +3,7 @@
 from imgclf.models import (  # noqa: F401  (registration side effect)
     alexnet,
     efficientnet_lite,
+    fastnet,
     lenet,
     mobilenet,
     resnet,

@@ -29,7 +29,7 @@ class ModelSpec:
 _MODELS: dict[str, ModelSpec] = {}
 # Listing order: the study note's story (LeNet, AlexNet, VGG, ResNet, then the light models).
 FAMILY_ORDER = ("lenet", "alexnet", "vgg", "resnet", "resnet_cifar", "mobilenet", "squeezenet",
-                "efficientnet_lite", "simple")  # fmt: skip
+                "efficientnet_lite", "simple", "fast")  # fmt: skip
 
 
 def register_model(

@@ -20,7 +20,7 @@ from rich.console import Console
 from torch import nn
 
 from imgclf.bundle import Bundle, is_bundle, save_bundle
-from imgclf.config import TrainConfig
+from imgclf.config import FAST_PRESET_MAX_SIZE, TrainConfig
 from imgclf.data.augment import Augmentation, choose_augmentation
 from imgclf.data.batches import Batches
 from imgclf.data.dataset import Dataset
@@ -671,6 +671,10 @@ def _train_in_world(
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // world.local_size))
     run = _assemble(data, config, output, data_dir, console, world, device)
     run.advice = advice
+    if config.preset == "fast" and run.preprocess.input_size > FAST_PRESET_MAX_SIZE:
+        size = run.preprocess.input_size
+        raise UsageError(f"--preset fast is for images of {FAST_PRESET_MAX_SIZE} px and below; these are trained at "
+                         f"{size} px: choose a --model (imgclf advise {data} measures them)")  # fmt: skip
     if config.time_budget is not None:
         _plan_time_budget(run, started, console)
     if saved is not None:
