@@ -198,13 +198,13 @@ def fit(
 ) -> FitState:
     """Train until ``epochs`` are done (or early stopping), then load the best epoch's weights.
     ``save_checkpoint`` gets the state after each epoch and every ``checkpoint_interval`` seconds.
-    ``replan(state, seconds_per_epoch)`` may answer a new number of epochs after each epoch (a
-    time budget that now knows how long an epoch takes here: the mean of this call's epochs)."""
+    ``replan(state, epoch_seconds)`` may answer a new number of epochs after each epoch (a time
+    budget that now knows how long an epoch, validation included, takes here)."""
     state = state or FitState()
     observer.on_fit_start(epochs, len(train_batches), state.epoch)
     started = time.perf_counter()
-    first_epoch = state.epoch
     while state.epoch < epochs and not state.stopped_early:
+        epoch_started = time.perf_counter()
         progress = state.epoch_progress
         epoch_start_step = state.step - int(progress.get("batches_done", 0))
         train_batches.set_epoch(state.epoch, skip=int(progress.get("batches_done", 0)))
@@ -238,7 +238,7 @@ def fit(
             state.stopped_early = True  # out of time
         observer.on_epoch_end(record)
         if replan is not None and not state.stopped_early:
-            epochs = replan(state, (time.perf_counter() - started) / (state.epoch - first_epoch)) or epochs
+            epochs = replan(state, time.perf_counter() - epoch_started) or epochs
         if save_checkpoint is not None:
             save_checkpoint(state)
     if state.best_weights is not None:

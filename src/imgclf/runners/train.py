@@ -371,12 +371,13 @@ def _budget_replanner(run: TrainingRun, setup: FitSetup, console: Console):
     (the warm-up's few seconds over- or underestimate it), with the learning-rate schedule laid
     over them, so the schedule ends at the deadline instead of being cut off or ending early."""
 
-    replanned = False
+    replanned, fit_started = False, time.perf_counter()
 
     def replan(state: FitState, epoch_seconds: float) -> int | None:
         nonlocal replanned
-        # Once, when the epochs so far are a fair sample: the first steps pay one-time costs.
-        if replanned or run.stop_at is None or epoch_seconds * state.epoch < REPLAN_AFTER_S:
+        # Once, from an epoch after the first (which pays one-time costs) and after enough
+        # seconds of epochs that the last one's time is not noise.
+        if replanned or run.stop_at is None or state.epoch < 2 or time.perf_counter() - fit_started < REPLAN_AFTER_S:
             return None
         replanned = True
         remaining = run.stop_at - time.perf_counter()
