@@ -1,7 +1,8 @@
 """Benchmark 1 of issue 4: Fashion-MNIST on 2 CPU threads, imgclf against a plain PyTorch script
 that reproduces the official PyTorch MNIST example, in one script run on one machine.
 
-    .venv/bin/python bench/fashion_vs_pytorch_example.py [--baseline-epochs 6] [--budgets 15,30,60] [--long 600]
+    .venv/bin/python bench/fashion_vs_pytorch_example.py [--baseline-epochs 6] [--budgets 20,30,40,50,60] [--long 600]
+        [--long-model fastnet_small] [--long-options '--preset fast']
 
 Baseline (written here from the example's published recipe): conv 3x3 1->32, ReLU, conv 3x3
 32->64, ReLU, max-pool 2, dropout 0.25, linear 9216->128, ReLU, dropout 0.5, linear 128->10,
@@ -109,7 +110,7 @@ def first_time_at(curve: list[dict], target: float) -> float | None:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--baseline-epochs", type=int, default=6)
-    parser.add_argument("--budgets", default="15,30,45,60")
+    parser.add_argument("--budgets", default="20,30,40,50,60")
     parser.add_argument("--model", default="lenet5", help="imgclf model for the budget runs")
     parser.add_argument("--long", default="600", help="budget of the long imgclf run (seconds; 0: skip)")
     parser.add_argument("--long-model", default="simple_cnn")

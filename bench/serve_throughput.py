@@ -94,7 +94,7 @@ def main() -> None:
 
     import onnxruntime
 
-    from imgclf.runners.export import onnx_session
+    from imgclf.export.onnx_graph import onnx_session
 
     session = onnx_session(str(work / "model.fp32.onnx"))
     image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8))

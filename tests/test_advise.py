@@ -13,7 +13,7 @@ from sklearn.datasets import load_sample_images
 
 from conftest import pattern_image
 from imgclf.advise.facts import DataFacts, HardwareFacts, image_statistics, looks_like_photos
-from imgclf.advise.measure import Candidate, static_facts
+from imgclf.advise.measure import Candidate, onnx_latency, static_facts
 from imgclf.advise.pareto import mark_dominated
 from imgclf.advise.rules import (
     Budgets,
@@ -250,9 +250,13 @@ def test_the_recommended_model_meets_the_latency_budget_when_measured_again(quic
     rows = {row["name"]: row for row in advice["candidates"]}
     assert not rows["resnet56"]["meets_budgets"] and "budget" in rows["resnet56"]["rejected_because"][0]
     chosen = rows[advice["recommended"]]
+    assert chosen["onnx_latency_ms_p95"] is not None  # with a latency budget both runtimes are timed
     model = create_model(chosen["name"], num_classes=10, in_chans=1, input_size=chosen["input_size"])
-    again = measure_latency(model, 1, 1, chosen["input_size"], repeats=20)
-    assert again["p50_ms"] <= budget
+    if chosen["latency_ms_p95"] <= budget:  # it meets the budget in PyTorch: measure that again
+        assert measure_latency(model, 1, 1, chosen["input_size"], repeats=20)["p50_ms"] <= budget
+    else:  # only in ONNX Runtime, as the reasons say
+        assert any("imgclf export" in reason for reason in advice["reasons"])
+        assert onnx_latency(model, 1, 1, chosen["input_size"], seconds=1.0)[0] <= budget
 
 
 def test_no_model_meeting_the_latency_budget_exits_with_a_clear_message(capsys):

@@ -4,8 +4,11 @@ not depend on what the pixels show)."""
 
 from __future__ import annotations
 
+import copy
+import time
 from dataclasses import asdict, dataclass, field
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
@@ -14,10 +17,11 @@ from imgclf.data.augment import Augmentation
 from imgclf.data.batches import TensorBatches
 from imgclf.data.prepare import Preprocess, TensorSplit
 from imgclf.engine.budget import measure_train_speed
+from imgclf.export.onnx_graph import network_proto, onnx_session
 from imgclf.models import count_parameters, create_model
 from imgclf.models.info import measure_latency
 
-__all__ = ["Candidate", "measure_candidate", "static_facts", "timed_batch_size", "training_speed"]
+__all__ = ["Candidate", "measure_candidate", "onnx_latency", "static_facts", "timed_batch_size", "training_speed"]
 
 LATENCY_SECONDS = 1.5  # timing per candidate for latency (at least 5 passes after a warm-up one)
 TRAINING_SECONDS = 2.0  # timing per candidate for training steps (after one untimed step)
@@ -46,8 +50,10 @@ class Candidate:
     gradcam_size: int = 0  # side of the Grad-CAM map (the last feature map) at input_size
     activation_bytes: int = 0  # layer outputs of one image, fp32
     memory_mb: float = 0.0  # training memory estimate at the run's batch (or measured on CUDA)
-    latency_ms_p50: float | None = None
+    latency_ms_p50: float | None = None  # PyTorch eager, channels-last
     latency_ms_p95: float | None = None
+    onnx_latency_ms_p50: float | None = None  # the network exported to ONNX, in onnxruntime (CPU)
+    onnx_latency_ms_p95: float | None = None
     train_images_per_s: float | None = None
     timed_batch: int = 0
     epochs_in_budget: float | None = None
@@ -55,6 +61,13 @@ class Candidate:
     probe_seconds: float | None = None
     probe_images: int | None = None
     rejected_because: list[str] = field(default_factory=list)
+
+    def best_latency(self) -> tuple[str, float | None, float | None]:
+        """(runtime, p50, p95) of the faster runtime measured, by p95."""
+        runtimes = [("PyTorch", self.latency_ms_p50, self.latency_ms_p95),
+                    ("ONNX Runtime", self.onnx_latency_ms_p50, self.onnx_latency_ms_p95)]  # fmt: skip
+        measured = [runtime for runtime in runtimes if runtime[2] is not None]
+        return min(measured, key=lambda runtime: runtime[2]) if measured else ("PyTorch", None, None)
 
     @property
     def label(self) -> str:
@@ -124,6 +137,23 @@ def timed_batch_size(flops: int, batch_size: int) -> int:
     return int(max(2, min(batch_size, STEP_FLOPS // max(1, 3 * flops))))
 
 
+def onnx_latency(model: nn.Module, batch: int, in_chans: int, input_size: int, seconds: float) -> tuple[float, float]:
+    """p50 and p95 in ms of the network exported to ONNX (float input: the preprocessing graph
+    ``imgclf export`` adds is left out) and run by onnxruntime on the CPU."""
+    network = network_proto(copy.deepcopy(model).cpu().to(memory_format=torch.contiguous_format), in_chans,
+                            input_size)  # fmt: skip
+    session = onnx_session(network)
+    name = session.get_inputs()[0].name
+    images = {name: np.random.default_rng(0).standard_normal((batch, in_chans, input_size, input_size), np.float32)}
+    session.run(None, images)  # the first run allocates
+    times, started = [], time.perf_counter()
+    while len(times) < MAX_REPEATS and (len(times) < 5 or time.perf_counter() - started < seconds):
+        begin = time.perf_counter()
+        session.run(None, images)
+        times.append((time.perf_counter() - begin) * 1000)
+    return round(float(np.median(times)), 3), round(float(np.percentile(times, 95)), 3)
+
+
 def training_speed(
     model: nn.Module, batch: int, in_chans: int, input_size: int, num_classes: int, device: torch.device, seconds: float
 ) -> float:
@@ -147,9 +177,11 @@ def measure_candidate(
     device: torch.device,
     latency_seconds: float = LATENCY_SECONDS,
     training_seconds: float = TRAINING_SECONDS,
+    onnx_seconds: float = 0.0,
 ) -> None:
-    """Latency (unless ``latency_seconds`` is 0) and training speed measured on ``device``
-    (``static_facts`` first: the timed batch depends on the FLOPs)."""
+    """Latency (unless ``latency_seconds`` is 0; in ONNX Runtime too when ``onnx_seconds`` is
+    not), and training speed, measured on ``device`` (``static_facts`` first: the timed batch
+    depends on the FLOPs)."""
     model = create_model(candidate.name, num_classes=num_classes, in_chans=in_chans, input_size=candidate.input_size)
     model = model.to(device, memory_format=torch.channels_last)
     if device.type == "cuda":
@@ -160,6 +192,10 @@ def measure_candidate(
             max_seconds=latency_seconds,
         )  # fmt: skip
         candidate.latency_ms_p50, candidate.latency_ms_p95 = latency["p50_ms"], latency["p95_ms"]
+    if onnx_seconds > 0 and device.type == "cpu":
+        candidate.onnx_latency_ms_p50, candidate.onnx_latency_ms_p95 = onnx_latency(
+            model, latency_batch, in_chans, candidate.input_size, onnx_seconds
+        )
     candidate.timed_batch = timed_batch_size(candidate.flops, batch_size)
     speed = training_speed(
         model, candidate.timed_batch, in_chans, candidate.input_size, num_classes, device, training_seconds

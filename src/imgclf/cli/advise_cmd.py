@@ -67,8 +67,10 @@ def _optional(value, pattern: str) -> str:
 def print_advice(advice: dict) -> None:
     console = stdout_console()
     title = f"candidates measured here (latency at batch {advice['budgets']['latency_batch']})"
-    table = Table("model", "params", "FLOPs", "px", "ms p50", "ms p95", "train img/s", "epochs", "MiB", "probe",
-                  "verdict", title=title)  # fmt: skip
+    with_onnx = any(row["onnx_latency_ms_p95"] is not None for row in advice["candidates"])
+    onnx_columns = ["ORT ms p95"] if with_onnx else []
+    table = Table("model", "params", "FLOPs", "px", "ms p50", "ms p95", *onnx_columns, "train img/s", "epochs", "MiB",
+                  "probe", "verdict", title=title)  # fmt: skip
     for row in advice["candidates"]:
         name = f"{row['name']} (pretrained)" if row["pretrained"] else row["name"]
         verdict = "ok" if row["meets_budgets"] else row["rejected_because"][0]
@@ -81,6 +83,7 @@ def print_advice(advice: dict) -> None:
             str(row["input_size"]),
             _optional(row["latency_ms_p50"], "{:.2f}"),
             _optional(row["latency_ms_p95"], "{:.2f}"),
+            *([_optional(row["onnx_latency_ms_p95"], "{:.2f}")] if with_onnx else []),
             _optional(row["train_images_per_s"], "{:,.0f}"),
             _optional(row["epochs_in_budget"], "{:g}"),
             f"{row['memory_mb']:,.0f}",

@@ -17,15 +17,19 @@ preprocessing exactly; on other sizes ONNX's antialiased bilinear filter stands 
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import warnings
 
 import numpy as np
 import onnx
+import torch
 from onnx import TensorProto, compose, helper, numpy_helper
 
 from imgclf.data.prepare import Preprocess
 
-__all__ = ["OPSET", "add_contract", "preprocessing_graph", "with_preprocessing"]
+__all__ = ["OPSET", "add_contract", "network_proto", "onnx_session", "preprocessing_graph", "with_preprocessing"]
 
 OPSET = 18
 PIXELS, NORMALIZED, LOGITS, PROBABILITIES = "pixels", "normalized", "logits", "probabilities"
@@ -173,3 +177,26 @@ def add_contract(model: onnx.ModelProto, contract: dict) -> None:
     for key, value in contract.items():
         entry = model.metadata_props.add()
         entry.key, entry.value = f"imgclf.{key}", json.dumps(value)
+
+
+def onnx_session(model: onnx.ModelProto | bytes | str):
+    """An onnxruntime CPU session for a model (object, bytes or file path)."""
+    import onnxruntime
+
+    source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 3  # errors only: shape-merge notes about the exported graph are harmless
+    return onnxruntime.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+
+
+def network_proto(model: torch.nn.Module, channels: int, size: int) -> onnx.ModelProto:
+    """The network alone, float NCHW in, dynamic batch, via PyTorch's exporter (torch.export)."""
+    model = model.eval()
+    example = torch.zeros(2, channels, size, size)
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")  # the exporter's progress notes and deprecation chatter
+        program = torch.onnx.export(
+            model, (example,), dynamo=True, opset_version=OPSET, dynamic_shapes=({0: batch},), verbose=False
+        )
+    return program.model_proto

@@ -135,8 +135,9 @@ def _measure_all(candidates, data: DataFacts, options: AdviseOptions, hardware, 
             continue
         in_chans = 3 if candidate.pretrained else data.channels
         console.print(f"measuring {candidate.label} at {candidate.input_size} px", highlight=False)
+        onnx_seconds = timing.latency_s if options.latency_ms is not None else 0.0  # deploying: both runtimes
         measure_candidate(candidate, in_chans, data.classes, options.batch_size, options.batch, device,
-                          timing.latency_s, timing.training_s)  # fmt: skip
+                          timing.latency_s, timing.training_s, onnx_seconds)  # fmt: skip
         candidate.rejected_because += rejection_reasons(candidate, data, budgets, hardware, MEASURED_RULES)
         if too_slow is None and too_slow_to_train(candidate, data, budgets, hardware):
             too_slow = candidate
@@ -281,8 +282,12 @@ def _pick_facts(pick: Candidate, budgets: Budgets) -> list[str]:
              f"{pick.input_size} px, trains {pick.train_images_per_s:,.0f} images/s here"]  # fmt: skip
     if pick.epochs_in_budget is not None:
         facts.append(f"{pick.epochs_in_budget:.1f} epochs fit in {budgets.time_budget_s:g} s of training")
-    if pick.latency_ms_p50 is not None:
+    runtime, p50, p95 = pick.best_latency()
+    if p50 is not None:
         limit = f" (budget {budgets.latency_ms:g} ms)" if budgets.latency_ms is not None else ""
-        facts.append(f"latency at batch {budgets.latency_batch}: p50 {pick.latency_ms_p50:.2f} ms, p95 "
-                     f"{pick.latency_ms_p95:.2f} ms{limit}")  # fmt: skip
+        facts.append(
+            f"latency at batch {budgets.latency_batch} in {runtime}: p50 {p50:.2f} ms, p95 {p95:.2f} ms{limit}"
+        )
+        if runtime == "ONNX Runtime":
+            facts.append("deploy it with imgclf export (ONNX Runtime), where it meets the budget")
     return facts

@@ -3,12 +3,9 @@ check against PyTorch (and an int8 variant with its accuracy change) and a laten
 
 from __future__ import annotations
 
-import contextlib
-import io
 import logging
 import tempfile
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,13 +21,13 @@ from imgclf.data.prepare import TensorSplit
 from imgclf.engine.checkpoint import atomic_write_bytes
 from imgclf.engine.evaluate import predict_logits
 from imgclf.errors import BadImageError, ImgclfError, UsageError
-from imgclf.export.onnx_graph import OPSET, add_contract, with_preprocessing
+from imgclf.export.onnx_graph import OPSET, add_contract, network_proto, onnx_session, with_preprocessing
 from imgclf.models.info import measure_latency
 from imgclf.runners.common import eval_batch_size, make_batches, stderr_console
 from imgclf.runners.evaluate import split_policy
 from imgclf.runners.report import recorded_data
 
-__all__ = ["MIN_FP32_AGREEMENT", "onnx_session", "run_export"]
+__all__ = ["MIN_FP32_AGREEMENT", "run_export"]
 
 MIN_FP32_AGREEMENT = 0.999  # export fails below this top-1 agreement with PyTorch
 PARITY_IMAGES = 2_000  # validation images compared (evenly spaced)
@@ -38,27 +35,8 @@ CALIBRATION_IMAGES = 256  # training images for int8 calibration (evenly spaced)
 LAYOUTS = ("nhwc", "nchw")
 
 
-def onnx_session(model: onnx.ModelProto | bytes | str):
-    """An onnxruntime CPU session for a model (object, bytes or file path)."""
-    import onnxruntime
-
-    source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
-    options = onnxruntime.SessionOptions()
-    options.log_severity_level = 3  # errors only: shape-merge notes about the exported graph are harmless
-    return onnxruntime.InferenceSession(source, options, providers=["CPUExecutionProvider"])
-
-
 def _network_proto(bundle: Bundle) -> onnx.ModelProto:
-    """The network alone, float NCHW in, dynamic batch, via PyTorch's exporter (torch.export)."""
-    model = bundle.model.eval()
-    example = torch.zeros(2, bundle.preprocess.channels, bundle.preprocess.input_size, bundle.preprocess.input_size)
-    batch = torch.export.Dim("batch", min=1, max=4096)
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")  # the exporter's progress notes and deprecation chatter
-        program = torch.onnx.export(
-            model, (example,), dynamo=True, opset_version=OPSET, dynamic_shapes=({0: batch},), verbose=False
-        )
-    return program.model_proto
+    return network_proto(bundle.model, bundle.preprocess.channels, bundle.preprocess.input_size)
 
 
 @dataclass

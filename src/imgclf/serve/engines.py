@@ -58,7 +58,7 @@ class OnnxEngine:
     """An ONNX file from ``imgclf export``: its metadata says how to feed it."""
 
     def __init__(self, path: Path):
-        from imgclf.runners.export import onnx_session
+        from imgclf.export.onnx_graph import onnx_session
 
         self.session = onnx_session(str(path))
         metadata = self.session.get_modelmeta().custom_metadata_map
