@@ -208,3 +208,17 @@ def test_the_fast_preset_refuses_large_images_and_unknown_presets(tmp_path, caps
     assert "--preset fast is for images of 64 px and below" in capsys.readouterr().err
     assert main(["train", "digits", "--preset", "turbo", "-o", str(tmp_path / "out2")]) == 2
     assert "--preset must be one of none, fast" in capsys.readouterr().err
+
+
+def test_trivial_augment_works_per_image_on_pixels_seeded_and_leaves_the_global_rng_alone():
+    augmentation = choose_augmentation("trivial+flip", "folder", 3, 32)
+    assert augmentation.trivial and augmentation.flip
+    pixels = torch.randint(0, 256, (32, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    state = torch.get_rng_state()
+    first = augmentation.on_pixels(pixels, torch.Generator().manual_seed(5))
+    assert torch.equal(torch.get_rng_state(), state)
+    second = augmentation.on_pixels(pixels, torch.Generator().manual_seed(5))
+    assert first.shape == pixels.shape and first.dtype == torch.uint8 and torch.equal(first, second)
+    changed = [not torch.equal(a, b) for a, b in zip(first, pixels)]
+    assert sum(changed) >= len(changed) // 2  # one random operation per image; some draw the identity
+    assert torch.equal(choose_augmentation("flip", "folder", 3, 32).on_pixels(pixels, torch.Generator()), pixels)

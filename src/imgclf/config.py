@@ -18,7 +18,7 @@ __all__ = ["PRESETS", "TrainConfig", "load_config_file", "parse_duration", "pres
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("onecycle", "cosine", "constant")
 # --augment: "auto", "none", or these parts joined by "+" (at most one of mixup and cutmix)
-AUGMENTATION_PARTS = ("flip", "translate", "erase", "jitter", "mixup", "cutmix")
+AUGMENTATION_PARTS = ("flip", "translate", "erase", "jitter", "trivial", "mixup", "cutmix")
 CLASS_WEIGHTS = ("none", "balanced")
 FINETUNE_MODES = ("full", "head", "linear-probe", "two-stage")
 

@@ -64,7 +64,13 @@ _OPTIONS = (
         "keep an exponential moving average of the weights with this decay per step (e.g. 0.999) and "
         "validate and ship it (default: off)",
     ),
-    ("--augment", "augment", str, "auto, none, flip, translate or flip+translate (default: auto, per data kind)"),
+    (
+        "--augment",
+        "augment",
+        str,
+        "auto (per data kind), none, or parts joined by '+': flip, translate, erase, jitter, trivial "
+        "(TrivialAugment), and one of mixup or cutmix (default: auto)",
+    ),
     ("--input-size", "input_size", int, "input size in px (default: chosen from the data and model)"),
     ("--seed", "seed", int, "seed for weights, shuffling, augmentation and the split (default: 0)"),
     (

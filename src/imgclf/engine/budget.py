@@ -83,7 +83,7 @@ def measure_train_speed(
     seen, started = 0, None
     try:
         for images, targets in batches:
-            inputs = preprocess.normalize(images.to(device))
+            inputs = preprocess.normalize(augmentation.on_pixels(images.to(device), generator))
             if augmentation.enabled:
                 inputs = augmentation(inputs, generator)
             loss = nn.functional.cross_entropy(trial(inputs).float(), targets.to(device))

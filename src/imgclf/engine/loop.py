@@ -116,7 +116,7 @@ def train_one_epoch(
             continue  # every file of this batch failed to decode (streaming data)
         images = images.to(device, non_blocking=True)
         targets = targets.to(device, non_blocking=True)
-        inputs = setup.preprocess.normalize(images)
+        inputs = setup.preprocess.normalize(setup.augmentation.on_pixels(images, setup.augment_generator))
         if setup.augmentation.enabled:
             inputs = setup.augmentation(inputs, setup.augment_generator)
         mixed = (
