@@ -222,3 +222,12 @@ def test_trivial_augment_works_per_image_on_pixels_seeded_and_leaves_the_global_
     changed = [not torch.equal(a, b) for a, b in zip(first, pixels)]
     assert sum(changed) >= len(changed) // 2  # one random operation per image; some draw the identity
     assert torch.equal(choose_augmentation("flip", "folder", 3, 32).on_pixels(pixels, torch.Generator()), pixels)
+
+
+@pytest.mark.slow  # compiling with inductor takes about a minute on 2 cores
+def test_compiled_training_learns_and_ships_a_plain_bundle(tmp_path, capsys):
+    output = tmp_path / "compiled"
+    assert main(["train", "digits", "--epochs", "3", "--compile", "-o", str(output), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["metrics"]["test_accuracy"] > 0.8
+    assert not any("_orig_mod" in key for key in load_file(str(output / "model.safetensors")))

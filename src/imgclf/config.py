@@ -50,6 +50,7 @@ class TrainConfig:
     threads: int | None = None  # CPU threads for PyTorch; None: PyTorch's default
     device: str = "auto"  # auto, cpu, cuda, cuda:N
     amp: bool = True  # bf16 autocast on CUDA
+    compile: bool = False  # torch.compile the training forward pass (its compile time counts)
     workers: int = 2  # decoding threads/processes
     max_memory_gb: float = 4.0  # decoded data above this streams from disk instead
     checkpoint_every_epoch: bool = True

@@ -122,6 +122,9 @@ def add_parser(commands) -> None:
         "torchvision's cache for the others), or a .safetensors / .pth state dict FILE",
     )
     parser.add_argument("--no-amp", dest="amp", action="store_false", default=None, help="no bf16 autocast on CUDA")
+    parser.add_argument("--compile", dest="compile", action="store_true", default=None,
+                        help="torch.compile the training step (compiling takes a while and counts against a budget; "
+                        "pays on GPUs and long runs)")  # fmt: skip
     parser.add_argument("--config", help="JSON file of options (command-line options override it)")
     parser.add_argument("--output", "-o", help="bundle folder (default: runs/<data>-<model>)")
     parser.add_argument("--overwrite", action="store_true", help="replace a bundle already in --output")
@@ -176,6 +179,8 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
         values["time_budget"] = parse_duration(values["time_budget"])
     if args.amp is not None:
         values["amp"] = args.amp
+    if args.compile:
+        values["compile"] = True
     if args.pretrained is not None:
         values["pretrained"] = args.pretrained
     if args.strict:

@@ -219,6 +219,8 @@ def _stage_setup(run: TrainingRun, stage: Stage) -> FitSetup:
     if run.world.distributed:  # wrapped per stage: DDP registers the parameters that train now
         device_ids = [run.device.index] if run.device.type == "cuda" else None
         forward_model = nn.parallel.DistributedDataParallel(run.model, device_ids=device_ids)
+    if config.compile:  # the training step only; evaluation and the bundle use the plain module
+        forward_model = torch.compile(forward_model or run.model)
     loss_fn = _loss_function(config, split_targets(run.prepared.splits["train"]), run.dataset.num_classes, run.device)
     return FitSetup(
         run.model,
