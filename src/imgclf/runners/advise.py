@@ -35,8 +35,9 @@ from imgclf.transfer import load_pretrained, pretrained_available
 __all__ = ["DEFAULT_CANDIDATES", "AdviseOptions", "run_advise"]
 
 # One or two of each family of the note's story, small-image designs included.
-DEFAULT_CANDIDATES = ("lenet5", "simple_cnn", "resnet20", "resnet56", "resnet18", "resnet50", "vgg11", "alexnet",
-                      "mobilenet_v3_small", "mobilenet_v2", "squeezenet1_1", "efficientnet_lite0")  # fmt: skip
+DEFAULT_CANDIDATES = ("lenet5", "simple_cnn", "fastnet_small", "resnet20", "resnet56", "resnet18", "resnet50",
+                      "vgg11", "alexnet", "mobilenet_v3_small", "mobilenet_v2", "squeezenet1_1",
+                      "efficientnet_lite0")  # fmt: skip
 PLANNING_BUDGET_S = 600.0  # without --time-budget the advisor plans a 10-minute run
 PROBE_SHARE = 0.2  # of the time budget, shared by the probes
 PROBE_TOTAL_RANGE = (30.0, 180.0)  # seconds all probes of `imgclf advise` take together
