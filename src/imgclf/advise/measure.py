@@ -66,8 +66,10 @@ class Candidate:
         """(runtime, p50, p95) of the faster runtime measured, by p95."""
         runtimes = [("PyTorch", self.latency_ms_p50, self.latency_ms_p95),
                     ("ONNX Runtime", self.onnx_latency_ms_p50, self.onnx_latency_ms_p95)]  # fmt: skip
-        measured = [runtime for runtime in runtimes if runtime[2] is not None]
-        return min(measured, key=lambda runtime: runtime[2]) if measured else ("PyTorch", None, None)
+        measured = [runtime for runtime in runtimes if runtime[1] is not None]
+        if not measured:
+            return "PyTorch", None, None
+        return min(measured, key=lambda runtime: runtime[2] if runtime[2] is not None else runtime[1])
 
     @property
     def label(self) -> str:
