@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 from imgclf.advise.facts import DataFacts, HardwareFacts
 from imgclf.advise.measure import Candidate
+from imgclf.models import get_model_spec
 
 __all__ = [
     "ACCURACY_TOLERANCE",
@@ -93,9 +94,10 @@ def too_large_for_data(candidate: Candidate, data: DataFacts, budgets: Budgets, 
 def collapses_small_images(candidate: Candidate, data: DataFacts, budgets: Budgets, hardware: HardwareFacts):
     if candidate.pretrained or candidate.gradcam_size > 1 or candidate.input_size >= 64:
         return None
+    designed = get_model_spec(candidate.name).input_size
     return (
-        f"designed for 224 px images: its downsampling leaves a 1x1 map of a {candidate.input_size} px input, "
-        "so its last layers see no spatial layout"
+        f"designed for {designed} px images: its downsampling leaves a 1x1 map of a {candidate.input_size} px "
+        "input, so its last layers see no spatial layout"
     )
 
 
