@@ -212,3 +212,47 @@ def test_the_web_page_shows_the_label_of_an_uploaded_image(digits_bundle, tmp_pa
     finally:
         driver.quit()
         page_server.stop()
+
+
+class _SlowEchoEngine:
+    """Answers each image with its own first pixel as the label, slowly, and records its calls."""
+
+    parallel_batches = 2
+
+    def __init__(self):
+        self.batches, self.running, self.most_running = [], 0, 0
+        self.lock = __import__("threading").Lock()
+
+    def predict(self, images, top_k):
+        with self.lock:
+            self.running += 1
+            self.most_running = max(self.most_running, self.running)
+            self.batches.append(len(images))
+        time.sleep(0.05)
+        with self.lock:
+            self.running -= 1
+        return [{"label": str(int(image[0, 0, 0])), "top_k": [{"label": str(int(image[0, 0, 0]))}]} for image in images]
+
+
+def test_concurrent_requests_are_batched_over_parallel_workers_and_each_gets_its_own_answer():
+    import asyncio
+
+    from imgclf.serve.app import ServeSettings, _Batcher
+
+    engine = _SlowEchoEngine()
+    images = [np.full((4, 4, 3), value, np.uint8) for value in range(40)]
+
+    async def scenario():
+        batcher = _Batcher(engine, ServeSettings())
+        batcher.start()
+        try:
+            return await asyncio.gather(*(batcher.predict(image, top_k=1) for image in images))
+        finally:
+            for task in batcher.tasks:
+                task.cancel()
+
+    answers = asyncio.run(scenario())
+    assert [answer["label"] for answer in answers] == [str(value) for value in range(40)]
+    assert engine.most_running == 2  # the engine's two workers ran side by side, never more
+    assert sum(engine.batches) == 40 and max(engine.batches) > 1  # and requests shared model calls
+    assert max(engine.batches) <= 20  # the queue was split between the workers, not held by one

@@ -179,13 +179,18 @@ def add_contract(model: onnx.ModelProto, contract: dict) -> None:
         entry.key, entry.value = f"imgclf.{key}", json.dumps(value)
 
 
-def onnx_session(model: onnx.ModelProto | bytes | str):
-    """An onnxruntime CPU session for a model (object, bytes or file path)."""
+def onnx_session(model: onnx.ModelProto | bytes | str, threads: int | None = None):
+    """An onnxruntime CPU session for a model (object, bytes or file path).
+
+    ``threads``: the intra-op threads of one ``run`` (default: onnxruntime's, one per core). A
+    server that runs several batches at once wants 1 each (see serve/app.py)."""
     import onnxruntime
 
     source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
     options = onnxruntime.SessionOptions()
     options.log_severity_level = 3  # errors only: shape-merge notes about the exported graph are harmless
+    if threads is not None:
+        options.intra_op_num_threads = threads
     return onnxruntime.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 
 
