@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime
 import pytest
 from PIL import Image
@@ -69,6 +70,12 @@ def test_int8_export_reports_its_accuracy_change_and_runs(given_split_bundle, tm
     assert "int8" in json.loads(session.get_modelmeta().custom_metadata_map["imgclf.quantization"])
     pixels = np.zeros((3, 3, 16, 20), dtype=np.uint8)  # NCHW, any size: resized in the graph
     assert session.run(["probabilities"], {"pixels": pixels})[0].shape == (3, 3)
+    graph = onnx.load(str(tmp_path / "q.onnx")).graph
+    dequantized = {output for node in graph.node if node.op_type == "DequantizeLinear" for output in node.output}
+    convolutions = [node for node in graph.node if node.op_type == "Conv"]
+    assert convolutions and all(node.input[1] in dequantized for node in convolutions)  # int8 weights
+    (classifier,) = [node for node in graph.node if node.op_type in ("Gemm", "MatMul")][-1:]
+    assert classifier.input[1] not in dequantized  # the logits' layer stays float: no flipped near-ties
 
 
 def test_export_refuses_bad_options_clearly(given_split_bundle, capsys):
