@@ -31,6 +31,7 @@ __all__ = ["MIN_FP32_AGREEMENT", "run_export"]
 
 MIN_FP32_AGREEMENT = 0.999  # export fails below this top-1 agreement with PyTorch
 PARITY_IMAGES = 2_000  # validation images compared (evenly spaced)
+INT8_DESCRIPTION = "int8 static (QDQ), calibrated on training images; the final classifier in float"
 CALIBRATION_IMAGES = 256  # training images for int8 calibration (evenly spaced)
 LAYOUTS = ("nhwc", "nchw")
 
@@ -225,7 +226,7 @@ def _contract(bundle: Bundle, layout: str, quantized: bool) -> dict:
         "preprocess": pre.to_dict(),
         "temperature": bundle_temperature(bundle),
         "architecture": bundle.description.get("architecture"),
-        "quantization": "int8 static (QDQ), calibrated on training images; the final classifier in float" if quantized else "none (fp32)",
+        "quantization": INT8_DESCRIPTION if quantized else "none (fp32)",
     }
 
 

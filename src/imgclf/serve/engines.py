@@ -63,10 +63,10 @@ class OnnxEngine:
 
     Throughput comes from running batches side by side with one thread each, rather than one
     batch at a time spread over every core: measured on 2 cores with EfficientNet-Lite0 at 224 px,
-    onnxruntime alone ran 211 images/s so against 157 for batches of 8 on its default threads. Two
-    batches per core, because while one computes the other's answers travel back to their clients
-    and their next requests arrive: served with 8 clients, 165 requests/s with one per core and 181
-    with two (bench/serve_throughput.py, BENCHMARKS.md)."""
+    onnxruntime alone ran 205-213 images/s that way, and 119-203 on its default threads
+    (bench/onnxruntime_threads.py). Two batches per core, because while one computes the other's
+    answers travel back to their clients and their next requests arrive: served to 8 clients,
+    165 requests/s with one per core and 181 with two (bench/serve_throughput.py, BENCHMARKS.md)."""
 
     def __init__(self, path: Path, threads: int = 1):
         from imgclf.export.onnx_graph import onnx_session
