@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -170,7 +171,9 @@ def test_an_exported_onnx_file_is_served_the_same_way(digits_bundle, tmp_path):
         data, truth = _digit_png(5)
         status, result, _ = onnx_server.request("/v1/predict", data)
         assert status == 200 and result["top_k"][0]["label"] == truth
-        assert onnx_server.get("/v1/metadata")[1]["kind"] == "onnx"
+        metadata = onnx_server.get("/v1/metadata")[1]
+        assert metadata["kind"] == "onnx"
+        assert metadata["limits"]["workers"] == 2 * len(os.sched_getaffinity(0))  # two one-thread calls per core
     finally:
         onnx_server.stop()
 
@@ -256,3 +259,16 @@ def test_concurrent_requests_are_batched_over_parallel_workers_and_each_gets_its
     assert engine.most_running == 2  # the engine's two workers ran side by side, never more
     assert sum(engine.batches) == 40 and max(engine.batches) > 1  # and requests shared model calls
     assert max(engine.batches) <= 20  # the queue was split between the workers, not held by one
+
+
+def test_serve_refuses_bad_options_and_sources_by_name(digits_bundle, tmp_path, capsys):
+    from imgclf.cli.main import main
+
+    assert main(["serve", str(digits_bundle), "--workers", "0"]) == 2
+    assert "--workers must be positive" in capsys.readouterr().err
+    assert main(["serve", str(digits_bundle), "--threads", "-1"]) == 2
+    assert "--threads must be positive" in capsys.readouterr().err
+    pickle = tmp_path / "model.pt"
+    pickle.write_bytes(b"not loaded")
+    assert main(["serve", str(pickle)]) == 2
+    assert f"{pickle}: not a bundle folder or an .onnx file" in capsys.readouterr().err
