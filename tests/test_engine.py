@@ -70,6 +70,25 @@ def test_training_state_round_trips_without_pickle(tmp_path):
         assert torch.equal(restored.state_dict()["state"][0][key], value)
 
 
+def test_best_weights_equal_to_the_current_ones_are_stored_once_and_restored(tmp_path):
+    model = create_model("lenet5")
+    optimizer = create_optimizer(model, "sgd", 0.1, 5e-4)
+    path = tmp_path / "training_state.safetensors"
+    best = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    save_training_state(path, model, optimizer, best, {"torch": torch.get_rng_state()}, {"epoch": 1})
+    with safe_open(str(path), framework="pt") as handle:
+        assert not [key for key in handle.keys() if key.startswith("best.")]  # noqa: SIM118
+    loaded = load_training_state(path)
+    assert all(torch.equal(loaded["best"][k], v) for k, v in best.items()) and "best_is_model" not in loaded["meta"]
+    model(torch.randn(4, 1, 32, 32)).sum().backward()
+    optimizer.step()  # the model moves on; the best weights stay behind and are written separately
+    save_training_state(path, model, optimizer, best, {"torch": torch.get_rng_state()}, {"epoch": 2})
+    loaded = load_training_state(path)
+    assert all(torch.equal(loaded["best"][k], v) for k, v in best.items())
+    assert not torch.equal(loaded["model"]["conv1.weight"], loaded["best"]["conv1.weight"])
+    assert [p.name for p in tmp_path.iterdir()] == ["training_state.safetensors"]  # no temporary file left
+
+
 def test_progress_in_a_log_file_prints_step_and_epoch_lines():
     import io
 

@@ -18,11 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save
+from safetensors.torch import load_file
 
 from imgclf import __version__
 from imgclf.data.prepare import Preprocess
-from imgclf.engine.checkpoint import atomic_write_bytes, state_dict_for_saving
+from imgclf.engine.checkpoint import atomic_write_bytes, atomic_write_tensors, state_dict_for_saving
 from imgclf.errors import BundleError, ImgclfError
 from imgclf.models import ImageClassifier, create_model
 
@@ -57,9 +57,9 @@ def save_bundle(
     """Write the bundle files atomically; ``description`` becomes model.json."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(directory / WEIGHTS_FILE, save(state_dict_for_saving(model), metadata={"format": "pt"}))
+    atomic_write_tensors(directory / WEIGHTS_FILE, state_dict_for_saving(model), metadata={"format": "pt"})
     if centroids is not None:
-        atomic_write_bytes(directory / CENTROIDS_FILE, save({"centroids": centroids.contiguous().float()}))
+        atomic_write_tensors(directory / CENTROIDS_FILE, {"centroids": centroids.contiguous().float()})
     else:
         (directory / CENTROIDS_FILE).unlink(missing_ok=True)  # never pair new weights with old centroids
     _write_json(directory / METRICS_FILE, metrics)

