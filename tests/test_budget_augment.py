@@ -15,7 +15,7 @@ from imgclf.config import TrainConfig, parse_duration, preset_values
 from imgclf.data.augment import choose_augmentation
 from imgclf.data.batches import TensorBatches
 from imgclf.data.prepare import Preprocess, TensorSplit
-from imgclf.engine.budget import REPORT_SECONDS, SAFETY_FRACTION, plan_epochs
+from imgclf.engine.budget import REPORT_SECONDS, SAFETY_FRACTION, WRITE_BYTES_PER_S, plan_epochs
 from imgclf.engine.checkpoint import load_training_state
 from imgclf.engine.evaluate import predict_logits
 from imgclf.engine.loop import weight_average
@@ -88,10 +88,18 @@ def test_augment_option_is_checked():
 def test_time_budget_planner_arithmetic():
     plan = plan_epochs(60.0, 5.0, 54_000, 6_000, 21_000, 15_000.0, 50_000.0)
     epoch_s = 54_000 / 15_000 + 6_000 / 50_000
-    final_s = 21_000 / 50_000 + REPORT_SECONDS
+    final_s = 21_000 / 50_000 + REPORT_SECONDS + 6_000 / 50_000  # and the validation of an epoch cut short
     assert plan.seconds_per_epoch == pytest.approx(epoch_s) and plan.final_seconds == pytest.approx(final_s)
     assert plan.epochs == int((60 * (1 - SAFETY_FRACTION) - 5 - final_s) // epoch_s) and plan.fits
     assert plan.epochs * epoch_s + 5 + final_s <= 60  # the plan itself stays inside the budget
+    # A heavy model: each epoch writes a 1.5 GB training state, the end a 0.5 GB bundle.
+    heavy = plan_epochs(60.0, 5.0, 54_000, 6_000, 21_000, 15_000.0, 50_000.0, 1_500_000_000, 500_000_000)
+    assert heavy.seconds_per_epoch == pytest.approx(epoch_s + 1.5e9 / WRITE_BYTES_PER_S)
+    assert heavy.final_seconds == pytest.approx(final_s + 0.5e9 / WRITE_BYTES_PER_S)
+    assert heavy.epochs < plan.epochs
+    # After epochs ran: the final phase from a measured 0.5 s validation pass and a 4 s checkpoint.
+    assert heavy.final_seconds_from(0.5, 4.0) == pytest.approx(REPORT_SECONDS + 0.5e9 / WRITE_BYTES_PER_S
+                                                               + 0.5 * (1 + 21_000 / 6_000) + 4.0)  # fmt: skip
     tight = plan_epochs(5.0, 4.0, 54_000, 6_000, 21_000, 15_000.0, 50_000.0)
     assert tight.epochs == 1 and not tight.fits and "does not fit" in tight.describe()
     assert parse_duration("90") == parse_duration("1.5m") == 90.0 and parse_duration("1h") == 3600.0

@@ -114,3 +114,9 @@ def test_progress_in_a_log_file_prints_step_and_epoch_lines():
     observer.on_epoch_end(record)
     lines = log.getvalue().splitlines()
     assert lines[0].startswith("epoch   1/2  step 5/10") and "val loss 0.4000 acc 0.8500" in lines[1]
+    observer.on_epoch_end({**record, "epoch": 2, "epochs": 3})  # a time budget re-planned 2 epochs to 3
+    observer.on_step(2, 0, 0.5, 0.8, 1000.0)
+    assert log.getvalue().splitlines()[2:] == [
+        "epoch   2/3  train loss 0.5000 acc 0.8000  val loss 0.4000 acc 0.8500  lr 1.00e-01  1,000 img/s  1.0s *",
+        "epoch   3/3  step 1/10  train loss 0.5000 acc 0.8000  1,000 img/s",
+    ]

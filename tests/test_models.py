@@ -112,9 +112,12 @@ def test_every_model_trains_at_its_smallest_input_through_the_shared_interface(n
     logits.sum().backward()
     assert all(p.grad is not None for p in model.parameters())
     model.eval()
-    embedding = model.forward_head(model.forward_features(images), pre_logits=True)
+    features = model.forward_features(images)
+    embedding = model.forward_head(features, pre_logits=True)
     classifier = model.get_classifier()
     assert embedding.shape == (2, getattr(classifier, "in_features", None) or classifier.in_channels)
+    together = model.forward_head_and_embedding(features)  # the one-pass version gives the same two
+    assert torch.allclose(together[0], model.forward_head(features)) and torch.allclose(together[1], embedding)
     model.reset_classifier(3)
     assert model(images).shape == (2, 3)
     groups = model.parameter_groups()

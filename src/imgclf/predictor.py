@@ -72,13 +72,12 @@ class Classifier:
         centroids, each image's embedding distance to its predicted class's centroid."""
         batch = self.preprocess.normalize(torch.from_numpy(np.stack(prepared)).to(self.device))
         features = self.model.forward_features(batch)
-        logits = self.model.forward_head(features).float()
-        probabilities = torch.softmax(logits / self.temperature, dim=1).cpu()
         if self.distance_threshold is None:
-            return probabilities, None
-        embeddings = torch.nn.functional.normalize(
-            torch.flatten(self.model.forward_head(features, pre_logits=True), 1).float(), dim=1
-        ).cpu()
+            logits = self.model.forward_head(features).float()
+            return torch.softmax(logits / self.temperature, dim=1).cpu(), None
+        logits, embeddings = self.model.forward_head_and_embedding(features)
+        probabilities = torch.softmax(logits.float() / self.temperature, dim=1).cpu()
+        embeddings = torch.nn.functional.normalize(torch.flatten(embeddings, 1).float(), dim=1).cpu()
         return probabilities, centroid_distance(embeddings, self.centroids, probabilities.argmax(dim=1))
 
     def _probabilities(self, prepared: list[np.ndarray]) -> torch.Tensor:

@@ -22,6 +22,10 @@ __all__ = ["BudgetPlan", "measure_eval_speed", "measure_train_speed", "plan_epoc
 SAFETY_FRACTION = 0.04  # of the budget, kept back for what the estimates miss
 REPORT_SECONDS = 2.0  # writing the bundle and report.html (measured 1-2 s for small models here)
 MAX_EPOCHS = 500
+# Checkpoints and bundle weights written per second, the slow end of what was measured here:
+# in VGG-11 runs, its 1.0-1.5 GB training states took 1.5-1.7 s, its 0.5 GB bundle weights
+# 1.4 s (370 MB/s). Only heavy models notice: LeNet-5's state is 1 MB.
+WRITE_BYTES_PER_S = 300e6
 
 
 @dataclass(frozen=True)
@@ -34,6 +38,15 @@ class BudgetPlan:
     final_seconds: float  # final evaluation, calibration, bundle and report
     fits: bool  # False: not even one epoch fits; one is run anyway and the budget will be exceeded
     replanned_epochs: int | None = None  # after the first epoch, from its measured time (None: unchanged)
+    final_fixed_seconds: float = REPORT_SECONDS  # of final_seconds: report and bundle writing
+    final_per_val_pass: float = 1.0  # the final evaluation's images over one validation pass's
+
+    def final_seconds_from(self, val_pass_seconds: float, checkpoint_seconds: float) -> float:
+        """The time after training stops, from a real validation pass and checkpoint write: the
+        epoch the deadline cuts still validates and saves, then the final evaluation, bundle and
+        report. (The warm-up's single timed batch can be far off: VGG-11 evaluated at half the
+        speed it measured.)"""
+        return self.final_fixed_seconds + val_pass_seconds * (1 + self.final_per_val_pass) + checkpoint_seconds
 
     def to_dict(self) -> dict:
         return {key: round(value, 3) if isinstance(value, float) else value for key, value in asdict(self).items()}
@@ -55,15 +68,32 @@ def plan_epochs(
     final_images: int,
     train_images_per_s: float,
     eval_images_per_s: float,
+    epoch_write_bytes: int = 0,
+    final_write_bytes: int = 0,
 ) -> BudgetPlan:
     """As many whole epochs as fit in what is left of the budget after what has been spent, the
-    final evaluation of ``final_images`` images, the report and a safety margin."""
-    epoch_s = train_images / train_images_per_s + val_images / eval_images_per_s
-    final_s = final_images / eval_images_per_s + REPORT_SECONDS
+    final evaluation of ``final_images`` images, the report and a safety margin. Each epoch also
+    writes ``epoch_write_bytes`` (its training state) and the end ``final_write_bytes`` (the bundle)."""
+    val_s, checkpoint_s = val_images / eval_images_per_s, epoch_write_bytes / WRITE_BYTES_PER_S
+    epoch_s = train_images / train_images_per_s + val_s + checkpoint_s
+    fixed_s = REPORT_SECONDS + final_write_bytes / WRITE_BYTES_PER_S
+    # The validation of an epoch the deadline cuts short, too; its checkpoint only once measured
+    # (final_seconds_from): planned whole epochs are not cut, and a guess would cost an epoch.
+    final_s = final_images / eval_images_per_s + fixed_s + val_s
     available = budget_s * (1 - SAFETY_FRACTION) - elapsed_s - final_s
     fitting = int(available // epoch_s) if epoch_s > 0 else MAX_EPOCHS
     epochs = max(1, min(MAX_EPOCHS, fitting))
-    return BudgetPlan(budget_s, epochs, train_images_per_s, eval_images_per_s, epoch_s, final_s, fitting >= 1)
+    return BudgetPlan(
+        budget_s,
+        epochs,
+        train_images_per_s,
+        eval_images_per_s,
+        epoch_s,
+        final_s,
+        fitting >= 1,
+        final_fixed_seconds=fixed_s,
+        final_per_val_pass=final_images / max(1, val_images),
+    )
 
 
 def measure_train_speed(

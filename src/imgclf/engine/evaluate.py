@@ -48,12 +48,14 @@ def predict_outputs(
         inputs = preprocess.normalize(images.to(device, non_blocking=True))
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
             features = model.forward_features(inputs)
-            logits = model.forward_head(features)
+            if embeddings:
+                logits, pooled = model.forward_head_and_embedding(features)
+                pooled = torch.flatten(pooled, 1).float()
+                all_embeddings.append(nn.functional.normalize(pooled, dim=1).cpu())
+            else:
+                logits = model.forward_head(features)
             if flip_tta:
                 logits = (logits + model(torch.flip(inputs, dims=(3,)))) / 2
-            if embeddings:
-                pooled = torch.flatten(model.forward_head(features, pre_logits=True), 1).float()
-                all_embeddings.append(nn.functional.normalize(pooled, dim=1).cpu())
         all_logits.append(logits.float().cpu())
         all_targets.append(targets.cpu())
     model.train(was_training)

@@ -196,15 +196,16 @@ def fit(
     early_stopping: int = 0,
     save_checkpoint: Callable[[FitState], None] | None = None,
     checkpoint_interval: float = 0.0,
-    replan: Callable[[FitState, float], int | None] | None = None,
+    replan: Callable[[FitState, float, float], int | None] | None = None,
 ) -> FitState:
     """Train until ``epochs`` are done (or early stopping), then load the best epoch's weights.
     ``save_checkpoint`` gets the state after each epoch and every ``checkpoint_interval`` seconds.
-    ``replan(state, epoch_seconds)`` may answer a new number of epochs after each epoch (a time
-    budget that now knows how long an epoch, validation included, takes here)."""
+    ``replan(state, epoch_seconds, checkpoint_seconds)`` may answer a new number of epochs after
+    each epoch (a time budget that now knows how long an epoch, validation and checkpoint
+    included, takes here; the checkpoint's time is the previous epoch's)."""
     state = state or FitState()
     observer.on_fit_start(epochs, len(train_batches), state.epoch)
-    started = time.perf_counter()
+    started, save_seconds = time.perf_counter(), 0.0
     while state.epoch < epochs and not state.stopped_early:
         epoch_started = time.perf_counter()
         progress = state.epoch_progress
@@ -227,7 +228,9 @@ def fit(
             checkpoint_interval,
         )
         evaluated = setup.evaluated_model
+        val_started = time.perf_counter()
         logits, targets = predict_logits(evaluated, val_batches, setup.preprocess, setup.device, setup.amp)
+        record["val_seconds"] = time.perf_counter() - val_started
         val = classification_metrics(logits, targets, classes)
         state.step = epoch_start_step + len(train_batches)
         state.epoch += 1
@@ -238,11 +241,14 @@ def fit(
         state.stopped_early = 0 < early_stopping <= state.epochs_without_improvement
         if setup.stop_at is not None and time.perf_counter() > setup.stop_at:
             state.stopped_early = True  # out of time
+        if replan is not None and not state.stopped_early:  # an epoch costs its time and its checkpoint's
+            epochs = replan(state, time.perf_counter() - epoch_started + save_seconds, save_seconds) or epochs
+        record["epochs"] = epochs  # the run's length as now planned: "epoch 2/3" after a re-plan to 3
         observer.on_epoch_end(record)
-        if replan is not None and not state.stopped_early:
-            epochs = replan(state, time.perf_counter() - epoch_started) or epochs
         if save_checkpoint is not None:
+            save_started = time.perf_counter()
             save_checkpoint(state)
+            save_seconds = time.perf_counter() - save_started
     if state.best_weights is not None:
         setup.model.load_state_dict(state.best_weights)
     observer.on_fit_end(

@@ -85,6 +85,12 @@ class ProgressObserver:
 
     def on_epoch_end(self, record: dict) -> None:
         best = " *" if record.get("is_best") else ""
+        if record.get("epochs", self.epochs) != self.epochs:  # a time budget re-planned the run's length
+            if self.progress is not None:
+                done = self.progress.tasks[0].completed
+                left = (record["epochs"] - record["epoch"]) * self.steps_per_epoch
+                self.progress.update(self.task, total=done + left, epochs=record["epochs"])
+            self.epochs = record["epochs"]
         self.console.print(
             f"epoch {record['epoch']:>3}/{self.epochs}  train loss {record['train_loss']:.4f} "
             f"acc {record['train_accuracy']:.4f}  val loss {record['val_loss']:.4f} "

@@ -26,6 +26,11 @@ class ImageClassifier(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(images))
 
+    def forward_head_and_embedding(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The logits and the pre-logits embedding together. This default runs the head twice;
+        models whose head is expensive (VGG's and AlexNet's 4096-wide layers) run it once."""
+        return self.forward_head(features), self.forward_head(features, pre_logits=True)
+
     def get_classifier(self) -> nn.Module:
         return self.get_submodule(self.classifier_name)
 

@@ -59,6 +59,10 @@ class AlexNet(ImageClassifier):
         x = self.classifier[:6](x)
         return x if pre_logits else self.classifier[6](x)
 
+    def forward_head_and_embedding(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        embedding = self.forward_head(features, pre_logits=True)
+        return self.classifier[6](embedding), embedding
+
     def group_modules(self) -> dict[str, list[nn.Module]]:
         return {"stem": [self.features[0]], "stages": [self.features[1:]], "head": [self.classifier]}
 

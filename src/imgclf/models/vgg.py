@@ -77,6 +77,10 @@ class VGG(ImageClassifier):
         x = self.classifier[:6](torch.flatten(self.avgpool(features), 1))
         return x if pre_logits else self.classifier[6](x)
 
+    def forward_head_and_embedding(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        embedding = self.forward_head(features, pre_logits=True)
+        return self.classifier[6](embedding), embedding
+
     def group_modules(self) -> dict[str, list[nn.Module]]:
         first_pool = next(i for i, m in enumerate(self.features) if isinstance(m, nn.MaxPool2d | nn.Identity))
         return {

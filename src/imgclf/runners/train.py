@@ -375,13 +375,21 @@ def _budget_replanner(run: TrainingRun, setup: FitSetup, console: Console):
 
     replanned, fit_started = False, time.perf_counter()
 
-    def replan(state: FitState, epoch_seconds: float) -> int | None:
+    def replan(state: FitState, epoch_seconds: float, checkpoint_seconds: float) -> int | None:
         nonlocal replanned
         # Once, from an epoch after the first (which pays one-time costs) and after enough
         # seconds of epochs that the last one's time is not noise.
         if replanned or run.stop_at is None or state.epoch < 2 or time.perf_counter() - fit_started < REPLAN_AFTER_S:
             return None
         replanned = True
+        deadline = run.stop_at + run.budget.final_seconds
+        measured_final = run.budget.final_seconds_from(state.history[-1].get("val_seconds", 0.0), checkpoint_seconds)
+        final_seconds = max(run.budget.final_seconds, measured_final)
+        if final_seconds > run.budget.final_seconds:  # stop training earlier: the final phase needs the time
+            console.print(f"time budget: the final evaluation will take about {final_seconds:.1f} s "
+                          f"(planned {run.budget.final_seconds:.1f} s)")  # fmt: skip
+            run.stop_at = setup.stop_at = deadline - final_seconds
+            run.budget = replace(run.budget, final_seconds=final_seconds)
         remaining = run.stop_at - time.perf_counter()
         epochs = max(state.epoch, min(MAX_EPOCHS, state.epoch + int(remaining // epoch_seconds)))
         if epochs != run.epochs:
@@ -627,6 +635,10 @@ def _plan_time_budget(run: TrainingRun, started: float, console: Console) -> Non
     final_images = min(len(splits["train"]), CENTROID_IMAGES) + sum(
         len(splits[n]) for n in ("val", "test") if n in splits
     )
+    weight_bytes = sum(t.numel() * t.element_size() for t in run.model.state_dict().values())
+    # training state: weights, best weights, optimizer slots (about one more copy each), EMA copy
+    state_copies = 3 + int(run.config.optimizer.startswith("adam")) + int(run.config.ema > 0)
+    checkpoints = run.config.checkpoint_every_epoch and run.world.is_main
     run.budget = plan_epochs(
         budget,
         time.perf_counter() - started,
@@ -635,6 +647,8 @@ def _plan_time_budget(run: TrainingRun, started: float, console: Console) -> Non
         final_images,
         train_speed,
         eval_speed,
+        epoch_write_bytes=weight_bytes * state_copies if checkpoints else 0,
+        final_write_bytes=weight_bytes,
     )
     run.epochs = run.budget.epochs
     run.stop_at = started + budget - run.budget.final_seconds
