@@ -305,11 +305,21 @@ def test_compare_refuses_an_unknown_model_before_training(tmp_path, capsys):
     assert "unknown model 'resnet81'" in capsys.readouterr().err
 
 
-def test_train_with_a_budget_and_no_model_trains_the_advisors_choice_and_records_why(tmp_path, capsys):
+def test_train_with_a_budget_and_no_model_trains_the_advisors_choice_and_records_why(tmp_path, capsys, monkeypatch):
+    import imgclf.runners.advise
+    import imgclf.runners.train_data
+
+    scans = []  # a folder's header scan can take a while: the advisor and training share one
+    for module in (imgclf.runners.advise, imgclf.runners.train_data):
+        counted = module.profile_dataset
+        monkeypatch.setattr(
+            module, "profile_dataset", lambda dataset, counted=counted: scans.append(1) or counted(dataset)
+        )
     output = tmp_path / "run"
     code = main(["train", "digits", "--time-budget", "20s", "-o", str(output), "--json"])
     result = json.loads(capsys.readouterr().out)
     assert code == 0 and result["advisor"]["recommended"] == result["model"]
+    assert len(scans) == 1
     assert result["seconds"] <= 20 * 1.05
     description = json.loads((output / "model.json").read_text())
     assert description["architecture"] == result["model"] and description["advisor"]["reasons"]

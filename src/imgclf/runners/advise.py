@@ -26,7 +26,7 @@ from imgclf.advise.rules import (
     transfer_is_promising,
 )
 from imgclf.data.dataset import Dataset, SplitPolicy, load_dataset
-from imgclf.data.prepare import Preprocess, TensorSplit, decode_split, profile_dataset
+from imgclf.data.prepare import DataProfile, Preprocess, TensorSplit, decode_split, profile_dataset
 from imgclf.errors import DataError
 from imgclf.models import choose_input_size, get_model_spec
 from imgclf.runners.common import resolve_device, stderr_console
@@ -238,13 +238,23 @@ def _train_command(data: str, options: dict | None, budget_s: float | None) -> s
     return " ".join(parts)
 
 
-def run_advise(data: str, options: AdviseOptions, data_dir=None, console: Console | None = None) -> dict:
-    """Recommend a model for DATA on this machine; the ``advise --json`` result."""
+def run_advise(
+    data: str,
+    options: AdviseOptions,
+    data_dir=None,
+    console: Console | None = None,
+    scanned: tuple[Dataset, DataProfile] | None = None,
+) -> dict:
+    """Recommend a model for DATA on this machine; the ``advise --json`` result. ``scanned``: the
+    dataset and its profile when the caller has read them already (``train`` without ``--model``)."""
     started = time.perf_counter()
     console = console or stderr_console()
     device = resolve_device(options.device)
-    dataset = load_dataset(data, SplitPolicy(options.seed), data_dir)
-    profile = profile_dataset(dataset)
+    if scanned is None:
+        dataset = load_dataset(data, SplitPolicy(options.seed), data_dir)
+        profile = profile_dataset(dataset)
+    else:
+        dataset, profile = scanned
     if len(dataset.splits["train"]) == 0:
         raise DataError(f"{data}: no usable training images ({len(profile.skipped)} skipped)")
     facts = _data_facts(dataset, profile.native_size, profile.channels)

@@ -45,7 +45,7 @@ from imgclf.runners.common import (
 )
 from imgclf.runners.finetune import Stage, plan_stages, run_linear_probe
 from imgclf.runners.report import mistakes_gallery, write_report
-from imgclf.runners.train_data import describe_data, load_training_data
+from imgclf.runners.train_data import describe_data, load_training_data, scan_training_data
 from imgclf.transfer import PretrainedWeights, freeze_for_finetuning, load_pretrained, load_weights_into
 
 __all__ = ["STATE_FILE", "run_train"]
@@ -157,12 +157,19 @@ def _create_model(config: TrainConfig, dataset: Dataset, preprocess: Preprocess,
 
 
 def _assemble(
-    data: str, config: TrainConfig, output: Path, data_dir, console: Console, world: World, device: torch.device
+    data: str,
+    config: TrainConfig,
+    output: Path,
+    data_dir,
+    console: Console,
+    world: World,
+    device: torch.device,
+    scanned=None,
 ) -> TrainingRun:
     weights = None
     if config.pretrained is not None:
         weights = load_pretrained(config.model, None if config.pretrained == "default" else config.pretrained)
-    dataset, profile, preprocess, prepared = load_training_data(data, config, data_dir, weights, console)
+    dataset, profile, preprocess, prepared = load_training_data(data, config, data_dir, weights, console, scanned)
     seed_everything(config.seed)
     model, model_kwargs = _create_model(config, dataset, preprocess, weights, device, console)
     if config.sync_batchnorm and world.distributed:
@@ -586,12 +593,14 @@ def run_train(
         output = Path(output)
         _check_output(output, overwrite, bool(resume))
     saved = _load_latest_state(output, console) if resume else None  # resume: True, "always" or False
-    advice = None
+    advice, scanned = None, None
     if saved is not None:
         config = TrainConfig.from_dict(saved["meta"]["config"])
         console.print(f"resuming {output} (configuration from its training state)")
     elif choose_model:
-        config, advice = _advised_config(data, config, data_dir, console)
+        _advised_config_checks(config)
+        scanned = scan_training_data(data, config, data_dir)  # read once: the advisor, then training
+        config, advice = _advised_config(data, config, data_dir, console, scanned)
     if output is None:
         output = _default_output(data, config.model)
     get_model_spec(config.model)  # an unknown model fails before any data is read
@@ -599,23 +608,27 @@ def run_train(
     world = init_from_environment(device)
     try:
         return _train_in_world(
-            data, config, output, data_dir, observer, console, force, saved, world, device, started, advice
+            data, config, output, data_dir, observer, console, force, saved, world, device, started, advice, scanned
         )
     finally:
         shutdown(world)
 
 
-def _advised_config(data: str, config: TrainConfig, data_dir, console: Console) -> tuple[TrainConfig, dict]:
-    """The advisor's model for this budget (it measures and probes within a small share of it)."""
-    from imgclf.runners.advise import AdviseOptions, run_advise  # the advisor imports this module's peers
-
+def _advised_config_checks(config: TrainConfig) -> None:
     if config.time_budget is None:
         raise UsageError("without --model, give --time-budget so the advisor can choose a model for it")
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise UsageError("with several processes give --model: the advisor runs in one process")
+
+
+def _advised_config(data: str, config: TrainConfig, data_dir, console: Console, scanned) -> tuple[TrainConfig, dict]:
+    """The advisor's model for this budget (it measures and probes within a small share of it),
+    on the dataset as this run splits it (``scanned``)."""
+    from imgclf.runners.advise import AdviseOptions, run_advise  # the advisor imports this module's peers
+
     options = AdviseOptions(device=config.device, time_budget=config.time_budget, seed=config.seed,
                             batch_size=config.batch_size, within_training=True)  # fmt: skip
-    advice = run_advise(data, options, data_dir, console)
+    advice = run_advise(data, options, data_dir, console, scanned)
     if advice["recommended"] is None:
         raise UsageError(f"the advisor found no model for this budget: {advice['reasons'][-1]}")
     console.print(f"advisor: {advice['recommended']}" + (" from ImageNet weights" if advice["pretrained"] else ""))
@@ -675,7 +688,7 @@ def _join_checks(config: TrainConfig, world: World, saved: dict | None, device: 
 
 
 def _train_in_world(
-    data, config, output, data_dir, observer, console, force, saved, world, device, started, advice
+    data, config, output, data_dir, observer, console, force, saved, world, device, started, advice, scanned
 ) -> dict:
     if not world.is_main:
         console = Console(file=io.StringIO())  # one voice: rank 0 speaks for the run
@@ -686,7 +699,7 @@ def _train_in_world(
         torch.set_num_threads(config.threads)
     elif world.distributed and device.type == "cpu":  # processes on one machine share its cores
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // world.local_size))
-    run = _assemble(data, config, output, data_dir, console, world, device)
+    run = _assemble(data, config, output, data_dir, console, world, device, scanned)
     run.advice = advice
     if config.preset == "fast" and run.preprocess.input_size > FAST_PRESET_MAX_SIZE:
         size = run.preprocess.input_size

@@ -87,13 +87,25 @@ def _decode(
     return preprocess, prepared
 
 
-def load_training_data(
-    data: str, config: TrainConfig, data_dir, weights: PretrainedWeights | None, console: Console
-) -> tuple[Dataset, DataProfile, Preprocess, PreparedSplits]:
+def scan_training_data(data: str, config: TrainConfig, data_dir) -> tuple[Dataset, DataProfile]:
+    """DATA split as this run splits it (and capped by ``max_train_per_class``), with the profile
+    from one header scan of its files. The advisor and the training run share the result."""
     policy = SplitPolicy(config.seed, config.val_fraction, config.test_fraction)
     dataset = load_dataset(data, policy, data_dir)
     _apply_train_cap(dataset, config)
-    profile = profile_dataset(dataset)
+    return dataset, profile_dataset(dataset)
+
+
+def load_training_data(
+    data: str,
+    config: TrainConfig,
+    data_dir,
+    weights: PretrainedWeights | None,
+    console: Console,
+    scanned: tuple[Dataset, DataProfile] | None = None,
+) -> tuple[Dataset, DataProfile, Preprocess, PreparedSplits]:
+    """``scanned``: what ``scan_training_data`` returned, when the advisor has already read it."""
+    dataset, profile = scanned or scan_training_data(data, config, data_dir)
     if len(dataset.splits["train"]) == 0:
         raise DataError(f"{data}: no usable training images ({len(profile.skipped)} skipped)")
     sizes = ", ".join(f"{name} {count:,}" for name, count in profile.sizes.items())
