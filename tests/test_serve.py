@@ -9,6 +9,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -223,14 +224,15 @@ class _SlowEchoEngine:
     parallel_batches = 2
 
     def __init__(self):
-        self.batches, self.running, self.most_running = [], 0, 0
-        self.lock = __import__("threading").Lock()
+        self.batches, self.running, self.most_running, self.threads = [], 0, 0, set()
+        self.lock = threading.Lock()
 
     def predict(self, images, top_k):
         with self.lock:
             self.running += 1
             self.most_running = max(self.most_running, self.running)
             self.batches.append(len(images))
+            self.threads.add(threading.current_thread().name.split("_")[0])
         time.sleep(0.05)
         with self.lock:
             self.running -= 1
@@ -251,14 +253,14 @@ def test_concurrent_requests_are_batched_over_parallel_workers_and_each_gets_its
         try:
             return await asyncio.gather(*(batcher.predict(image, top_k=1) for image in images))
         finally:
-            for task in batcher.tasks:
-                task.cancel()
+            batcher.stop()
 
     answers = asyncio.run(scenario())
     assert [answer["label"] for answer in answers] == [str(value) for value in range(40)]
     assert engine.most_running == 2  # the engine's two workers ran side by side, never more
     assert sum(engine.batches) == 40 and max(engine.batches) > 1  # and requests shared model calls
     assert max(engine.batches) <= 20  # the queue was split between the workers, not held by one
+    assert engine.threads == {"imgclf-model"}  # its own threads: never short of asyncio's shared pool
 
 
 def test_serve_refuses_bad_options_and_sources_by_name(digits_bundle, tmp_path, capsys):

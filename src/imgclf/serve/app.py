@@ -15,6 +15,7 @@ import hmac
 import json
 import math
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -104,10 +105,20 @@ class _Batcher:
         self.queue: asyncio.Queue = asyncio.Queue()
         self.tasks: list[asyncio.Task] = []
         self.waiting = 0  # workers waiting for a first request
+        self.executor: ThreadPoolExecutor | None = None
 
     def start(self) -> None:
+        # Model calls get threads of their own: in asyncio's shared pool (cores + 4 threads) two
+        # calls per core would leave decoding no thread from 4 cores on.
+        self.executor = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="imgclf-model")
         loop = asyncio.get_running_loop()
         self.tasks = [loop.create_task(self._run()) for _ in range(self.workers)]
+
+    def stop(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        if self.executor is not None:
+            self.executor.shutdown(wait=False, cancel_futures=True)
 
     @property
     def running(self) -> bool:
@@ -150,7 +161,8 @@ class _Batcher:
                 continue
             top_k = max(item[1] for item in live)
             try:
-                rows = await asyncio.to_thread(self.engine.predict, [item[0] for item in live], top_k)
+                images, loop = [item[0] for item in live], asyncio.get_running_loop()
+                rows = await loop.run_in_executor(self.executor, self.engine.predict, images, top_k)
             except Exception as error:  # noqa: BLE001 - one bad batch must not stop the batcher
                 for _, _, future in live:
                     if not future.done():
@@ -209,6 +221,7 @@ def create_app(engine, settings: ServeSettings = ServeSettings()) -> FastAPI:  #
     async def lifespan(_: FastAPI):
         batcher.start()
         yield
+        batcher.stop()
 
     app = FastAPI(
         title="imgclf", description="Image classification with an imgclf model.", version="1", lifespan=lifespan
