@@ -163,8 +163,10 @@ def test_photographs_are_told_from_noise_patterns_and_flat_drawings(sample_photo
 
 
 def test_epochs_in_budget_arithmetic_and_the_slow_to_train_rule():
-    model = candidate(train_images_per_s=1_437.0)  # one digits epoch per second
+    model = candidate(train_images_per_s=1_437.0, params=0)  # one digits epoch per second
     assert epochs_in_budget(model, DIGITS, Budgets(time_budget_s=10)) == pytest.approx(8.5)  # 85% trains
+    heavy = candidate(train_images_per_s=1_437.0, params=25_000_000)  # a 300 MB checkpoint: 1 s more per epoch
+    assert epochs_in_budget(heavy, DIGITS, Budgets(time_budget_s=10)) == pytest.approx(8.5 / 2)
     slow = candidate(train_images_per_s=100.0)
     reason = too_slow_to_train(slow, DIGITS, Budgets(time_budget_s=10), LAPTOP)
     assert "0.6 epochs" in reason and "3 needed" in reason
@@ -197,6 +199,11 @@ def test_the_resnet_verdict_says_when_it_is_and_is_not_the_right_choice():
     big = candidate("resnet50", "resnet", rejected_because=["25.6M parameters ...: would overfit a dataset this small"])
     verdict = resnet_verdict([big, candidate("lenet5")], candidate("lenet5"), DIGITS)
     assert verdict.startswith("ResNet is not the choice here: resnet50") and "many more training images" in verdict
+    lenet = candidate("lenet5", probe_accuracy=0.994)
+    tied = resnet_verdict([candidate("resnet20", "resnet_cifar", probe_accuracy=0.994), lenet], lenet, DIGITS)
+    assert "resnet20 reached 99.4% in its probe, within 1 point of lenet5's 99.4%, and lenet5 is faster" in tied
+    behind = resnet_verdict([candidate("resnet20", "resnet_cifar", probe_accuracy=0.95), lenet], lenet, DIGITS)
+    assert "resnet20 reached 95.0% in its probe against 99.4%" in behind
 
 
 def test_pareto_marks_models_beaten_on_both_accuracy_and_latency():

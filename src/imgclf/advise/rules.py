@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 from imgclf.advise.facts import DataFacts, HardwareFacts
 from imgclf.advise.measure import Candidate
+from imgclf.engine.budget import WRITE_BYTES_PER_S
 from imgclf.models import get_model_spec
 
 __all__ = [
@@ -74,10 +75,12 @@ def _millions(count: int) -> str:
 
 
 def epochs_in_budget(candidate: Candidate, data: DataFacts, budgets: Budgets) -> float | None:
-    """Epochs the measured training speed allows in the budget's training share."""
+    """Epochs the measured training speed allows in the budget's training share, each with its
+    checkpoint written as ``train --time-budget`` plans it (weights, best weights, momentum)."""
     if budgets.time_budget_s is None or not candidate.train_images_per_s:
         return None
-    epoch_seconds = data.train_images / candidate.train_images_per_s
+    checkpoint_bytes = 3 * 4 * candidate.params  # float32
+    epoch_seconds = data.train_images / candidate.train_images_per_s + checkpoint_bytes / WRITE_BYTES_PER_S
     return budgets.time_budget_s * TRAINING_SHARE / epoch_seconds
 
 
@@ -270,7 +273,12 @@ def resnet_verdict(candidates: list[Candidate], pick: Candidate | None, data: Da
     needs = _would_need([reason for c in out for reason in c.rejected_because])
     if kept and pick is not None and pick.probe_accuracy is not None:
         best = max(kept, key=lambda c: c.probe_accuracy)
-        lines.append(f"{best.label} reached {best.probe_accuracy:.1%} in its probe against {pick.probe_accuracy:.1%}")
+        if best.probe_accuracy >= pick.probe_accuracy - ACCURACY_TOLERANCE:  # a tie: speed decided
+            lines.append(f"{best.label} reached {best.probe_accuracy:.1%} in its probe, within 1 point of "
+                         f"{pick.label}'s {pick.probe_accuracy:.1%}, and {pick.label} is faster")  # fmt: skip
+        else:
+            lines.append(f"{best.label} reached {best.probe_accuracy:.1%} in its probe against "
+                         f"{pick.probe_accuracy:.1%}")  # fmt: skip
         needs.append("data on which its depth pays off in accuracy")
     text = "ResNet is not the choice here" + (": " + "; ".join(lines) if lines else "")
     return text + (f". It would be with {', '.join(needs)}" if needs else "")
