@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import threading
-import time
 
 import numpy as np
+from serve_throughput import run_clients  # bench/ is the script's folder: first on sys.path
 
 from imgclf.export.onnx_graph import onnx_session
 
@@ -32,28 +31,6 @@ SETTINGS = (
 )
 
 
-def images_per_second(session, pixels: np.ndarray, callers: int, seconds: float) -> float:
-    name = session.get_inputs()[0].name
-    done, lock = [0], threading.Lock()
-    stop = time.perf_counter() + seconds
-
-    def caller() -> None:
-        count = 0
-        while time.perf_counter() < stop:
-            session.run(None, {name: pixels})
-            count += len(pixels)
-        with lock:
-            done[0] += count
-
-    started = time.perf_counter()
-    threads = [threading.Thread(target=caller) for _ in range(callers)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return done[0] / (time.perf_counter() - started)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model")
@@ -67,7 +44,10 @@ def main() -> None:
         pixels = rng.integers(0, 256, shape, dtype=np.uint8)
         if contract["layout"] == "NCHW":
             pixels = np.ascontiguousarray(pixels.transpose(0, 3, 1, 2))
-        rate = images_per_second(sessions[threads], pixels, callers, args.seconds)
+        session = sessions[threads]
+        feed = {session.get_inputs()[0].name: pixels}
+        calls = run_clients(lambda s=session, f=feed: s.run(None, f), args.seconds, callers)
+        rate = calls["requests_per_s"] * batch
         print(f"{label:40s} {rate:7.1f} images/s", flush=True)
 
 

@@ -33,7 +33,8 @@ from PIL import Image
 CLIENTS = 8
 
 
-def _run_clients(call, seconds: float) -> dict:
+def run_clients(call, seconds: float, clients: int = CLIENTS) -> dict:
+    """``clients`` threads calling ``call()`` back to back for ``seconds``: calls/s, p50/p95 ms."""
     latencies: list[float] = []
     lock = threading.Lock()
     stop = time.perf_counter() + seconds
@@ -48,7 +49,7 @@ def _run_clients(call, seconds: float) -> dict:
             latencies.extend(mine)
 
     started = time.perf_counter()
-    threads = [threading.Thread(target=client) for _ in range(CLIENTS)]
+    threads = [threading.Thread(target=client) for _ in range(clients)]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -104,7 +105,7 @@ def main() -> None:
     raw = {}  # onnxruntime's default threads (one per core), and one thread per call as the server runs it
     for name, threads in (("default_threads", None), ("one_thread_per_call", 1)):
         session = onnx_session(str(work / "model.fp32.onnx"), threads=threads)
-        raw[name] = _run_clients(lambda s=session: s.run(["probabilities"], {"pixels": pixels}), args.seconds)
+        raw[name] = run_clients(lambda s=session: s.run(["probabilities"], {"pixels": pixels}), args.seconds)
         del session
     best_raw = max(raw.values(), key=lambda measured: measured["requests_per_s"])
 
@@ -133,7 +134,7 @@ def main() -> None:
             raise RuntimeError(f"server answered {response.status}")
 
     try:
-        served = _run_clients(post, args.seconds)
+        served = run_clients(post, args.seconds)
     finally:
         server.terminate()
         server.wait()
