@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from imgclf.advise.facts import DataFacts, HardwareFacts
 from imgclf.advise.measure import Candidate
-from imgclf.engine.budget import WRITE_BYTES_PER_S
+from imgclf.engine.budget import WRITE_BYTES_PER_S, training_state_bytes
 from imgclf.models import get_model_spec
 
 __all__ = [
@@ -79,7 +79,7 @@ def epochs_in_budget(candidate: Candidate, data: DataFacts, budgets: Budgets) ->
     checkpoint written as ``train --time-budget`` plans it (weights, best weights, momentum)."""
     if budgets.time_budget_s is None or not candidate.train_images_per_s:
         return None
-    checkpoint_bytes = 3 * 4 * candidate.params  # float32
+    checkpoint_bytes = training_state_bytes(4 * candidate.params)  # float32 weights, SGD as train defaults to
     epoch_seconds = data.train_images / candidate.train_images_per_s + checkpoint_bytes / WRITE_BYTES_PER_S
     return budgets.time_budget_s * TRAINING_SHARE / epoch_seconds
 

@@ -17,7 +17,7 @@ from imgclf.data.batches import Batches
 from imgclf.data.prepare import Preprocess
 from imgclf.errors import UsageError
 
-__all__ = ["BudgetPlan", "measure_eval_speed", "measure_train_speed", "plan_epochs"]
+__all__ = ["BudgetPlan", "measure_eval_speed", "measure_train_speed", "plan_epochs", "training_state_bytes"]
 
 SAFETY_FRACTION = 0.04  # of the budget, kept back for what the estimates miss
 REPORT_SECONDS = 2.0  # writing the bundle and report.html (measured 1-2 s for small models here)
@@ -26,6 +26,14 @@ MAX_EPOCHS = 500
 # in VGG-11 runs, its 1.0-1.5 GB training states took 1.5-1.7 s, its 0.5 GB bundle weights
 # 1.4 s (370 MB/s). Only heavy models notice: LeNet-5's state is 1 MB.
 WRITE_BYTES_PER_S = 300e6
+
+
+def training_state_bytes(weight_bytes: int, optimizer: str = "sgd", ema: bool = False) -> int:
+    """Bytes of one training-state checkpoint (engine/checkpoint.py): the weights, the best
+    weights, the optimizer's slots (SGD momentum: one copy; AdamW's two moments: two) and, with
+    ``--ema``, the averaged weights."""
+    copies = 2 + (2 if optimizer.startswith("adam") else 1) + (1 if ema else 0)
+    return weight_bytes * copies
 
 
 @dataclass(frozen=True)

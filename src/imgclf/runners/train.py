@@ -26,7 +26,14 @@ from imgclf.data.batches import Batches
 from imgclf.data.dataset import Dataset
 from imgclf.data.prepare import DataProfile, Preprocess, StreamingSplit, TensorSplit, split_targets
 from imgclf.distributed import World, init_from_environment, shutdown
-from imgclf.engine.budget import MAX_EPOCHS, BudgetPlan, measure_eval_speed, measure_train_speed, plan_epochs
+from imgclf.engine.budget import (
+    MAX_EPOCHS,
+    BudgetPlan,
+    measure_eval_speed,
+    measure_train_speed,
+    plan_epochs,
+    training_state_bytes,
+)
 from imgclf.engine.checkpoint import load_training_state, save_training_state
 from imgclf.engine.evaluate import calibrated_metrics, predict_outputs
 from imgclf.engine.loop import FitSetup, FitState, fit, weight_average
@@ -649,8 +656,7 @@ def _plan_time_budget(run: TrainingRun, started: float, console: Console) -> Non
         len(splits[n]) for n in ("val", "test") if n in splits
     )
     weight_bytes = sum(t.numel() * t.element_size() for t in run.model.state_dict().values())
-    # training state: weights, best weights, optimizer slots (about one more copy each), EMA copy
-    state_copies = 3 + int(run.config.optimizer.startswith("adam")) + int(run.config.ema > 0)
+    state_bytes = training_state_bytes(weight_bytes, run.config.optimizer, run.config.ema > 0)
     checkpoints = run.config.checkpoint_every_epoch and run.world.is_main
     run.budget = plan_epochs(
         budget,
@@ -660,7 +666,7 @@ def _plan_time_budget(run: TrainingRun, started: float, console: Console) -> Non
         final_images,
         train_speed,
         eval_speed,
-        epoch_write_bytes=weight_bytes * state_copies if checkpoints else 0,
+        epoch_write_bytes=state_bytes if checkpoints else 0,
         final_write_bytes=weight_bytes,
     )
     run.epochs = run.budget.epochs
