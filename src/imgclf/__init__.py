@@ -2,6 +2,14 @@
 
 __version__ = "0.1.0"
 
-from imgclf.api import evaluate, load, train  # noqa: E402
-
 __all__ = ["__version__", "evaluate", "load", "train"]
+
+
+def __getattr__(name: str):
+    """``imgclf.train``, ``imgclf.load`` and ``imgclf.evaluate``, imported on first use: the
+    command line starts (and sets up its allocator) before PyTorch is imported."""
+    if name in ("evaluate", "load", "train"):
+        from imgclf import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'imgclf' has no attribute {name!r}")

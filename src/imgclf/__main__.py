@@ -2,6 +2,6 @@
 
 import sys
 
-from imgclf.cli.main import main
+from imgclf.cli.launch import main
 
 sys.exit(main())
