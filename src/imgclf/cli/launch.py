@@ -17,6 +17,7 @@ Importing imgclf as a library changes nothing (the host program owns its allocat
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import sys
@@ -46,10 +47,9 @@ def main() -> int:
     argv = sys.argv[1:]
     if wants_tuned_allocator(argv, dict(os.environ)):
         environ = {**os.environ, "GLIBC_TUNABLES": ALLOCATOR_TUNABLES}
-        try:
+        # When the interpreter cannot be re-executed (an unusual set-up), run with the defaults.
+        with contextlib.suppress(OSError):
             os.execve(sys.executable, [sys.executable, "-m", "imgclf", *argv], environ)
-        except OSError:  # cannot re-execute (an unusual interpreter set-up): run with the defaults
-            pass
     from imgclf.cli.main import main as run_command
 
     return run_command(argv)

@@ -121,6 +121,9 @@ def add_parser(commands) -> None:
         help="start from ImageNet weights: the model's built-in source (efficientnet_lite0 ships them; "
         "torchvision's cache for the others), or a .safetensors / .pth state dict FILE",
     )
+    parser.add_argument("--no-probe-mirror", dest="probe_mirror", action="store_false", default=None,
+                        help="linear probe: do not embed the mirror image of each training image as an extra view "
+                        "(saves one pass over the training images)")  # fmt: skip
     parser.add_argument("--no-amp", dest="amp", action="store_false", default=None, help="no bf16 autocast on CUDA")
     parser.add_argument("--compile", dest="compile", action="store_true", default=None,
                         help="torch.compile the training step (compiling takes a while and counts against a budget; "
@@ -179,6 +182,8 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
         values["time_budget"] = parse_duration(values["time_budget"])
     if args.amp is not None:
         values["amp"] = args.amp
+    if args.probe_mirror is not None:
+        values["probe_mirror"] = args.probe_mirror
     if args.compile:
         values["compile"] = True
     if args.pretrained is not None:
@@ -234,7 +239,7 @@ def run(args: argparse.Namespace) -> int:
         resume=args.resume,
         data_dir=args.data_dir,
         force=args.force,
-        choose_model=not model_given and config.time_budget is not None and not args.resume,
+        choose_model=not model_given and not args.resume,
     )
     if args.json and "rank" not in result:  # under torchrun only rank 0 answers
         print_json(result)

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from imgclf.data.prepare import StreamingSplit, TensorSplit
 
-__all__ = ["Batches", "StreamingBatches", "TensorBatches", "collate_skipping_bad"]
+__all__ = ["Batches", "MirroredBatches", "StreamingBatches", "TensorBatches", "collate_skipping_bad"]
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -137,4 +137,18 @@ class StreamingBatches:
         return iter(self.loader)
 
 
-Batches = TensorBatches | StreamingBatches
+class MirroredBatches:
+    """Other batches with every image mirrored left to right (an extra view of each image)."""
+
+    def __init__(self, batches: TensorBatches | StreamingBatches):
+        self.batches = batches
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self) -> Iterator[Batch]:
+        for images, targets in self.batches:
+            yield torch.flip(images, dims=(3,)), targets
+
+
+Batches = TensorBatches | StreamingBatches | MirroredBatches

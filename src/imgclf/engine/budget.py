@@ -113,14 +113,16 @@ def measure_train_speed(
     seconds: float,
 ) -> float:
     """Training images per second on a copy of the model (the real one is untouched): SGD steps
-    with the run's preprocessing and augmentation, timed after one untimed step."""
+    with the run's preprocessing and augmentation, timed after one untimed step. A training set
+    of one or a few batches is gone through again until a timed step has run (a folder of a few
+    dozen photos is one batch)."""
     trial = copy.deepcopy(model).train()
     optimizer = torch.optim.SGD([p for p in trial.parameters() if p.requires_grad], lr=1e-4, momentum=0.9)
     generator = torch.Generator().manual_seed(0)
     rng_state = torch.get_rng_state()  # dropout draws from it: leave the run's random numbers alone
     seen, started = 0, None
     try:
-        for images, targets in batches:
+        for images, targets in _batches_again(batches):
             inputs = preprocess.normalize(augmentation.on_pixels(images.to(device), generator))
             if augmentation.enabled:
                 inputs = augmentation(inputs, generator)
@@ -139,8 +141,22 @@ def measure_train_speed(
     finally:
         torch.set_rng_state(rng_state)
     if started is None or seen == 0:
-        raise UsageError("--time-budget: too few training images to measure the training speed")
+        raise UsageError("--time-budget: no training images to measure the training speed on")
     return seen / (time.perf_counter() - started)
+
+
+def _batches_again(batches: Batches, passes: int = 1000):
+    """The batches, then the same batches again (at most ``passes`` times): a small training set
+    still gives the timed steps a measurement needs. Stops at once when there are none."""
+    for _ in range(passes):
+        empty = True
+        for batch in batches:
+            if len(batch[1]) == 0:
+                continue
+            empty = False
+            yield batch
+        if empty:
+            return
 
 
 @torch.no_grad()

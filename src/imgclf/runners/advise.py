@@ -32,7 +32,7 @@ from imgclf.models import choose_input_size, get_model_spec
 from imgclf.runners.common import resolve_device, stderr_console
 from imgclf.transfer import load_pretrained, pretrained_available
 
-__all__ = ["DEFAULT_CANDIDATES", "AdviseOptions", "run_advise"]
+__all__ = ["DEFAULT_CANDIDATES", "AdviseOptions", "data_facts", "run_advise"]
 
 # One or two of each family of the note's story, small-image designs included.
 DEFAULT_CANDIDATES = ("lenet5", "simple_cnn", "fastnet_small", "resnet20", "resnet56", "resnet18", "resnet50",
@@ -68,7 +68,8 @@ class AdviseOptions:
         )
 
 
-def _data_facts(dataset: Dataset, native_size: int, channels: int, workers: int = 2) -> DataFacts:
+def data_facts(dataset: Dataset, native_size: int, channels: int, workers: int = 2) -> DataFacts:
+    """What the rules know of the data: counts, size, colour, and whether a sample looks like photos."""
     train = dataset.splits["train"]
     targets = np.asarray(train.targets)
     picks = np.linspace(0, len(train) - 1, min(PHOTO_SAMPLE, len(train))).astype(np.int64)
@@ -222,8 +223,8 @@ def _train_options(pick: Candidate | None, budgets: Budgets) -> dict | None:
         return None
     options = {"model": pick.name}
     if pick.pretrained:
-        epochs = pick.epochs_in_budget
-        options.update(pretrained="default", finetune="two-stage" if epochs is None or epochs >= 3 else "linear-probe")
+        # The mode its probe measured: a linear probe on the frozen ImageNet features.
+        options.update(pretrained="default", finetune="linear-probe")
     return options
 
 
@@ -257,7 +258,7 @@ def run_advise(
         dataset, profile = scanned
     if len(dataset.splits["train"]) == 0:
         raise DataError(f"{data}: no usable training images ({len(profile.skipped)} skipped)")
-    facts = _data_facts(dataset, profile.native_size, profile.channels)
+    facts = data_facts(dataset, profile.native_size, profile.channels)
     hardware = hardware_facts(device)
     console.print(f"data: {facts.describe()}", highlight=False)
     console.print(f"hardware: {hardware.describe()}", highlight=False)

@@ -19,10 +19,10 @@ from imgclf.data.batches import Batches
 from imgclf.data.prepare import Preprocess
 from imgclf.engine.checkpoint import atomic_write_tensors
 from imgclf.engine.loop import FitState
-from imgclf.engine.probe import extract_embeddings, fit_linear_probe, set_classifier
+from imgclf.engine.probe import PROBE_FOLDS, LinearProbe, extract_embeddings, fit_linear_probe, set_classifier
 from imgclf.models import ImageClassifier
 
-__all__ = ["Stage", "plan_stages", "run_linear_probe"]
+__all__ = ["ProbeRun", "Stage", "plan_stages", "run_linear_probe"]
 
 # Two-stage fine-tuning: the share of epochs that trains the head alone, and the learning-rate
 # multipliers of the second stage (earlier layers hold more general features: change them less).
@@ -84,6 +84,16 @@ def _embeddings(
     return embeddings, targets
 
 
+@dataclass
+class ProbeRun:
+    """A linear probe's outcome: the one-epoch history it reads as, the probe, and the embeddings
+    of every split (the final evaluation reuses them instead of running the backbone again)."""
+
+    state: FitState
+    probe: LinearProbe
+    embeddings: dict[str, tuple[torch.Tensor, torch.Tensor]]
+
+
 def run_linear_probe(
     model: ImageClassifier,
     splits: dict[str, Batches],
@@ -93,17 +103,34 @@ def run_linear_probe(
     num_classes: int,
     seed: int,
     console: Console,
-) -> FitState:
-    """Fit the last layer on frozen embeddings; the result reads like a one-epoch history."""
+    flipped_views: Batches | None = None,
+) -> ProbeRun:
+    """Fit the last layer on frozen embeddings of ``splits`` ("train", "val" and maybe "test");
+    ``flipped_views``: the training images again, mirrored, as extra views cross-validation may take."""
     features = {}
-    for name in ("train", "val"):
+    for name, batches in splits.items():
         key = {**cache_key, "split": name, "imgclf": __version__}
-        features[name] = _embeddings(model, splits[name], preprocess, device, key, console)
-    probe = fit_linear_probe(features["train"], features["val"], num_classes, seed)
+        features[name] = _embeddings(model, batches, preprocess, device, key, console)
+    flipped = None
+    if flipped_views is not None:
+        key = {**cache_key, "split": "train", "view": "flipped", "imgclf": __version__}
+        flipped = _embeddings(model, flipped_views, preprocess, device, key, console)[0]
+    probe = fit_linear_probe(features["train"], features["val"], num_classes, seed, flipped)
     set_classifier(model, probe)
+    views = " and their mirror images" if probe.flipped_views else ""
+    if probe.chosen_on == "cross-validation":
+        how = f"{PROBE_FOLDS}-fold cross-validation on train: {probe.cv_accuracy:.4f}"
+        if flipped is not None and not probe.flipped_views:
+            how += "; mirrored views did not help"
+    else:
+        how = "validation accuracy (a class has one training image; the validation score is optimistic)"
     console.print(
-        f"linear probe: logistic regression on {features['train'][0].shape[1]}-number embeddings, "
-        f"C = {probe.c_value} chosen on validation accuracy {probe.val_accuracy:.4f}"
+        f"linear probe: logistic regression on {features['train'][0].shape[1]}-number embeddings{views}, "
+        f"C = {probe.c_value} chosen by {how}",
+        highlight=False,
     )
-    record = {"epoch": 1, "val_accuracy": probe.val_accuracy, "probe_c": probe.c_value}
-    return FitState(epoch=1, best_epoch=1, best_val_accuracy=probe.val_accuracy, history=[record])
+    record = {"epoch": 1, "val_accuracy": probe.val_accuracy, "probe_c": probe.c_value,
+              "probe_chosen_on": probe.chosen_on, "probe_cv_accuracy": probe.cv_accuracy,
+              "probe_flipped_views": probe.flipped_views, "probe_scores": probe.scores}  # fmt: skip
+    state = FitState(epoch=1, best_epoch=1, best_val_accuracy=probe.val_accuracy, history=[record])
+    return ProbeRun(state, probe, {name: (emb, targets) for name, (emb, targets) in features.items()})

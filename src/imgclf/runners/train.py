@@ -22,7 +22,7 @@ from torch import nn
 from imgclf.bundle import Bundle, is_bundle, save_bundle
 from imgclf.config import FAST_PRESET_MAX_SIZE, TrainConfig
 from imgclf.data.augment import Augmentation, choose_augmentation
-from imgclf.data.batches import Batches
+from imgclf.data.batches import Batches, MirroredBatches
 from imgclf.data.dataset import Dataset
 from imgclf.data.prepare import DataProfile, Preprocess, StreamingSplit, TensorSplit, split_targets
 from imgclf.distributed import World, init_from_environment, shutdown
@@ -52,7 +52,7 @@ from imgclf.runners.common import (
 )
 from imgclf.runners.finetune import Stage, plan_stages, run_linear_probe
 from imgclf.runners.report import mistakes_gallery, write_report
-from imgclf.runners.train_data import describe_data, load_training_data, scan_training_data
+from imgclf.runners.train_data import check_trainable, describe_data, load_training_data, scan_training_data
 from imgclf.transfer import PretrainedWeights, freeze_for_finetuning, load_pretrained, load_weights_into
 
 __all__ = ["STATE_FILE", "run_train"]
@@ -100,6 +100,21 @@ def _load_latest_state(output: Path, console: Console) -> dict:
     raise UsageError(f"{output}: no readable training state to resume")
 
 
+# A last, partial batch is dropped (the order is reshuffled each epoch) only when it holds a
+# single image, which batch norm cannot train on, or at most this share of the training set.
+DROP_LAST_MAX_SHARE = 0.1
+
+
+def training_batch(batch_size: int, train_images: int, processes: int = 1) -> tuple[int, bool]:
+    """The batch a run trains with (never more than each process's share of the training
+    images) and whether each epoch drops its last, partial batch."""
+    per_process = max(1, train_images // max(1, processes))
+    batch = max(1, min(batch_size, per_process))
+    rest = per_process % batch
+    drop_last = rest > 0 and (rest == 1 or rest <= DROP_LAST_MAX_SHARE * per_process)
+    return batch, drop_last
+
+
 def _auto_epochs(train_images: int) -> int:
     low, high = AUTO_EPOCH_RANGE
     return int(min(high, max(low, math.ceil(AUTO_EPOCH_IMAGES / max(1, train_images)))))
@@ -137,6 +152,7 @@ class TrainingRun:
     budget: BudgetPlan | None = None  # with --time-budget: the plan, and when training must stop
     stop_at: float | None = None
     advice: dict | None = None  # the advisor's recommendation, when it chose the model
+    embeddings: dict | None = None  # a linear probe's embeddings and targets of each split (unnormalized)
 
 
 RESIDUAL_FAMILIES = ("resnet", "resnet_cifar")  # the families whose blocks take drop_path_rate
@@ -188,14 +204,20 @@ def _assemble(
             else split
             for name, split in prepared.splits.items()
         }
-    epochs = config.epochs or _auto_epochs(len(prepared.splits["train"]))
+    train_images = len(prepared.splits["train"])
+    batch_size, drop_last = training_batch(config.batch_size, train_images, world.size)
+    if batch_size != config.batch_size:
+        console.print(f"batch: {batch_size} (--batch-size {config.batch_size} is more than the {train_images:,} "
+                      "training images)")  # fmt: skip
+        config = replace(config, batch_size=batch_size)  # the learning rate follows the batch
+    epochs = config.epochs or _auto_epochs(train_images)
     augmentation = choose_augmentation(config.augment, dataset.kind, preprocess.channels, preprocess.input_size, epochs)
     train_batches = make_batches(
         prepared.splits["train"],
         config.batch_size,
         shuffle=True,
         seed=config.seed,
-        drop_last=True,
+        drop_last=drop_last,
         workers=config.workers,
         rank=world.rank,
         world_size=world.size,
@@ -420,9 +442,10 @@ def _budget_replanner(run: TrainingRun, setup: FitSetup, console: Console):
 
 def _linear_probe(run: TrainingRun, console: Console) -> None:
     freeze_for_finetuning(run.model, train_backbone=False)
-    plain_train = make_batches(
-        run.prepared.splits["train"], eval_batch_size(run.preprocess.input_size), workers=run.config.workers
-    )
+    batch = eval_batch_size(run.preprocess.input_size)
+    splits = {
+        name: make_batches(split, batch, workers=run.config.workers) for name, split in run.prepared.splits.items()
+    }
     fingerprints = run.dataset.split_info.get("fingerprints", {})
     key = {
         "model": run.config.model,
@@ -432,16 +455,12 @@ def _linear_probe(run: TrainingRun, console: Console) -> None:
         "fingerprints": fingerprints,
         "split_info": {k: v for k, v in run.dataset.split_info.items() if k.startswith("max_")},
     }
-    run.state = run_linear_probe(
-        run.model,
-        {"train": plain_train, "val": run.val_batches},
-        run.preprocess,
-        run.device,
-        key,
-        run.dataset.num_classes,
-        run.config.seed,
-        console,
+    # Mirror images as extra training views where flips keep the class (cross-validation decides).
+    flipped = MirroredBatches(splits["train"]) if run.augmentation.flip and run.config.probe_mirror else None
+    probe_run = run_linear_probe(
+        run.model, splits, run.preprocess, run.device, key, run.dataset.num_classes, run.config.seed, console, flipped
     )
+    run.state, run.embeddings = probe_run.state, probe_run.embeddings
 
 
 # Class centroids for the abstain check come from up to this many evenly spaced training images.
@@ -468,19 +487,33 @@ def _evenly_spaced(split: TensorSplit | StreamingSplit, limit: int) -> TensorSpl
     return StreamingSplit(split.split.subset(indices), split.preprocess)
 
 
-def _outputs(run: TrainingRun, split, embeddings: bool):
+def _outputs(run: TrainingRun, name: str, embeddings: bool, limit: int | None = None):
+    """Logits, targets and (when asked) L2-normalized embeddings of one split; from a linear
+    probe's embeddings when the run has them (the backbone does not run again)."""
+    layer = run.model.get_classifier()
+    if run.embeddings is not None and name in run.embeddings and isinstance(layer, nn.Linear):
+        features, targets = run.embeddings[name]
+        if limit is not None and len(targets) > limit:
+            indices = np.linspace(0, len(targets) - 1, limit).astype(np.int64)
+            features, targets = features[indices], targets[indices]
+        with torch.no_grad():
+            logits = nn.functional.linear(features, layer.weight.detach().cpu(), layer.bias.detach().cpu())
+        return logits.float(), targets, nn.functional.normalize(features, dim=1) if embeddings else None
+    split = run.prepared.splits[name]
+    if limit is not None:
+        split = _evenly_spaced(split, limit)
     batches = make_batches(split, eval_batch_size(run.preprocess.input_size), workers=run.config.workers)
     return predict_outputs(run.model, batches, run.preprocess, run.device, run.config.amp, embeddings=embeddings)
 
 
 def _final_evaluation(run: TrainingRun) -> FinalEvaluation:
     splits = run.prepared.splits
-    _, train_targets, train_embeddings = _outputs(run, _evenly_spaced(splits["train"], CENTROID_IMAGES), True)
+    _, train_targets, train_embeddings = _outputs(run, "train", True, CENTROID_IMAGES)
     centroids = class_centroids(train_embeddings, train_targets, run.dataset.num_classes)
-    val_logits, val_targets, val_embeddings = _outputs(run, splits["val"], True)
+    val_logits, val_targets, val_embeddings = _outputs(run, "val", True)
     logits = {"val": (val_logits, val_targets)}
     if "test" in splits:
-        logits["test"] = _outputs(run, splits["test"], False)[:2]
+        logits["test"] = _outputs(run, "test", False)[:2]
     calibration = calibrate(val_logits, val_targets, val_embeddings, centroids)
     temperature = calibration["temperature"]
     metrics = {name: calibrated_metrics(*pair, run.dataset.classes, temperature) for name, pair in logits.items()}
@@ -556,7 +589,11 @@ def _announce(run: TrainingRun, console: Console) -> None:
             "frozen: a linear probe on its embeddings"
         )
         return
-    epoch_source = "given" if config.epochs else f"auto: about {AUTO_EPOCH_IMAGES:,} training images seen"
+    epoch_source = "given"
+    if not config.epochs:
+        seen = run.epochs * len(run.prepared.splits["train"])
+        low, high = AUTO_EPOCH_RANGE
+        epoch_source = f"auto: {seen:,} training images seen; about {AUTO_EPOCH_IMAGES:,} within {low}-{high} epochs"
     if run.budget is not None:
         epoch_source = f"planned for the {run.budget.budget_s:g} s budget"
     console.print(
@@ -605,9 +642,9 @@ def run_train(
         config = TrainConfig.from_dict(saved["meta"]["config"])
         console.print(f"resuming {output} (configuration from its training state)")
     elif choose_model:
-        _advised_config_checks(config)
-        scanned = scan_training_data(data, config, data_dir)  # read once: the advisor, then training
-        config, advice = _advised_config(data, config, data_dir, console, scanned)
+        scanned = scan_training_data(data, config, data_dir)  # read once: choosing, then training
+        check_trainable(data, *scanned)
+        config, advice = _automatic_config(data, config, data_dir, console, scanned, started)
     if output is None:
         output = _default_output(data, config.model)
     get_model_spec(config.model)  # an unknown model fails before any data is read
@@ -621,11 +658,49 @@ def run_train(
         shutdown(world)
 
 
-def _advised_config_checks(config: TrainConfig) -> None:
+def _automatic_config(data: str, config: TrainConfig, data_dir, console: Console, scanned, started: float):
+    """No --model: for natural photos, a linear probe on the ImageNet backbone whose passes fit the
+    run's time; otherwise, with --time-budget, the advisor's measured choice; otherwise the default
+    model (``config.model``). Returns the configuration to train and the advice (or None)."""
+    from imgclf.advise.photos import plan_photo_transfer
+    from imgclf.runners.advise import data_facts
+
+    dataset, profile = scanned
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if not distributed:
+        facts = data_facts(dataset, profile.native_size, profile.channels, config.workers)
+        mirror = config.probe_mirror and choose_augmentation(config.augment, dataset.kind, profile.channels, 224).flip
+        sizes = {name: len(split) for name, split in dataset.splits.items()}
+        device = resolve_device(config.device)
+        plan = plan_photo_transfer(facts, sizes, config.time_budget, time.perf_counter() - started, mirror, device)
+        if plan is not None:
+            return _photo_config(data, config, plan, console)
     if config.time_budget is None:
-        raise UsageError("without --model, give --time-budget so the advisor can choose a model for it")
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        console.print(f"model: {config.model}, the default (imgclf advise {data} measures the others)")
+        return config, None
+    if distributed:
         raise UsageError("with several processes give --model: the advisor runs in one process")
+    return _advised_config(data, config, data_dir, console, scanned)
+
+
+def _photo_config(data: str, config: TrainConfig, plan, console: Console) -> tuple[TrainConfig, dict]:
+    options = {
+        "model": plan.model,
+        "pretrained": "default",
+        "finetune": "linear-probe",
+        "probe_mirror": plan.mirror_views,
+    }
+    command = f"imgclf train {data} --model {plan.model} --pretrained --finetune linear-probe"
+    if not plan.mirror_views:
+        command += " --no-probe-mirror"
+    if config.time_budget is not None:
+        command += f" --time-budget {config.time_budget:g}s"
+    console.print(f"chosen: {plan.model} from ImageNet weights, a linear probe on its features", highlight=False)
+    for reason in plan.reasons:
+        console.print(f"  - {reason}", highlight=False)
+    advice = {"recommended": plan.model, "pretrained": True, "reasons": plan.reasons, "train_options": options,
+              "train_command": command, "images_per_s": {k: round(v, 1) for k, v in plan.speeds.items()}}  # fmt: skip
+    return replace(config, **options), advice
 
 
 def _advised_config(data: str, config: TrainConfig, data_dir, console: Console, scanned) -> tuple[TrainConfig, dict]:
@@ -711,7 +786,7 @@ def _train_in_world(
         size = run.preprocess.input_size
         raise UsageError(f"--preset fast is for images of {FAST_PRESET_MAX_SIZE} px and below; these are trained at "
                          f"{size} px: choose a --model (imgclf advise {data} measures them)")  # fmt: skip
-    if config.time_budget is not None:
+    if config.time_budget is not None and config.finetune != "linear-probe":  # a probe has no epochs to plan
         _plan_time_budget(run, started, console)
     if saved is not None:
         _check_same_data(run, saved["meta"], force)
@@ -742,14 +817,14 @@ def _train_in_world(
     }
     if run.advice is not None:
         result["advisor"] = {key: run.advice[key] for key in ("recommended", "pretrained", "reasons")}
-    if run.budget is not None:
+    if config.time_budget is not None:
         console.print(
-            f"time budget: used {seconds:.1f} s of {run.budget.budget_s:g} s ({seconds / run.budget.budget_s:.0%})"
+            f"time budget: used {seconds:.1f} s of {config.time_budget:g} s ({seconds / config.time_budget:.0%})"
         )
         result["time_budget"] = {
-            "budget_s": run.budget.budget_s,
-            "planned_epochs": run.budget.epochs,
-            "replanned_epochs": run.budget.replanned_epochs,
+            "budget_s": config.time_budget,
+            "planned_epochs": run.budget.epochs if run.budget else None,
+            "replanned_epochs": run.budget.replanned_epochs if run.budget else None,
             "used_s": round(seconds, 2),
         }
     return result

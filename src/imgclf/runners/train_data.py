@@ -96,6 +96,19 @@ def scan_training_data(data: str, config: TrainConfig, data_dir) -> tuple[Datase
     return dataset, profile_dataset(dataset)
 
 
+def check_trainable(data: str, dataset: Dataset, profile: DataProfile) -> None:
+    """Training needs images to learn from and images to choose the epoch (and the calibration)
+    on: a clear error for a folder of one image per class, before anything is decoded."""
+    if len(dataset.splits["train"]) == 0:
+        raise DataError(f"{data}: no usable training images ({len(profile.skipped)} skipped)")
+    if len(dataset.splits["val"]) == 0:
+        counts = np.bincount(np.asarray(dataset.splits["train"].targets), minlength=dataset.num_classes)
+        single = [name for name, count in zip(dataset.classes, counts) if count < 2]
+        detail = f" ({', '.join(single[:5])} {'has' if len(single) == 1 else 'have'} one)" if single else ""
+        raise DataError(f"{data}: no validation images: give each class at least 2 usable images, one to train "
+                        f"on and one to validate{detail}, or a val/ folder")  # fmt: skip
+
+
 def load_training_data(
     data: str,
     config: TrainConfig,
@@ -106,8 +119,7 @@ def load_training_data(
 ) -> tuple[Dataset, DataProfile, Preprocess, PreparedSplits]:
     """``scanned``: what ``scan_training_data`` returned, when the advisor has already read it."""
     dataset, profile = scanned or scan_training_data(data, config, data_dir)
-    if len(dataset.splits["train"]) == 0:
-        raise DataError(f"{data}: no usable training images ({len(profile.skipped)} skipped)")
+    check_trainable(data, dataset, profile)
     sizes = ", ".join(f"{name} {count:,}" for name, count in profile.sizes.items())
     skipped = f", {len(profile.skipped)} unusable files skipped" if profile.skipped else ""
     console.print(f"data: {dataset.name}: {dataset.num_classes} classes, {sizes} images{skipped}")

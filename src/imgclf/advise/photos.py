@@ -1,0 +1,116 @@
+"""Your own photos, no model named: which ImageNet backbone to embed them with, for the time a run
+may take on this machine.
+
+On a folder of a few hundred photos a logistic regression on a frozen ImageNet network's features
+(a linear probe) beats every network trained from scratch, and on a CPU it beats fine-tuning for
+the same minutes: measured on three photo folders (cats and dogs, a Caltech-101 subset, clothing)
+a small CNN from scratch stayed near chance after minutes, a minute of full fine-tuning fell to
+17-58% where the probe reached 93-100%. The cost of a probe is one forward pass per image (two per
+training image when mirror images are added as views), so the backbone is chosen by measured
+speed: the most accurate EfficientNet-Lite whose passes fit in the run's time, else a smaller one.
+Lite2 (ImageNet top-1 77.6%) gave the clothing folder 83.6% against Lite0's 80.9% (75.1%) at half
+the speed (BENCHMARKS.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from imgclf.advise.facts import DataFacts
+from imgclf.advise.rules import transfer_is_promising
+from imgclf.data.prepare import Preprocess, TensorSplit
+from imgclf.engine.budget import measure_eval_speed
+from imgclf.models import create_model
+from imgclf.runners.common import eval_batch_size, make_batches
+from imgclf.transfer import pretrained_available
+
+__all__ = ["DEFAULT_RUN_SECONDS", "PhotoPlan", "plan_photo_transfer"]
+
+# Most accurate on ImageNet first (top-1 77.6%, 76.7%, 75.1%).
+BACKBONES = ("efficientnet_lite2", "efficientnet_lite1", "efficientnet_lite0")
+INPUT_SIZES = {"efficientnet_lite0": 224, "efficientnet_lite1": 240, "efficientnet_lite2": 260}
+# Without --time-budget a run on photos is planned to end within this many seconds.
+DEFAULT_RUN_SECONDS = 240.0
+# Of the time left after start-up, the share the backbone's forward passes may take; the rest
+# pays for decoding, the cross-validated regression, the final evaluation, the report and what
+# the estimate misses.
+EMBEDDING_SHARE = 0.6
+SPEED_SECONDS = 0.6  # timed forward passes per backbone measured
+
+
+@dataclass
+class PhotoPlan:
+    model: str
+    mirror_views: bool
+    estimated_seconds: float
+    speeds: dict[str, float] = field(default_factory=dict)  # images/s measured here, per backbone
+    reasons: list[str] = field(default_factory=list)
+
+
+def _forward_speed(name: str, device: torch.device) -> float:
+    """Forward passes per second of ``name`` at its ImageNet size, with random weights (the
+    weights do not change the speed) on random pixels, at the batch the run embeds with."""
+    size = INPUT_SIZES[name]
+    model = create_model(name, num_classes=2, in_chans=3, input_size=size).to(device, memory_format=torch.channels_last)
+    batch = eval_batch_size(size)
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (batch * 3, 3, size, size), dtype=torch.uint8, generator=generator)
+    split = TensorSplit(images, torch.zeros(len(images), dtype=torch.int64), [str(i) for i in range(len(images))])
+    preprocess = Preprocess(size, 3, (0.5,) * 3, (0.25,) * 3)
+    return measure_eval_speed(model, make_batches(split, batch, workers=0), preprocess, device, SPEED_SECONDS)
+
+
+def plan_photo_transfer(
+    facts: DataFacts,
+    split_sizes: dict[str, int],
+    budget_s: float | None,
+    elapsed_s: float,
+    mirror_allowed: bool,
+    device: torch.device,
+) -> PhotoPlan | None:
+    """The backbone and views for a linear probe on these photos, or None where this path does
+    not apply (not natural photos, thousands of images per class, no offline weights, or not even
+    Lite0's passes fit in the time)."""
+    available = [name for name in BACKBONES if pretrained_available(name)]
+    if not transfer_is_promising(facts) or facts.native_size < 32 or not available:
+        return None
+    run_s = budget_s or DEFAULT_RUN_SECONDS
+    embedding_s = max(0.0, (run_s - elapsed_s) * EMBEDDING_SHARE)
+    train, others = split_sizes.get("train", 0), sum(n for name, n in split_sizes.items() if name != "train")
+    speeds: dict[str, float] = {}
+    for name in reversed(available):  # cheapest first: stop measuring once a larger one cannot fit
+        speeds[name] = _forward_speed(name, device)
+        if (train + others) / speeds[name] > embedding_s:
+            break
+    options = [
+        (name, mirror)
+        for name in available
+        if name in speeds
+        for mirror in ([True, False] if mirror_allowed else [False])
+    ]
+    for name, mirror in options:
+        passes = train * (2 if mirror else 1) + others
+        seconds = passes / speeds[name]
+        if seconds <= embedding_s:
+            return PhotoPlan(
+                name, mirror, seconds, speeds, _reasons(facts, name, mirror, seconds, run_s, speeds, budget_s)
+            )
+    return None
+
+
+def _reasons(facts, name, mirror, seconds, run_s, speeds, budget_s) -> list[str]:
+    limit = f"the {budget_s:g} s budget" if budget_s else f"the {run_s:g} s a run without --time-budget is planned for"
+    speed_text = ", ".join(f"{n} {s:,.0f}" for n, s in sorted(speeds.items()))
+    views = (
+        " and the mirror image of each training photo (kept only if cross-validation says they help)" if mirror else ""
+    )
+    return [
+        f"natural photos, about {facts.images_per_class:,.0f} per class: features learned on ImageNet beat a network "
+        "trained from scratch on this few, and on a CPU a linear probe beats fine-tuning for the same minutes",
+        f"{name}: the most accurate ImageNet backbone whose forward passes fit in {limit} "
+        f"(images/s measured here: {speed_text}); about {seconds:.0f} s to embed every photo{views}",
+        "the logistic regression's strength is chosen by cross-validation on the training photos, so the "
+        "validation accuracy is measured on photos nothing was chosen on",
+    ]
