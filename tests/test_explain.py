@@ -176,11 +176,13 @@ def test_ece_is_zero_for_a_perfectly_calibrated_model_and_bins_add_up():
     assert all(0 <= row["accuracy"] <= 1 and row["low"] < row["confidence"] <= row["high"] for row in bins)
 
 
-def test_abstain_threshold_keeps_95_percent_of_correct_answers():
+def test_abstain_threshold_keeps_the_chosen_share_of_correct_answers():
     probabilities = torch.tensor([[p, 1 - p] for p in np.linspace(0.5, 1.0, 101)], dtype=torch.float32)
-    threshold = choose_abstain_threshold(probabilities, torch.zeros(101, dtype=torch.int64))
+    threshold = choose_abstain_threshold(probabilities, torch.zeros(101, dtype=torch.int64), keep_fraction=0.95)
     kept = (probabilities[:, 0] >= threshold).float().mean()
     assert 0.94 <= float(kept) <= 0.96
+    default = choose_abstain_threshold(probabilities, torch.zeros(101, dtype=torch.int64))
+    assert default == pytest.approx(0.5)  # the least confident correct answer: every one is kept
     assert choose_abstain_threshold(probabilities, torch.ones(101, dtype=torch.int64)) is None  # nothing right
 
 

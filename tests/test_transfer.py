@@ -172,4 +172,5 @@ def test_linear_probe_caches_embeddings(photo_folder, tmp_path, monkeypatch, cap
     captured = capsys.readouterr()
     assert "from the cache" in captured.err
     assert json.loads(captured.out)["metrics"] == first["metrics"]
-    assert len(list((tmp_path / "cache" / "embeddings").iterdir())) == 2  # train and val
+    # train, val, test, and the training images mirrored (extra views for the probe)
+    assert len(list((tmp_path / "cache" / "embeddings").iterdir())) == 4

@@ -11,7 +11,16 @@ often 99% sure about pure noise; measured here: a simple_cnn trained on shapes g
 0.997). So ``predict`` also measures how far the image's embedding (before the last layer,
 L2-normalized) lies from the mean embedding of the predicted class's training images: on
 those same models every noise image lay 1.5-6x beyond the distance that covers 95% of the
-validation images. Both thresholds keep 95% of the correctly classified validation images.
+validation images.
+
+The thresholds: withhold a label when the confidence is below that of every correctly classified
+validation image, or when the distance is more than 1.1 times the 99th percentile of theirs.
+Measured on three photo folders (cats and dogs, clothing, a Caltech-101 subset; EfficientNet-Lite0
+probe, thresholds fitted on half of the validation photos, ``bench/abstain_photos.py``), held-out
+photos of the trained classes were withheld 0.0%, 0.9% and 0.4% of the time (the former rule,
+95% of correct answers kept by each check, withheld 13.8%, 19.5% and 9.7%), while 60 noise
+images and 20 flat grey ones were withheld every time, and photos from the other two folders
+34%, 98% and 95% of the time (cats and dogs meet Caltech's leopards and llamas).
 """
 
 from __future__ import annotations
@@ -34,8 +43,11 @@ __all__ = [
 ]
 
 ECE_BINS = 15
-# Abstain below the confidence that keeps this share of the correctly classified validation images.
-ABSTAIN_KEEP_FRACTION = 0.95
+# Abstain below the confidence that keeps this share of the correctly classified validation
+# images (1.0: below the least confident of them), or beyond DISTANCE_MARGIN times the distance
+# that keeps DISTANCE_KEEP_FRACTION of them (see the module's docstring for the measurements).
+ABSTAIN_KEEP_FRACTION = 1.0
+DISTANCE_KEEP_FRACTION, DISTANCE_MARGIN = 0.99, 1.1
 # When every validation image is right with a margin, the NLL keeps falling as T -> 0 and every
 # probability would round to 1; the floor keeps them informative. The ceiling guards tiny splits.
 TEMPERATURE_RANGE = (0.25, 20.0)
@@ -126,7 +138,7 @@ def centroid_distance(embeddings: torch.Tensor, centroids: torch.Tensor, predict
 def _distance_threshold(distances: torch.Tensor, correct: torch.Tensor) -> float | None:
     if not correct.any():
         return None
-    return float(np.quantile(distances[correct].numpy(), ABSTAIN_KEEP_FRACTION))
+    return float(np.quantile(distances[correct].numpy(), DISTANCE_KEEP_FRACTION)) * DISTANCE_MARGIN
 
 
 def calibrate(
@@ -157,8 +169,8 @@ def calibrate(
         "val_ece_after": expected_calibration_error(after, val_targets),
         "abstain_threshold": threshold,
         "abstain_distance_threshold": distance_threshold,
-        "abstain_rule": f"each threshold keeps {ABSTAIN_KEEP_FRACTION:.0%} of the correctly classified "
-        "validation images",
+        "abstain_rule": "withhold below the confidence of every correctly classified validation image, or "
+        f"beyond {DISTANCE_MARGIN:g} x the embedding distance that keeps {DISTANCE_KEEP_FRACTION:.0%} of them",
         "val_coverage": float(kept.float().mean()) if len(kept) else None,
         "val_accuracy_when_answering": float((predicted[kept] == val_targets[kept]).float().mean())
         if kept.any()

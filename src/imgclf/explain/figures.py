@@ -16,6 +16,7 @@ __all__ = [
     "confusion_matrix_png",
     "explanation_png",
     "pareto_png",
+    "probe_choice_png",
     "reliability_png",
     "training_curves_png",
 ]
@@ -52,6 +53,29 @@ def training_curves_png(history: list[dict]) -> bytes:
         axes.grid(alpha=0.3)
         if axes.get_lines() and title != curves[2][1]:
             axes.legend()
+    return _png(figure)
+
+
+def probe_choice_png(scores: list[dict], chosen_c: float) -> bytes:
+    """A linear probe's choice: accuracy against the inverse regularization strength C (log
+    axis), cross-validated on train (or on validation where that chose), with and without the
+    mirrored views, the chosen C marked."""
+    figure = Figure(figsize=(6.5, 3.4))
+    axes = figure.subplots()
+    key = "cv_accuracy" if all(row.get("cv_accuracy") is not None for row in scores) else "val_accuracy"
+    where = "cross-validated on train" if key == "cv_accuracy" else "validation"
+    for mirrored in (False, True):
+        rows = sorted((row for row in scores if bool(row.get("flipped_views")) == mirrored), key=lambda r: r["c"])
+        if rows:
+            label = f"{where}{', with mirrored views' if mirrored else ''}"
+            axes.plot([r["c"] for r in rows], [r[key] for r in rows], marker="o", label=label)
+    axes.axvline(chosen_c, color="grey", linestyle="--", label=f"chosen C = {chosen_c:g}")
+    axes.set_xscale("log")
+    axes.set_xlabel("C (inverse regularization strength)")
+    axes.set_ylabel("accuracy")
+    axes.set_title("linear probe: accuracy against regularization")
+    axes.grid(alpha=0.3)
+    axes.legend()
     return _png(figure)
 
 

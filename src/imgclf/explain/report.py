@@ -9,7 +9,13 @@ import json
 from dataclasses import dataclass
 from html import escape
 
-from imgclf.explain.figures import class_counts_png, confusion_matrix_png, reliability_png, training_curves_png
+from imgclf.explain.figures import (
+    class_counts_png,
+    confusion_matrix_png,
+    probe_choice_png,
+    reliability_png,
+    training_curves_png,
+)
 
 __all__ = ["REPORT_FILE", "REPORT_SECTIONS", "GalleryItem", "render_report"]
 
@@ -91,6 +97,13 @@ def _evaluated(metrics: dict) -> tuple[str, dict]:
 def _findings(description: dict, split: str, evaluated: dict) -> list[str]:
     """The sentences a reader needs first: overall, best and worst classes, confusions, skips."""
     findings = []
+    chose = description.get("metrics", {}).get("val_chose")
+    if split == "val" and chose:
+        findings.append(f"No test split: the validation accuracy is optimistic, since the validation split chose "
+                        f"{chose}.")  # fmt: skip
+    elif split == "val" and chose is not None:
+        findings.append("No test split; nothing was chosen on the validation split, so its accuracy is a fair "
+                        "estimate for new images like these.")  # fmt: skip
     per_class = evaluated.get("per_class", {})
     if per_class:
         ranked = sorted(per_class.items(), key=lambda item: item[1]["f1"])
@@ -121,10 +134,11 @@ def _findings(description: dict, split: str, evaluated: dict) -> list[str]:
 def _summary(description: dict, metrics: dict) -> str:
     split, evaluated = _evaluated(metrics)
     summary = metrics.get("summary", {})
-    cards = [
-        (_percent(evaluated.get("accuracy")), f"{split} accuracy ({evaluated.get('num_images', 0):,} images)"),
-        (_percent(summary.get("val_accuracy")), "validation accuracy"),
-    ]
+    cards = [(_percent(evaluated.get("accuracy")), f"{split} accuracy ({evaluated.get('num_images', 0):,} images)")]
+    if split != "val":
+        cards.append((_percent(summary.get("val_accuracy")), "validation accuracy"))
+    if summary.get("cv_accuracy") is not None:
+        cards.append((_percent(summary["cv_accuracy"]), "cross-validated on train"))
     if evaluated.get("top5_accuracy") is not None:
         cards.append((_percent(evaluated["top5_accuracy"]), f"{split} top-5 accuracy"))
     if evaluated.get("ece") is not None:
@@ -171,8 +185,10 @@ def _dataset(description: dict) -> str:
 def _training(description: dict, metrics: dict) -> str:
     history = metrics.get("history", [])
     summary = metrics.get("summary", {})
+    if history and history[0].get("probe_scores"):
+        return _probe_training(description, history[0])
     if not history:
-        return '<p class="note">No per-epoch history (a linear probe is fitted in one step).</p>'
+        return '<p class="note">No per-epoch history.</p>'
     best = summary.get("best_epoch")
     note = f"Best validation accuracy at epoch {best} of {summary.get('epochs_run')}; its weights were kept."
     if summary.get("stopped_early"):
@@ -181,6 +197,21 @@ def _training(description: dict, metrics: dict) -> str:
     if seconds is not None:
         note += f" Whole run: {seconds:.1f} s on {description.get('training', {}).get('device', '?')}."
     return f"<p>{escape(note)}</p>" + _image(training_curves_png(history), "training curves")
+
+
+def _probe_training(description: dict, record: dict) -> str:
+    """A linear probe has no epochs: what was chosen instead, and on what."""
+    how = ("by 5-fold cross-validation on the training images" if record.get("probe_chosen_on") == "cross-validation"
+           else "on the validation split")  # fmt: skip
+    views = " Mirror images of the training images were added as views." if record.get("probe_flipped_views") else ""
+    note = (f"A linear probe: a logistic regression on the frozen network's embeddings, its regularization "
+            f"C = {record.get('probe_c')} chosen {how}.{views}")  # fmt: skip
+    seconds = description.get("seconds")
+    if seconds is not None:
+        note += f" Whole run: {seconds:.1f} s on {description.get('training', {}).get('device', '?')}."
+    return f"<p>{escape(note)}</p>" + _image(
+        probe_choice_png(record["probe_scores"], record["probe_c"]), "probe accuracy against C"
+    )
 
 
 def _per_class(evaluated: dict) -> str:
@@ -218,8 +249,8 @@ def _calibration(description: dict, evaluated: dict) -> str:
         )
         if calibration.get("abstain_threshold") is not None:
             text += (
-                f"predict abstains (label null) below confidence {calibration['abstain_threshold']:.3f}, "
-                f"{calibration['abstain_rule']}: it answers for {_percent(calibration['val_coverage'])} of validation "
+                f"predict abstains (label null) below confidence {calibration['abstain_threshold']:.3f} "
+                f"(the rule: {calibration['abstain_rule']}); it answers for {_percent(calibration['val_coverage'])} of validation "
                 f"images, {_percent(calibration['val_accuracy_when_answering'])} of those correctly."
             )
         parts.insert(0, f"<p>{escape(text)}</p>")

@@ -456,7 +456,10 @@ def _linear_probe(run: TrainingRun, console: Console) -> None:
         "split_info": {k: v for k, v in run.dataset.split_info.items() if k.startswith("max_")},
     }
     # Mirror images as extra training views where flips keep the class (cross-validation decides).
-    flipped = MirroredBatches(splits["train"]) if run.augmentation.flip and run.config.probe_mirror else None
+    flips_keep_class = choose_augmentation(
+        run.config.augment, run.dataset.kind, run.preprocess.channels, run.preprocess.input_size
+    ).flip  # as augmentation decides it for a run long enough to augment
+    flipped = MirroredBatches(splits["train"]) if flips_keep_class and run.config.probe_mirror else None
     probe_run = run_linear_probe(
         run.model, splits, run.preprocess, run.device, key, run.dataset.num_classes, run.config.seed, console, flipped
     )
@@ -520,11 +523,21 @@ def _final_evaluation(run: TrainingRun) -> FinalEvaluation:
     return FinalEvaluation(calibration, metrics, logits, centroids)
 
 
+def _validation_chose(state: FitState) -> str:
+    """What the validation split chose ("" when nothing): its accuracy is optimistic when it chose."""
+    record = state.history[0] if state.history else {}
+    if "probe_chosen_on" in record:
+        return "" if record["probe_chosen_on"] == "cross-validation" else "the probe's regularization"
+    return "the epoch whose weights were kept" if len(state.history) > 1 else ""
+
+
 def _write_bundle(run: TrainingRun, evaluation: FinalEvaluation, seconds: float) -> Bundle:
     state, config, preprocess = run.state, run.config, run.preprocess
     final = evaluation.metrics
     summary = {
         "val_accuracy": final["val"]["accuracy"],
+        "val_chose": _validation_chose(state),
+        "cv_accuracy": state.history[0].get("probe_cv_accuracy") if state.history else None,
         "test_accuracy": final["test"]["accuracy"] if "test" in final else None,
         "best_epoch": state.best_epoch,
         "epochs_run": state.epoch,
@@ -804,16 +817,20 @@ def _train_in_world(
     summary = bundle.metrics["summary"]
     _write_report(run, bundle, evaluation, console)
     seconds = time.perf_counter() - started
+    honesty = ""
+    if summary["test_accuracy"] is None:
+        chose = summary["val_chose"]
+        honesty = f" (optimistic: it chose {chose})" if chose else " (nothing was chosen on it)"
     console.print(
         f"test accuracy {_format(summary['test_accuracy'])}, val accuracy "
-        f"{_format(summary['val_accuracy'])}; bundle written to {output} in {seconds:.1f}s"
+        f"{_format(summary['val_accuracy'])}{honesty}; bundle written to {output} in {seconds:.1f}s"
     )
     result = {
         "bundle": str(output),
         "model": config.model,
         "epochs": run.state.epoch,
         "seconds": round(seconds, 2),
-        "metrics": {"val_accuracy": summary["val_accuracy"], "test_accuracy": summary["test_accuracy"]},
+        "metrics": {key: summary[key] for key in ("val_accuracy", "test_accuracy", "cv_accuracy", "val_chose")},
     }
     if run.advice is not None:
         result["advisor"] = {key: run.advice[key] for key in ("recommended", "pretrained", "reasons")}

@@ -1,0 +1,183 @@
+"""A folder of the user's own photos (only train/ and val/, 300 px, a few dozen per class) on
+every path a newcomer takes: no flags, a time budget, each fine-tuning mode, the advisor, and
+folders of two images per class or one."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from sklearn.datasets import load_sample_images
+
+from imgclf.cli.launch import ALLOCATOR_TUNABLES, wants_tuned_allocator
+from imgclf.cli.main import main
+from imgclf.data.augment import Augmentation
+from imgclf.data.batches import TensorBatches
+from imgclf.data.prepare import Preprocess, TensorSplit
+from imgclf.engine.budget import measure_train_speed
+from imgclf.engine.probe import fit_linear_probe
+from imgclf.models import create_model
+from imgclf.runners.train import training_batch
+
+CLASSES = ("temple", "flower")
+
+
+def _write_photos(root: Path, per_class: dict[str, int], seed: int = 0, size: int = 300) -> Path:
+    """Random 300 px crops of scikit-learn's two sample photos (a temple, a flower), as JPEGs in
+    ``root/<split>/<class>/``: real photographs, made at test time."""
+    rng = np.random.default_rng(seed)
+    photos = dict(zip(CLASSES, load_sample_images().images))
+    for split, count in per_class.items():
+        for name, pixels in photos.items():
+            folder = root / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            height, width = pixels.shape[:2]
+            for index in range(count):
+                y, x = int(rng.integers(0, height - size)), int(rng.integers(0, width - size))
+                Image.fromarray(pixels[y : y + size, x : x + size]).save(folder / f"{index:02d}.jpg", quality=90)
+    return root
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> Path:
+    """train/ 16 and val/ 6 photos per class."""
+    return _write_photos(tmp_path_factory.mktemp("own") / "photos", {"train": 16, "val": 6})
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("IMGCLF_CACHE_DIR", str(tmp_path / "cache"))
+
+
+def _train(arguments: list[str], capsys) -> tuple[int, dict, str]:
+    code = main(["train", *arguments, "--json"])
+    captured = capsys.readouterr()
+    return code, json.loads(captured.out) if code == 0 else {}, captured.err
+
+
+def test_no_flags_on_photos_trains_a_probe_on_imagenet_features_and_says_why(photos, tmp_path, capsys):
+    output = tmp_path / "bundle"
+    code, result, log = _train([str(photos), "--output", str(output)], capsys)
+    assert code == 0, log
+    assert result["model"].startswith("efficientnet_lite")
+    # Crops of two unrelated photos: any correct ImageNet probe separates them (measured 1.0 on
+    # seeds 0-2 with Lite0 and Lite2).
+    assert result["metrics"]["val_accuracy"] >= 0.9
+    assert result["metrics"]["val_chose"] == ""  # C was chosen by cross-validation on train
+    assert "nothing was chosen on it" in log
+    description = json.loads((output / "model.json").read_text())
+    advice = description["advisor"]
+    assert advice["pretrained"] and advice["train_options"]["finetune"] == "linear-probe"
+    assert advice["train_command"].startswith(f"imgclf train {photos} --model {result['model']} --pretrained")
+    assert any("natural photos" in reason for reason in advice["reasons"])
+    assert description["pretrained"]["finetune"] == "linear-probe"
+    report = (output / "report.html").read_text()
+    assert "probe accuracy against C" in report and "No per-epoch history" not in report
+
+
+def test_the_advisors_train_command_reproduces_the_run(photos, tmp_path, capsys):
+    code, first, log = _train([str(photos), "--output", str(tmp_path / "first")], capsys)
+    assert code == 0, log
+    command = json.loads((tmp_path / "first" / "model.json").read_text())["advisor"]["train_command"]
+    arguments = command.split()[2:]  # after "imgclf train"
+    code, second, log = _train([*arguments, "--output", str(tmp_path / "second")], capsys)
+    assert code == 0, log
+    assert second["model"] == first["model"] and second["metrics"] == first["metrics"]
+
+
+@pytest.mark.parametrize("budget", ["1m", "3m"])
+def test_a_time_budget_without_a_model_on_photos_trains_the_probe(photos, tmp_path, capsys, budget):
+    code, result, log = _train([str(photos), "--time-budget", budget, "--output", str(tmp_path / "b")], capsys)
+    assert code == 0, log
+    assert result["model"].startswith("efficientnet_lite") and result["metrics"]["val_accuracy"] >= 0.9
+    assert result["time_budget"]["used_s"] > 0
+
+
+@pytest.mark.parametrize("mode", ["full", "head", "two-stage", "linear-probe"])
+def test_every_finetune_mode_runs_on_a_small_photo_folder(photos, tmp_path, capsys, mode):
+    """The default batch (128) is larger than the 32 training photos: it shrinks to them."""
+    arguments = [str(photos), "--model", "efficientnet_lite0", "--pretrained", "--finetune", mode,
+                 "--input-size", "96", "--output", str(tmp_path / mode)]  # fmt: skip
+    if mode != "linear-probe":
+        arguments += ["--epochs", "2"]
+    code, result, log = _train(arguments, capsys)
+    assert code == 0, log
+    assert result["epochs"] >= 1
+    if mode != "linear-probe":
+        assert "batch: 32" in log
+
+
+def test_the_advisor_recommends_the_mode_its_probe_measured(photos, capsys):
+    code = main(["advise", str(photos), "--models", "simple_cnn,efficientnet_lite0", "--time-budget", "1m", "--json"])
+    advice = json.loads(capsys.readouterr().out)
+    assert code == 0 and advice["recommended"] == "efficientnet_lite0" and advice["pretrained"]
+    assert advice["train_options"]["finetune"] == "linear-probe"
+    assert "--finetune linear-probe" in advice["train_command"]
+
+
+def test_two_photos_per_class_train_with_and_without_a_budget(tmp_path, capsys):
+    tiny = _write_photos(tmp_path / "tiny", {"train": 2}, seed=1)
+    code, result, log = _train([str(tiny), "--output", str(tmp_path / "a")], capsys)
+    assert code == 0, log
+    code, result, log = _train([str(tiny), "--time-budget", "1m", "--output", str(tmp_path / "b")], capsys)
+    assert code == 0, log
+    code, result, log = _train([str(tiny), "--model", "simple_cnn", "--time-budget", "20s", "--input-size", "32",
+                                "--output", str(tmp_path / "c")], capsys)  # fmt: skip
+    assert code == 0, log
+
+
+def test_one_photo_per_class_is_a_clear_error(tmp_path, capsys):
+    single = _write_photos(tmp_path / "single", {"train": 1}, seed=2)
+    code = main(["train", str(single), "--output", str(tmp_path / "out")])
+    error = capsys.readouterr().err
+    assert code == 2 and "no validation images" in error and "at least 2" in error
+    assert "Traceback" not in error
+
+
+def test_training_batch_never_exceeds_the_data_and_drops_little():
+    assert training_batch(128, 245) == (128, False)  # 117 left over: kept as a second step
+    assert training_batch(128, 40) == (40, False)
+    assert training_batch(128, 129) == (128, True)  # one image left: batch norm cannot train on it
+    assert training_batch(32, 330) == (32, True)  # 10 of 330 (3%): dropped, reshuffled each epoch
+    assert training_batch(128, 1_000, processes=4) == (128, False)  # 250 each: 122 left over is kept
+    assert training_batch(64, 2) == (2, False)
+
+
+def test_training_speed_is_measured_on_a_set_of_one_batch():
+    images = torch.randint(0, 256, (6, 3, 16, 16), dtype=torch.uint8)
+    split = TensorSplit(images, torch.tensor([0, 1, 0, 1, 0, 1]), [str(i) for i in range(6)])
+    model = create_model("simple_cnn", num_classes=2, in_chans=3, input_size=16)
+    speed = measure_train_speed(
+        model, TensorBatches(split, 6), Preprocess.unnormalized(16, 3), Augmentation(), torch.device("cpu"), 0.05
+    )
+    assert speed > 0
+
+
+def test_probe_regularization_is_chosen_by_cross_validation_on_train():
+    rng = np.random.default_rng(0)
+    targets = torch.tensor(np.repeat([0, 1, 2], 20))
+    centres = rng.normal(size=(3, 16)) * 3
+    features = torch.tensor(centres[targets.numpy()] + rng.normal(size=(60, 16)), dtype=torch.float32)
+    val = (features[::3] + 0.1, targets[::3])
+    probe = fit_linear_probe((features, targets), val, num_classes=3, train_flipped=features + 0.05)
+    assert probe.chosen_on == "cross-validation" and probe.cv_accuracy is not None
+    assert {row["flipped_views"] for row in probe.scores} == {False, True}
+    assert probe.val_accuracy == 1.0  # three clusters 3 standard deviations apart
+    # A class with a single training image leaves only the validation split to choose on.
+    single = fit_linear_probe((features[:41], targets[:41]), val, num_classes=3)
+    assert single.chosen_on == "validation" and single.cv_accuracy is None
+
+
+def test_the_allocator_settings_apply_to_computing_commands_only():
+    environ: dict[str, str] = {}
+    assert wants_tuned_allocator(["train", "photos/"], environ) is (
+        __import__("platform").libc_ver()[0] == "glibc" and __import__("sys").platform == "linux"
+    )
+    assert not wants_tuned_allocator(["serve", "bundle"], environ)
+    assert not wants_tuned_allocator(["train", "photos/"], {"IMGCLF_MALLOC": "system"})
+    assert not wants_tuned_allocator(["train", "photos/"], {"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"})
+    assert "mmap_threshold" in ALLOCATOR_TUNABLES and "trim_threshold" in ALLOCATOR_TUNABLES
