@@ -250,8 +250,9 @@ def _calibration(description: dict, evaluated: dict) -> str:
         if calibration.get("abstain_threshold") is not None:
             text += (
                 f"predict abstains (label null) below confidence {calibration['abstain_threshold']:.3f} "
-                f"(the rule: {calibration['abstain_rule']}); it answers for {_percent(calibration['val_coverage'])} of validation "
-                f"images, {_percent(calibration['val_accuracy_when_answering'])} of those correctly."
+                f"(the rule: {calibration['abstain_rule']}); it answers for "
+                f"{_percent(calibration['val_coverage'])} of validation images, "
+                f"{_percent(calibration['val_accuracy_when_answering'])} of those correctly."
             )
         parts.insert(0, f"<p>{escape(text)}</p>")
     return "\n".join(parts)
