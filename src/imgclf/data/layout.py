@@ -1,7 +1,8 @@
 """Image-folder layout rules: which files are images, which folders are classes and splits.
 
 ``root/<class>/<image>`` gives one pool that imgclf splits itself; ``root/train/<class>/...``
-with ``val/`` (or ``valid/``, ``validation/``) and/or ``test/`` gives the splits as they are.
+with ``val/`` (or ``valid/``, ``validation/``) and/or ``test/`` gives the splits as they are
+(``train/`` alone: a validation split is carved from it).
 Images may sit deeper inside a class folder. Hidden files and folders and OS junk
 (``.ipynb_checkpoints``, ``__MACOSX``, ``.DS_Store``, ``Thumbs.db``) are never classes or images.
 """
@@ -60,7 +61,7 @@ class FolderLayout:
 
     @property
     def has_given_splits(self) -> bool:
-        return "train" in self.splits and len(self.splits) > 1
+        return "train" in self.splits and "pool" not in self.splits
 
 
 def _strip_common_top_folder(parts_list: list[tuple[str, ...]]) -> list[tuple[str, ...]]:
@@ -90,7 +91,9 @@ def parse_layout(keys: list[str], strip_top_folder: bool = False) -> FolderLayou
         parts_list = _strip_common_top_folder(parts_list)
     tops = {parts[0].lower() for parts in parts_list if len(parts) >= 3}
     given = {SPLIT_NAMES[top] for top in tops if top in SPLIT_NAMES}
-    use_split_folders = "train" in given and len(given) > 1
+    # train/ with val/ or test/; or train/ alone (a validation split is then carved from it), as
+    # long as no other top folder holds images: a class may well be called "train".
+    use_split_folders = "train" in given and (len(given) > 1 or all(top in SPLIT_NAMES for top in tops))
     splits: dict[str, list[tuple[str, str]]] = defaultdict(list)
     for (key, _), parts in zip(kept, parts_list):
         if use_split_folders:

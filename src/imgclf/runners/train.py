@@ -724,8 +724,10 @@ def _advised_config(data: str, config: TrainConfig, data_dir, console: Console, 
     options = AdviseOptions(device=config.device, time_budget=config.time_budget, seed=config.seed,
                             batch_size=config.batch_size, within_training=True)  # fmt: skip
     advice = run_advise(data, options, data_dir, console, scanned)
-    if advice["recommended"] is None:
-        raise UsageError(f"the advisor found no model for this budget: {advice['reasons'][-1]}")
+    if advice["recommended"] is None:  # every candidate ruled out (a handful of images): the default still trains
+        console.print(f"advisor: no candidate fits ({advice['reasons'][-1]}); training the default {config.model}",
+                      highlight=False)  # fmt: skip
+        return config, None
     console.print(f"advisor: {advice['recommended']}" + (" from ImageNet weights" if advice["pretrained"] else ""))
     for reason in advice["reasons"]:
         console.print(f"  - {reason}", highlight=False)
