@@ -155,7 +155,13 @@ def test_temperature_scaling_lowers_ece_of_a_trained_model_made_overconfident(pa
     accuracy = float((logits.argmax(1) == targets).float().mean())
     assert 0.4 < accuracy < 0.98
     record = calibrate(logits, targets)
-    assert record["val_ece_after"] < 0.6 * record["val_ece_before"]  # measured: 0.146 -> 0.079, T = 3.3
+    # The sharpened model is far surer than it is right; the fitted temperature brings its mean
+    # confidence back toward its accuracy. (ECE itself is not what the temperature minimizes: on
+    # another CPU it went 0.318 -> 0.328 while the NLL fell, so it is not asserted here.)
+    def confidence_gap(temperature: float) -> float:
+        return float(torch.softmax(logits / temperature, dim=1).max(dim=1).values.mean()) - accuracy
+
+    assert abs(confidence_gap(record["temperature"])) < 0.5 * confidence_gap(1.0)  # measured 0.317 -> -0.045
 
     def nll(temperature: float) -> float:
         return float(torch.nn.functional.cross_entropy(logits / temperature, targets))
