@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -197,10 +198,16 @@ def _error_cases(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
 
 
 def test_user_errors_exit_2_with_one_line_and_no_traceback(tmp_path):
-    for name, (argv, message) in _error_cases(tmp_path).items():
-        process = subprocess.run(
-            [sys.executable, "-m", "imgclf", *argv], capture_output=True, text=True, cwd=tmp_path, timeout=120
-        )
+    # Real processes, two at a time (each spends seconds importing PyTorch before it can fail).
+    def run(argv):
+        command = [sys.executable, "-m", "imgclf", *argv]
+        return subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=240)
+
+    cases = _error_cases(tmp_path)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        processes = dict(zip(cases, pool.map(run, [argv for argv, _ in cases.values()])))
+    for name, (_, message) in cases.items():
+        process = processes[name]
         lines = process.stderr.strip().splitlines()
         assert process.returncode == 2, (name, process.stderr)
         assert len(lines) == 1 and message in lines[0], (name, process.stderr)

@@ -51,6 +51,7 @@ def test_two_gloo_processes_match_one_and_write_one_bundle(tmp_path: Path, capsy
     assert "distributed: 2 processes (gloo), global batch 128 x 2 = 256" in finished.stderr
 
 
+@pytest.mark.slow  # the default suite keeps one multi-process run: the one above
 def test_a_two_process_checkpoint_resumes_with_one_process(tmp_path: Path, capsys):
     output = tmp_path / "run"
     process = subprocess.Popen(_torchrun(output), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

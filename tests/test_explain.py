@@ -155,6 +155,7 @@ def test_temperature_scaling_lowers_ece_of_a_trained_model_made_overconfident(pa
     accuracy = float((logits.argmax(1) == targets).float().mean())
     assert 0.4 < accuracy < 0.98
     record = calibrate(logits, targets)
+
     # The sharpened model is far surer than it is right; the fitted temperature brings its mean
     # confidence back toward its accuracy. (ECE itself is not what the temperature minimizes: on
     # another CPU it went 0.318 -> 0.328 while the NLL fell, so it is not asserted here.)

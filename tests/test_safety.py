@@ -133,7 +133,9 @@ def _batches_done(state: Path) -> int:
     return int((meta.get("epoch_progress") or {}).get("batches_done", 0))
 
 
-@pytest.mark.parametrize("streaming", [False, True], ids=["in-memory", "streaming"])
+@pytest.mark.parametrize(
+    "streaming", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["in-memory", "streaming"]
+)
 def test_a_run_killed_mid_epoch_resumes_to_the_same_weights(tmp_path: Path, streaming: bool):
     data = write_class_folder(tmp_path / "data", ["a", "b", "c"], per_class=24, size=48)
     extra = ["--checkpoint-interval", "0.05"] + (["--max-memory-gb", "0", "--workers", "1"] if streaming else [])

@@ -18,7 +18,14 @@ def tiny_folder(tmp_path_factory) -> Path:
     return write_class_folder(tmp_path_factory.mktemp("tiny") / "data", ["a", "b"], per_class=6, size=16)
 
 
-@pytest.mark.parametrize("name", list_models())
+# One model of each family runs in the default suite; the rest of the zoo in the slow tier
+# (`make test-all`): the VGGs alone take 15 s each on 2 cores.
+REPRESENTATIVES = {"lenet5", "alexnet", "vgg11_bn", "resnet18", "resnet20", "mobilenet_v3_small", "squeezenet1_1",
+                   "efficientnet_lite0", "simple_cnn", "fastnet_small"}  # fmt: skip
+ZOO = [name if name in REPRESENTATIVES else pytest.param(name, marks=pytest.mark.slow) for name in list_models()]
+
+
+@pytest.mark.parametrize("name", ZOO)
 def test_train_works_with_every_model(name: str, tiny_folder: Path, tmp_path: Path, capsys):
     output = tmp_path / name
     code = main(
