@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,7 +80,11 @@ def _embeddings(
             return cached["embeddings"], cached["targets"]
         except Exception:  # a damaged cache entry is recomputed, never trusted
             path.unlink(missing_ok=True)
+    view = " (mirrored)" if key.get("view") == "flipped" else ""
+    started = time.perf_counter()
     embeddings, targets = extract_embeddings(model, batches, preprocess, device)
+    seconds = time.perf_counter() - started
+    console.print(f"embeddings of {key['split']}{view}: {len(targets):,} images in {seconds:.1f}s", highlight=False)
     atomic_write_tensors(path, {"embeddings": embeddings.contiguous(), "targets": targets.contiguous()})
     return embeddings, targets
 
