@@ -121,9 +121,9 @@ def add_parser(commands) -> None:
         help="start from ImageNet weights: the model's built-in source (efficientnet_lite0 ships them; "
         "torchvision's cache for the others), or a .safetensors / .pth state dict FILE",
     )
-    parser.add_argument("--no-probe-mirror", dest="probe_mirror", action="store_false", default=None,
-                        help="linear probe: do not embed the mirror image of each training image as an extra view "
-                        "(saves one pass over the training images)")  # fmt: skip
+    parser.add_argument("--probe-mirror", dest="probe_mirror", action="store_true", default=None,
+                        help="linear probe: also embed the mirror image of each training image as an extra view, "
+                        "kept where cross-validation says it helps (one more pass over the training images)")  # fmt: skip
     parser.add_argument("--no-amp", dest="amp", action="store_false", default=None, help="no bf16 autocast on CUDA")
     parser.add_argument("--compile", dest="compile", action="store_true", default=None,
                         help="torch.compile the training step (compiling takes a while and counts against a budget; "

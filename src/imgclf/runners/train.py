@@ -704,8 +704,8 @@ def _photo_config(data: str, config: TrainConfig, plan, console: Console) -> tup
         "probe_mirror": plan.mirror_views,
     }
     command = f"imgclf train {data} --model {plan.model} --pretrained --finetune linear-probe"
-    if not plan.mirror_views:
-        command += " --no-probe-mirror"
+    if plan.mirror_views:
+        command += " --probe-mirror"
     if config.time_budget is not None:
         command += f" --time-budget {config.time_budget:g}s"
     console.print(f"chosen: {plan.model} from ImageNet weights, a linear probe on its features", highlight=False)
