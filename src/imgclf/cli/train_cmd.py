@@ -123,7 +123,8 @@ def add_parser(commands) -> None:
     )
     parser.add_argument("--probe-mirror", dest="probe_mirror", action="store_true", default=None,
                         help="linear probe: also embed the mirror image of each training image as an extra view, "
-                        "kept where cross-validation says it helps (one more pass over the training images)")  # fmt: skip
+                        "kept where cross-validation says it helps (one more pass over the training "
+                        "images)")  # fmt: skip
     parser.add_argument("--no-amp", dest="amp", action="store_false", default=None, help="no bf16 autocast on CUDA")
     parser.add_argument("--compile", dest="compile", action="store_true", default=None,
                         help="torch.compile the training step (compiling takes a while and counts against a budget; "
