@@ -35,6 +35,7 @@ def digits_bundle(tmp_path_factory) -> tuple[Path, dict]:
 
 def test_train_digits_reaches_97_percent_and_evaluate_reproduces_it(digits_bundle, capsys):
     output, result = digits_bundle
+    # Measured over seeds 0-4: 0.983-0.994 (AVX2 kernels), 0.983-1.0 (SSE4.1 kernels); BENCHMARKS.md.
     assert result["metrics"]["test_accuracy"] >= 0.97
     assert result["bundle"] == str(output) and result["model"] == "simple_cnn"
     code, out, _ = run_cli(capsys, "evaluate", str(output), "digits", "--json")
