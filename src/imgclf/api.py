@@ -23,14 +23,15 @@ def train(
     """Train on DATA (a folder, archive, CSV, ``digits`` or ``fashion-mnist``) and write a bundle.
 
     ``options`` are TrainConfig fields (``model="lenet5"``, ``epochs=2``, ``pretrained=True`` or a
-    weights file, ``finetune="two-stage"``...); returns
-    ``{"bundle", "model", "epochs", "seconds", "metrics": {"val_accuracy", "test_accuracy"}}``.
+    weights file, ``finetune="two-stage"``...); without ``model`` the model is chosen as
+    ``imgclf train`` chooses it (a linear probe on ImageNet features for natural photos). Returns
+    ``{"bundle", "model", "epochs", "seconds", "metrics": {"val_accuracy", "test_accuracy", ...}}``.
     """
     if options.get("pretrained") is True:
         options["pretrained"] = "default"  # the model's built-in ImageNet weights
-    return run_train(
-        data, TrainConfig.from_dict(options), output=output, overwrite=overwrite, resume=resume, data_dir=data_dir
-    )
+    choose_model = "model" not in options and not resume
+    return run_train(data, TrainConfig.from_dict(options), output=output, overwrite=overwrite, resume=resume,
+                     data_dir=data_dir, choose_model=choose_model)  # fmt: skip
 
 
 def evaluate(bundle: str | Path, data: str, split: str = "test", data_dir: str | Path | None = None) -> dict:
