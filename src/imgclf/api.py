@@ -29,7 +29,8 @@ def train(
     """
     if options.get("pretrained") is True:
         options["pretrained"] = "default"  # the model's built-in ImageNet weights
-    choose_model = "model" not in options and not resume
+    # A model, a preset or a transfer mode named: the user's choice; otherwise imgclf's.
+    choose_model = not resume and not {"model", "preset", "pretrained", "finetune"} & set(options)
     return run_train(data, TrainConfig.from_dict(options), output=output, overwrite=overwrite, resume=resume,
                      data_dir=data_dir, choose_model=choose_model)  # fmt: skip
 

@@ -230,7 +230,10 @@ def run(args: argparse.Namespace) -> int:
     args.data = positionals[0]
     config = build_config(args)
     model_given = (
-        config.preset != "none" or args.model is not None or (args.config and "model" in load_config_file(args.config))
+        config.preset != "none"
+        or args.model is not None
+        or config.pretrained is not None  # --pretrained or --finetune: the user is choosing a transfer set-up
+        or (args.config and "model" in load_config_file(args.config))
     )
     result = run_train(
         args.data,
