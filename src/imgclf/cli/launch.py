@@ -3,12 +3,13 @@
 glibc's malloc serves every buffer over its mmap threshold (at most 32 MiB when set through
 ``mallopt``) with a fresh ``mmap`` and returns it to the system when freed, so each training step
 of a 224 px network faults its activation buffers in again, page by page. Measured on 2 CPU cores
-(EfficientNet-Lite0, 224 px, channels-last; ``bench/allocator.py``): 6.9 million minor page faults
-in 14 s of work, a third of the CPU time in the kernel; with the settings below, forward passes
-(batch 64) ran at 53 instead of 24 images/s and training steps (batch 32) at 15.0 instead of 8.8,
-with 1.1 million faults, for 20% more peak memory (4.9 against 4.1 GB). ``mallopt`` cannot set a
-threshold above 32 MiB (tried: 27 and 11.2 images/s), so the settings go in ``GLIBC_TUNABLES``,
-which glibc reads only when a process starts: the program re-executes itself once with them.
+(EfficientNet-Lite0, 224 px, channels-last; ``bench/allocator.py``): with the settings below,
+training steps (batch 32) ran at 15.0 instead of 9.9 images/s with a tenth of the page faults, and
+forward passes at batch 64 at 66.3 instead of 41.2; at batch 8 (buffers under the threshold) they
+change nothing (54.3 against 52.0). Peak memory grows by a third (5.5 against 4.1 GB). ``mallopt``
+cannot set a threshold above 32 MiB (tried: 11.2 images/s training), so the settings go in
+``GLIBC_TUNABLES``, which glibc reads only when a process starts: the program re-executes itself
+once with them.
 
 Not for ``imgclf serve``: a server must give memory back after a burst of requests. Set
 ``IMGCLF_MALLOC=system`` to keep glibc's defaults; a ``GLIBC_TUNABLES`` already set is left alone.
