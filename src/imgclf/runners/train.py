@@ -689,7 +689,8 @@ def _automatic_config(data: str, config: TrainConfig, data_dir, console: Console
         if plan is not None:
             return _photo_config(data, config, plan, console)
     if config.time_budget is None:
-        console.print(f"model: {config.model}, the default (imgclf advise {data} measures the others)")
+        console.print(f"chosen: {config.model}, the default for data that are not natural photos "
+                      f"(imgclf advise {data} measures the others)", highlight=False)  # fmt: skip
         return config, None
     if distributed:
         raise UsageError("with several processes give --model: the advisor runs in one process")
