@@ -48,12 +48,16 @@ def main(folders: list[str]) -> None:
     noise = embed(model, preprocess, torch.randint(0, 256, (60, 3, 224, 224), dtype=torch.uint8, generator=generator))
     grey = 128 + 16 * torch.randint(0, 8, (20, 3, 1, 1), dtype=torch.uint8, generator=generator)
     flat = embed(model, preprocess, grey.expand(20, 3, 224, 224).contiguous())
+    # The 64 noise images `train` tunes the distance check with (other ones than those measured).
+    tuning_generator = torch.Generator().manual_seed(1)
+    tuning = embed(model, preprocess, torch.randint(0, 256, (64, 3, 224, 224), dtype=torch.uint8,
+                                                    generator=tuning_generator))  # fmt: skip
     for folder, splits in features.items():
         others = torch.cat([features[other]["val"][0] for other in features if other != folder])
-        print(folder, withheld_shares(splits, {"noise": noise, "flat grey": flat, "other folders": others}))
+        print(folder, withheld_shares(splits, {"noise": noise, "flat grey": flat, "other folders": others}, tuning))
 
 
-def withheld_shares(splits: dict, foreign: dict[str, torch.Tensor]) -> str:
+def withheld_shares(splits: dict, foreign: dict[str, torch.Tensor], tuning: torch.Tensor) -> str:
     train_x, train_y = splits["train"]
     val_x, val_y = splits["val"]
     order = np.random.default_rng(0).permutation(len(val_y))
@@ -66,8 +70,9 @@ def withheld_shares(splits: dict, foreign: dict[str, torch.Tensor]) -> str:
     def logits(x):
         return x @ weight.T + bias
 
+    noise = (logits(tuning), torch.nn.functional.normalize(tuning, dim=1))
     fitted = calibrate(logits(val_x[fit_rows]), val_y[fit_rows], torch.nn.functional.normalize(val_x[fit_rows], dim=1),
-                       centroids)  # fmt: skip
+                       centroids, noise)  # fmt: skip
 
     def share(x: torch.Tensor) -> float:
         probabilities = torch.softmax(logits(x) / fitted["temperature"], dim=1)

@@ -509,6 +509,24 @@ def _outputs(run: TrainingRun, name: str, embeddings: bool, limit: int | None = 
     return predict_outputs(run.model, batches, run.preprocess, run.device, run.config.amp, embeddings=embeddings)
 
 
+NOISE_IMAGES = 64  # uniform-noise images the abstain check is tuned to refuse
+
+
+def _noise_outputs(run: TrainingRun) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits and normalized embeddings of seeded uniform-noise images at the model's input size."""
+    size, channels = run.preprocess.input_size, run.preprocess.channels
+    generator = torch.Generator().manual_seed(run.config.seed)
+    images = torch.randint(0, 256, (NOISE_IMAGES, channels, size, size), dtype=torch.uint8, generator=generator)
+    split = TensorSplit(
+        images, torch.zeros(NOISE_IMAGES, dtype=torch.int64), [f"noise[{i}]" for i in range(NOISE_IMAGES)]
+    )
+    batches = make_batches(split, eval_batch_size(size), workers=0)
+    logits, _, embeddings = predict_outputs(
+        run.model, batches, run.preprocess, run.device, run.config.amp, embeddings=True
+    )
+    return logits, embeddings
+
+
 def _final_evaluation(run: TrainingRun) -> FinalEvaluation:
     splits = run.prepared.splits
     _, train_targets, train_embeddings = _outputs(run, "train", True, CENTROID_IMAGES)
@@ -517,7 +535,7 @@ def _final_evaluation(run: TrainingRun) -> FinalEvaluation:
     logits = {"val": (val_logits, val_targets)}
     if "test" in splits:
         logits["test"] = _outputs(run, "test", False)[:2]
-    calibration = calibrate(val_logits, val_targets, val_embeddings, centroids)
+    calibration = calibrate(val_logits, val_targets, val_embeddings, centroids, _noise_outputs(run))
     temperature = calibration["temperature"]
     metrics = {name: calibrated_metrics(*pair, run.dataset.classes, temperature) for name, pair in logits.items()}
     return FinalEvaluation(calibration, metrics, logits, centroids)
