@@ -45,7 +45,12 @@ _OPTIONS = (
         "weight decay, never on norms and biases (default: 5e-4 SGD, 0.05 AdamW)",
     ),
     ("--schedule", "schedule", str, "onecycle, cosine or constant (default: onecycle)"),
-    ("--label-smoothing", "label_smoothing", float, "label smoothing for the cross-entropy (default: 0)"),
+    (
+        "--label-smoothing",
+        "label_smoothing",
+        float,
+        "label smoothing for the cross-entropy (default: 0.1 without --model, 0 with one)",
+    ),
     ("--class-weights", "class_weights", str, "none or balanced, for imbalanced classes (default: none)"),
     ("--early-stopping", "early_stopping", int, "stop after N epochs without a better val accuracy (default: off)"),
     ("--grad-clip", "grad_clip", float, "clip the gradient norm to this value (default: off)"),
