@@ -1,4 +1,4 @@
-"""Benchmark 1 of issue 4: Fashion-MNIST on 2 CPU threads, imgclf against a plain PyTorch script
+"""Fashion-MNIST on 2 CPU threads, imgclf against a plain PyTorch script
 that reproduces the official PyTorch MNIST example, in one script run on one machine.
 
     .venv/bin/python bench/fashion_vs_pytorch_example.py [--baseline-epochs 6] [--budgets 20,30,40,50,60] [--long 600]

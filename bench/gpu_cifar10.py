@@ -1,4 +1,4 @@
-"""Benchmark 2 of issue 4 (needs a CUDA GPU): CIFAR-10 from the JPEG copy, airbench94 against
+"""GPU benchmark (needs a CUDA GPU): CIFAR-10 from the JPEG copy, airbench94 against
 imgclf's fast preset and the standard ResNet-18 recipe, in one script run on one GPU.
 
     .venv/bin/python bench/gpu_cifar10.py --airbench PATH [--work DIR] [--fast-epochs 10,14]
@@ -17,7 +17,7 @@ is not copied here; this script runs its ``legacy/airbench94.py`` as it is, 25 r
 
 Prints and writes ``results.json``: each side's accuracy and seconds and the ratio of imgclf's
 training seconds to airbench94's mean, for the imgclf runs that reach 90.6% (airbench94's
-accuracy on this lossy copy, per the issue).
+accuracy on this lossy copy).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Benchmark 3 of issue 4: peak resident memory of training runs, each in its own process.
+"""Peak resident memory of training runs, each in its own process.
 
     .venv/bin/python bench/memory.py [--work DIR]
 

@@ -1,4 +1,4 @@
-"""Benchmark for issue 8: served throughput vs raw onnxruntime, and int8 vs PyTorch latency.
+"""Served throughput vs raw onnxruntime, and int8 vs PyTorch latency.
 
     .venv/bin/python bench/serve_throughput.py [--data ../shared/datasets/cifar10-jpeg.tar.gz] [--seconds 20]
 

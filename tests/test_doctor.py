@@ -39,7 +39,7 @@ def _messy_folder(root: Path) -> tuple[Path, set[str], dict[str, str]]:
     (dog / "really_png.jpg").write_bytes(good)
     (dog / "copy of cat 000.png").write_bytes(good)  # an exact duplicate in another class
     (dog / "ünïcode name with spaces.png").write_bytes(_png_bytes(Image.new("RGB", (1, 1), (9, 9, 9))))
-    # The rest of the list: every one either converted (and used) or skipped with its reason.
+    # The rest of the messy folder: every one either converted (and used) or skipped with its reason.
     jpeg = _png_bytes(Image.effect_noise((64, 64), 40).convert("RGB"), "JPEG")
     bad.update(
         {

@@ -1,4 +1,4 @@
-"""Calibration, abstaining, Grad-CAM and the report: the issue's proofs on data made here."""
+"""Calibration, abstaining, Grad-CAM and the report: proved on data made here."""
 
 from __future__ import annotations
 

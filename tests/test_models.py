@@ -12,7 +12,7 @@ import torchvision
 from imgclf.errors import UsageError
 from imgclf.models import choose_input_size, count_parameters, create_model, get_model_spec, list_models
 
-# The published / torchvision counts at the default configuration (issue 3).
+# The published / torchvision counts at the default configuration.
 PUBLISHED_PARAMETERS = {
     "alexnet": 61_100_840,
     "vgg11": 132_863_336,
