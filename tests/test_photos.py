@@ -64,8 +64,8 @@ def test_no_flags_on_photos_trains_a_probe_on_imagenet_features_and_says_why(pho
     code, result, log = _train([str(photos), "--output", str(output)], capsys)
     assert code == 0, log
     assert result["model"].startswith("efficientnet_lite")
-    # Crops of two unrelated photos: any correct ImageNet probe separates them (measured 1.0 on
-    # seeds 0-2 with Lite0 and Lite2).
+    # Crops of two unrelated photos (a temple, a flower) lie far apart in any ImageNet feature
+    # space: any correct probe separates them, on any CPU.
     assert result["metrics"]["val_accuracy"] >= 0.9
     assert result["metrics"]["val_chose"] == ""  # C was chosen by cross-validation on train
     assert "nothing was chosen on it" in log
