@@ -66,6 +66,7 @@ class LinearProbe:
     cv_accuracy: float | None = None
     flipped_views: bool = False
     scores: list[dict] = field(default_factory=list)
+    folds: int = 0  # of the cross-validation that chose C (0: chosen on validation)
 
 
 class _ProbeFitter:
@@ -156,7 +157,7 @@ def fit_linear_probe(
     weight, bias = _ProbeFitter(fit_x, fit_y, seed).fit(best["c"], num_classes)
     val_accuracy = _accuracy(weight, bias, val_x, val_y)
     return LinearProbe(weight, bias, best["c"], val_accuracy, "cross-validation", best["cv_accuracy"],
-                       best["flipped_views"], scores)  # fmt: skip
+                       best["flipped_views"], scores, folds)  # fmt: skip
 
 
 def set_classifier(model: ImageClassifier, probe: LinearProbe) -> None:

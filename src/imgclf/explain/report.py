@@ -201,8 +201,9 @@ def _training(description: dict, metrics: dict) -> str:
 
 def _probe_training(description: dict, record: dict) -> str:
     """A linear probe has no epochs: what was chosen instead, and on what."""
-    how = ("by 5-fold cross-validation on the training images" if record.get("probe_chosen_on") == "cross-validation"
-           else "on the validation split")  # fmt: skip
+    how = "on the validation split"
+    if record.get("probe_chosen_on") == "cross-validation":
+        how = f"by {record.get('probe_folds') or 'k'}-fold cross-validation on the training images"
     views = " Mirror images of the training images were added as views." if record.get("probe_flipped_views") else ""
     note = (f"A linear probe: a logistic regression on the frozen network's embeddings, its regularization "
             f"C = {record.get('probe_c')} chosen {how}.{views}")  # fmt: skip

@@ -20,7 +20,7 @@ from imgclf.data.batches import Batches
 from imgclf.data.prepare import Preprocess
 from imgclf.engine.checkpoint import atomic_write_tensors
 from imgclf.engine.loop import FitState
-from imgclf.engine.probe import PROBE_FOLDS, LinearProbe, extract_embeddings, fit_linear_probe, set_classifier
+from imgclf.engine.probe import LinearProbe, extract_embeddings, fit_linear_probe, set_classifier
 from imgclf.models import ImageClassifier
 
 __all__ = ["ProbeRun", "Stage", "plan_stages", "run_linear_probe"]
@@ -124,7 +124,7 @@ def run_linear_probe(
     set_classifier(model, probe)
     views = " and their mirror images" if probe.flipped_views else ""
     if probe.chosen_on == "cross-validation":
-        how = f"{PROBE_FOLDS}-fold cross-validation on train: {probe.cv_accuracy:.4f}"
+        how = f"{probe.folds}-fold cross-validation on train: {probe.cv_accuracy:.4f}"
         if flipped is not None and not probe.flipped_views:
             how += "; mirrored views did not help"
     else:
@@ -136,6 +136,7 @@ def run_linear_probe(
     )
     record = {"epoch": 1, "val_accuracy": probe.val_accuracy, "probe_c": probe.c_value,
               "probe_chosen_on": probe.chosen_on, "probe_cv_accuracy": probe.cv_accuracy,
-              "probe_flipped_views": probe.flipped_views, "probe_scores": probe.scores}  # fmt: skip
+              "probe_flipped_views": probe.flipped_views, "probe_scores": probe.scores,
+              "probe_folds": probe.folds}  # fmt: skip
     state = FitState(epoch=1, best_epoch=1, best_val_accuracy=probe.val_accuracy, history=[record])
-    return ProbeRun(state, probe, {name: (emb, targets) for name, (emb, targets) in features.items()})
+    return ProbeRun(state, probe, features)
