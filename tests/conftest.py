@@ -47,3 +47,13 @@ def write_class_folder(
 def image_folder(tmp_path: Path) -> Path:
     """root/<class>/<image>.png, three classes of 24 RGB images of 16x16 px."""
     return write_class_folder(tmp_path / "shapes", ["left", "right", "top"], per_class=24)
+
+
+@pytest.fixture(scope="session")
+def digits_bundle(tmp_path_factory) -> Path:
+    """A digits bundle the server tests share (15 epochs of simple_cnn, a few seconds)."""
+    import imgclf
+
+    output = tmp_path_factory.mktemp("serve") / "digits"
+    imgclf.train("digits", output=output, model="simple_cnn", epochs=15)
+    return output

@@ -76,9 +76,15 @@ def test_a_pickle_in_a_bundle_folder_never_executes(tmp_path: Path):
     marker = tmp_path / "executed"
     bundle = tmp_path / "bundle"
     bundle.mkdir()
-    (bundle / "model.json").write_text(
-        '{"format": "imgclf-bundle", "format_version": 1, "architecture": "lenet5", "model_kwargs": {}}'
-    )
+    description = {
+        "format": "imgclf-bundle",
+        "format_version": 1,
+        "architecture": "lenet5",
+        "model_kwargs": {"num_classes": 2, "in_chans": 1, "input_size": 28},
+        "classes": ["a", "b"],
+        "preprocess": {"input_size": 28, "channels": 1, "mean": [0.5], "std": [0.5]},
+    }
+    (bundle / "model.json").write_text(json.dumps(description))
     (bundle / "model.safetensors").write_bytes(pickle.dumps({"fc3.weight": _Marker(str(marker))}))
     with pytest.raises(BundleError, match="unreadable weights"):
         load_bundle(bundle)

@@ -2,97 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import os
 import shutil
-import socket
-import subprocess
-import sys
 import threading
 import time
-import urllib.error
-import urllib.request
-import uuid
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
-from sklearn.datasets import load_digits
-
-import imgclf
-
-TOKEN = "s3cret"
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-class Server:
-    def __init__(self, model: Path, *options: str):
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        command = [sys.executable, "-m", "imgclf", "serve", str(model), "--port", str(self.port), *options]
-        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                if self.get("/v1/ready")[0] == 200:
-                    return
-            except OSError:
-                time.sleep(0.2)
-        raise RuntimeError(f"server did not start: {self.process.stderr.read().decode()[-2000:]}")
-
-    def request(self, path: str, body: bytes | None = None, headers: dict | None = None, method: str = "POST"):
-        request = urllib.request.Request(self.url + path, data=body, headers=headers or {}, method=method)
-        try:
-            with urllib.request.urlopen(request, timeout=30) as response:
-                return response.status, json.loads(response.read()), dict(response.headers)
-        except urllib.error.HTTPError as error:
-            return error.code, json.loads(error.read()), dict(error.headers)
-
-    def get(self, path: str):
-        return self.request(path, method="GET")[:2]
-
-    def alive(self) -> bool:
-        return self.get("/v1/health") == (200, {"status": "ok"}) and self.process.poll() is None
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(timeout=30)
-
-
-def _multipart(files: list[tuple[str, str, bytes]]) -> tuple[bytes, dict]:
-    boundary = uuid.uuid4().hex
-    parts = []
-    for field, name, data in files:
-        parts.append(
-            f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; filename="{name}"\r\n'
-            f"Content-Type: application/octet-stream\r\n\r\n".encode()
-            + data
-            + b"\r\n"
-        )
-    body = b"".join(parts) + f"--{boundary}--\r\n".encode()
-    return body, {"Content-Type": f"multipart/form-data; boundary={boundary}"}
-
-
-def _digit_png(index: int) -> tuple[bytes, str]:
-    digits = load_digits()
-    pixels = np.clip(digits.images[index] * 16, 0, 255).astype(np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG")
-    return buffer.getvalue(), str(digits.target[index])
-
-
-@pytest.fixture(scope="module")
-def digits_bundle(tmp_path_factory) -> Path:
-    output = tmp_path_factory.mktemp("serve") / "digits"
-    imgclf.train("digits", output=output, model="simple_cnn", epochs=15)
-    return output
+from serving import TOKEN, Server, digit_png, multipart
 
 
 @pytest.fixture(scope="module")
@@ -107,38 +29,41 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 def test_a_real_image_gets_its_label(server):
     for index in (0, 1, 2, 3):
-        data, truth = _digit_png(index)
-        body, headers = _multipart([("file", "digit.png", data)])
+        data, truth = digit_png(index)
+        body, headers = multipart([("file", "digit.png", data)])
         status, result, _ = server.request("/v1/predict", body, {**headers, **AUTH})
         assert status == 200 and result["top_k"][0]["label"] == truth
         status, raw, _ = server.request("/v1/predict?top_k=2", data, AUTH)  # the raw body works too
         assert status == 200 and raw["top_k"][0]["label"] == truth and len(raw["top_k"]) == 2
-    body, headers = _multipart([("files", "a.png", _digit_png(0)[0]), ("files", "b.png", _digit_png(1)[0])])
+    body, headers = multipart([("files", "a.png", digit_png(0)[0]), ("files", "b.png", digit_png(1)[0])])
     status, results, _ = server.request("/v1/predict/batch", body, {**headers, **AUTH})
     assert status == 200 and [r["top_k"][0]["label"] for r in results] == ["0", "1"]
 
 
 def test_limits_answer_with_json_errors_and_the_server_stays_up(server):
     cases = {
-        "no token": (_digit_png(0)[0], {}, 401),
-        "wrong token": (_digit_png(0)[0], {"Authorization": "Bearer nope"}, 401),
+        "no token": (digit_png(0)[0], {}, 401),
+        "wrong token": (digit_png(0)[0], {"Authorization": "Bearer nope"}, 401),
         "body too large": (b"\0" * 60_000, AUTH, 413),
         "not an image": (b"<html>hello</html>", AUTH, 415),
         "pixel bomb": (_bomb_png(), AUTH, 413),
         "empty body": (b"", AUTH, 422),
-        "multipart without file": (_multipart([("other", "x.png", b"1")])[0], AUTH, 422),
+        "multipart without file": (multipart([("other", "x.png", b"1")])[0], AUTH, 422),
     }
     for name, (body, headers, expected) in cases.items():
         if name == "multipart without file":
-            headers = {**headers, **_multipart([])[1]}
+            headers = {**headers, **multipart([])[1]}
             body = body.replace(body.split(b"\r\n")[0], b"--" + headers["Content-Type"].split("=")[1].encode())
         status, result, _ = server.request("/v1/predict", body, headers)
         assert status == expected, (name, result)
         assert result["error"]["status"] == expected and result["error"]["message"], name
         assert server.alive(), name
-    status, result, _ = server.request("/v1/predict?top_k=zero", _digit_png(0)[0], AUTH)
+    status, result, _ = server.request("/v1/predict?top_k=zero", digit_png(0)[0], AUTH)
     assert status == 422 and "top_k" in result["error"]["message"]
-    assert server.get("/v1/metadata")[1]["auth_required"] is True  # metadata needs no token
+    assert server.get("/v1/metadata")[0] == 401  # the model card and the API description need the token too
+    assert server.get("/openapi.json")[0] == 401 and server.get("/docs")[0] == 401
+    assert server.request("/v1/metadata", headers=AUTH, method="GET")[1]["auth_required"] is True
+    assert server.get("/v1/health") == (200, {"status": "ok", "auth_required": True})  # open, for the page
 
 
 def _bomb_png() -> bytes:
@@ -147,20 +72,55 @@ def _bomb_png() -> bytes:
     return buffer.getvalue()
 
 
-def test_too_many_requests_in_flight_get_503_with_retry_after(server):
-    held = []
-    for _ in range(2):  # two slow uploads hold both slots: they announce a body and send half of it
-        connection = socket.create_connection(("127.0.0.1", server.port))
-        head = f"POST /v1/predict HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: 1000\r\n\r\n"
-        connection.sendall(head.encode() + b"x" * 10)
-        held.append(connection)
-    time.sleep(0.5)
-    status, result, headers = server.request("/v1/predict", _digit_png(0)[0], AUTH)
-    assert status == 503 and headers.get("retry-after") == "1" and "in flight" in result["error"]["message"]
-    for connection in held:
-        connection.close()
-    time.sleep(0.5)
-    assert server.alive() and server.request("/v1/predict", _digit_png(0)[0], AUTH)[0] == 200
+class _SlowEngine:
+    """Holds each model call for a while, so requests pile up in flight."""
+
+    parallel_batches = 1
+
+    def decode(self, data, source):
+        return np.zeros((4, 4, 3), np.uint8)
+
+    def predict(self, images, top_k):
+        time.sleep(0.5)
+        return [{"label": "x", "top_k": [{"label": "x", "probability": 1.0}]} for _ in images]
+
+
+async def _asgi_call(app, method: str, path: str, body: bytes = b"", headers: dict | None = None) -> tuple[int, dict]:
+    """One request straight through the ASGI app (no sockets): its status and JSON body."""
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method, "scheme": "http",
+             "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
+             "headers": [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()],
+             "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80)}  # fmt: skip
+    messages = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def receive():
+        return messages.pop(0) if messages else await asyncio.sleep(3600)
+
+    sent = []
+
+    async def send(message):
+        sent.append(message)
+
+    await app(scope, receive, send)
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    payload = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return start["status"], json.loads(payload), dict((k.decode(), v.decode()) for k, v in start["headers"])
+
+
+def test_too_many_requests_in_flight_get_503_with_retry_after():
+    from imgclf.serve.app import ServeSettings, create_app
+
+    guard = create_app(_SlowEngine(), ServeSettings(max_in_flight=2))
+    png = digit_png(0)[0]
+
+    async def scenario():
+        async with guard.app.router.lifespan_context(guard.app):
+            return await asyncio.gather(*(_asgi_call(guard, "POST", "/v1/predict", png) for _ in range(4)))
+
+    answers = asyncio.run(scenario())
+    assert sorted(status for status, _, _ in answers) == [200, 200, 503, 503]
+    busy = [(body, headers) for status, body, headers in answers if status == 503]
+    assert all("in flight" in body["error"]["message"] and headers["retry-after"] == "1" for body, headers in busy)
 
 
 def test_an_exported_onnx_file_is_served_the_same_way(digits_bundle, tmp_path):
@@ -169,7 +129,7 @@ def test_an_exported_onnx_file_is_served_the_same_way(digits_bundle, tmp_path):
     assert main(["export", str(digits_bundle), "--output", str(tmp_path / "m.onnx")]) == 0
     onnx_server = Server(tmp_path / "m.onnx")
     try:
-        data, truth = _digit_png(5)
+        data, truth = digit_png(5)
         status, result, _ = onnx_server.request("/v1/predict", data)
         assert status == 200 and result["top_k"][0]["label"] == truth
         metadata = onnx_server.get("/v1/metadata")[1]
@@ -196,7 +156,7 @@ def test_the_web_page_shows_the_label_of_an_uploaded_image(digits_bundle, tmp_pa
 
     browser, driver_path = _chromium()
     page_server = Server(digits_bundle)
-    data, truth = _digit_png(7)
+    data, truth = digit_png(7)
     image = tmp_path / "digit.png"
     image.write_bytes(data)
     options = webdriver.ChromeOptions()

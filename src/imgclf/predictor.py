@@ -108,16 +108,27 @@ class Classifier:
                 entry["error"] = error.reason
             results.append(entry)
         if good:
-            probs, distances = self._forward([pixels for _, pixels in good])
-            values, indices = probs.topk(top_k, dim=1)
-            for row, (index, _) in enumerate(good):
-                distance = None if distances is None else float(distances[row])
-                results[index].update(self._decision(float(values[row, 0]), int(indices[row, 0]), distance))
-                results[index]["top_k"] = [
-                    {"label": self.classes[int(i)], "probability": round(float(p), 6)}
-                    for p, i in zip(values[row], indices[row])
-                ]
+            answers = self.predict_prepared([pixels for _, pixels in good], top_k)
+            for (index, _), answer in zip(good, answers):
+                results[index].update(answer)
         return results
+
+    def predict_prepared(self, prepared: list[np.ndarray], top_k: int = 5) -> list[dict]:
+        """``predict`` for images already through ``prepare`` (CxSxS uint8): the server prepares
+        each request's image on its own, so one image that cannot be prepared fails only its request."""
+        top_k = max(1, min(top_k, len(self.classes)))
+        probs, distances = self._forward(prepared)
+        values, indices = probs.topk(top_k, dim=1)
+        answers = []
+        for row in range(len(prepared)):
+            distance = None if distances is None else float(distances[row])
+            answer = self._decision(float(values[row, 0]), int(indices[row, 0]), distance)
+            answer["top_k"] = [
+                {"label": self.classes[int(i)], "probability": round(float(p), 6)}
+                for p, i in zip(values[row], indices[row])
+            ]
+            answers.append(answer)
+        return answers
 
     def _decision(self, confidence: float, top_class: int, distance: float | None) -> dict:
         if distance is not None and distance > self.distance_threshold:

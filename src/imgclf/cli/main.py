@@ -7,6 +7,7 @@ User mistakes (ImgclfError) print one line on stderr and exit with code 2, never
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 
 from imgclf import __version__
@@ -60,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+CANNOT_WRITE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # for commands that re-launch themselves
@@ -71,6 +75,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write(f"imgclf {args.command}: interrupted\n")
         return 130
+    except OSError as error:
+        if error.errno not in CANNOT_WRITE:
+            raise
+        # A full disk or a read-only folder mid-run: one line; what was written before (the last
+        # training state, written atomically) is intact and --resume continues from it.
+        where = f" {error.filename}" if error.filename else ""
+        sys.stderr.write(f"imgclf {args.command}: error: cannot write{where}: {error.strerror}\n")
+        return 1
 
 
 if __name__ == "__main__":

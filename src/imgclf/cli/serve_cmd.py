@@ -17,11 +17,26 @@ def add_parser(commands) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="default: 127.0.0.1 (this machine only)")
     parser.add_argument("--port", type=int, default=8000, help="default: 8000")
     parser.add_argument(
-        "--token", help="require 'Authorization: Bearer TOKEN' (default: $IMGCLF_TOKEN when set, else none)"
+        "--token",
+        help="require 'Authorization: Bearer TOKEN' on everything but the page, /v1/health and /v1/ready "
+        "(default: $IMGCLF_TOKEN when set, else none); other users see a --token in 'ps': prefer "
+        "--token-file or $IMGCLF_TOKEN",
+    )
+    parser.add_argument("--token-file", help="read the token from the first line of this file")
+    parser.add_argument(
+        "--allowed-host",
+        action="append",
+        help="a Host header value to accept (repeatable); default on a loopback --host: localhost, 127.0.0.1 and "
+        "[::1] with or without the port, which stops DNS-rebinding pages; default on other hosts: any",
     )
     parser.add_argument("--max-body-mb", type=float, default=10.0, help="largest request body (default: 10)")
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds for decoding + inference (default: 10)")
-    parser.add_argument("--max-in-flight", type=int, default=64, help="requests at once before 503 (default: 64)")
+    parser.add_argument(
+        "--read-timeout", type=float, default=30.0, help="seconds for a request body to arrive (default: 30)"
+    )
+    parser.add_argument(
+        "--max-in-flight", type=int, default=64, help="requests being answered at once before 503 (default: 64)"
+    )
     parser.add_argument("--max-batch", type=int, default=32, help="images per model call (default: 32)")
     parser.add_argument(
         "--workers",
@@ -36,24 +51,60 @@ def add_parser(commands) -> None:
     parser.set_defaults(run=run)
 
 
+HEADER_LIMIT_BYTES = 16 * 1024  # request line + headers; beyond it the connection is refused (431)
+
+
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from imgclf.errors import UsageError
-    from imgclf.serve.app import ServeSettings, create_app
+    from imgclf.serve.app import ServeSettings, create_app, is_loopback, loopback_hosts
     from imgclf.serve.engines import open_engine
 
-    for name in ("max_body_mb", "timeout", "max_in_flight", "max_batch", "workers", "threads"):
+    for name in ("max_body_mb", "timeout", "read_timeout", "max_in_flight", "max_batch", "workers", "threads"):
         if getattr(args, name) is not None and not getattr(args, name) > 0:
             raise UsageError(f"--{name.replace('_', '-')} must be positive, not {getattr(args, name)}")
+    if not 0 <= args.port <= 65535:
+        raise UsageError(f"--port must be 0-65535, not {args.port}")
+    if args.allowed_host:
+        allowed = tuple(host.lower() for host in args.allowed_host)
+    else:
+        allowed = loopback_hosts(args.port) if is_loopback(args.host) else None
     settings = ServeSettings(
         max_body_bytes=int(args.max_body_mb * 1024 * 1024),
         timeout_s=args.timeout,
+        read_timeout_s=args.read_timeout,
         max_in_flight=args.max_in_flight,
         max_batch=args.max_batch,
         workers=args.workers,
-        token=args.token or os.environ.get("IMGCLF_TOKEN") or None,
+        token=_token(args),
+        allowed_hosts=allowed,
     )
     app = create_app(open_engine(args.model, threads=args.threads), settings)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info", access_log=not args.no_access_log)
+    # h11, not httptools: httptools sets no limit on a header line, so one connection sending an
+    # endless header held the server (predictions went from 7 ms to 10-19 s); h11 refuses a request
+    # whose head is over HEADER_LIMIT_BYTES. Throughput cost: BENCHMARKS.md (serving).
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level="info",
+        access_log=not args.no_access_log,
+        http="h11",
+        h11_max_incomplete_event_size=HEADER_LIMIT_BYTES,
+    )
     return 0
+
+
+def _token(args: argparse.Namespace) -> str | None:
+    from imgclf.errors import UsageError
+
+    if args.token_file:
+        try:
+            token = open(args.token_file, encoding="utf-8").readline().strip()  # noqa: SIM115 - one line
+        except (OSError, UnicodeDecodeError) as error:
+            raise UsageError(f"--token-file {args.token_file}: cannot read ({error})") from None
+        if not token:
+            raise UsageError(f"--token-file {args.token_file}: the first line is empty")
+        return token
+    return args.token or os.environ.get("IMGCLF_TOKEN") or None

@@ -164,6 +164,7 @@ def _load_folder_or_archive(path: Path, policy: SplitPolicy) -> Dataset:
     reader = open_reader(path)
     is_archive = not path.is_dir()
     layout = parse_layout(reader.list_files(), strip_top_folder=is_archive)
+    layout.ignored.extend(getattr(reader, "skipped", []))
     if not any(layout.splits.values()):
         detail = (
             f" ({len(layout.ignored)} files ignored, e.g. {layout.ignored[0][0]}: {layout.ignored[0][1]})"

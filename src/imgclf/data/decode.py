@@ -33,6 +33,7 @@ __all__ = [
     "convert_channels",
     "decode_image",
     "probe_image",
+    "bound_aspect_ratio",
     "resize_shorter_center_crop",
 ]
 
@@ -41,6 +42,10 @@ ALLOWED_FORMATS = ("JPEG", "PNG", "BMP", "GIF", "TIFF", "WEBP", "PPM")
 DEFAULT_MAX_PIXELS = 64_000_000
 GRAYSCALE_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"})
 _WHITE = (255, 255, 255, 255)
+# The centre crop keeps a square of the shorter side; beyond this ratio of long to short side the
+# rest of the long side only costs memory (a 64,000,000 x 1 px PNG of 62 KB would be resized to
+# 14 billion pixels), so it is cut first. Photos (at most about 3:1) never reach it.
+MAX_ASPECT_RATIO = 4
 
 
 @dataclass(frozen=True)
@@ -195,6 +200,7 @@ def resize_shorter_center_crop(pixels: np.ndarray, size: int, resize_to: int | N
     centre-crop a ``size`` square: ImageNet's "resize 256, crop 224" with ``resize_to=256``.
     """
     resize_to = max(size, resize_to or size)
+    pixels = bound_aspect_ratio(pixels)
     height, width = pixels.shape[:2]
     if height == size and width == size and resize_to == size:
         return pixels
@@ -210,3 +216,17 @@ def resize_shorter_center_crop(pixels: np.ndarray, size: int, resize_to: int | N
     image = image.crop((left, top, left + size, top + size))
     resized = np.asarray(image)
     return resized[:, :, None] if resized.ndim == 2 else resized
+
+
+def bound_aspect_ratio(pixels: np.ndarray, max_ratio: int = MAX_ASPECT_RATIO) -> np.ndarray:
+    """The centre of an image whose long side is over ``max_ratio`` times its short side, cut to
+    that ratio; other images unchanged. The centre crop after resizing only ever
+    uses the middle square, so the result differs at most in the last bits of the crop's filter."""
+    height, width = pixels.shape[:2]
+    if width > max_ratio * height:
+        left = (width - max_ratio * height) // 2
+        return np.ascontiguousarray(pixels[:, left : left + max_ratio * height])
+    if height > max_ratio * width:
+        top = (height - max_ratio * width) // 2
+        return np.ascontiguousarray(pixels[top : top + max_ratio * width])
+    return pixels

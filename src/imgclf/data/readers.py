@@ -48,11 +48,27 @@ class FolderReader:
 
     def __init__(self, root: Path):
         self.root = Path(root)
+        self.skipped: list[tuple[str, str]] = []  # (folder, reason): links not followed by list_files
 
     def list_files(self) -> list[str]:
-        keys = []
+        """Every file below the root. Links to folders are followed (a class folder may live
+        elsewhere), except a link to a folder already read, to the root or to a folder above it:
+        one ``up -> ..`` link would otherwise list the tree again and again."""
+        keys, self.skipped = [], []
+        root_identity = _identity(self.root)
+        ancestors = {_identity(folder) for folder in self.root.resolve().parents}
+        seen = {root_identity}
         for folder, subfolders, files in os.walk(self.root, followlinks=True):
             subfolders.sort()
+            kept = []
+            for name in subfolders:
+                identity = _identity(Path(folder) / name)
+                if identity is None or identity in seen or identity in ancestors:
+                    self.skipped.append((str(Path(folder) / name), "a link to a folder read already or above the data: not followed"))
+                    continue
+                seen.add(identity)
+                kept.append(name)
+            subfolders[:] = kept
             relative = Path(folder).relative_to(self.root)
             keys.extend((relative / name).as_posix() for name in sorted(files))
         return keys
@@ -68,6 +84,15 @@ class FolderReader:
 
     def describe(self, key: str) -> str:
         return str(self.root / key)
+
+
+def _identity(folder: Path) -> tuple[int, int] | None:
+    """(device, inode) of the folder a path leads to; None when it cannot be read."""
+    try:
+        status = folder.stat()
+    except OSError:
+        return None
+    return status.st_dev, status.st_ino
 
 
 class ZipReader:

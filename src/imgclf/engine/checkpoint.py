@@ -7,6 +7,7 @@ state on disk is always one consistent snapshot.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -20,6 +21,7 @@ from imgclf.errors import ImgclfError
 
 __all__ = [
     "atomic_write_bytes",
+    "file_sha256",
     "atomic_write_tensors",
     "load_training_state",
     "save_training_state",
@@ -27,6 +29,7 @@ __all__ = [
 ]
 
 _STATE_KEY = "imgclf_training_state"
+_DIGEST_KEY = "imgclf_sha256"
 
 
 def _current_umask() -> int:
@@ -71,6 +74,15 @@ def _fsync(path, flags: int) -> None:
         os.fsync(descriptor)
     finally:
         os.close(descriptor)
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file, read in 1 MiB blocks (the same digest ``sha256sum`` prints)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        while block := file.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def state_dict_for_saving(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -125,7 +137,20 @@ def save_training_state(
     tensors.update(optimizer_tensors)
     tensors.update({f"rng.{k}": v.cpu().contiguous() for k, v in rng_states.items()})
     payload = {**meta, "optimizer": optimizer_meta, "best_is_model": best_is_model}
-    atomic_write_tensors(path, tensors, metadata={_STATE_KEY: json.dumps(payload)})
+    text = json.dumps(payload)
+    metadata = {_STATE_KEY: text, _DIGEST_KEY: _state_digest(text, tensors)}
+    atomic_write_tensors(path, tensors, metadata=metadata)
+
+
+def _state_digest(text: str, tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 of the metadata and every tensor's name, dtype, shape and bytes: a changed byte
+    anywhere in the state (a bad disk, a hand edit) makes the file's digest disagree."""
+    digest = hashlib.sha256(text.encode("utf-8"))
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
 
 
 def _same_tensors(first: dict[str, torch.Tensor], second: dict[str, torch.Tensor]) -> bool:
@@ -136,10 +161,17 @@ def load_training_state(path: Path) -> dict:
     """Read a state file: {"model", "best", "optimizer", "rng", "ema": tensors by name, "meta": dict}."""
     try:
         with safe_open(str(path), framework="pt") as file:
-            meta = json.loads(file.metadata()[_STATE_KEY])
+            header = file.metadata()
+            text = header[_STATE_KEY]
             tensors = {key: file.get_tensor(key) for key in file.keys()}  # noqa: SIM118 (not iterable)
+        meta = json.loads(text)
     except Exception as error:  # safetensors raises its own error types for truncated files
         raise ImgclfError(f"{path}: not a readable imgclf training state ({error})") from None
+    recorded = header.get(_DIGEST_KEY)
+    if recorded is not None and recorded != _state_digest(text, tensors):
+        raise ImgclfError(f"{path}: damaged (its contents differ from those written: SHA-256 mismatch)")
+    if not isinstance(meta, dict) or not isinstance(meta.get("optimizer"), dict):
+        raise ImgclfError(f"{path}: not a readable imgclf training state (no optimizer state)")
 
     def strip(prefix: str) -> dict[str, torch.Tensor]:
         return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}

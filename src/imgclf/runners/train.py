@@ -6,6 +6,7 @@ weights (if pretrained) -> data (scan, preprocessing, decode) -> model -> stages
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 import os
@@ -72,6 +73,50 @@ def _default_output(data: str, model: str) -> Path:
     return candidate
 
 
+def check_writable(output: Path) -> None:
+    """Before any data is read: the output folder can be made and written to (not under /proc,
+    not on a read-only mount)."""
+    import tempfile
+
+    missing = [folder for folder in (output, *output.parents) if not folder.exists()]
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=output):
+            pass
+    except OSError as error:
+        raise UsageError(f"--output {output}: cannot write there ({error.strerror or error})") from None
+    finally:
+        for folder in missing:  # innermost first: the run makes them again when it writes
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+
+
+LOCK_FILE = ".imgclf.lock"
+
+
+@contextlib.contextmanager
+def output_lock(output: Path):
+    """Hold the output folder for one run: a second run into the same folder (in this process or
+    another) stops at once instead of both reporting a bundle that only one of them wrote. An
+    advisory ``flock``, released by the system when the process ends, even by SIGKILL."""
+    import fcntl
+
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+        handle = open(output / LOCK_FILE, "a+")  # noqa: SIM115 - held for the whole run
+    except OSError as error:
+        raise UsageError(f"--output {output}: cannot write there ({error.strerror or error})") from None
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UsageError(f"--output {output}: another imgclf run is writing to it; wait for it or choose "
+                             "another folder") from None  # fmt: skip
+        yield
+    finally:
+        handle.close()
+
+
 def _check_output(output: Path, overwrite: bool, resume: bool) -> None:
     if resume:
         if not (output / STATE_FILE).is_file() and not (output / PREVIOUS_STATE_FILE).is_file():
@@ -94,10 +139,38 @@ def _load_latest_state(output: Path, console: Console) -> dict:
         if not path.is_file():
             continue
         try:
-            return load_training_state(path)
+            saved = load_training_state(path)
+            _check_state_meta(path, saved["meta"])
+            return saved
         except ImgclfError as error:
             console.print(f"warning: {error}; trying the previous training state")
     raise UsageError(f"{output}: no readable training state to resume")
+
+
+def _check_state_meta(path: Path, meta: dict) -> None:
+    """The values a resume relies on, checked before any is used (a damaged or hand-edited state
+    is refused, so the previous one is tried)."""
+
+    def counter(key: str) -> int:
+        value = meta.get(key)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise ImgclfError(f"{path}: {key} must be a count, not {value!r}")
+        return value
+
+    for key in ("step", "best_epoch", "epochs_without_improvement"):
+        counter(key)
+    if "stage" in meta:
+        counter("stage")
+    epoch = counter("epoch")
+    if not isinstance(meta.get("history"), list) or not all(isinstance(row, dict) for row in meta["history"]):
+        raise ImgclfError(f"{path}: history must be a list of epoch records")
+    if not isinstance(meta.get("config"), dict):
+        raise ImgclfError(f"{path}: no training configuration")
+    config = TrainConfig.from_dict(meta["config"])  # raises UsageError naming a bad value
+    if not isinstance(config.epochs, int) or epoch > config.epochs:
+        raise ImgclfError(f"{path}: epoch {epoch} is past the run's {config.epochs} epochs")
+    if len(meta["history"]) != epoch:
+        raise ImgclfError(f"{path}: {len(meta['history'])} epoch records for epoch {epoch}")
 
 
 DEFAULT_MODEL_LABEL_SMOOTHING = 0.1  # measured on digits over seeds 0-4: BENCHMARKS.md
@@ -284,17 +357,7 @@ def _resume_stage(run: TrainingRun, saved: dict, setup: FitSetup, stage_index: i
     checkpoint was written inside this stage (at a stage boundary the new stage starts fresh,
     exactly as it does in an uninterrupted run)."""
     meta = saved["meta"]
-    run.model.load_state_dict(saved["model"])
-    run.state = FitState(
-        epoch=meta["epoch"],
-        step=meta["step"],
-        best_epoch=meta["best_epoch"],
-        best_val_accuracy=meta["best_val_accuracy"],
-        best_weights=saved["best"],
-        epochs_without_improvement=meta["epochs_without_improvement"],
-        history=meta["history"],
-        epoch_progress=meta.get("epoch_progress") or {},
-    )
+    _restore_weights_and_progress(run, saved)
     torch.set_rng_state(saved["rng"]["torch"])
     run.augment_generator.set_state(saved["rng"]["augment"])
     batches_done = int(run.state.epoch_progress.get("batches_done", 0))
@@ -312,6 +375,32 @@ def _resume_stage(run: TrainingRun, saved: dict, setup: FitSetup, stage_index: i
             run.config.resolved_warmup_fraction(),
             last_step=steps_done - 1,
         )
+
+
+def _restore_weights_and_progress(run: TrainingRun, saved: dict) -> None:
+    meta = saved["meta"]
+    run.model.load_state_dict(saved["model"])
+    run.state = FitState(
+        epoch=meta["epoch"],
+        step=meta["step"],
+        best_epoch=meta["best_epoch"],
+        best_val_accuracy=meta["best_val_accuracy"],
+        best_weights=saved["best"],
+        epochs_without_improvement=meta["epochs_without_improvement"],
+        history=meta["history"],
+        epoch_progress=meta.get("epoch_progress") or {},
+        stopped_early=bool(meta.get("stopped_early", False)),
+    )
+
+
+def _resume_finished(run: TrainingRun, saved: dict, console: Console) -> None:
+    """The state was written after the last epoch (the run died in its final evaluation or while
+    writing the bundle): no epoch is left to train, so the run ends as the uninterrupted one did,
+    with the weights it chose (the best epoch's), not the freshly initialised model."""
+    _restore_weights_and_progress(run, saved)
+    if run.state.best_weights is not None:
+        run.model.load_state_dict(run.state.best_weights)
+    console.print(f"every epoch was already trained ({run.state.epoch}); finishing the run from its saved weights")
 
 
 def _data_identity(run: TrainingRun) -> dict:
@@ -353,6 +442,7 @@ def _checkpoint_saver(run: TrainingRun, setup: FitSetup, stage_index: int):
             "history": state.history,
             "epochs_without_improvement": state.epochs_without_improvement,
             "epoch_progress": state.epoch_progress,
+            "stopped_early": state.stopped_early,  # early stopping or the deadline ended the run here
             "world_size": run.world.size,
             # A resumed run finishes the planned epochs; the budget was this process's to keep.
             "config": {**run.config.to_dict(), "epochs": run.epochs, "time_budget": None},
@@ -369,6 +459,10 @@ def _run_stages(run: TrainingRun, saved: dict | None, observer: TrainObserver, c
     """Run each stage in turn; ``saved`` is the training state to resume from, if any."""
     stages = plan_stages(run.config, run.epochs, run.world.size)
     resume_epoch = saved["meta"]["epoch"] if saved else 0
+    ended_early = saved is not None and saved["meta"].get("stopped_early") and saved["meta"].get("stage", 0) == len(stages) - 1
+    if saved is not None and (resume_epoch >= stages[-1].end_epoch or ended_early):
+        _resume_finished(run, saved, console)
+        return
     for index, stage in enumerate(stages):
         if resume_epoch >= stage.end_epoch:
             continue
@@ -669,6 +763,7 @@ def run_train(
     if output is not None:
         output = Path(output)
         _check_output(output, overwrite, bool(resume))
+        check_writable(output)
     saved = _load_latest_state(output, console) if resume else None  # resume: True, "always" or False
     advice, scanned = None, None
     if saved is not None:
@@ -829,8 +924,14 @@ def _train_in_world(
     if saved is not None:
         _check_same_data(run, saved["meta"], force)
     _announce(run, console)
-    if world.is_main:
-        output.mkdir(parents=True, exist_ok=True)
+    with contextlib.ExitStack() as held:
+        if world.is_main:
+            held.enter_context(output_lock(output))
+        return _train_and_write(run, saved, observer, console, world, started)
+
+
+def _train_and_write(run: TrainingRun, saved, observer, console: Console, world: World, started: float) -> dict:
+    config, output = run.config, run.output
     if config.finetune == "linear-probe":
         _linear_probe(run, console)
     else:

@@ -1,43 +1,72 @@
 """The HTTP layer: FastAPI routes, limits and micro-batching around an engine (serve/engines.py).
 
 Every limit answers with a JSON error ``{"error": {"status", "message"}}`` and the server keeps
-serving: body too large (413, from Content-Length before reading, or while streaming), not an
-allowed image by content (415), over the pixel limit (413), too slow (504), too many requests in
-flight (503 with Retry-After), missing or wrong bearer token (401). No endpoint loads a model or
-fetches a URL given by a client.
+serving: body too large (413, from Content-Length before reading, or while streaming), a body that
+does not arrive in time (408), not an allowed image by content (415), over the pixel limit (413),
+too slow (504), too many requests at once (503 with Retry-After), missing or wrong bearer token
+(401), a Host header that is not this machine's on a loopback server (421). No endpoint loads a
+model or fetches a URL given by a client.
+
+The limits are shared by the whole server, so no client can use them up for the others:
+
+- a POST body is read in full, within ``read_timeout_s``, *before* the request takes one of the
+  ``max_in_flight`` slots: slow uploads wait in their own, larger pool (``max_receiving``) and
+  cannot lock out clients whose bodies have arrived;
+- decoding reserves the image's pixels from a budget the whole server shares
+  (``max_decoding_pixels``), so a batch of small files that decode to huge images waits its turn
+  instead of taking gigabytes at once;
+- each image is decoded and resized in its request's own task; the shared model batch only ever
+  holds images of the model's input size, so one bad image fails only its own request;
+- Grad-CAM (``/v1/explain``) runs one at a time, with at most ``max_explain_waiting`` waiting.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import ctypes.util
 import hmac
+import ipaddress
 import json
 import math
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from imgclf.data.decode import probe_image
 from imgclf.errors import BadImageError, UsageError
 from imgclf.serve.engines import png_data_url
 from imgclf.serve.page import PAGE
 
-__all__ = ["ServeSettings", "create_app"]
+__all__ = ["ServeSettings", "create_app", "is_loopback"]
+
+OPEN_PATHS = frozenset({"/", "/v1/health", "/v1/ready"})  # answered without the token
+MAX_TOP_K_DIGITS = 6  # top_k is clamped to the class count; more digits than this is not a number we parse
 
 
 @dataclass(frozen=True)
 class ServeSettings:
     max_body_bytes: int = 10 * 1024 * 1024
     timeout_s: float = 10.0  # decode + inference per request
-    max_in_flight: int = 64  # requests being received or answered at once
+    read_timeout_s: float = 30.0  # for the whole body to arrive (10 MB at 3 Mbit/s)
+    max_in_flight: int = 64  # requests being answered at once (bodies received)
+    max_receiving: int = 256  # requests whose bodies are still arriving
+    max_receiving_bytes: int = 256 * 1024 * 1024  # body bytes buffered by those, all together
+    max_decoding_pixels: int = 128_000_000  # pixels being decoded at once, all requests together
+    max_explain_waiting: int = 2  # /v1/explain calls waiting behind the one running
     max_batch: int = 32  # images per model call when requests are batched together
     batch_window_ms: float = 0.0  # how long the first request of a batch waits for company (see _Batcher)
     token: str | None = None
+    allowed_hosts: tuple[str, ...] | None = None  # Host header values accepted; None: any
     top_k: int = 5
     max_files: int = 64  # per /v1/predict/batch request
     workers: int | None = None  # model calls at once; None: what the engine can use (parallel_batches)
@@ -54,44 +83,160 @@ def _error(status: int, message: str, headers: dict | None = None) -> JSONRespon
 
 
 class _GuardMiddleware:
-    """Pure ASGI: counts requests in flight (503 beyond the limit) and caps the body size (413)
-    before and while it streams in, so an oversized upload is never read whole."""
+    """Pure ASGI, in front of every route: the Host check, the token, and for POST requests the
+    body read in full within its limits (size, time, the shared receiving pool) before the request
+    counts as in flight. The route then gets the buffered body as a single message."""
 
     def __init__(self, app, settings: ServeSettings):
-        self.app, self.settings, self.in_flight = app, settings, 0
+        self.app, self.settings = app, settings
+        self.in_flight = self.receiving = self.receiving_bytes = 0
+        self.expected_auth = f"Bearer {settings.token}".encode() if settings.token is not None else None
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or not scope["path"].startswith("/v1/predict"):
+        if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        try:
+            self._check_host(scope)
+            if scope["path"] not in OPEN_PATHS:
+                self._check_token(scope)
+            if scope["method"] != "POST":
+                return await self.app(scope, receive, send)
+            body = await self._read_body(scope, receive)
+        except HttpError as error:
+            return await _error(error.status, error.message, error.headers)(scope, receive, send)
+        if body is None:  # the client went away mid-upload: nobody to answer
+            return None
         if self.in_flight >= self.settings.max_in_flight:
-            response = _error(503, "too many requests in flight; retry shortly", {"Retry-After": "1"})
-            return await response(scope, receive, send)
-        declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.settings.max_body_bytes:
-            return await _error(413, self._too_large())(scope, receive, send)
+            return await _busy("too many requests in flight; retry shortly")(scope, receive, send)
         self.in_flight += 1
         try:
-            await self.app(scope, self._counting(receive), send)
-        except HttpError as error:  # raised by the counting receive: the body grew past the limit
-            await _error(error.status, error.message)(scope, receive, send)
+            await self.app(scope, _replay(body, receive), send)
         finally:
             self.in_flight -= 1
+
+    def _check_host(self, scope) -> None:
+        allowed = self.settings.allowed_hosts
+        if allowed is None:
+            return
+        host = dict(scope["headers"]).get(b"host", b"").decode("latin-1").lower()
+        if host not in allowed:
+            raise HttpError(421, f"Host {host[:100]!r} is not this server's (allowed: {', '.join(allowed)})")
+
+    def _check_token(self, scope) -> None:
+        if self.expected_auth is None:
+            return
+        given = dict(scope["headers"]).get(b"authorization", b"")  # raw bytes: a UTF-8 token compares as sent
+        if not hmac.compare_digest(given, self.expected_auth):
+            raise HttpError(401, "missing or wrong bearer token (Authorization: Bearer TOKEN)")
+
+    async def _read_body(self, scope, receive) -> bytes | None:
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.settings.max_body_bytes:
+            raise HttpError(413, self._too_large())
+        if self.receiving >= self.settings.max_receiving:
+            raise HttpError(503, "too many uploads arriving at once; retry shortly", {"Retry-After": "1"})
+        self.receiving += 1
+        chunks: list[bytes] = []
+        received = 0
+        deadline = time.monotonic() + self.settings.read_timeout_s
+        try:
+            while True:
+                try:
+                    message = await asyncio.wait_for(receive(), max(0.0, deadline - time.monotonic()))
+                except TimeoutError:
+                    raise HttpError(408, f"the request body did not arrive within {self.settings.read_timeout_s:g} s") from None
+                if message["type"] == "http.disconnect":
+                    return None
+                chunk = message.get("body", b"")
+                received += len(chunk)
+                self.receiving_bytes += len(chunk)
+                if received > self.settings.max_body_bytes:
+                    raise HttpError(413, self._too_large())
+                if self.receiving_bytes > self.settings.max_receiving_bytes:
+                    raise HttpError(503, "too many bytes arriving at once; retry shortly", {"Retry-After": "1"})
+                chunks.append(chunk)
+                if not message.get("more_body", False):
+                    return b"".join(chunks)
+        finally:
+            self.receiving -= 1
+            self.receiving_bytes -= received
 
     def _too_large(self) -> str:
         return f"request body over the {self.settings.max_body_bytes:,} byte limit"
 
-    def _counting(self, receive):
-        received = 0
 
-        async def wrapped():
-            nonlocal received
-            message = await receive()
-            received += len(message.get("body", b""))
-            if received > self.settings.max_body_bytes:
-                raise HttpError(413, self._too_large())
-            return message
+def _replay(body: bytes, receive):
+    """A receive callable that gives the buffered body once, then waits on the real one (which
+    says when the client disconnects)."""
+    sent = False
 
-        return wrapped
+    async def replayed():
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replayed
+
+
+def _busy(message: str) -> JSONResponse:
+    return _error(503, message, {"Retry-After": "1"})
+
+
+class _PixelBudget:
+    """Pixels being decoded at once, all requests together: a request waits until its image's
+    pixels fit (an image over the whole budget waits until nothing else is decoding)."""
+
+    def __init__(self, limit: int):
+        self.limit, self.used = limit, 0
+        self.changed = asyncio.Condition()
+
+    @contextlib.asynccontextmanager
+    async def reserve(self, pixels: int):
+        pixels = min(pixels, self.limit)
+        async with self.changed:
+            await self.changed.wait_for(lambda: self.used + pixels <= self.limit)
+            self.used += pixels
+        try:
+            yield
+        finally:
+            async with self.changed:
+                self.used -= pixels
+                self.changed.notify_all()
+
+
+class _MemoryTrimmer:
+    """Hands freed memory back to the system after a burst of large images: glibc keeps freed
+    decode buffers in its arenas, so without this the server's size only ever grows. Runs
+    ``malloc_trim(0)`` once decoding has been quiet for a moment after at least ``after_pixels``."""
+
+    def __init__(self, after_pixels: int = 50_000_000, quiet_s: float = 2.0):
+        self.after_pixels, self.quiet_s = after_pixels, quiet_s
+        self.decoded_pixels, self.last_decode = 0, time.monotonic()
+        library = ctypes.util.find_library("c")
+        self.trim = getattr(ctypes.CDLL(library), "malloc_trim", None) if library else None
+        self.task: asyncio.Task | None = None
+
+    def note(self, pixels: int) -> None:
+        self.decoded_pixels += pixels
+        self.last_decode = time.monotonic()
+
+    def start(self) -> None:
+        if self.trim is not None:
+            self.task = asyncio.get_running_loop().create_task(self._run())
+
+    def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.quiet_s)
+            quiet = time.monotonic() - self.last_decode >= self.quiet_s
+            if quiet and self.decoded_pixels >= self.after_pixels:
+                self.decoded_pixels = 0
+                await asyncio.to_thread(self.trim, 0)
 
 
 class _Batcher:
@@ -173,14 +318,6 @@ class _Batcher:
                     future.set_result({**row, "top_k": row["top_k"][:wanted]})
 
 
-def _check_token(request: Request, settings: ServeSettings) -> None:
-    if settings.token is None:
-        return
-    given = request.headers.get("authorization", "")
-    if not hmac.compare_digest(given.encode(), f"Bearer {settings.token}".encode()):
-        raise HttpError(401, "missing or wrong bearer token (Authorization: Bearer TOKEN)")
-
-
 async def _image_bytes(request: Request) -> list[tuple[str, bytes]]:
     """The uploaded files: multipart fields ``file``/``files``, or the raw body as one image."""
     content_type = request.headers.get("content-type", "")
@@ -199,29 +336,52 @@ async def _image_bytes(request: Request) -> list[tuple[str, bytes]]:
     return [("body", body)]
 
 
-def _decode(engine, name: str, data: bytes) -> np.ndarray:
-    try:
-        return engine.decode(data, name)
-    except BadImageError as error:
-        status = 413 if "pixels" in error.reason else 415
-        raise HttpError(status, f"{name}: {error.reason}") from None
+def _bad_image(name: str, error: BadImageError) -> HttpError:
+    status = 413 if "pixels" in error.reason else 415
+    return HttpError(status, f"{name}: {error.reason}")
 
 
 def _top_k(request: Request, settings: ServeSettings) -> int:
     value = request.query_params.get("top_k", str(settings.top_k))
-    if not value.isdigit() or int(value) < 1:
-        raise HttpError(422, f"top_k must be a positive integer, not {value!r}")
+    # ASCII digits only: str.isdigit() also accepts "²", which int() refuses
+    if not re.fullmatch(f"[0-9]{{1,{MAX_TOP_K_DIGITS}}}", value) or int(value) < 1:
+        raise HttpError(422, f"top_k must be a positive integer, not {value[:20]!r}")
     return int(value)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def loopback_hosts(port: int) -> tuple[str, ...]:
+    """The Host values a browser sends to a server on this machine (a DNS-rebinding page sends its
+    own domain instead)."""
+    names = ("localhost", "127.0.0.1", "[::1]")
+    return names + tuple(f"{name}:{port}" for name in names)
 
 
 def create_app(engine, settings: ServeSettings = ServeSettings()) -> FastAPI:  # noqa: B008 - frozen
     batcher = _Batcher(engine, settings)
+    trimmer = _MemoryTrimmer()
+    explain_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="imgclf-explain")
+    explaining = 0  # /v1/explain calls running or waiting
+    pixel_budget: _PixelBudget | None = None  # made inside the running loop
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI):
+        nonlocal pixel_budget
+        pixel_budget = _PixelBudget(settings.max_decoding_pixels)
         batcher.start()
+        trimmer.start()
         yield
+        trimmer.stop()
         batcher.stop()
+        explain_executor.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(
         title="imgclf", description="Image classification with an imgclf model.", version="1", lifespan=lifespan
@@ -231,15 +391,40 @@ def create_app(engine, settings: ServeSettings = ServeSettings()) -> FastAPI:  #
     async def http_error(_: Request, error: HttpError) -> JSONResponse:
         return _error(error.status, error.message, error.headers)
 
+    @app.exception_handler(StarletteHTTPException)
+    async def starlette_error(_: Request, error: StarletteHTTPException) -> JSONResponse:
+        return _error(error.status_code, str(error.detail), getattr(error, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, error: RequestValidationError) -> JSONResponse:
+        return _error(422, "; ".join(str(item.get("msg", item)) for item in error.errors()) or "invalid request")
+
+    async def decoded(name: str, data: bytes) -> np.ndarray:
+        """Decoded and prepared within the shared pixel budget; HttpError 413/415 for a bad image."""
+        try:
+            info = await asyncio.to_thread(probe_image, data, name)
+            pixels = info.width * info.height
+            async with pixel_budget.reserve(pixels):
+                image = await asyncio.to_thread(engine.decode, data, name)
+        except BadImageError as error:
+            raise _bad_image(name, error) from None
+        trimmer.note(pixels)
+        return image
+
     async def predict_files(request: Request, many: bool) -> list[dict]:
-        _check_token(request, settings)
         top_k = _top_k(request, settings)
         files = await _image_bytes(request)
         if len(files) > (settings.max_files if many else 1):
             raise HttpError(422, f"at most {settings.max_files if many else 1} file(s) per request")
 
         async def one(name: str, data: bytes) -> dict:
-            image = await asyncio.to_thread(_decode, engine, name, data)
+            try:
+                image = await decoded(name, data)
+            except HttpError as error:
+                if not many:
+                    raise
+                # One bad file in a batch fails only its own entry; the others keep their answers.
+                return {"file": name, "error": {"status": error.status, "message": error.message}}
             return {"file": name, **await batcher.predict(image, top_k)}
 
         try:
@@ -251,24 +436,40 @@ def create_app(engine, settings: ServeSettings = ServeSettings()) -> FastAPI:  #
     async def predict(request: Request) -> JSONResponse:
         return JSONResponse((await predict_files(request, many=False))[0])
 
-    @app.post("/v1/predict/batch", summary="top-k labels for several images (multipart fields 'files')")
+    @app.post(
+        "/v1/predict/batch",
+        summary="top-k labels for several images (multipart fields 'files'); a file that cannot be read gets "
+        "an 'error' entry of its own",
+    )
     async def predict_batch(request: Request) -> JSONResponse:
         return JSONResponse(await predict_files(request, many=True))
 
     @app.post("/v1/explain", summary="Grad-CAM picture for one image, as a PNG data URL")
     async def explain(request: Request) -> JSONResponse:
-        _check_token(request, settings)
-        name, data = (await _image_bytes(request))[0]
-        image = await asyncio.to_thread(_decode, engine, name, data)
+        nonlocal explaining
+        if explaining > settings.max_explain_waiting:
+            raise HttpError(503, "too many explanations being made; retry shortly", {"Retry-After": "1"})
+        explaining += 1
         try:
-            png = await asyncio.wait_for(asyncio.to_thread(engine.explain_png, image), settings.timeout_s)
+            name, data = (await _image_bytes(request))[0]
+            loop = asyncio.get_running_loop()
+
+            async def make() -> bytes:
+                image = await decoded(name, data)
+                return await loop.run_in_executor(explain_executor, engine.explain_png, image)
+
+            png = await asyncio.wait_for(make(), settings.timeout_s)
         except UsageError as error:
             raise HttpError(501, str(error)) from None
+        except TimeoutError:
+            raise HttpError(504, f"the explanation took over {settings.timeout_s:g} s") from None
+        finally:
+            explaining -= 1
         return JSONResponse({"png": png_data_url(png)})
 
     @app.get("/v1/health", summary="the process is up")
     async def health() -> dict:
-        return {"status": "ok"}
+        return {"status": "ok", "auth_required": settings.token is not None}
 
     @app.get("/v1/ready", summary="the model is loaded and the batcher runs")
     async def ready() -> JSONResponse:

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from imgclf.bundle import is_bundle
-from imgclf.data.decode import decode_image
+from imgclf.data.decode import bound_aspect_ratio, decode_image
 from imgclf.errors import UsageError
 from imgclf.predictor import Classifier, load
 
@@ -42,16 +42,18 @@ class BundleEngine:
         }
 
     def decode(self, data: bytes, source: str) -> np.ndarray:
-        return decode_image(data, source, self.channels)
+        """Decoded and prepared (resized, CxSxS) in the request's own thread: the shared batch
+        only ever holds images of the model's input size."""
+        return self.classifier.preprocess.prepare_pixels(decode_image(data, source, self.channels))
 
     def predict(self, images: list[np.ndarray], top_k: int) -> list[dict]:
-        return self.classifier.predict(images, top_k=top_k, batch_size=max(1, len(images)))
+        return self.classifier.predict_prepared(images, top_k=top_k)
 
     def explain_png(self, image: np.ndarray) -> bytes:
         from imgclf.explain.figures import explanation_png
         from imgclf.explain.gradcam import explain_batch
 
-        prepared = torch.from_numpy(np.array(self.classifier.prepare(image)[None]))
+        prepared = torch.from_numpy(np.array(image[None]))
         (explanation,) = explain_batch(
             self.classifier.model, prepared, self.classifier.preprocess.normalize, self.classifier.temperature
         )
@@ -89,7 +91,8 @@ class OnnxEngine:
         }
 
     def decode(self, data: bytes, source: str) -> np.ndarray:
-        return decode_image(data, source, self.channels)
+        # The graph resizes; an extreme strip is cut first so it cannot make the graph allocate GBs.
+        return bound_aspect_ratio(decode_image(data, source, self.channels))
 
     def predict(self, images: list[np.ndarray], top_k: int) -> list[dict]:
         """One onnxruntime call per distinct image size (the graph resizes; a batch shares a size)."""

@@ -38,17 +38,23 @@ function headers() {
   return token ? {"Authorization": "Bearer " + token} : {};
 }
 function cell(text) { const td = document.createElement("td"); td.textContent = text; return td; }
-fetch("/v1/metadata").then(r => r.json()).then(m => {
-  meta = m;
+async function loadMetadata() {
+  const health = await (await fetch("/v1/health")).json();
+  $("auth").hidden = !health.auth_required;
+  const response = await fetch("/v1/metadata", {headers: headers()});
+  if (!response.ok) { $("model").textContent = "enter the token to use this server"; return; }
+  const m = await response.json();
+  meta = m; $("card").textContent = "";
   $("model").textContent = `${m.architecture} (${m.kind}), ${m.classes.length} classes`;
-  $("auth").hidden = !m.auth_required;
   const rows = [["architecture", m.architecture], ["classes", m.classes.join(", ")],
                 ["input", JSON.stringify(m.input)], ["parameters", m.params ?? "n/a"],
                 ["test accuracy", m.metrics ? m.metrics.test_accuracy : "n/a"]];
   for (const [key, value] of rows) {
     const tr = document.createElement("tr"); tr.append(cell(key), cell(String(value))); $("card").append(tr);
   }
-});
+}
+loadMetadata();
+$("token").addEventListener("change", loadMetadata);
 async function send(file) {
   $("error").textContent = ""; $("label").textContent = "..."; $("bars").textContent = ""; $("reason").textContent = "";
   $("explain").textContent = "";
