@@ -52,7 +52,7 @@ def test_onnx_alone_gives_the_same_top1_as_imgclf_predict(given_split_bundle, tm
     for file in val_files:
         with Image.open(file) as image:
             pixels = np.asarray(image.convert(mode)).reshape(image.height, image.width, contract["channels"])
-        logits, probabilities = session.run(None, {contract["name"]: pixels[None]})
+        logits, probabilities = session.run(["logits", "probabilities"], {contract["name"]: pixels[None]})
         assert probabilities.sum() == pytest.approx(1.0, abs=1e-4)
         got.append(classes[int(logits.argmax())])
     assert got == expected

@@ -184,3 +184,25 @@ def test_links_that_loop_back_are_not_followed(tmp_path: Path, capsys):
     assert main(["doctor", str(data), "--json"]) == 0
     ignored = json.loads(capsys.readouterr().out)["ignored"]
     assert {Path(row["file"]).name for row in ignored if "not followed" in row["reason"]} == {"up", "again", "root"}
+
+
+def test_bundle_files_share_one_mode_and_tar_links_are_listed_as_ignored(tmp_path: Path):
+    import io
+    import os
+    import tarfile
+
+    from imgclf.data.dataset import load_dataset
+
+    bundle = _bundle_for_edits(tmp_path)
+    modes = {path.name: os.stat(path).st_mode & 0o777 for path in bundle.iterdir() if path.suffix in (".json", ".safetensors")}
+    assert len(set(modes.values())) == 1, modes  # safetensors files were 0600 while JSON was 0644
+    archive = tmp_path / "data.tar"
+    with tarfile.open(archive, "w") as handle:
+        for folder in ("a", "b"):
+            for path in sorted((tmp_path / "data" / folder).iterdir()):
+                handle.add(path, arcname=f"{folder}/{path.name}")
+        link = tarfile.TarInfo("a/link.png")
+        link.type, link.linkname = tarfile.SYMTYPE, "../../etc/passwd"
+        handle.addfile(link, io.BytesIO())
+    dataset = load_dataset(str(archive))
+    assert any(file.endswith("a/link.png") and "link" in reason for file, reason in dataset.ignored)

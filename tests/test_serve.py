@@ -139,6 +139,26 @@ def test_an_exported_onnx_file_is_served_the_same_way(digits_bundle, tmp_path):
         onnx_server.stop()
 
 
+def test_an_exported_onnx_file_abstains_where_the_bundle_does(digits_bundle, tmp_path):
+    from imgclf.cli.main import main
+    from imgclf.serve.engines import open_engine
+
+    assert main(["export", str(digits_bundle), "--output", str(tmp_path / "m.onnx")]) == 0
+    bundle_engine, onnx_engine = open_engine(digits_bundle), open_engine(tmp_path / "m.onnx")
+    rng = np.random.default_rng(0)
+    images = [digit_png(index)[0] for index in range(20)]
+    for _ in range(20):  # noise: the bundle withholds a label for most of these
+        buffer = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(buffer, format="PNG")
+        images.append(buffer.getvalue())
+    answers = {}
+    for name, engine in (("bundle", bundle_engine), ("onnx", onnx_engine)):
+        decoded = [engine.decode(data, f"image{index}") for index, data in enumerate(images)]
+        answers[name] = [row["label"] for row in engine.predict(decoded, top_k=3)]
+    assert answers["bundle"].count(None) >= 5  # the rule is exercised, not vacuously equal
+    assert answers["onnx"] == answers["bundle"]
+
+
 def _chromium() -> tuple[str, str] | None:
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     driver = shutil.which("chromedriver") or (

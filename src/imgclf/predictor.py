@@ -15,7 +15,7 @@ from imgclf.data.prepare import Preprocess
 from imgclf.errors import BadImageError, ImgclfError
 from imgclf.explain.calibration import centroid_distance
 
-__all__ = ["Classifier", "ImageInput", "image_pixels", "load"]
+__all__ = ["Classifier", "ImageInput", "abstain_decision", "image_pixels", "load"]
 
 ImageInput = str | Path | bytes | Image.Image | np.ndarray
 
@@ -131,20 +131,36 @@ class Classifier:
         return answers
 
     def _decision(self, confidence: float, top_class: int, distance: float | None) -> dict:
-        if distance is not None and distance > self.distance_threshold:
-            reason = (
-                f"the image is unlike the training images of {self.classes[top_class]} (embedding distance "
-                f"{distance:.3f}, over the {self.distance_threshold:.3f} chosen on validation): it may show none "
-                "of the classes"
-            )
-            return {"label": None, "abstained": reason}
-        if self.abstain_threshold is not None and confidence < self.abstain_threshold:
-            reason = (
-                f"confidence {confidence:.3f} is below the threshold {self.abstain_threshold:.3f} chosen on "
-                "validation: the model cannot tell between classes"
-            )
-            return {"label": None, "abstained": reason}
-        return {"label": self.classes[top_class]}
+        return abstain_decision(
+            self.classes, confidence, top_class, distance, self.abstain_threshold, self.distance_threshold
+        )
+
+
+def abstain_decision(
+    classes: list[str],
+    confidence: float,
+    top_class: int,
+    distance: float | None,
+    confidence_threshold: float | None,
+    distance_threshold: float | None,
+) -> dict:
+    """``{"label": name}``, or ``{"label": None, "abstained": reason}`` under the bundle's rule:
+    the image is too far from its class's training images, or the model cannot tell classes
+    apart. The bundle and an exported ONNX file apply this same function."""
+    if distance is not None and distance_threshold is not None and distance > distance_threshold:
+        reason = (
+            f"the image is unlike the training images of {classes[top_class]} (embedding distance "
+            f"{distance:.3f}, over the {distance_threshold:.3f} chosen on validation): it may show none "
+            "of the classes"
+        )
+        return {"label": None, "abstained": reason}
+    if confidence_threshold is not None and confidence < confidence_threshold:
+        reason = (
+            f"confidence {confidence:.3f} is below the threshold {confidence_threshold:.3f} chosen on "
+            "validation: the model cannot tell between classes"
+        )
+        return {"label": None, "abstained": reason}
+    return {"label": classes[top_class]}
 
 
 def load(bundle_dir: str | Path, device: str | torch.device = "cpu", abstain: bool = True) -> Classifier:

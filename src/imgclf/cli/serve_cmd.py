@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 
 def add_parser(commands) -> None:
@@ -107,4 +108,7 @@ def _token(args: argparse.Namespace) -> str | None:
         if not token:
             raise UsageError(f"--token-file {args.token_file}: the first line is empty")
         return token
+    if args.token:
+        print("note: a --token is visible to other users of this machine (ps); --token-file or $IMGCLF_TOKEN keep "
+              "it private", file=sys.stderr)  # fmt: skip
     return args.token or os.environ.get("IMGCLF_TOKEN") or None

@@ -146,11 +146,15 @@ class TarReader:
     def __init__(self, path: Path, max_bytes: int = MAX_TAR_BYTES):
         self.path = Path(path)
         self._members: dict[str, bytes] = {}
+        self.skipped: list[tuple[str, str]] = []  # links and devices: listed as ignored, never read
         total = 0
         try:
             with tarfile.open(self.path) as archive:
                 for member in archive:
                     if not member.isfile():  # links, devices and folders are never read
+                        if not member.isdir():
+                            kind = "a link" if member.issym() or member.islnk() else "not a regular file"
+                            self.skipped.append((f"{self.path}:{member.name}", f"{kind} in the archive: not read"))
                         continue
                     check_member_name(self.path, member.name)
                     if member.size > MAX_MEMBER_BYTES:

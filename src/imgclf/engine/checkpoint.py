@@ -56,10 +56,11 @@ def _atomic_write(path: Path, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        # mkstemp creates the file 0600; give it the mode a plain open() would (0666 less the umask)
-        os.fchmod(handle, 0o666 & ~_current_umask())
         os.close(handle)
         write(temporary)
+        # mkstemp creates the file 0600 (and safetensors makes its own file anew): give it the mode
+        # a plain open() would, 0666 less the umask, as the other files of a bundle have.
+        os.chmod(temporary, 0o666 & ~_current_umask())
         _fsync(temporary, os.O_RDONLY)
         os.replace(temporary, path)
     except BaseException:

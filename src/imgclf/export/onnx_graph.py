@@ -33,6 +33,7 @@ __all__ = ["OPSET", "add_contract", "network_proto", "onnx_session", "preprocess
 
 OPSET = 18
 PIXELS, NORMALIZED, LOGITS, PROBABILITIES = "pixels", "normalized", "logits", "probabilities"
+DISTANCE = "centroid_distance"  # optional output: the embedding's distance to its class centroid
 
 
 def _constant(name: str, values, dtype) -> onnx.TensorProto:
@@ -149,10 +150,14 @@ def _with_probabilities(network: onnx.ModelProto, temperature: float) -> onnx.Mo
     copy.CopyFrom(network)
     network = copy
     graph = network.graph
-    old = graph.output[0].name
-    for node in graph.node:
-        node.output[:] = [LOGITS if name == old else name for name in node.output]
-    graph.output[0].name = LOGITS
+    renames = {graph.output[0].name: LOGITS}
+    if len(graph.output) > 1:  # the network also gives each image's distance to its class centroid
+        renames[graph.output[1].name] = DISTANCE
+    for node in graph.node:  # the distance reads the logits (their argmax): inputs are renamed too
+        node.input[:] = [renames.get(name, name) for name in node.input]
+        node.output[:] = [renames.get(name, name) for name in node.output]
+    for output in graph.output:
+        output.name = renames.get(output.name, output.name)
     graph.initializer.append(numpy_helper.from_array(np.array(temperature, dtype=np.float32), "temperature"))
     graph.node.append(helper.make_node("Div", [LOGITS, "temperature"], ["scaled_logits"]))
     graph.node.append(helper.make_node("Softmax", ["scaled_logits"], [PROBABILITIES], axis=1))

@@ -14,13 +14,14 @@ import onnx
 import torch
 from rich.console import Console
 
-from imgclf.bundle import Bundle, bundle_temperature, load_bundle
+from imgclf.bundle import Bundle, abstain_threshold, bundle_temperature, load_bundle
 from imgclf.data.dataset import ArraySplit, load_dataset
 from imgclf.data.decode import convert_channels, decode_image
 from imgclf.data.prepare import TensorSplit
 from imgclf.engine.checkpoint import atomic_write_bytes
 from imgclf.engine.evaluate import predict_logits
 from imgclf.errors import BadImageError, ImgclfError, UsageError
+from imgclf.explain.calibration import centroid_distance
 from imgclf.export.onnx_graph import OPSET, add_contract, network_proto, onnx_session, with_preprocessing
 from imgclf.models.info import measure_latency
 from imgclf.runners.common import eval_batch_size, make_batches, stderr_console
@@ -36,8 +37,31 @@ CALIBRATION_IMAGES = 256  # training images for int8 calibration (evenly spaced)
 LAYOUTS = ("nhwc", "nchw")
 
 
+class _LogitsAndDistance(torch.nn.Module):
+    """The network plus the bundle's distance rule: the cosine distance of each image's embedding
+    to its predicted class's centroid, so the exported graph abstains where the bundle does."""
+
+    def __init__(self, model: torch.nn.Module, centroids: torch.Tensor):
+        super().__init__()
+        self.model = model
+        self.register_buffer("centroids", centroids.float())
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits, embedding = self.model.forward_head_and_embedding(self.model.forward_features(images))
+        embedding = torch.nn.functional.normalize(torch.flatten(embedding, 1).float(), dim=1)
+        return logits, centroid_distance(embedding, self.centroids, logits.argmax(dim=1))
+
+
+def _distance_threshold(bundle: Bundle) -> float | None:
+    value = (bundle.description.get("calibration") or {}).get("abstain_distance_threshold")
+    return float(value) if value is not None and bundle.centroids is not None else None
+
+
 def _network_proto(bundle: Bundle) -> onnx.ModelProto:
-    return network_proto(bundle.model, bundle.preprocess.channels, bundle.preprocess.input_size)
+    model = bundle.model
+    if _distance_threshold(bundle) is not None:
+        model = _LogitsAndDistance(bundle.model, bundle.centroids).eval()
+    return network_proto(model, bundle.preprocess.channels, bundle.preprocess.input_size)
 
 
 @dataclass
@@ -222,9 +246,16 @@ def _contract(bundle: Bundle, layout: str, quantized: bool) -> dict:
             "resize": f"any H and W: inside the graph the shorter side goes to {pre.resize_size or pre.input_size} px "
             f"(bilinear, antialiased) and the centre {pre.input_size} x {pre.input_size} is cropped",
         },
-        "outputs": {"logits": "N x classes", "probabilities": "N x classes, softmax(logits / temperature)"},
+        "outputs": {
+            "logits": "N x classes",
+            "probabilities": "N x classes, softmax(logits / temperature)",
+            **({"centroid_distance": "N, the embedding's cosine distance to its predicted class's centroid"}
+               if _distance_threshold(bundle) is not None else {}),  # fmt: skip
+        },
         "preprocess": pre.to_dict(),
         "temperature": bundle_temperature(bundle),
+        # The bundle's abstain rule; the distance is the graph's "centroid_distance" output.
+        "abstain": {"confidence_threshold": abstain_threshold(bundle), "distance_threshold": _distance_threshold(bundle)},
         "architecture": bundle.description.get("architecture"),
         "quantization": INT8_DESCRIPTION if quantized else "none (fp32)",
     }

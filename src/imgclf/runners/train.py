@@ -112,7 +112,11 @@ def output_lock(output: Path):
         except BlockingIOError:
             raise UsageError(f"--output {output}: another imgclf run is writing to it; wait for it or choose "
                              "another folder") from None  # fmt: skip
-        yield
+        try:
+            yield
+        finally:
+            # Removed while still held: a run that opens the path later makes a new file and locks it.
+            (output / LOCK_FILE).unlink(missing_ok=True)
     finally:
         handle.close()
 

@@ -14,7 +14,7 @@ import torch
 from imgclf.bundle import is_bundle
 from imgclf.data.decode import bound_aspect_ratio, decode_image
 from imgclf.errors import UsageError
-from imgclf.predictor import Classifier, load
+from imgclf.predictor import Classifier, abstain_decision, load
 
 __all__ = ["BundleEngine", "OnnxEngine", "open_engine"]
 
@@ -81,6 +81,10 @@ class OnnxEngine:
         self.classes = json.loads(metadata["imgclf.classes"])
         self.contract = json.loads(metadata["imgclf.input"])
         self.channels = int(self.contract["channels"])
+        abstain = json.loads(metadata.get("imgclf.abstain", "null")) or {}
+        self.confidence_threshold = abstain.get("confidence_threshold")
+        self.distance_threshold = abstain.get("distance_threshold")
+        self.outputs = ["probabilities"] + (["centroid_distance"] if self.distance_threshold is not None else [])
         self.metadata = {
             "kind": "onnx",
             "architecture": json.loads(metadata.get("imgclf.architecture", "null")),
@@ -96,7 +100,7 @@ class OnnxEngine:
 
     def predict(self, images: list[np.ndarray], top_k: int) -> list[dict]:
         """One onnxruntime call per distinct image size (the graph resizes; a batch shares a size)."""
-        probabilities: list[np.ndarray | None] = [None] * len(images)
+        rows: list[dict | None] = [None] * len(images)
         by_shape: dict[tuple, list[int]] = {}
         for index, pixels in enumerate(images):
             by_shape.setdefault(pixels.shape, []).append(index)
@@ -104,15 +108,19 @@ class OnnxEngine:
             batch = np.stack([images[i] for i in indices])
             if self.contract["layout"] != "NHWC":
                 batch = batch.transpose(0, 3, 1, 2)
-            (result,) = self.session.run(["probabilities"], {self.contract["name"]: np.ascontiguousarray(batch)})
+            results = self.session.run(self.outputs, {self.contract["name"]: np.ascontiguousarray(batch)})
+            distances = results[1] if len(results) > 1 else [None] * len(indices)
             for row, index in enumerate(indices):
-                probabilities[index] = result[row]
-        return [self._row(values, top_k) for values in probabilities]
+                distance = None if distances[row] is None else float(distances[row])
+                rows[index] = self._row(results[0][row], distance, top_k)
+        return rows
 
-    def _row(self, probabilities: np.ndarray, top_k: int) -> dict:
-        order = np.argsort(-probabilities)[:top_k]
+    def _row(self, probabilities: np.ndarray, distance: float | None, top_k: int) -> dict:
+        order = np.argsort(-probabilities)[: max(1, top_k)]
         top = [{"label": self.classes[i], "probability": round(float(probabilities[i]), 6)} for i in order]
-        return {"label": top[0]["label"], "top_k": top}
+        decision = abstain_decision(self.classes, float(probabilities[order[0]]), int(order[0]), distance,
+                                    self.confidence_threshold, self.distance_threshold)  # fmt: skip
+        return {**decision, "top_k": top}
 
     def explain_png(self, image: np.ndarray) -> bytes:
         raise UsageError("Grad-CAM needs the bundle, not an exported ONNX file")

@@ -1,0 +1,216 @@
+"""Normal clients while the server is under attack: errors, latency and memory.
+
+    .venv/bin/python bench/serve_attack.py [--bundle BUNDLE] [--image IMAGE] [--seconds 20]
+
+Without --bundle, a digits bundle is trained first (a few seconds). The server runs as
+``imgclf serve`` on 127.0.0.1; this script is both the normal clients and the attackers:
+
+1. unloaded: 4 normal clients, each POSTing one real image to /v1/predict back to back;
+2. under attack, the same clients while at once: 10 connections sending one endless header line,
+   64 slow uploads (1 byte every 3 s), 20 clients looping on /v1/explain, and 3 clients looping on
+   "poison" images (a 4,000,000 x 1 px PNG of a few kB, and 64 of them in one batch request);
+3. a minute after the attack ends: the server's resident memory against its size before.
+
+Reports requests, errors, p50/p95 latency for each phase, and the server's memory (RSS) before,
+at the end of the attack and a minute after.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+NORMAL_CLIENTS = 4
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def post(url: str, body: bytes, headers: dict | None = None, timeout: float = 60) -> int:
+    request = urllib.request.Request(url, data=body, headers=headers or {}, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            response.read()
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
+    except OSError:
+        return 0  # no answer at all
+
+
+def multipart(files: list[tuple[str, bytes]]) -> tuple[bytes, dict]:
+    boundary = uuid.uuid4().hex
+    parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="{name}"\r\n'
+             f"Content-Type: application/octet-stream\r\n\r\n".encode() + data + b"\r\n" for name, data in files]  # fmt: skip
+    return b"".join(parts) + f"--{boundary}--\r\n".encode(), {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+
+
+def normal_clients(url: str, image: bytes, seconds: float) -> dict:
+    latencies: list[float] = []
+    errors: list[int] = []
+    lock = threading.Lock()
+    stop = time.monotonic() + seconds
+
+    def client() -> None:
+        while time.monotonic() < stop:
+            started = time.perf_counter()
+            status = post(url + "/v1/predict", image)
+            with lock:
+                (latencies.append((time.perf_counter() - started) * 1000) if status == 200 else errors.append(status))
+
+    threads = [threading.Thread(target=client) for _ in range(NORMAL_CLIENTS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    ordered = sorted(latencies)
+    return {"requests": len(latencies) + len(errors), "errors": len(errors), "error_statuses": sorted(set(errors)),
+            "p50_ms": round(statistics.median(ordered), 1) if ordered else None,
+            "p95_ms": round(ordered[int(0.95 * (len(ordered) - 1))], 1) if ordered else None}  # fmt: skip
+
+
+class Attack:
+    def __init__(self, port: int, image: bytes):
+        self.port, self.image, self.stop = port, image, threading.Event()
+        self.threads: list[threading.Thread] = []
+        self.counts = {"explain": {}, "poison": {}, "header_refused": 0, "slow_answered": {}}
+        self.lock = threading.Lock()
+
+    def count(self, kind: str, status: int) -> None:
+        with self.lock:
+            self.counts[kind][status] = self.counts[kind].get(status, 0) + 1
+
+    def endless_header(self) -> None:
+        while not self.stop.is_set():
+            try:
+                connection = socket.create_connection(("127.0.0.1", self.port), timeout=5)
+                connection.sendall(b"GET /v1/health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Endless: ")
+                while not self.stop.is_set():
+                    connection.sendall(b"a" * 4096)
+                    time.sleep(0.01)
+            except OSError:
+                with self.lock:
+                    self.counts["header_refused"] += 1
+
+    def slow_upload(self) -> None:
+        try:
+            connection = socket.create_connection(("127.0.0.1", self.port), timeout=60)
+            connection.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100000\r\n\r\n")
+            while not self.stop.is_set():
+                connection.sendall(b"x")
+                if self.stop.wait(3):
+                    break
+            connection.settimeout(0.1)
+            answer = connection.recv(20)
+            self.count("slow_answered", int(answer[9:12]) if answer[:5] == b"HTTP/" else 0)
+        except OSError:
+            self.count("slow_answered", 0)
+
+    def explain(self) -> None:
+        while not self.stop.is_set():
+            self.count("explain", post(f"http://127.0.0.1:{self.port}/v1/explain", self.image))
+
+    def poison(self, body: bytes, headers: dict, path: str) -> None:
+        while not self.stop.is_set():
+            self.count("poison", post(f"http://127.0.0.1:{self.port}{path}", body, headers))
+
+    def start(self) -> None:
+        strip = io.BytesIO()
+        Image.new("L", (4_000_000, 1), 200).save(strip, format="PNG", optimize=True)
+        batch, batch_headers = multipart([(f"s{i}.png", strip.getvalue()) for i in range(64)])
+        targets = [self.endless_header] * 10 + [self.slow_upload] * 64 + [self.explain] * 20
+        self.threads = [threading.Thread(target=target, daemon=True) for target in targets]
+        self.threads += [threading.Thread(target=self.poison, args=(strip.getvalue(), {}, "/v1/predict"), daemon=True)
+                         for _ in range(2)]  # fmt: skip
+        self.threads.append(threading.Thread(target=self.poison, args=(batch, batch_headers, "/v1/predict/batch"),
+                                             daemon=True))  # fmt: skip
+        for thread in self.threads:
+            thread.start()
+
+    def finish(self) -> dict:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(30)
+        return self.counts
+
+
+def digits_bundle(folder: Path) -> tuple[Path, bytes]:
+    from sklearn.datasets import load_digits
+
+    subprocess.run([sys.executable, "-m", "imgclf", "train", "digits", "--model", "simple_cnn", "--epochs", "15",
+                    "--output", str(folder / "digits")], check=True, capture_output=True)  # fmt: skip
+    pixels = np.clip(load_digits().images[0] * 16, 0, 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return folder / "digits", buffer.getvalue()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--bundle")
+    parser.add_argument("--image", help="an image for the normal clients (default: a digit)")
+    parser.add_argument("--seconds", type=float, default=20.0)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as work:
+        if args.bundle:
+            bundle, image = Path(args.bundle), Path(args.image).read_bytes()
+        else:
+            bundle, image = digits_bundle(Path(work))
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        server = subprocess.Popen([sys.executable, "-m", "imgclf", "serve", str(bundle), "--port", str(port),
+                                   "--no-access-log"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        try:
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                try:
+                    urllib.request.urlopen(url + "/v1/ready", timeout=2).read()
+                    break
+                except OSError:
+                    time.sleep(0.3)
+            normal_clients(url, image, 3)  # warm-up
+            result = {"bundle": str(bundle), "rss_mb_before": round(rss_mb(server.pid), 1)}
+            result["unloaded"] = normal_clients(url, image, args.seconds)
+            attack = Attack(port, image)
+            attack.start()
+            time.sleep(1)
+            result["under_attack"] = normal_clients(url, image, args.seconds)
+            result["rss_mb_end_of_attack"] = round(rss_mb(server.pid), 1)
+            result["attack_answers"] = attack.finish()
+            time.sleep(60)
+            result["rss_mb_a_minute_later"] = round(rss_mb(server.pid), 1)
+            result["p95_ratio"] = round(result["under_attack"]["p95_ms"] / result["unloaded"]["p95_ms"], 2)
+            result["rss_ratio_a_minute_later"] = round(result["rss_mb_a_minute_later"] / result["rss_mb_before"], 3)
+            print(json.dumps(result, indent=2))
+        finally:
+            server.terminate()
+            server.wait(30)
+
+
+if __name__ == "__main__":
+    main()
