@@ -5,7 +5,7 @@
 Without --bundle, a digits bundle is trained first (a few seconds). The server runs as
 ``imgclf serve`` on 127.0.0.1; this script is both the normal clients and the attackers:
 
-1. unloaded: 4 normal clients, each POSTing one real image to /v1/predict back to back;
+1. unloaded: 4 normal clients, each POSTing one real image to /v1/predict every 100 ms;
 2. under attack, the same clients while at once: 10 connections sending one endless header line,
    64 slow uploads (1 byte every 3 s), 20 clients looping on /v1/explain, and 3 clients looping on
    "poison" images (a 4,000,000 x 1 px PNG of a few kB, and 64 of them in one batch request);
@@ -36,6 +36,8 @@ import numpy as np
 from PIL import Image
 
 NORMAL_CLIENTS = 4
+NORMAL_INTERVAL_S = 0.1  # each normal client sends a request every 100 ms (10 per second)
+ATTACKS = ("header", "slow", "explain", "poison")
 
 
 def free_port() -> int:
@@ -80,8 +82,10 @@ def normal_clients(url: str, image: bytes, seconds: float) -> dict:
         while time.monotonic() < stop:
             started = time.perf_counter()
             status = post(url + "/v1/predict", image)
+            elapsed = time.perf_counter() - started
             with lock:
-                (latencies.append((time.perf_counter() - started) * 1000) if status == 200 else errors.append(status))
+                (latencies.append(elapsed * 1000) if status == 200 else errors.append(status))
+            time.sleep(max(0.0, NORMAL_INTERVAL_S - elapsed))
 
     threads = [threading.Thread(target=client) for _ in range(NORMAL_CLIENTS)]
     for thread in threads:
@@ -95,8 +99,8 @@ def normal_clients(url: str, image: bytes, seconds: float) -> dict:
 
 
 class Attack:
-    def __init__(self, port: int, image: bytes):
-        self.port, self.image, self.stop = port, image, threading.Event()
+    def __init__(self, port: int, image: bytes, kinds: tuple[str, ...] = ATTACKS):
+        self.port, self.image, self.kinds, self.stop = port, image, kinds, threading.Event()
         self.threads: list[threading.Thread] = []
         self.counts = {"explain": {}, "poison": {}, "header_refused": 0, "slow_answered": {}}
         self.lock = threading.Lock()
@@ -143,12 +147,15 @@ class Attack:
         strip = io.BytesIO()
         Image.new("L", (4_000_000, 1), 200).save(strip, format="PNG", optimize=True)
         batch, batch_headers = multipart([(f"s{i}.png", strip.getvalue()) for i in range(64)])
-        targets = [self.endless_header] * 10 + [self.slow_upload] * 64 + [self.explain] * 20
-        self.threads = [threading.Thread(target=target, daemon=True) for target in targets]
-        self.threads += [threading.Thread(target=self.poison, args=(strip.getvalue(), {}, "/v1/predict"), daemon=True)
-                         for _ in range(2)]  # fmt: skip
-        self.threads.append(threading.Thread(target=self.poison, args=(batch, batch_headers, "/v1/predict/batch"),
-                                             daemon=True))  # fmt: skip
+        targets = {"header": [self.endless_header] * 10, "slow": [self.slow_upload] * 64,
+                   "explain": [self.explain] * 20}  # fmt: skip
+        self.threads = [threading.Thread(target=target, daemon=True) for kind in self.kinds
+                        for target in targets.get(kind, [])]  # fmt: skip
+        if "poison" in self.kinds:
+            self.threads += [threading.Thread(target=self.poison, args=(strip.getvalue(), {}, "/v1/predict"),
+                                              daemon=True) for _ in range(2)]  # fmt: skip
+            self.threads.append(threading.Thread(target=self.poison, args=(batch, batch_headers, "/v1/predict/batch"),
+                                                 daemon=True))  # fmt: skip
         for thread in self.threads:
             thread.start()
 
@@ -159,15 +166,19 @@ class Attack:
         return self.counts
 
 
-def digits_bundle(folder: Path) -> tuple[Path, bytes]:
+def normal_image() -> bytes:
     from sklearn.datasets import load_digits
 
-    subprocess.run([sys.executable, "-m", "imgclf", "train", "digits", "--model", "simple_cnn", "--epochs", "15",
-                    "--output", str(folder / "digits")], check=True, capture_output=True)  # fmt: skip
     pixels = np.clip(load_digits().images[0] * 16, 0, 255).astype(np.uint8)
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, format="PNG")
-    return folder / "digits", buffer.getvalue()
+    return buffer.getvalue()
+
+
+def digits_bundle(folder: Path) -> tuple[Path, bytes]:
+    subprocess.run([sys.executable, "-m", "imgclf", "train", "digits", "--model", "simple_cnn", "--epochs", "15",
+                    "--output", str(folder / "digits")], check=True, capture_output=True)  # fmt: skip
+    return folder / "digits", normal_image()
 
 
 def main() -> None:
@@ -175,7 +186,17 @@ def main() -> None:
     parser.add_argument("--bundle")
     parser.add_argument("--image", help="an image for the normal clients (default: a digit)")
     parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--attacks", default=",".join(ATTACKS), help="which attacks, comma-separated (default: all)")
+    parser.add_argument("--attack-port", type=int, help=argparse.SUPPRESS)  # the attackers' own process
+    parser.add_argument("--attack-seconds", type=float, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.attack_port:
+        attack = Attack(args.attack_port, b"", tuple(args.attacks.split(",")))
+        attack.image = normal_image()
+        attack.start()
+        time.sleep(args.attack_seconds)
+        print(json.dumps(attack.finish()))
+        return
     with tempfile.TemporaryDirectory() as work:
         if args.bundle:
             bundle, image = Path(args.bundle), Path(args.image).read_bytes()
@@ -196,12 +217,15 @@ def main() -> None:
             normal_clients(url, image, 3)  # warm-up
             result = {"bundle": str(bundle), "rss_mb_before": round(rss_mb(server.pid), 1)}
             result["unloaded"] = normal_clients(url, image, args.seconds)
-            attack = Attack(port, image)
-            attack.start()
+            # The attackers run in a process of their own, so their threads do not slow the
+            # normal clients' measurements through this interpreter's lock.
+            attackers = subprocess.Popen([sys.executable, __file__, "--attack-port", str(port),
+                                          "--attack-seconds", str(args.seconds + 2), "--attacks", args.attacks],
+                                         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)  # fmt: skip
             time.sleep(1)
             result["under_attack"] = normal_clients(url, image, args.seconds)
             result["rss_mb_end_of_attack"] = round(rss_mb(server.pid), 1)
-            result["attack_answers"] = attack.finish()
+            result["attack_answers"] = json.loads(attackers.communicate(timeout=120)[0])
             time.sleep(60)
             result["rss_mb_a_minute_later"] = round(rss_mb(server.pid), 1)
             result["p95_ratio"] = round(result["under_attack"]["p95_ms"] / result["unloaded"]["p95_ms"], 2)

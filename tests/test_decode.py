@@ -101,3 +101,33 @@ def test_resize_shorter_side_then_center_crop():
     pixels[:, 6:34] = 255  # white covers the centre square with a margin for bilinear blending
     out = resize_shorter_center_crop(pixels, 10)
     assert out.shape == (10, 10, 3) and out.min() == 255
+
+
+def test_a_long_strip_is_resized_from_its_middle_within_bounded_memory(monkeypatch):
+    """Up to 25:1 an image is used; the part of the long side the centre crop never sees is cut
+    before resizing, so a 40 x 1,000 image is never resized to 224 x 5,600."""
+    from imgclf.data.decode import resize_shorter_center_crop
+
+    sizes = []
+    original = Image.Image.resize
+
+    def recording_resize(image, size, *args, **kwargs):
+        sizes.append(size)
+        return original(image, size, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "resize", recording_resize)
+    pixels = np.zeros((40, 1000, 3), np.uint8)
+    pixels[:, 490:510] = 255  # a bright band in the middle: half the width of the crop
+    resized = resize_shorter_center_crop(pixels, 224)
+    assert resized.shape == (224, 224, 3)
+    assert max(width * height for width, height in sizes) <= 4 * 224 * 224  # not 224 x 5,600
+    assert resized[:, 112].min() == 255 and resized[:, 0].max() == 0  # the middle is where it was
+
+
+def test_a_strip_over_25_to_1_is_refused_from_its_header():
+    from imgclf.data.decode import decode_image
+
+    buffer = io.BytesIO()
+    Image.new("L", (4_000_000, 1)).save(buffer, format="PNG", optimize=True)
+    with pytest.raises(BadImageError, match="strip, not a picture"):
+        decode_image(buffer.getvalue(), "strip.png")

@@ -92,23 +92,27 @@ def test_explain_is_under_the_same_limits(server):
     assert _predict_ok(server)
 
 
-def _strip_png(width: int) -> bytes:
-    """A width x 1 px image: a few kB of PNG that an unbounded resize turns into gigabytes."""
+def _strip_png(width: int, height: int = 1) -> bytes:
+    """A width x height px image: a few kB of PNG that an unbounded resize turns into gigabytes."""
     buffer = io.BytesIO()
-    Image.new("L", (width, 1), 128).save(buffer, format="PNG", optimize=True)
+    Image.new("L", (width, height), 128).save(buffer, format="PNG", optimize=True)
     return buffer.getvalue()
 
 
-def test_a_one_pixel_high_strip_is_answered_without_harming_a_shared_batch(server):
-    strip = _strip_png(4_000_000)
+def test_strips_cannot_harm_a_shared_batch(server):
+    """A 4,000,000 x 1 px strip is refused from its header; a 20:1 panorama is answered (resized
+    from its middle); a text file fails only its own entry of the batch."""
+    strip, panorama = _strip_png(4_000_000), _strip_png(4_000, 200)
     assert len(strip) < 20_000
-    body, headers = multipart([("files", "strip.png", strip), ("files", "digit.png", digit_png(4)[0]),
-                               ("files", "note.txt", b"just text")])  # fmt: skip
+    files = [("files", "strip.png", strip), ("files", "digit.png", digit_png(4)[0]), ("files", "note.txt", b"just text"),
+             ("files", "panorama.png", panorama)]  # fmt: skip
+    body, headers = multipart(files)
     status, results, _ = server.request("/v1/predict/batch?top_k=2", body, {**headers, **AUTH})
     assert status == 200, results
-    assert "label" in results[0] and len(results[0]["top_k"]) == 2  # resized from its middle, answered
+    assert results[0]["error"]["status"] == 415 and "strip" in results[0]["error"]["message"]
     assert results[1]["top_k"][0]["label"] == "4"
     assert results[2]["error"]["status"] == 415 and "note.txt" in results[2]["error"]["message"]
+    assert "label" in results[3] and len(results[3]["top_k"]) == 2
 
 
 @pytest.mark.parametrize("value", ["\u00b2", "1" * 5000, "-1", "0", "1.5", ""])

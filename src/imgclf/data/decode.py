@@ -46,6 +46,9 @@ _WHITE = (255, 255, 255, 255)
 # rest of the long side only costs memory (a 64,000,000 x 1 px PNG of 62 KB would be resized to
 # 14 billion pixels), so it is cut first. Photos (at most about 3:1) never reach it.
 MAX_ASPECT_RATIO = 4
+# Beyond this the file is refused: no photo is 25 times longer than high (phone panoramas are about
+# 4:1), while a 4,000,000 x 1 px PNG of 4 kB costs 4 megapixels of decoding per request.
+MAX_SIDE_RATIO = 25
 
 
 @dataclass(frozen=True)
@@ -90,6 +93,11 @@ def _open(data: bytes, source: str, max_pixels: int) -> Image.Image:
         )
     if pixels == 0:
         raise BadImageError(source, f"image has no pixels ({image.width}x{image.height})")
+    if max(image.width, image.height) > MAX_SIDE_RATIO * min(image.width, image.height):
+        raise BadImageError(
+            source, f"image of {image.width}x{image.height} is a strip, not a picture (sides over "
+            f"{MAX_SIDE_RATIO}:1; refused before decoding)"
+        )  # fmt: skip
     return image
 
 

@@ -15,6 +15,7 @@ __all__ = [
     "class_counts_png",
     "confusion_matrix_png",
     "explanation_png",
+    "overlay_png",
     "pareto_png",
     "probe_choice_png",
     "reliability_png",
@@ -162,6 +163,28 @@ def explanation_png(explanation: Explanation, predicted: str, true: str | None, 
         title = f"{source}\n{title}"
     figure.suptitle(title, fontsize=10)
     return _png(figure)
+
+
+SERVED_PICTURE_PX = 224  # each half of the server's picture, whatever the model's input size
+
+
+def overlay_png(explanation: Explanation) -> bytes:
+    """The input and its Grad-CAM overlay side by side, drawn with Pillow alone: the server's
+    picture. Rendering a matplotlib figure took a few hundred milliseconds of the interpreter's
+    lock per call, which other clients' requests waited on (bench/serve_attack.py)."""
+    from PIL import Image
+
+    pixels = explanation.pixels
+    rgb = np.repeat(pixels, 3, axis=2) if pixels.shape[2] == 1 else pixels
+    halves = [Image.fromarray(np.ascontiguousarray(picture)) for picture in (rgb, heat_overlay(pixels, explanation.cam))]
+    size = (SERVED_PICTURE_PX, SERVED_PICTURE_PX)
+    resample = Image.Resampling.NEAREST if max(pixels.shape[:2]) < 64 else Image.Resampling.BILINEAR  # crisp digits
+    canvas = Image.new("RGB", (2 * SERVED_PICTURE_PX + 8, SERVED_PICTURE_PX), (255, 255, 255))
+    for index, half in enumerate(halves):
+        canvas.paste(half.resize(size, resample), (index * (SERVED_PICTURE_PX + 8), 0))
+    buffer = io.BytesIO()
+    canvas.save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def pareto_png(rows: list[dict], title: str) -> bytes:

@@ -50,6 +50,7 @@ from imgclf.serve.page import PAGE
 __all__ = ["ServeSettings", "create_app", "is_loopback"]
 
 OPEN_PATHS = frozenset({"/", "/v1/health", "/v1/ready"})  # answered without the token
+BUSY_RETRY_S = 1  # Retry-After of a 503, and how long the refusal is held before it is sent
 MAX_TOP_K_DIGITS = 6  # top_k is clamped to the class count; more digits than this is not a number we parse
 
 
@@ -90,6 +91,7 @@ class _GuardMiddleware:
     def __init__(self, app, settings: ServeSettings):
         self.app, self.settings = app, settings
         self.in_flight = self.receiving = self.receiving_bytes = 0
+        self.explaining = 0  # /v1/explain calls being answered (one runs, the others wait)
         self.expected_auth = f"Bearer {settings.token}".encode() if settings.token is not None else None
 
     async def __call__(self, scope, receive, send):
@@ -101,18 +103,25 @@ class _GuardMiddleware:
                 self._check_token(scope)
             if scope["method"] != "POST":
                 return await self.app(scope, receive, send)
+            explain = scope["path"] == "/v1/explain"
+            if explain and self.explaining > self.settings.max_explain_waiting:  # refused before its body is read
+                raise _busy("too many explanations being made")
             body = await self._read_body(scope, receive)
         except HttpError as error:
-            return await _error(error.status, error.message, error.headers)(scope, receive, send)
+            return await self._refuse(error, scope, receive, send)
         if body is None:  # the client went away mid-upload: nobody to answer
             return None
         if self.in_flight >= self.settings.max_in_flight:
-            return await _busy("too many requests in flight; retry shortly")(scope, receive, send)
+            return await self._refuse(_busy("too many requests in flight"), scope, receive, send)
+        if explain and self.explaining > self.settings.max_explain_waiting:  # others arrived meanwhile
+            return await self._refuse(_busy("too many explanations being made"), scope, receive, send)
         self.in_flight += 1
+        self.explaining += explain
         try:
             await self.app(scope, _replay(body, receive), send)
         finally:
             self.in_flight -= 1
+            self.explaining -= explain
 
     def _check_host(self, scope) -> None:
         allowed = self.settings.allowed_hosts
@@ -134,7 +143,7 @@ class _GuardMiddleware:
         if declared.isdigit() and int(declared) > self.settings.max_body_bytes:
             raise HttpError(413, self._too_large())
         if self.receiving >= self.settings.max_receiving:
-            raise HttpError(503, "too many uploads arriving at once; retry shortly", {"Retry-After": "1"})
+            raise _busy("too many uploads arriving at once")
         self.receiving += 1
         chunks: list[bytes] = []
         received = 0
@@ -153,13 +162,21 @@ class _GuardMiddleware:
                 if received > self.settings.max_body_bytes:
                     raise HttpError(413, self._too_large())
                 if self.receiving_bytes > self.settings.max_receiving_bytes:
-                    raise HttpError(503, "too many bytes arriving at once; retry shortly", {"Retry-After": "1"})
+                    raise _busy("too many bytes arriving at once")
                 chunks.append(chunk)
                 if not message.get("more_body", False):
                     return b"".join(chunks)
         finally:
             self.receiving -= 1
             self.receiving_bytes -= received
+
+    async def _refuse(self, error: HttpError, scope, receive, send) -> None:
+        if error.status == 503:
+            # Held for the Retry-After time before the answer: a client that retries at once
+            # (a flood of /v1/explain) is paced to one request per second per connection, instead
+            # of making the server answer a thousand refusals a second while others wait.
+            await asyncio.sleep(BUSY_RETRY_S)
+        await _error(error.status, error.message, error.headers)(scope, receive, send)
 
     def _too_large(self) -> str:
         return f"request body over the {self.settings.max_body_bytes:,} byte limit"
@@ -180,8 +197,8 @@ def _replay(body: bytes, receive):
     return replayed
 
 
-def _busy(message: str) -> JSONResponse:
-    return _error(503, message, {"Retry-After": "1"})
+def _busy(reason: str) -> HttpError:
+    return HttpError(503, f"{reason}; retry in {BUSY_RETRY_S} s", {"Retry-After": str(BUSY_RETRY_S)})
 
 
 class _PixelBudget:
@@ -369,7 +386,6 @@ def create_app(engine, settings: ServeSettings = ServeSettings()) -> FastAPI:  #
     batcher = _Batcher(engine, settings)
     trimmer = _MemoryTrimmer()
     explain_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="imgclf-explain")
-    explaining = 0  # /v1/explain calls running or waiting
     pixel_budget: _PixelBudget | None = None  # made inside the running loop
 
     @contextlib.asynccontextmanager
@@ -417,18 +433,27 @@ def create_app(engine, settings: ServeSettings = ServeSettings()) -> FastAPI:  #
         if len(files) > (settings.max_files if many else 1):
             raise HttpError(422, f"at most {settings.max_files if many else 1} file(s) per request")
 
-        async def one(name: str, data: bytes) -> dict:
-            try:
-                image = await decoded(name, data)
-            except HttpError as error:
-                if not many:
-                    raise
-                # One bad file in a batch fails only its own entry; the others keep their answers.
-                return {"file": name, "error": {"status": error.status, "message": error.message}}
-            return {"file": name, **await batcher.predict(image, top_k)}
+        async def answer() -> list[dict]:
+            # A request's files are decoded one after another: a batch of 64 holds one decoding
+            # thread at a time, so it cannot fill the pool ahead of every other client's image.
+            images: list[np.ndarray | dict] = []
+            for name, data in files:
+                try:
+                    images.append(await decoded(name, data))
+                except HttpError as error:
+                    if not many:
+                        raise
+                    # One bad file in a batch fails only its own entry; the others keep their answers.
+                    images.append({"error": {"status": error.status, "message": error.message}})
+            rows = await asyncio.gather(
+                *(batcher.predict(image, top_k) for image in images if not isinstance(image, dict))
+            )
+            answers = iter(rows)
+            return [{"file": name, **(image if isinstance(image, dict) else next(answers))}
+                    for (name, _), image in zip(files, images)]  # fmt: skip
 
         try:
-            return await asyncio.wait_for(asyncio.gather(*(one(n, d) for n, d in files)), settings.timeout_s)
+            return await asyncio.wait_for(answer(), settings.timeout_s)
         except TimeoutError:
             raise HttpError(504, f"decoding and inference took over {settings.timeout_s:g} s") from None
 
@@ -446,10 +471,6 @@ def create_app(engine, settings: ServeSettings = ServeSettings()) -> FastAPI:  #
 
     @app.post("/v1/explain", summary="Grad-CAM picture for one image, as a PNG data URL")
     async def explain(request: Request) -> JSONResponse:
-        nonlocal explaining
-        if explaining > settings.max_explain_waiting:
-            raise HttpError(503, "too many explanations being made; retry shortly", {"Retry-After": "1"})
-        explaining += 1
         try:
             name, data = (await _image_bytes(request))[0]
             loop = asyncio.get_running_loop()
@@ -463,8 +484,6 @@ def create_app(engine, settings: ServeSettings = ServeSettings()) -> FastAPI:  #
             raise HttpError(501, str(error)) from None
         except TimeoutError:
             raise HttpError(504, f"the explanation took over {settings.timeout_s:g} s") from None
-        finally:
-            explaining -= 1
         return JSONResponse({"png": png_data_url(png)})
 
     @app.get("/v1/health", summary="the process is up")

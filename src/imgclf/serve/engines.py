@@ -50,14 +50,14 @@ class BundleEngine:
         return self.classifier.predict_prepared(images, top_k=top_k)
 
     def explain_png(self, image: np.ndarray) -> bytes:
-        from imgclf.explain.figures import explanation_png
+        from imgclf.explain.figures import overlay_png
         from imgclf.explain.gradcam import explain_batch
 
         prepared = torch.from_numpy(np.array(image[None]))
         (explanation,) = explain_batch(
             self.classifier.model, prepared, self.classifier.preprocess.normalize, self.classifier.temperature
         )
-        return explanation_png(explanation, self.classes[explanation.predicted], None)
+        return overlay_png(explanation)
 
 
 class OnnxEngine:
