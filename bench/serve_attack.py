@@ -11,8 +11,9 @@ Without --bundle, a digits bundle is trained first (a few seconds). The server r
    "poison" images (a 4,000,000 x 1 px PNG of a few kB, and 64 of them in one batch request);
 3. a minute after the attack ends: the server's resident memory against its size before.
 
-Reports requests, errors, p50/p95 latency for each phase, and the server's memory (RSS) before,
-at the end of the attack and a minute after.
+Reports requests, errors, p50/p95 latency for each phase, the CPU seconds the server and the
+attacking process used (all on the same cores), and the server's memory (RSS) before, at the end
+of the attack and a minute after.
 """
 
 from __future__ import annotations
@@ -44,6 +45,12 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (from /proc; clock ticks of 1/100 s)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / 100
 
 
 def rss_mb(pid: int) -> float:
@@ -186,6 +193,7 @@ def main() -> None:
     parser.add_argument("--bundle")
     parser.add_argument("--image", help="an image for the normal clients (default: a digit)")
     parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--settle-seconds", type=float, default=60.0, help="wait before the last memory reading")
     parser.add_argument("--attacks", default=",".join(ATTACKS), help="which attacks, comma-separated (default: all)")
     parser.add_argument("--attack-port", type=int, help=argparse.SUPPRESS)  # the attackers' own process
     parser.add_argument("--attack-seconds", type=float, help=argparse.SUPPRESS)
@@ -195,7 +203,8 @@ def main() -> None:
         attack.image = normal_image()
         attack.start()
         time.sleep(args.attack_seconds)
-        print(json.dumps(attack.finish()))
+        counts = attack.finish()
+        print(json.dumps({**counts, "attacker_cpu_s": round(time.process_time(), 1)}))
         return
     with tempfile.TemporaryDirectory() as work:
         if args.bundle:
@@ -216,7 +225,10 @@ def main() -> None:
                     time.sleep(0.3)
             normal_clients(url, image, 3)  # warm-up
             result = {"bundle": str(bundle), "rss_mb_before": round(rss_mb(server.pid), 1)}
+            cpu = cpu_seconds(server.pid)
             result["unloaded"] = normal_clients(url, image, args.seconds)
+            result["unloaded"]["server_cpu_s"] = round(cpu_seconds(server.pid) - cpu, 1)
+            cpu = cpu_seconds(server.pid)
             # The attackers run in a process of their own, so their threads do not slow the
             # normal clients' measurements through this interpreter's lock.
             attackers = subprocess.Popen([sys.executable, __file__, "--attack-port", str(port),
@@ -224,9 +236,10 @@ def main() -> None:
                                          stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)  # fmt: skip
             time.sleep(1)
             result["under_attack"] = normal_clients(url, image, args.seconds)
+            result["under_attack"]["server_cpu_s"] = round(cpu_seconds(server.pid) - cpu, 1)
             result["rss_mb_end_of_attack"] = round(rss_mb(server.pid), 1)
             result["attack_answers"] = json.loads(attackers.communicate(timeout=120)[0])
-            time.sleep(60)
+            time.sleep(args.settle_seconds)
             result["rss_mb_a_minute_later"] = round(rss_mb(server.pid), 1)
             result["p95_ratio"] = round(result["under_attack"]["p95_ms"] / result["unloaded"]["p95_ms"], 2)
             result["rss_ratio_a_minute_later"] = round(result["rss_mb_a_minute_later"] / result["rss_mb_before"], 3)

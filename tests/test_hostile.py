@@ -206,3 +206,24 @@ def test_bundle_files_share_one_mode_and_tar_links_are_listed_as_ignored(tmp_pat
         handle.addfile(link, io.BytesIO())
     dataset = load_dataset(str(archive))
     assert any(file.endswith("a/link.png") and "link" in reason for file, reason in dataset.ignored)
+
+
+def test_a_full_disk_mid_run_is_one_line_and_the_training_state_survives(tmp_path: Path, capsys, monkeypatch):
+    import errno
+
+    import imgclf.runners.train as train_runner
+    from imgclf.cli.main import main
+
+    def full_disk(directory, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(directory / "model.safetensors"))
+
+    data = write_class_folder(tmp_path / "data", ["a", "b"], per_class=10, size=16)
+    output = tmp_path / "run"
+    monkeypatch.setattr(train_runner, "save_bundle", full_disk)
+    assert main(_train_arguments(data, output)) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].endswith("cannot write " + str(output / "model.safetensors") + ": No space left on device")
+    assert "Traceback" not in "\n".join(err)
+    monkeypatch.undo()
+    assert main([*_train_arguments(data, output), "--resume"]) == 0  # space freed: the run finishes
+    assert (output / "model.json").is_file()

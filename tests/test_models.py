@@ -59,6 +59,16 @@ TORCHVISION_TWINS = [
     "squeezenet1_1",
 ]
 LARGE = {name for name in list_models() if name.startswith(("vgg", "alexnet"))}  # over 60M parameters
+# The default suite keeps one of each large family and of each depth variant group; ``make test-all``
+# (the slow tier) checks every one.
+FAST_REPRESENTATIVES = {"alexnet", "vgg11", "vgg11_bn", "resnet18", "resnet50", "efficientnet_lite0"}
+DEEP_OR_LARGE = LARGE | {"resnet101", "resnet152", "efficientnet_lite1", "efficientnet_lite2"}
+
+
+def _tiered(names) -> list:
+    """Each name as a test parameter; the large and deep ones outside the representatives are slow."""
+    return [pytest.param(n, marks=pytest.mark.slow) if n in DEEP_OR_LARGE - FAST_REPRESENTATIVES else n
+            for n in names]  # fmt: skip
 
 
 def smallest_input_size(name: str) -> int:
@@ -71,7 +81,7 @@ def test_parameter_counts_match_the_published_ones(name: str, expected: int):
     assert count_parameters(create_model(name)) == expected
 
 
-@pytest.mark.parametrize("name", TORCHVISION_TWINS)
+@pytest.mark.parametrize("name", _tiered(TORCHVISION_TWINS))
 def test_torchvision_weights_load_strictly_and_give_the_same_logits(name: str):
     torch.manual_seed(0)
     reference = getattr(torchvision.models, name)().eval()
@@ -100,7 +110,7 @@ def test_small_input_policy_is_chosen_from_the_input_size():
 
 
 @pytest.mark.parametrize("in_chans", [1, 3])
-@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("name", _tiered(list_models()))
 def test_every_model_trains_at_its_smallest_input_through_the_shared_interface(name: str, in_chans: int):
     size = smallest_input_size(name)
     model = create_model(name, num_classes=7, in_chans=in_chans, input_size=size)
@@ -130,7 +140,8 @@ def test_every_model_trains_at_its_smallest_input_through_the_shared_interface(n
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
 @pytest.mark.filterwarnings("ignore::UserWarning")
 @pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in LARGE else n for n in list_models()])
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in DEEP_OR_LARGE else n
+                                  for n in list_models()])  # fmt: skip
 def test_every_model_exports_to_onnx_with_the_same_logits(name: str):
     onnxruntime = pytest.importorskip("onnxruntime")
     size = smallest_input_size(name) if name != "simple_cnn" else 16

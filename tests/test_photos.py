@@ -79,6 +79,7 @@ def test_no_flags_on_photos_trains_a_probe_on_imagenet_features_and_says_why(pho
     assert "probe accuracy against C" in report and "No per-epoch history" not in report
 
 
+@pytest.mark.slow  # the advisor's own probe test below stays in the default suite
 def test_the_advisors_train_command_reproduces_the_run(photos, tmp_path, capsys):
     code, first, log = _train([str(photos), "--output", str(tmp_path / "first")], capsys)
     assert code == 0, log
@@ -89,7 +90,7 @@ def test_the_advisors_train_command_reproduces_the_run(photos, tmp_path, capsys)
     assert second["model"] == first["model"] and second["metrics"] == first["metrics"]
 
 
-@pytest.mark.parametrize("budget", ["1m", "3m"])
+@pytest.mark.parametrize("budget", [pytest.param("1m", marks=pytest.mark.slow), "3m"])
 def test_a_time_budget_without_a_model_on_photos_trains_the_probe(photos, tmp_path, capsys, budget):
     code, result, log = _train([str(photos), "--time-budget", budget, "--output", str(tmp_path / "b")], capsys)
     assert code == 0, log
@@ -119,6 +120,7 @@ def test_the_advisor_recommends_the_mode_its_probe_measured(photos, capsys):
     assert "--finetune linear-probe" in advice["train_command"]
 
 
+@pytest.mark.slow  # trains twice; one image per class (a fast test) covers the smallest folders by default
 def test_two_photos_per_class_train_with_and_without_a_budget(tmp_path, capsys):
     tiny = _write_photos(tmp_path / "tiny", {"train": 2}, seed=1)
     code, result, log = _train([str(tiny), "--output", str(tmp_path / "a")], capsys)

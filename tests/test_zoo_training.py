@@ -20,7 +20,7 @@ def tiny_folder(tmp_path_factory) -> Path:
 
 # One model of each family runs in the default suite; the rest of the zoo in the slow tier
 # (`make test-all`): the VGGs alone take 15 s each on 2 cores.
-REPRESENTATIVES = {"lenet5", "alexnet", "vgg11_bn", "resnet18", "resnet20", "mobilenet_v3_small", "squeezenet1_1",
+REPRESENTATIVES = {"lenet5", "resnet18", "resnet20", "mobilenet_v3_small", "squeezenet1_1",
                    "efficientnet_lite0", "simple_cnn", "fastnet_small"}  # fmt: skip
 ZOO = [name if name in REPRESENTATIVES else pytest.param(name, marks=pytest.mark.slow) for name in list_models()]
 

@@ -49,6 +49,14 @@ def add_parser(commands) -> None:
         "--threads", type=int, default=1, help="onnxruntime threads per model call, .onnx files only (default: 1)"
     )
     parser.add_argument("--no-access-log", action="store_true", help="do not log every request")
+    parser.add_argument(
+        "--http",
+        choices=("h11", "httptools"),
+        default="h11",
+        help="HTTP parser (default: h11, which refuses a request head over 16 KiB; httptools sets no such limit, "
+        "so one client sending an endless header line can stall the server: only behind a proxy that limits "
+        "headers)",
+    )
     parser.set_defaults(run=run)
 
 
@@ -91,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
         port=args.port,
         log_level="info",
         access_log=not args.no_access_log,
-        http="h11",
+        http=args.http,
         h11_max_incomplete_event_size=HEADER_LIMIT_BYTES,
     )
     return 0
