@@ -17,7 +17,10 @@ The limits are shared by the whole server, so no client can use them up for the 
   instead of taking gigabytes at once;
 - each image is decoded and resized in its request's own task; the shared model batch only ever
   holds images of the model's input size, so one bad image fails only its own request;
-- Grad-CAM (``/v1/explain``) runs one at a time, with at most ``max_explain_waiting`` waiting.
+- Grad-CAM (``/v1/explain``) runs one at a time, with at most ``max_explain_waiting`` waiting;
+- refusals are paced: a 503 is sent after its Retry-After second, a client error (401, 413, 415,
+  422) half a second after the request has given its slot back, so a client that loops on a refused
+  request makes the server answer a few a second instead of hundreds.
 """
 
 from __future__ import annotations
@@ -51,6 +54,9 @@ __all__ = ["ServeSettings", "create_app", "is_loopback"]
 
 OPEN_PATHS = frozenset({"/", "/v1/health", "/v1/ready"})  # answered without the token
 BUSY_RETRY_S = 1  # Retry-After of a 503, and how long the refusal is held before it is sent
+# Client errors a looping client can repeat cheaply (a wrong token, a body too large, an image
+# that is not one, a bad parameter): answered after this many seconds, the slot given back first.
+HELD_STATUSES, ERROR_HOLD_S = frozenset({401, 413, 415, 422}), 0.5
 MAX_TOP_K_DIGITS = 6  # top_k is clamped to the class count; more digits than this is not a number we parse
 
 
@@ -92,6 +98,7 @@ class _GuardMiddleware:
         self.app, self.settings = app, settings
         self.in_flight = self.receiving = self.receiving_bytes = 0
         self.explaining = 0  # /v1/explain calls being answered (one runs, the others wait)
+        self.holding = 0  # answers being held back (see _hold)
         self.expected_auth = f"Bearer {settings.token}".encode() if settings.token is not None else None
 
     async def __call__(self, scope, receive, send):
@@ -117,11 +124,39 @@ class _GuardMiddleware:
             return await self._refuse(_busy("too many explanations being made"), scope, receive, send)
         self.in_flight += 1
         self.explaining += explain
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                self.in_flight -= 1
+                self.explaining -= explain
+
+        async def held_send(message) -> None:
+            # A request refused for its content (413, 415, 422) gives its slot back at once and
+            # gets the answer a moment later: a client looping on bad images is paced instead of
+            # making the server refuse hundreds a second while other clients wait.
+            if message["type"] == "http.response.start" and message["status"] in HELD_STATUSES and not released:
+                release()
+                await self._hold(ERROR_HOLD_S)
+            await send(message)
+
         try:
-            await self.app(scope, _replay(body, receive), send)
+            await self.app(scope, _replay(body, receive), held_send)
         finally:
-            self.in_flight -= 1
-            self.explaining -= explain
+            release()
+
+    async def _hold(self, seconds: float) -> None:
+        """Wait before an answer, unless as many answers as --max-in-flight are already waiting
+        (each may keep its request's body in memory)."""
+        if self.holding >= self.settings.max_in_flight:
+            return
+        self.holding += 1
+        try:
+            await asyncio.sleep(seconds)
+        finally:
+            self.holding -= 1
 
     def _check_host(self, scope) -> None:
         allowed = self.settings.allowed_hosts
@@ -175,7 +210,9 @@ class _GuardMiddleware:
             # Held for the Retry-After time before the answer: a client that retries at once
             # (a flood of /v1/explain) is paced to one request per second per connection, instead
             # of making the server answer a thousand refusals a second while others wait.
-            await asyncio.sleep(BUSY_RETRY_S)
+            await self._hold(BUSY_RETRY_S)
+        elif error.status in HELD_STATUSES:  # a wrong token, a body too large: paced the same way
+            await self._hold(ERROR_HOLD_S)
         await _error(error.status, error.message, error.headers)(scope, receive, send)
 
     def _too_large(self) -> str:
