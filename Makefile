@@ -1,4 +1,4 @@
-# Set-up contract (ARCHITECTURE.md section 1): `make demo` and `make test` work from a fresh clone.
+# Set-up contract: `make demo` and `make test` work from a fresh clone.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin

@@ -1,4 +1,4 @@
-"""The advisor: each of the study note's cases as a rule, the photo detector, the choice, and
+"""The advisor: each case of "which model?" as a rule, the photo detector, the choice, and
 `imgclf advise` / `imgclf compare` / `train --time-budget` without --model end to end."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""A trained model is a bundle directory that describes itself (ARCHITECTURE.md section 1):
+"""A trained model is a bundle directory that describes itself:
 
 - ``model.safetensors``: the weights, nothing else (nothing is ever unpickled);
 - ``model.json``: architecture and its arguments, class names, preprocessing, training

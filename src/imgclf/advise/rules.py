@@ -1,4 +1,4 @@
-"""The advisor's decision rules, in one place, in the study note's terms.
+"""The advisor's decision rules, in one place.
 
 The note ends with "when is ResNet not the right choice?" and answers with six cases. Each case is
 a rule below, applied to measured numbers (``Candidate``) and the data's profile (``DataFacts``):

@@ -60,7 +60,7 @@ def add_parser(commands) -> None:
     parser.set_defaults(run=run)
 
 
-HEADER_LIMIT_BYTES = 16 * 1024  # request line + headers; beyond it the connection is refused (431)
+HEADER_LIMIT_BYTES = 16 * 1024  # request line + headers; beyond it uvicorn answers 400 and closes the connection
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,5 +1,5 @@
 """The one interface every zoo model implements, so transfer learning, Grad-CAM, export and
-serving never need per-architecture code (ARCHITECTURE.md section 3)."""
+serving never need per-architecture code."""
 
 from __future__ import annotations
 

@@ -27,7 +27,7 @@ class ModelSpec:
 
 
 _MODELS: dict[str, ModelSpec] = {}
-# Listing order: the study note's story (LeNet, AlexNet, VGG, ResNet, then the light models).
+# Listing order: the history of CNNs (LeNet, AlexNet, VGG, ResNet, then the light models).
 FAMILY_ORDER = ("lenet", "alexnet", "vgg", "resnet", "resnet_cifar", "mobilenet", "squeezenet",
                 "efficientnet_lite", "simple", "fast")  # fmt: skip
 

@@ -1,4 +1,4 @@
-"""MobileNets, the study note's choice for real-time and embedded use.
+"""MobileNets, the choice for real-time and embedded use.
 
 - MobileNetV2: Sandler et al., "MobileNetV2: Inverted Residuals and Linear Bottlenecks",
   CVPR 2018 (arXiv:1801.04381): 3,504,872 parameters.

@@ -3,7 +3,7 @@
 Three stages of two 3x3 conv-BN-ReLU layers (32, 64, 128 channels), 2x2 max-pooling between
 stages, global average pooling and one linear layer: about 0.29M parameters. It works from 8x8
 inputs (scikit-learn's digits) upwards, since the feature map shrinks only twice (8 -> 2 px).
-Not a published architecture: the study note's "LeNet/VGG-size model" for small datasets.
+Not a published architecture: a "LeNet/VGG-size model" for small datasets.
 """
 
 from __future__ import annotations
