@@ -141,7 +141,7 @@ def test_a_damaged_training_state_is_refused_and_resume_falls_back_to_the_previo
         assert all(np.array_equal(expected[k].numpy(), resumed[k].numpy()) for k in expected), name
 
 
-def test_a_second_run_into_the_same_output_stops_at_once(tmp_path: Path, capsys):
+def test_a_second_run_into_the_same_output_is_refused(tmp_path: Path, capsys):
     from imgclf.cli.main import main
     from imgclf.runners.train import output_lock
 

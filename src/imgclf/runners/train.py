@@ -92,6 +92,9 @@ def check_writable(output: Path) -> None:
 
 
 LOCK_FILE = ".imgclf.lock"
+# A run killed a moment ago can hold the lock a little longer, through processes it forked (data
+# loader workers, the other ranks) that are still exiting: wait this long before giving up.
+LOCK_WAIT_S = 3.0
 
 
 @contextlib.contextmanager
@@ -107,11 +110,16 @@ def output_lock(output: Path):
     except OSError as error:
         raise UsageError(f"--output {output}: cannot write there ({error.strerror or error})") from None
     try:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise UsageError(f"--output {output}: another imgclf run is writing to it; wait for it or choose "
-                             "another folder") from None  # fmt: skip
+        deadline = time.monotonic() + LOCK_WAIT_S
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise UsageError(f"--output {output}: another imgclf run is writing to it; wait for it or "
+                                     "choose another folder") from None  # fmt: skip
+                time.sleep(0.1)
         try:
             yield
         finally:
