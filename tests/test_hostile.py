@@ -194,7 +194,8 @@ def test_bundle_files_share_one_mode_and_tar_links_are_listed_as_ignored(tmp_pat
     from imgclf.data.dataset import load_dataset
 
     bundle = _bundle_for_edits(tmp_path)
-    modes = {path.name: os.stat(path).st_mode & 0o777 for path in bundle.iterdir() if path.suffix in (".json", ".safetensors")}
+    written = [path for path in bundle.iterdir() if path.suffix in (".json", ".safetensors")]
+    modes = {path.name: os.stat(path).st_mode & 0o777 for path in written}
     assert len(set(modes.values())) == 1, modes  # safetensors files were 0600 while JSON was 0644
     archive = tmp_path / "data.tar"
     with tarfile.open(archive, "w") as handle:

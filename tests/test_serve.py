@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+
 from serving import TOKEN, Server, digit_png, multipart
 
 

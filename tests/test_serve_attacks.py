@@ -10,6 +10,7 @@ import time
 
 import pytest
 from PIL import Image
+
 from serving import TOKEN, Server, digit_png, multipart
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -104,8 +105,8 @@ def test_strips_cannot_harm_a_shared_batch(server):
     from its middle); a text file fails only its own entry of the batch."""
     strip, panorama = _strip_png(4_000_000), _strip_png(4_000, 200)
     assert len(strip) < 20_000
-    files = [("files", "strip.png", strip), ("files", "digit.png", digit_png(4)[0]), ("files", "note.txt", b"just text"),
-             ("files", "panorama.png", panorama)]  # fmt: skip
+    files = [("files", "strip.png", strip), ("files", "digit.png", digit_png(4)[0]),
+             ("files", "note.txt", b"just text"), ("files", "panorama.png", panorama)]  # fmt: skip
     body, headers = multipart(files)
     status, results, _ = server.request("/v1/predict/batch?top_k=2", body, {**headers, **AUTH})
     assert status == 200, results

@@ -222,7 +222,8 @@ def _check_digests(directory: Path, description: dict) -> None:
         path = directory / name
         if name in recorded and path.is_file() and file_sha256(path) != recorded[name]:
             raise BundleError(
-                f"{path}: damaged or replaced (its SHA-256 differs from the one model.json recorded when it was written)"
+                f"{path}: damaged or replaced (its SHA-256 differs from the one model.json recorded when it "
+                "was written)"
             )
 
 

@@ -64,7 +64,8 @@ class FolderReader:
             for name in subfolders:
                 identity = _identity(Path(folder) / name)
                 if identity is None or identity in seen or identity in ancestors:
-                    self.skipped.append((str(Path(folder) / name), "a link to a folder read already or above the data: not followed"))
+                    reason = "a link to a folder read already or above the data: not followed"
+                    self.skipped.append((str(Path(folder) / name), reason))
                     continue
                 seen.add(identity)
                 kept.append(name)

@@ -176,7 +176,8 @@ def overlay_png(explanation: Explanation) -> bytes:
 
     pixels = explanation.pixels
     rgb = np.repeat(pixels, 3, axis=2) if pixels.shape[2] == 1 else pixels
-    halves = [Image.fromarray(np.ascontiguousarray(picture)) for picture in (rgb, heat_overlay(pixels, explanation.cam))]
+    pictures = (rgb, heat_overlay(pixels, explanation.cam))
+    halves = [Image.fromarray(np.ascontiguousarray(picture)) for picture in pictures]
     size = (SERVED_PICTURE_PX, SERVED_PICTURE_PX)
     resample = Image.Resampling.NEAREST if max(pixels.shape[:2]) < 64 else Image.Resampling.BILINEAR  # crisp digits
     canvas = Image.new("RGB", (2 * SERVED_PICTURE_PX + 8, SERVED_PICTURE_PX), (255, 255, 255))

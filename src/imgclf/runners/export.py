@@ -255,7 +255,10 @@ def _contract(bundle: Bundle, layout: str, quantized: bool) -> dict:
         "preprocess": pre.to_dict(),
         "temperature": bundle_temperature(bundle),
         # The bundle's abstain rule; the distance is the graph's "centroid_distance" output.
-        "abstain": {"confidence_threshold": abstain_threshold(bundle), "distance_threshold": _distance_threshold(bundle)},
+        "abstain": {
+            "confidence_threshold": abstain_threshold(bundle),
+            "distance_threshold": _distance_threshold(bundle),
+        },
         "architecture": bundle.description.get("architecture"),
         "quantization": INT8_DESCRIPTION if quantized else "none (fp32)",
     }

@@ -471,7 +471,8 @@ def _run_stages(run: TrainingRun, saved: dict | None, observer: TrainObserver, c
     """Run each stage in turn; ``saved`` is the training state to resume from, if any."""
     stages = plan_stages(run.config, run.epochs, run.world.size)
     resume_epoch = saved["meta"]["epoch"] if saved else 0
-    ended_early = saved is not None and saved["meta"].get("stopped_early") and saved["meta"].get("stage", 0) == len(stages) - 1
+    meta = saved["meta"] if saved is not None else {}
+    ended_early = bool(meta.get("stopped_early")) and meta.get("stage", 0) == len(stages) - 1
     if saved is not None and (resume_epoch >= stages[-1].end_epoch or ended_early):
         _resume_finished(run, saved, console)
         return

@@ -188,7 +188,8 @@ class _GuardMiddleware:
                 try:
                     message = await asyncio.wait_for(receive(), max(0.0, deadline - time.monotonic()))
                 except TimeoutError:
-                    raise HttpError(408, f"the request body did not arrive within {self.settings.read_timeout_s:g} s") from None
+                    waited = self.settings.read_timeout_s
+                    raise HttpError(408, f"the request body did not arrive within {waited:g} s") from None
                 if message["type"] == "http.disconnect":
                     return None
                 chunk = message.get("body", b"")
