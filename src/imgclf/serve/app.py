@@ -57,6 +57,7 @@ BUSY_RETRY_S = 1  # Retry-After of a 503, and how long the refusal is held befor
 # Client errors a looping client can repeat cheaply (a wrong token, a body too large, an image
 # that is not one, a bad parameter): answered after this many seconds, the slot given back first.
 HELD_STATUSES, ERROR_HOLD_S = frozenset({401, 413, 415, 422}), 0.5
+ALL_REFUSED = "imgclf.all_refused"  # scope key: a batch whose every file was refused, held the same way
 MAX_TOP_K_DIGITS = 6  # top_k is clamped to the class count; more digits than this is not a number we parse
 
 
@@ -137,7 +138,8 @@ class _GuardMiddleware:
             # A request refused for its content (413, 415, 422) gives its slot back at once and
             # gets the answer a moment later: a client looping on bad images is paced instead of
             # making the server refuse hundreds a second while other clients wait.
-            if message["type"] == "http.response.start" and message["status"] in HELD_STATUSES and not released:
+            refused = message.get("status") in HELD_STATUSES or scope.get(ALL_REFUSED)
+            if message["type"] == "http.response.start" and refused and not released:
                 release()
                 await self._hold(ERROR_HOLD_S)
             await send(message)
@@ -505,7 +507,10 @@ def create_app(engine, settings: ServeSettings = ServeSettings()) -> FastAPI:  #
         "an 'error' entry of its own",
     )
     async def predict_batch(request: Request) -> JSONResponse:
-        return JSONResponse(await predict_files(request, many=True))
+        answers = await predict_files(request, many=True)
+        if all("error" in answer for answer in answers):  # nothing in it could be read: paced like a 415
+            request.scope[ALL_REFUSED] = True
+        return JSONResponse(answers)
 
     @app.post("/v1/explain", summary="Grad-CAM picture for one image, as a PNG data URL")
     async def explain(request: Request) -> JSONResponse:
