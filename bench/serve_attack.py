@@ -74,9 +74,11 @@ def post(url: str, body: bytes, headers: dict | None = None, timeout: float = 60
 
 def multipart(files: list[tuple[str, bytes]]) -> tuple[bytes, dict]:
     boundary = uuid.uuid4().hex
-    parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="{name}"\r\n'
-             f"Content-Type: application/octet-stream\r\n\r\n".encode() + data + b"\r\n" for name, data in files]  # fmt: skip
-    return b"".join(parts) + f"--{boundary}--\r\n".encode(), {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+    head = ('--{}\r\nContent-Disposition: form-data; name="files"; filename="{}"\r\n'
+            "Content-Type: application/octet-stream\r\n\r\n")
+    parts = [head.format(boundary, name).encode() + data + b"\r\n" for name, data in files]
+    content_type = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+    return b"".join(parts) + f"--{boundary}--\r\n".encode(), content_type
 
 
 def normal_clients(url: str, image: bytes, seconds: float) -> dict:
@@ -213,8 +215,8 @@ def main() -> None:
             bundle, image = digits_bundle(Path(work))
         port = free_port()
         url = f"http://127.0.0.1:{port}"
-        server = subprocess.Popen([sys.executable, "-m", "imgclf", "serve", str(bundle), "--port", str(port),
-                                   "--no-access-log"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        command = [sys.executable, "-m", "imgclf", "serve", str(bundle), "--port", str(port), "--no-access-log"]
+        server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             deadline = time.monotonic() + 120
             while time.monotonic() < deadline:
