@@ -265,7 +265,8 @@ class _PixelBudget:
 
 class _MemoryTrimmer:
     """Hands freed memory back to the system after a burst of large images: glibc keeps freed
-    decode buffers in its arenas, so without this the server's size only ever grows. Runs
+    decode buffers in its arenas (its effect alone is not measured: bench/serve_attack.py measures
+    the server with it, +5% a minute after an attack). Runs
     ``malloc_trim(0)`` once decoding has been quiet for a moment after at least ``after_pixels``."""
 
     def __init__(self, after_pixels: int = 50_000_000, quiet_s: float = 2.0):
