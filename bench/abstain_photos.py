@@ -17,12 +17,12 @@ import sys
 import numpy as np
 import torch
 
+from imgclf.data.batches import make_batches
 from imgclf.data.dataset import SplitPolicy, load_dataset
 from imgclf.data.prepare import Preprocess, TensorSplit, decode_split
 from imgclf.engine.probe import extract_embeddings, fit_linear_probe
 from imgclf.explain.calibration import calibrate, centroid_distance, class_centroids
 from imgclf.models import create_model
-from imgclf.runners.common import make_batches
 from imgclf.transfer import load_pretrained, load_weights_into
 
 MODEL = "efficientnet_lite0"

@@ -74,8 +74,10 @@ def post(url: str, body: bytes, headers: dict | None = None, timeout: float = 60
 
 def multipart(files: list[tuple[str, bytes]]) -> tuple[bytes, dict]:
     boundary = uuid.uuid4().hex
-    head = ('--{}\r\nContent-Disposition: form-data; name="files"; filename="{}"\r\n'
-            "Content-Type: application/octet-stream\r\n\r\n")
+    head = (
+        '--{}\r\nContent-Disposition: form-data; name="files"; filename="{}"\r\n'
+        "Content-Type: application/octet-stream\r\n\r\n"
+    )
     parts = [head.format(boundary, name).encode() + data + b"\r\n" for name, data in files]
     content_type = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
     return b"".join(parts) + f"--{boundary}--\r\n".encode(), content_type

@@ -113,31 +113,30 @@ def test_time_budget_planner_arithmetic():
 def test_the_replan_moves_training_s_end_earlier_when_the_final_phase_measures_slower(monkeypatch):
     import io
     import time
-    from types import SimpleNamespace
 
     from rich.console import Console
 
+    from imgclf.data.augment import Augmentation
     from imgclf.engine.loop import FitState
-    from imgclf.engine.optim import create_schedule
-    from imgclf.runners import train
+    from imgclf.engine.plan import RunPlan
+    from imgclf.runners import train_stages
 
-    monkeypatch.setattr(train, "REPLAN_AFTER_S", 0.0)
+    monkeypatch.setattr(train_stages, "REPLAN_AFTER_S", 0.0)
     plan = plan_epochs(100.0, 0.0, 1_000, 100, 1_000, 100.0, 1_000.0)  # 10.1 s epochs, 3.1 s final phase: 9 epochs
     deadline = time.perf_counter() + 100.0
-    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
-    scheduler = create_schedule(optimizer, plan.epochs * 10, "onecycle", 0.1)
-    run = SimpleNamespace(stop_at=deadline - plan.final_seconds, budget=plan, epochs=plan.epochs)
-    run.train_batches = [None] * 10
-    setup = SimpleNamespace(stop_at=run.stop_at, scheduler=scheduler)
-    replan = train._budget_replanner(run, setup, Console(file=io.StringIO()))
+    run_plan = RunPlan(plan.epochs, Augmentation(), plan, deadline - plan.final_seconds)
+    replan = train_stages.BudgetReplanner(run_plan, 10, Console(file=io.StringIO()))
     state = FitState(epoch=2, history=[{"val_seconds": 2.0}, {"val_seconds": 2.0}])
     # The real validation pass took 2 s, not the planned 0.1 s: the final evaluation (10 passes'
     # worth of images) and the cut epoch's validation, plus a 3 s checkpoint, need 27 s in all.
-    epochs = replan(state, 15.0, 3.0)
+    answer = replan(state, 15.0, 3.0)
     expected_final = plan.final_fixed_seconds + 2.0 * (1 + 10) + 3.0
-    assert run.budget.final_seconds == pytest.approx(expected_final)
-    assert setup.stop_at == run.stop_at == pytest.approx(deadline - expected_final)  # training ends earlier
-    assert epochs == run.epochs == 2 + int((run.stop_at - time.perf_counter()) // 15.0) < 9  # whole epochs that fit
+    assert replan.plan.budget.final_seconds == pytest.approx(expected_final)
+    assert answer.stop_at == replan.plan.stop_at == pytest.approx(deadline - expected_final)  # training ends earlier
+    whole_epochs = 2 + int((answer.stop_at - time.perf_counter()) // 15.0)
+    assert answer.epochs == replan.plan.epochs == whole_epochs < 9  # whole epochs that fit
+    assert answer.schedule_steps == answer.epochs * 10  # the schedule is laid over them
+    assert run_plan.epochs == plan.epochs  # the plan the run started with is untouched
     assert replan(state, 1.0, 0.0) is None  # once only
 
 

@@ -167,8 +167,7 @@ def test_class_sets_that_differ_between_splits_and_empty_class_folders(tmp_path,
 
 def test_a_file_that_vanishes_after_the_scan_is_skipped_and_named(tmp_path):
     from imgclf.data.dataset import load_dataset
-    from imgclf.data.prepare import Preprocess, profile_dataset
-    from imgclf.runners.common import prepare_splits
+    from imgclf.data.prepare import Preprocess, prepare_splits, profile_dataset
 
     data = write_class_folder(tmp_path / "data", ["a", "b"], per_class=6, size=8)
     dataset = load_dataset(str(data))

@@ -143,7 +143,7 @@ def test_a_damaged_training_state_is_refused_and_resume_falls_back_to_the_previo
 
 def test_a_second_run_into_the_same_output_is_refused(tmp_path: Path, capsys):
     from imgclf.cli.main import main
-    from imgclf.runners.train import output_lock
+    from imgclf.engine.run_folder import output_lock
 
     data = write_class_folder(tmp_path / "data", ["a", "b"], per_class=10, size=16)
     output = tmp_path / "run"
@@ -212,7 +212,7 @@ def test_bundle_files_share_one_mode_and_tar_links_are_listed_as_ignored(tmp_pat
 def test_a_full_disk_mid_run_is_one_line_and_the_training_state_survives(tmp_path: Path, capsys, monkeypatch):
     import errno
 
-    import imgclf.runners.train as train_runner
+    import imgclf.runners.train_output as train_output
     from imgclf.cli.main import main
 
     def full_disk(directory, *args, **kwargs):
@@ -220,7 +220,7 @@ def test_a_full_disk_mid_run_is_one_line_and_the_training_state_survives(tmp_pat
 
     data = write_class_folder(tmp_path / "data", ["a", "b"], per_class=10, size=16)
     output = tmp_path / "run"
-    monkeypatch.setattr(train_runner, "save_bundle", full_disk)
+    monkeypatch.setattr(train_output, "save_bundle", full_disk)
     assert main(_train_arguments(data, output)) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].endswith("cannot write " + str(output / "model.safetensors") + ": No space left on device")

@@ -15,13 +15,15 @@ from sklearn.datasets import load_sample_images
 
 from imgclf.cli.launch import ALLOCATOR_TUNABLES, wants_tuned_allocator
 from imgclf.cli.main import main
+from imgclf.config import TrainConfig
 from imgclf.data.augment import Augmentation
 from imgclf.data.batches import TensorBatches
 from imgclf.data.prepare import Preprocess, TensorSplit
 from imgclf.engine.budget import measure_train_speed
+from imgclf.engine.plan import training_batch
 from imgclf.engine.probe import fit_linear_probe
+from imgclf.engine.recipe import trial_setup
 from imgclf.models import create_model
-from imgclf.runners.train import training_batch
 
 CLASSES = ("temple", "flower")
 
@@ -154,9 +156,10 @@ def test_training_speed_is_measured_on_a_set_of_one_batch():
     images = torch.randint(0, 256, (6, 3, 16, 16), dtype=torch.uint8)
     split = TensorSplit(images, torch.tensor([0, 1, 0, 1, 0, 1]), [str(i) for i in range(6)])
     model = create_model("simple_cnn", num_classes=2, in_chans=3, input_size=16)
-    speed = measure_train_speed(
-        model, TensorBatches(split, 6), Preprocess.unnormalized(16, 3), Augmentation(), torch.device("cpu"), 0.05
-    )
+    batches = TensorBatches(split, 6)
+    setup = trial_setup(TrainConfig(batch_size=6), model, Preprocess.unnormalized(16, 3), Augmentation(),
+                        split.targets, 2, torch.device("cpu"), len(batches))  # fmt: skip
+    speed = measure_train_speed(setup, batches, 0.05)
     assert speed > 0
 
 

@@ -1,10 +1,12 @@
-"""Training configuration: one dataclass, defaults < config file < command-line overrides.
+"""Training configuration: one dataclass, defaults < preset < config file < given options, resolved
+in one place (``resolve``) for the command line and the Python API.
 
 Unknown keys are errors (a typo must not silently train with a default).
 """
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
 import re
@@ -13,7 +15,7 @@ from pathlib import Path
 
 from imgclf.errors import UsageError
 
-__all__ = ["PRESETS", "TrainConfig", "load_config_file", "parse_duration", "preset_values"]
+__all__ = ["PRESETS", "Resolved", "TrainConfig", "load_config_file", "parse_duration", "preset_values", "resolve"]
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("onecycle", "cosine", "constant")
@@ -21,6 +23,7 @@ SCHEDULES = ("onecycle", "cosine", "constant")
 AUGMENTATION_PARTS = ("flip", "translate", "erase", "jitter", "trivial", "mixup", "cutmix")
 CLASS_WEIGHTS = ("none", "balanced")
 FINETUNE_MODES = ("full", "head", "linear-probe", "two-stage")
+LOG_KINDS = ("tensorboard", "mlflow")
 
 
 @dataclass
@@ -69,6 +72,8 @@ class TrainConfig:
     strict: bool = False  # fail on the first file that cannot be used, instead of skipping it
     max_bad_fraction: float = 0.1  # abort when more than this share of the files cannot be used
     preset: str = "none"  # "fast": the recipe of preset_values("fast"), recorded here
+    # Run logs besides metrics.csv: "tensorboard", "mlflow" or both joined by ","; None: none.
+    log: str | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -80,6 +85,8 @@ class TrainConfig:
         _choice("class_weights", self.class_weights, CLASS_WEIGHTS)
         _choice("finetune", self.finetune, FINETUNE_MODES)
         _choice("preset", self.preset, PRESETS)
+        for kind in self.log_kinds():
+            _choice("log", kind, LOG_KINDS)
         if self.finetune != "full" and self.pretrained is None:
             raise UsageError(f"--finetune {self.finetune} needs --pretrained (weights to start from)")
         if not 0.0 <= self.max_bad_fraction <= 1.0:
@@ -110,6 +117,9 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def log_kinds(self) -> tuple[str, ...]:
+        return tuple(kind.strip() for kind in (self.log or "").split(",") if kind.strip())
 
     @classmethod
     def from_dict(cls, values: dict) -> TrainConfig:
@@ -206,12 +216,82 @@ def _positive(name: str, value: int) -> None:
 
 
 def load_config_file(path: str | Path) -> dict:
-    """Options from a JSON file (keys as in TrainConfig); the command line overrides them."""
+    """Options from a YAML (``.yaml``, ``.yml``) or JSON file, keys as in TrainConfig (or as the
+    command-line options, ``time-budget`` or ``time_budget``); the command line overrides them.
+    Unknown keys are refused, naming the key and the file."""
     path = Path(path)
     try:
-        values = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as error:
-        raise UsageError(f"{path}: cannot read config file ({error})") from None
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise UsageError(f"{path}: cannot read config file ({error.strerror or error})") from None
+    values = _parse_config_text(path, text)
     if not isinstance(values, dict):
-        raise UsageError(f"{path}: config file must hold a JSON object")
+        raise UsageError(f"{path}: a config file holds keys and values (a mapping), not {type(values).__name__}")
+    values = {str(key).replace("-", "_"): value for key, value in values.items()}
+    known = {field.name for field in fields(TrainConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        close = {key: difflib.get_close_matches(key, known, n=1) for key in unknown}
+        hints = [f"{key}" + (f" (did you mean {close[key][0]}?)" if close[key] else "") for key in unknown]
+        raise UsageError(f"{path}: unknown key(s): {', '.join(hints)}")
     return values
+
+
+def _parse_config_text(path: Path, text: str):
+    if path.suffix.lower() in (".yaml", ".yml"):
+        import yaml
+
+        try:
+            return yaml.safe_load(text) or {}
+        except yaml.YAMLError as error:
+            raise UsageError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise UsageError(f"{path}: not valid JSON ({error})") from None
+
+
+PRESET_EPOCHS = 10  # a preset's run without epochs or a time budget
+# Options that mean the user chose what to train; without any of them imgclf chooses.
+CHOOSING_OPTIONS = ("model", "preset", "pretrained", "finetune")
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """A run's configuration as resolved from what the user gave, and whether imgclf chooses
+    the model (nothing in ``CHOOSING_OPTIONS`` was given)."""
+
+    config: TrainConfig
+    choose_model: bool
+
+
+def resolve(options: dict | None = None, config_file: str | Path | None = None) -> Resolved:
+    """The one place options become a ``TrainConfig``, for the command line and the Python API
+    alike: a config file's values, under ``options`` (None values are "not given"); a preset's
+    recipe under both (it depends on whether a GPU is used); ``pretrained=True`` meaning the
+    model's built-in weights; durations such as "90s" or "10m" parsed."""
+    values = load_config_file(config_file) if config_file is not None else {}
+    values.update({key: value for key, value in (options or {}).items() if value is not None})
+    choose_model = not set(CHOOSING_OPTIONS) & set(values)
+    if values.get("pretrained") is True:
+        values["pretrained"] = "default"  # the model's built-in ImageNet weights
+    elif values.get("pretrained") is False:
+        values.pop("pretrained")
+    preset = values.get("preset", "none")
+    if preset != "none":  # the preset's recipe, under what the user gave
+        values = {**preset_values(preset, _wants_cuda(values.get("device", "auto"))), **values}
+        if values.get("epochs") is None and values.get("time_budget") is None:
+            values["epochs"] = PRESET_EPOCHS
+    if values.get("time_budget") is not None:
+        values["time_budget"] = parse_duration(values["time_budget"])
+    return Resolved(TrainConfig.from_dict(values), choose_model)
+
+
+def _wants_cuda(device: str) -> bool:
+    if device.startswith("cuda"):
+        return True
+    if device != "auto":
+        return False
+    import torch  # only a preset asks, and only then is torch worth importing here
+
+    return torch.cuda.is_available()

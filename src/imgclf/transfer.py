@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from imgclf.errors import UsageError
-from imgclf.models import ImageClassifier
+from imgclf.models import ImageClassifier, get_model_spec
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -203,10 +203,13 @@ def _cached_torchvision(name: str) -> PretrainedWeights:
 def pretrained_available(model_name: str) -> bool:
     """Whether ``load_pretrained(model_name)`` finds built-in weights on this machine (nothing
     is read or downloaded to tell)."""
-    if model_name in LITE_PACKAGES:
+    source = get_model_spec(model_name).pretrained_source
+    if source == "package":
         import importlib.util
 
         return importlib.util.find_spec(LITE_PACKAGES[model_name][0]) is not None
+    if source != "torchvision":
+        return False
     import torchvision
 
     try:
@@ -222,12 +225,14 @@ def load_pretrained(model_name: str, source: str | None = None) -> PretrainedWei
         state_dict = _read_weight_file(Path(source).expanduser())
         if "_conv_stem.weight" in state_dict:
             state_dict = map_efficientnet_pytorch_keys(state_dict, model_name)
-        mean, std = (
-            (LITE_MEAN, LITE_STD) if model_name.startswith("efficientnet_lite") else (IMAGENET_MEAN, IMAGENET_STD)
-        )
+        tf_trained = get_model_spec(model_name).pretrained_normalization == "tf"
+        mean, std = (LITE_MEAN, LITE_STD) if tf_trained else (IMAGENET_MEAN, IMAGENET_STD)
         return PretrainedWeights(state_dict, str(Path(source).resolve()), mean=mean, std=std)
-    if model_name in LITE_PACKAGES:
+    built_in = get_model_spec(model_name).pretrained_source
+    if built_in == "package":
         return _packaged_lite(model_name)
+    if built_in != "torchvision":
+        raise UsageError(f"no pretrained weights are known for {model_name!r}: pass --pretrained FILE")
     return _cached_torchvision(model_name)
 
 

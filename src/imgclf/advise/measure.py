@@ -13,10 +13,12 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from imgclf.config import TrainConfig
 from imgclf.data.augment import Augmentation
 from imgclf.data.batches import TensorBatches
 from imgclf.data.prepare import Preprocess, TensorSplit
 from imgclf.engine.budget import measure_train_speed
+from imgclf.engine.recipe import trial_setup
 from imgclf.export.onnx_graph import network_proto, onnx_session
 from imgclf.models import count_parameters, create_model
 from imgclf.models.info import measure_latency
@@ -167,7 +169,9 @@ def training_speed(
     split = TensorSplit(images, torch.randint(0, num_classes, (count,), generator=generator), [""] * count)
     batches = TensorBatches(split, batch, shuffle=False)
     identity = Preprocess.unnormalized(input_size, in_chans)
-    return measure_train_speed(model, batches, identity, Augmentation(), device, seconds)
+    config = TrainConfig(batch_size=batch)  # plain SGD steps on every layer, as a run from scratch takes
+    setup = trial_setup(config, model, identity, Augmentation(), split.targets, num_classes, device, len(batches))
+    return measure_train_speed(setup, batches, seconds)
 
 
 def measure_candidate(

@@ -20,10 +20,10 @@ import torch
 
 from imgclf.advise.facts import DataFacts
 from imgclf.advise.rules import transfer_is_promising
+from imgclf.data.batches import eval_batch_size, make_batches
 from imgclf.data.prepare import Preprocess, TensorSplit
 from imgclf.engine.budget import measure_eval_speed
 from imgclf.models import create_model
-from imgclf.runners.common import eval_batch_size, make_batches
 from imgclf.transfer import pretrained_available
 
 __all__ = ["DEFAULT_RUN_SECONDS", "PhotoPlan", "plan_photo_transfer"]

@@ -9,18 +9,19 @@ import time
 
 import numpy as np
 import torch
-from torch import nn
 
 from imgclf.advise.measure import Candidate
 from imgclf.config import TrainConfig
 from imgclf.data.augment import choose_augmentation
+from imgclf.data.batches import eval_batch_size, make_batches
 from imgclf.data.prepare import Preprocess, TensorSplit, estimate_mean_std
-from imgclf.engine.loop import FitSetup, fit
+from imgclf.engine.loop import fit
 from imgclf.engine.observers import NullObserver
-from imgclf.engine.optim import create_optimizer, create_schedule
+from imgclf.engine.plan import plan_stages
 from imgclf.engine.probe import extract_embeddings, fit_linear_probe
+from imgclf.engine.recipe import fit_setup
+from imgclf.engine.runtime import seed_everything
 from imgclf.models import create_model
-from imgclf.runners.common import eval_batch_size, make_batches, seed_everything
 from imgclf.transfer import PretrainedWeights, load_weights_into
 
 __all__ = ["probe_pretrained", "probe_scratch", "stratified_indices"]
@@ -62,21 +63,10 @@ def probe_scratch(
     model = model.to(device, memory_format=torch.channels_last)
     train_batches = make_batches(train, batch, shuffle=True, seed=seed, drop_last=True, workers=0)
     val_batches = make_batches(val, eval_batch_size(size), workers=0)
-    optimizer = create_optimizer(model, config.optimizer, config.resolved_lr(), config.resolved_weight_decay())
-    schedule = create_schedule(
-        optimizer, epochs * len(train_batches), config.schedule, config.resolved_warmup_fraction()
-    )
-    setup = FitSetup(
-        model,
-        optimizer,
-        schedule,
-        nn.CrossEntropyLoss(),
-        preprocess,
-        choose_augmentation("auto", data_kind, channels, size, epochs),
-        device,
-        torch.Generator().manual_seed(seed + 1),
-        stop_at=started + seconds,
-    )
+    augmentation = choose_augmentation("auto", data_kind, channels, size, epochs)
+    stage = plan_stages(config, epochs)[0]
+    setup = fit_setup(config, model, stage, len(train_batches), preprocess, augmentation, train.targets, len(classes),
+                      device, torch.Generator().manual_seed(seed + 1), stop_at=started + seconds)  # fmt: skip
     state = fit(setup, train_batches, val_batches, epochs, classes, NullObserver())
     return max(0.0, state.best_val_accuracy)
 

@@ -44,8 +44,8 @@ OVERFIT_PARAMS_PER_IMAGE = 1_000
 # 2. Share of the machine's memory a training run may take (the rest: data, the system).
 MEMORY_SHARE = 0.5
 # 3. A plain stack (no residual or parallel branches) of at most this many weight layers (VGG-16's
-#    depth) can be read layer by layer, and Grad-CAM on its last map points at regions.
-INTERPRETABLE_FAMILIES = ("lenet", "simple", "alexnet", "vgg")
+#    depth) can be read layer by layer, and Grad-CAM on its last map points at regions (which
+#    models are plain stacks: ModelSpec.plain_stack).
 MAX_INTERPRETABLE_LAYERS = 16
 # 4. Below this many images per class, features learned on ImageNet photos beat training from
 #    scratch on natural photos (and above it a scratch model has data enough to learn its own).
@@ -132,9 +132,10 @@ def too_big_for_memory(candidate: Candidate, data: DataFacts, budgets: Budgets, 
 def hard_to_interpret(candidate: Candidate, data: DataFacts, budgets: Budgets, hardware: HardwareFacts):
     if not budgets.interpretable:
         return None
-    if candidate.family in INTERPRETABLE_FAMILIES and candidate.weight_layers <= MAX_INTERPRETABLE_LAYERS:
+    plain = get_model_spec(candidate.name).plain_stack
+    if plain and candidate.weight_layers <= MAX_INTERPRETABLE_LAYERS:
         return None
-    shape = "a plain stack" if candidate.family in INTERPRETABLE_FAMILIES else "residual or parallel branches"
+    shape = "a plain stack" if plain else "residual or parallel branches"
     return (
         f"--interpretable: {shape} of {candidate.weight_layers} weight layers; a plain stack of at most "
         f"{MAX_INTERPRETABLE_LAYERS} can be read layer by layer"

@@ -8,9 +8,7 @@ import subprocess
 import sys
 
 from imgclf.cli.output import pretrained_source, print_json
-from imgclf.config import TrainConfig, load_config_file, parse_duration, preset_values
-
-PRESET_EPOCHS = 10  # a preset's run without --epochs or --time-budget
+from imgclf.config import Resolved, resolve
 
 # Command-line option -> TrainConfig field (None values mean "not given": keep the default).
 _OPTIONS = (
@@ -22,6 +20,14 @@ _OPTIONS = (
         "the budget; else simple_cnn)",
     ),
     ("--epochs", "epochs", int, "epochs to train (default: about 30,000 images seen, 3 to 30)"),
+    (
+        "--log",
+        "log",
+        str,
+        "also log the run to tensorboard (event files in the bundle's tensorboard/ folder), mlflow (MLflow's "
+        "tracking store: MLFLOW_TRACKING_URI, else ./mlruns) or both: tensorboard,mlflow (metrics.csv is always "
+        "written)",
+    ),
     (
         "--preset",
         "preset",
@@ -134,7 +140,11 @@ def add_parser(commands) -> None:
     parser.add_argument("--compile", dest="compile", action="store_true", default=None,
                         help="torch.compile the training step (compiling takes a while and counts against a budget; "
                         "pays on GPUs and long runs)")  # fmt: skip
-    parser.add_argument("--config", help="JSON file of options (command-line options override it)")
+    parser.add_argument(
+        "--config",
+        help="YAML or JSON file of options, keys as the options (time_budget: 10m); "
+        "options given here override it. A bundle's config.yaml repeats its run",
+    )
     parser.add_argument("--output", "-o", help="bundle folder (default: runs/<data>-<model>)")
     parser.add_argument("--overwrite", action="store_true", help="replace a bundle already in --output")
     parser.add_argument(
@@ -168,37 +178,12 @@ def add_parser(commands) -> None:
     parser.set_defaults(run=run)
 
 
-def _wants_cuda(device: str) -> bool:
-    import torch
-
-    return device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
-
-
-def build_config(args: argparse.Namespace) -> TrainConfig:
-    values = load_config_file(args.config) if args.config else {}
-    for _, field, _, _ in _OPTIONS:
-        if getattr(args, field) is not None:
-            values[field] = getattr(args, field)
-    preset = values.get("preset", "none")
-    if preset != "none":  # the preset's recipe, under what the user gave
-        values = {**preset_values(preset, _wants_cuda(values.get("device", "auto"))), **values}
-        if values.get("epochs") is None and values.get("time_budget") is None:
-            values["epochs"] = PRESET_EPOCHS
-    if values.get("time_budget") is not None:
-        values["time_budget"] = parse_duration(values["time_budget"])
-    if args.amp is not None:
-        values["amp"] = args.amp
-    if args.probe_mirror is not None:
-        values["probe_mirror"] = args.probe_mirror
-    if args.compile:
-        values["compile"] = True
-    if args.pretrained is not None:
-        values["pretrained"] = args.pretrained
-    if args.strict:
-        values["strict"] = True
-    if args.sync_batchnorm:
-        values["sync_batchnorm"] = True
-    return TrainConfig.from_dict(values)
+def build_config(args: argparse.Namespace) -> Resolved:
+    """The options given on the command line, resolved as the Python API resolves them."""
+    options = {field: getattr(args, field) for _, field, _, _ in _OPTIONS}
+    flags = ("amp", "probe_mirror", "compile", "pretrained", "strict", "sync_batchnorm")
+    options.update({name: getattr(args, name) for name in flags})
+    return resolve(options, args.config)
 
 
 def _without_nproc(argv: list[str]) -> list[str]:
@@ -233,22 +218,16 @@ def run(args: argparse.Namespace) -> int:
     if len(positionals) != 1:
         raise UsageError("give one DATA: a folder, an archive, a CSV file, digits or fashion-mnist")
     args.data = positionals[0]
-    config = build_config(args)
-    model_given = (
-        config.preset != "none"
-        or args.model is not None
-        or config.pretrained is not None  # --pretrained or --finetune: the user is choosing a transfer set-up
-        or (args.config and "model" in load_config_file(args.config))
-    )
+    resolved = build_config(args)
     result = run_train(
         args.data,
-        config,
+        resolved.config,
         output=args.output,
         overwrite=args.overwrite,
         resume=args.resume,
         data_dir=args.data_dir,
         force=args.force,
-        choose_model=not model_given and not args.resume,
+        choose_model=resolved.choose_model and not args.resume,
     )
     if args.json and "rank" not in result:  # under torchrun only rank 0 answers
         print_json(result)

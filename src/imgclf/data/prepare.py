@@ -20,6 +20,8 @@ from imgclf.data.decode import convert_channels, decode_image, probe_image, resi
 from imgclf.errors import BadImageError
 
 __all__ = [
+    "PreparedSplits",
+    "prepare_splits",
     "DataProfile",
     "Preprocess",
     "StreamingSplit",
@@ -240,3 +242,22 @@ def estimate_mean_std(images: torch.Tensor, max_images: int = 10_000) -> tuple[t
     mean = sample.mean(dim=(0, 2, 3))
     std = sample.std(dim=(0, 2, 3)).clamp_min(1e-3)  # a constant channel must not divide by 0
     return tuple(round(float(v), 6) for v in mean), tuple(round(float(v), 6) for v in std)
+
+
+@dataclass
+class PreparedSplits:
+    splits: dict[str, TensorSplit | StreamingSplit]
+    skipped: list[tuple[str, str]]  # files that failed to decode, with the reason
+    in_memory: bool
+
+
+def prepare_splits(dataset: Dataset, preprocess: Preprocess, in_memory: bool, workers: int) -> PreparedSplits:
+    """Decode each split into memory, or wrap it for streaming."""
+    splits, skipped = {}, []
+    for name, split in dataset.splits.items():
+        if in_memory or not hasattr(split, "reader"):
+            splits[name], bad = decode_split(split, preprocess, workers)
+            skipped.extend(bad)
+        else:
+            splits[name] = StreamingSplit(split, preprocess)
+    return PreparedSplits(splits, skipped, in_memory)

@@ -1,20 +1,19 @@
 """Training to a wall-clock budget: measure how fast this machine trains and evaluates this model
-on this data (a short warm-up on a copy of the model), then plan the epochs so the whole run,
-final evaluation included, ends inside the budget. The learning-rate schedule is then laid out
-over the planned epochs, so it completes instead of being cut off."""
+on this data (a short warm-up of the run's own training step, on a copy of the model), then plan
+the epochs so the whole run, final evaluation included, ends inside the budget. The learning-rate
+schedule is then laid out over the planned epochs, so it completes instead of being cut off."""
 
 from __future__ import annotations
 
-import copy
 import time
 from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
 
-from imgclf.data.augment import Augmentation
 from imgclf.data.batches import Batches
 from imgclf.data.prepare import Preprocess
+from imgclf.engine.loop import FitSetup, training_step
 from imgclf.errors import UsageError
 
 __all__ = ["BudgetPlan", "measure_eval_speed", "measure_train_speed", "plan_epochs", "training_state_bytes"]
@@ -104,34 +103,21 @@ def plan_epochs(
     )
 
 
-def measure_train_speed(
-    model: nn.Module,
-    batches: Batches,
-    preprocess: Preprocess,
-    augmentation: Augmentation,
-    device: torch.device,
-    seconds: float,
-) -> float:
-    """Training images per second on a copy of the model (the real one is untouched): SGD steps
-    with the run's preprocessing and augmentation, timed after one untimed step. A training set
-    of one or a few batches is gone through again until a timed step has run (a folder of a few
-    dozen photos is one batch)."""
-    trial = copy.deepcopy(model).train()
-    optimizer = torch.optim.SGD([p for p in trial.parameters() if p.requires_grad], lr=1e-4, momentum=0.9)
-    generator = torch.Generator().manual_seed(0)
+def measure_train_speed(setup: FitSetup, batches: Batches, seconds: float) -> float:
+    """Training images per second of ``setup``'s steps (build it on a copy of the run's model with
+    its own generator: the steps change the weights): the run's own ``training_step``, timed after
+    one untimed step. A training set of one or a few batches is gone through again until a timed
+    step has run (a folder of a few dozen photos is one batch)."""
+    setup.model.train()
+    for module in setup.frozen_modules:
+        module.eval()
     rng_state = torch.get_rng_state()  # dropout draws from it: leave the run's random numbers alone
     seen, started = 0, None
     try:
         for images, targets in _batches_again(batches):
-            inputs = preprocess.normalize(augmentation.on_pixels(images.to(device), generator))
-            if augmentation.enabled:
-                inputs = augmentation(inputs, generator)
-            loss = nn.functional.cross_entropy(trial(inputs).float(), targets.to(device))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
+            targets = training_step(setup, images, targets)[2]
+            if setup.device.type == "cuda":
+                torch.cuda.synchronize(setup.device)
             if started is None:  # the first step pays for allocation and kernel selection
                 started = time.perf_counter()
                 continue

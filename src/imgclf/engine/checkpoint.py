@@ -17,10 +17,19 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file as save_tensors_to_file
 
-from imgclf.errors import ImgclfError
+from imgclf.config import TrainConfig
+from imgclf.engine.loop import FitState
+from imgclf.errors import ImgclfError, UsageError
 
 __all__ = [
+    "PREVIOUS_STATE_FILE",
+    "STATE_FILE",
     "atomic_write_bytes",
+    "check_state_meta",
+    "fit_state_from",
+    "has_training_state",
+    "load_latest_state",
+    "save_fit_state",
     "file_sha256",
     "atomic_write_tensors",
     "load_training_state",
@@ -186,3 +195,100 @@ def load_training_state(path: Path) -> dict:
         "ema": strip("ema.") or None,
         "meta": meta,
     }
+
+
+# A run folder keeps two training states: the latest, and the one before it, kept until the
+# latest is completely written (a crash between the renames, or a truncated copy, falls back).
+STATE_FILE = "training_state.safetensors"
+PREVIOUS_STATE_FILE = "training_state.prev.safetensors"
+
+
+def has_training_state(folder: Path) -> bool:
+    return any((Path(folder) / name).is_file() for name in (STATE_FILE, PREVIOUS_STATE_FILE))
+
+
+def save_fit_state(
+    folder: Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    fit_state: FitState,
+    rng_states: dict[str, torch.Tensor],
+    run_meta: dict,
+    ema_state: dict[str, torch.Tensor] | None = None,
+) -> None:
+    """The training state of a run in ``folder``: the loop's ``fit_state`` (epoch, step, best
+    epoch and weights, history, progress inside an epoch) with ``run_meta`` (the configuration,
+    the data's identity, the stage...). The latest state becomes the previous one first."""
+    current, previous = Path(folder) / STATE_FILE, Path(folder) / PREVIOUS_STATE_FILE
+    if current.exists():
+        os.replace(current, previous)  # keep the previous one until the new one is complete
+    meta = {
+        "epoch": fit_state.epoch,
+        "step": fit_state.step,
+        "best_epoch": fit_state.best_epoch,
+        "best_val_accuracy": fit_state.best_val_accuracy,
+        "history": fit_state.history,
+        "epochs_without_improvement": fit_state.epochs_without_improvement,
+        "epoch_progress": fit_state.epoch_progress,
+        "stopped_early": fit_state.stopped_early,  # early stopping or the deadline ended the run here
+        **run_meta,
+    }
+    save_training_state(current, model, optimizer, fit_state.best_weights, rng_states, meta, ema_state)
+
+
+def fit_state_from(saved: dict) -> FitState:
+    """The loop's state as ``save_fit_state`` wrote it (``saved``: ``load_latest_state``'s answer)."""
+    meta = saved["meta"]
+    return FitState(
+        epoch=meta["epoch"],
+        step=meta["step"],
+        best_epoch=meta["best_epoch"],
+        best_val_accuracy=meta["best_val_accuracy"],
+        best_weights=saved["best"],
+        epochs_without_improvement=meta["epochs_without_improvement"],
+        history=meta["history"],
+        epoch_progress=meta.get("epoch_progress") or {},
+        stopped_early=bool(meta.get("stopped_early", False)),
+    )
+
+
+def load_latest_state(folder: Path, warn) -> dict:
+    """The newest readable training state in ``folder``: the previous one when the latest is
+    missing (a crash between the two renames) or damaged (a truncated copy), saying so through
+    ``warn(text)``."""
+    for path in (Path(folder) / STATE_FILE, Path(folder) / PREVIOUS_STATE_FILE):
+        if not path.is_file():
+            continue
+        try:
+            saved = load_training_state(path)
+            check_state_meta(path, saved["meta"])
+            return saved
+        except ImgclfError as error:
+            warn(f"warning: {error}; trying the previous training state")
+    raise UsageError(f"{folder}: no readable training state to resume")
+
+
+def check_state_meta(path: Path, meta: dict) -> None:
+    """The values a resume relies on, checked before any is used (a damaged or hand-edited state
+    is refused, so the previous one is tried)."""
+
+    def counter(key: str) -> int:
+        value = meta.get(key)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise ImgclfError(f"{path}: {key} must be a count, not {value!r}")
+        return value
+
+    for key in ("step", "best_epoch", "epochs_without_improvement"):
+        counter(key)
+    if "stage" in meta:
+        counter("stage")
+    epoch = counter("epoch")
+    if not isinstance(meta.get("history"), list) or not all(isinstance(row, dict) for row in meta["history"]):
+        raise ImgclfError(f"{path}: history must be a list of epoch records")
+    if not isinstance(meta.get("config"), dict):
+        raise ImgclfError(f"{path}: no training configuration")
+    config = TrainConfig.from_dict(meta["config"])  # raises UsageError naming a bad value
+    if not isinstance(config.epochs, int) or epoch > config.epochs:
+        raise ImgclfError(f"{path}: epoch {epoch} is past the run's {config.epochs} epochs")
+    if len(meta["history"]) != epoch:
+        raise ImgclfError(f"{path}: {len(meta['history'])} epoch records for epoch {epoch}")

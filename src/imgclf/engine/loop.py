@@ -22,8 +22,9 @@ from imgclf.data.prepare import Preprocess
 from imgclf.distributed import World, all_reduce_sum
 from imgclf.engine.evaluate import classification_metrics, predict_logits
 from imgclf.engine.observers import TrainObserver
+from imgclf.engine.optim import stretch_schedule
 
-__all__ = ["FitSetup", "FitState", "fit", "train_one_epoch", "weight_average"]
+__all__ = ["FitSetup", "FitState", "Replan", "fit", "train_one_epoch", "training_step", "weight_average"]
 
 # EMA warm-up: the decay after n updates is min(decay, (1 + n) / (10 + n)), as TensorFlow's
 # ExponentialMovingAverage does with num_updates, so short runs are not dominated by the
@@ -86,6 +87,42 @@ class FitState:
     epoch_progress: dict = field(default_factory=dict)
 
 
+def training_step(
+    setup: FitSetup, images: torch.Tensor, targets: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One optimizer step on a batch of uint8 ``images``: augment, normalize, forward, loss,
+    backward, clip, step, schedule, weight average. Returns the loss, the logits and the targets
+    accuracy counts against (with mixup: the label with the larger share of each picture)."""
+    device = setup.device
+    images = images.to(device, non_blocking=True)
+    targets = targets.to(device, non_blocking=True)
+    inputs = setup.preprocess.normalize(setup.augmentation.on_pixels(images, setup.augment_generator))
+    if setup.augmentation.enabled:
+        inputs = setup.augmentation(inputs, setup.augment_generator)
+    mixed = setup.augmentation.mix_batch(inputs, targets, setup.augment_generator) if setup.augmentation.mixes else None
+    if mixed is not None:
+        inputs = mixed.images
+    # "is not None", not "or": a compiled module raises when asked for its truth value (its len())
+    forward = setup.forward_model if setup.forward_model is not None else setup.model
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=setup.amp and device.type == "cuda"):
+        logits = forward(inputs)
+    if mixed is None:
+        loss = setup.loss_fn(logits.float(), targets)
+    else:  # mixup / cutmix: the loss of each label, weighted by its share of the picture
+        loss = mixed.lam * setup.loss_fn(logits.float(), mixed.targets_a)
+        loss = loss + (1 - mixed.lam) * setup.loss_fn(logits.float(), mixed.targets_b)
+        targets = mixed.targets_a if mixed.lam >= 0.5 else mixed.targets_b
+    setup.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if setup.grad_clip > 0:
+        nn.utils.clip_grad_norm_(setup.model.parameters(), setup.grad_clip)
+    setup.optimizer.step()
+    setup.scheduler.step()
+    if setup.ema is not None:
+        setup.ema.update_parameters(setup.model)
+    return loss, logits, targets
+
+
 def train_one_epoch(
     setup: FitSetup,
     batches: Batches,
@@ -102,7 +139,6 @@ def train_one_epoch(
     model.train()
     for module in setup.frozen_modules:  # a frozen backbone keeps its ImageNet statistics
         module.eval()
-    use_amp = setup.amp and device.type == "cuda"
     # Summed on the device: no sync per step.
     total_loss = torch.tensor(float(progress.get("loss_sum", 0.0)), device=device)
     total_correct = torch.tensor(int(progress.get("correct", 0)), device=device, dtype=torch.int64)
@@ -114,34 +150,7 @@ def train_one_epoch(
             break  # the time budget is spent: validate what there is and finish
         if len(images) == 0:
             continue  # every file of this batch failed to decode (streaming data)
-        images = images.to(device, non_blocking=True)
-        targets = targets.to(device, non_blocking=True)
-        inputs = setup.preprocess.normalize(setup.augmentation.on_pixels(images, setup.augment_generator))
-        if setup.augmentation.enabled:
-            inputs = setup.augmentation(inputs, setup.augment_generator)
-        mixed = (
-            setup.augmentation.mix_batch(inputs, targets, setup.augment_generator) if setup.augmentation.mixes else None
-        )
-        if mixed is not None:
-            inputs = mixed.images
-        # "is not None", not "or": a compiled module raises when asked for its truth value (its len())
-        forward = setup.forward_model if setup.forward_model is not None else model
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-            logits = forward(inputs)
-        if mixed is None:
-            loss = setup.loss_fn(logits.float(), targets)
-        else:  # mixup / cutmix: the loss of each label, weighted by its share of the picture
-            loss = mixed.lam * setup.loss_fn(logits.float(), mixed.targets_a)
-            loss = loss + (1 - mixed.lam) * setup.loss_fn(logits.float(), mixed.targets_b)
-            targets = mixed.targets_a if mixed.lam >= 0.5 else mixed.targets_b  # accuracy: the larger share
-        setup.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if setup.grad_clip > 0:
-            nn.utils.clip_grad_norm_(model.parameters(), setup.grad_clip)
-        setup.optimizer.step()
-        setup.scheduler.step()
-        if setup.ema is not None:
-            setup.ema.update_parameters(model)
+        loss, logits, targets = training_step(setup, images, targets)
         total_loss += loss.detach() * len(targets)
         total_correct += (logits.detach().argmax(dim=1) == targets).sum()
         seen += len(targets)
@@ -185,6 +194,29 @@ def _update_best(state: FitState, model: nn.Module, val_accuracy: float) -> bool
     return True
 
 
+@dataclass(frozen=True)
+class Replan:
+    """A re-plan's answer to the loop: train ``epochs`` in all, with the learning-rate schedule laid
+    over ``schedule_steps`` steps, and start no step after ``stop_at`` (``time.perf_counter()``)."""
+
+    epochs: int
+    schedule_steps: int
+    stop_at: float | None
+
+
+def _validate(setup: FitSetup, val_batches: Batches, classes: list[str]) -> tuple[dict, float]:
+    started = time.perf_counter()
+    logits, targets = predict_logits(setup.evaluated_model, val_batches, setup.preprocess, setup.device, setup.amp)
+    return classification_metrics(logits, targets, classes), time.perf_counter() - started
+
+
+def _apply(setup: FitSetup, plan: Replan) -> int:
+    """The loop's own objects follow a re-plan: the deadline, and the schedule stretched over it."""
+    setup.stop_at = plan.stop_at
+    stretch_schedule(setup.scheduler, plan.schedule_steps)
+    return plan.epochs
+
+
 def fit(
     setup: FitSetup,
     train_batches: Batches,
@@ -196,13 +228,13 @@ def fit(
     early_stopping: int = 0,
     save_checkpoint: Callable[[FitState], None] | None = None,
     checkpoint_interval: float = 0.0,
-    replan: Callable[[FitState, float, float], int | None] | None = None,
+    replan: Callable[[FitState, float, float], Replan | None] | None = None,
 ) -> FitState:
     """Train until ``epochs`` are done (or early stopping), then load the best epoch's weights.
     ``save_checkpoint`` gets the state after each epoch and every ``checkpoint_interval`` seconds.
-    ``replan(state, epoch_seconds, checkpoint_seconds)`` may answer a new number of epochs after
-    each epoch (a time budget that now knows how long an epoch, validation and checkpoint
-    included, takes here; the checkpoint's time is the previous epoch's)."""
+    ``replan(state, epoch_seconds, checkpoint_seconds)`` may answer a ``Replan`` after each epoch
+    (a time budget that now knows how long an epoch, validation and checkpoint included, takes
+    here; the checkpoint's time is the previous epoch's)."""
     state = state or FitState()
     observer.on_fit_start(epochs, len(train_batches), state.epoch)
     started, save_seconds = time.perf_counter(), 0.0
@@ -218,31 +250,19 @@ def fit(
             state.step = start + new_progress["batches_done"]
             save_checkpoint(state)
 
-        record = train_one_epoch(
-            setup,
-            train_batches,
-            state.epoch,
-            observer,
-            progress,
-            save_progress if save_checkpoint is not None else None,
-            checkpoint_interval,
-        )
-        evaluated = setup.evaluated_model
-        val_started = time.perf_counter()
-        logits, targets = predict_logits(evaluated, val_batches, setup.preprocess, setup.device, setup.amp)
-        record["val_seconds"] = time.perf_counter() - val_started
-        val = classification_metrics(logits, targets, classes)
-        state.step = epoch_start_step + len(train_batches)
-        state.epoch += 1
-        state.epoch_progress = {}
-        is_best = _update_best(state, evaluated, val["accuracy"])
+        saver = save_progress if save_checkpoint is not None else None
+        record = train_one_epoch(setup, train_batches, state.epoch, observer, progress, saver, checkpoint_interval)
+        val, record["val_seconds"] = _validate(setup, val_batches, classes)
+        state.step, state.epoch, state.epoch_progress = epoch_start_step + len(train_batches), state.epoch + 1, {}
+        is_best = _update_best(state, setup.evaluated_model, val["accuracy"])
         record.update(epoch=state.epoch, val_loss=val["loss"], val_accuracy=val["accuracy"], lr=lr, is_best=is_best)
         state.history.append(record)
         state.stopped_early = 0 < early_stopping <= state.epochs_without_improvement
         if setup.stop_at is not None and time.perf_counter() > setup.stop_at:
             state.stopped_early = True  # out of time
         if replan is not None and not state.stopped_early:  # an epoch costs its time and its checkpoint's
-            epochs = replan(state, time.perf_counter() - epoch_started + save_seconds, save_seconds) or epochs
+            new_plan = replan(state, time.perf_counter() - epoch_started + save_seconds, save_seconds)
+            epochs = _apply(setup, new_plan) if new_plan is not None else epochs
         record["epochs"] = epochs  # the run's length as now planned: "epoch 2/3" after a re-plan to 3
         observer.on_epoch_end(record)
         if save_checkpoint is not None:
@@ -251,12 +271,7 @@ def fit(
             save_seconds = time.perf_counter() - save_started
     if state.best_weights is not None:
         setup.model.load_state_dict(state.best_weights)
-    observer.on_fit_end(
-        {
-            "best_epoch": state.best_epoch,
-            "best_val_accuracy": state.best_val_accuracy,
-            "stopped_early": state.stopped_early,
-            "seconds": time.perf_counter() - started,
-        }
-    )
+    seconds = time.perf_counter() - started
+    observer.on_fit_end({"best_epoch": state.best_epoch, "best_val_accuracy": state.best_val_accuracy,
+                         "stopped_early": state.stopped_early, "seconds": seconds})  # fmt: skip
     return state

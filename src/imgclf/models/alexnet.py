@@ -67,7 +67,7 @@ class AlexNet(ImageClassifier):
         return {"stem": [self.features[0]], "stages": [self.features[1:]], "head": [self.classifier]}
 
 
-@register_model("alexnet", input_size=224)
+@register_model("alexnet", input_size=224, plain_stack=True, advisor_candidate=True)
 def alexnet(num_classes: int, in_chans: int, input_size: int, **kwargs) -> AlexNet:
     """AlexNet (2012): five convolutions, three fully connected layers, dropout."""
     return AlexNet(num_classes=num_classes, in_chans=in_chans, input_size=input_size, **kwargs)

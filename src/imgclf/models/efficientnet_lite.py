@@ -78,19 +78,25 @@ def _efficientnet_lite(
     return model
 
 
-@register_model("efficientnet_lite", input_size=224)
+@register_model(
+    "efficientnet_lite",
+    input_size=224,
+    pretrained_source="package",
+    pretrained_normalization="tf",
+    advisor_candidate=True,
+)
 def efficientnet_lite0(num_classes: int, in_chans: int, input_size: int, **kwargs) -> MobileNet:
     """EfficientNet-Lite0 (4.7M params): EfficientNet-B0 made for mobile CPUs and accelerators."""
     return _efficientnet_lite(num_classes, in_chans, input_size, "efficientnet_lite0", **kwargs)
 
 
-@register_model("efficientnet_lite", input_size=240)
+@register_model("efficientnet_lite", input_size=240, pretrained_source="package", pretrained_normalization="tf")
 def efficientnet_lite1(num_classes: int, in_chans: int, input_size: int, **kwargs) -> MobileNet:
     """EfficientNet-Lite1 (5.4M params): Lite0 10% deeper, at 240 px; ImageNet top-1 76.7%."""
     return _efficientnet_lite(num_classes, in_chans, input_size, "efficientnet_lite1", **kwargs)
 
 
-@register_model("efficientnet_lite", input_size=260)
+@register_model("efficientnet_lite", input_size=260, pretrained_source="package", pretrained_normalization="tf")
 def efficientnet_lite2(num_classes: int, in_chans: int, input_size: int, **kwargs) -> MobileNet:
     """EfficientNet-Lite2 (6.1M params): Lite0 10% wider and 20% deeper, at 260 px; top-1 77.6%."""
     return _efficientnet_lite(num_classes, in_chans, input_size, "efficientnet_lite2", **kwargs)

@@ -66,13 +66,13 @@ class FastNet(ImageClassifier):
         return {"stem": [self.stem], "stages": [self.stages], "head": [self.fc]}
 
 
-@register_model("fast", input_size=32, num_classes=10)
+@register_model("fast", input_size=32, num_classes=10, pretrained_source="")
 def fastnet(num_classes: int, in_chans: int, input_size: int, **kwargs) -> FastNet:
     """Compact residual net for small images on a GPU (1.94M params), the fast preset's model."""
     return FastNet(num_classes=num_classes, in_chans=in_chans, input_size=input_size, width=64, **kwargs)
 
 
-@register_model("fast", input_size=32, num_classes=10)
+@register_model("fast", input_size=32, num_classes=10, pretrained_source="", advisor_candidate=True)
 def fastnet_small(num_classes: int, in_chans: int, input_size: int, **kwargs) -> FastNet:
     """Half-width fastnet for CPUs (0.5M params), the fast preset's model there."""
     return FastNet(num_classes=num_classes, in_chans=in_chans, input_size=input_size, width=32, **kwargs)

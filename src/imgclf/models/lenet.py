@@ -49,7 +49,16 @@ class LeNet5(ImageClassifier):
         return {"stem": [self.conv1], "stages": [self.conv2], "head": [self.fc1, self.fc2, self.fc3]}
 
 
-@register_model("lenet", input_size=32, in_chans=1, num_classes=10, fixed_input_sizes=(28, 32))
+@register_model(
+    "lenet",
+    input_size=32,
+    in_chans=1,
+    num_classes=10,
+    fixed_input_sizes=(28, 32),
+    plain_stack=True,
+    pretrained_source="",
+    advisor_candidate=True,
+)
 def lenet5(num_classes: int, in_chans: int, input_size: int, **kwargs) -> LeNet5:
     """LeNet-5 (1998): two 5x5 convolutions with pooling, three fully connected layers."""
     return LeNet5(num_classes=num_classes, in_chans=in_chans, input_size=input_size, **kwargs)

@@ -112,13 +112,13 @@ def _mobilenet_v3(table: list, last_channels: int, num_classes: int, in_chans: i
     return MobileNet(features, classifier, num_classes)
 
 
-@register_model("mobilenet", input_size=224)
+@register_model("mobilenet", input_size=224, advisor_candidate=True)
 def mobilenet_v2(num_classes: int, in_chans: int, input_size: int, **kwargs) -> MobileNet:
     """MobileNetV2 (3.5M params): inverted residuals with linear bottlenecks, for phones."""
     return _mobilenet_v2(num_classes, in_chans, input_size, **kwargs)
 
 
-@register_model("mobilenet", input_size=224)
+@register_model("mobilenet", input_size=224, advisor_candidate=True)
 def mobilenet_v3_small(num_classes: int, in_chans: int, input_size: int, **kwargs) -> MobileNet:
     """MobileNetV3-Small (2.5M params): the fastest of the zoo at 224 px."""
     return _mobilenet_v3(V3_SMALL, 1024, num_classes, in_chans, input_size, **kwargs)

@@ -163,31 +163,31 @@ def _resnet(block, layers, num_classes: int, in_chans: int, input_size: int, **k
     return ResNet(block, layers, num_classes=num_classes, in_chans=in_chans, input_size=input_size, **kwargs)
 
 
-@register_model("resnet", input_size=224)
+@register_model("resnet", input_size=224, stochastic_depth=True, advisor_candidate=True)
 def resnet18(num_classes: int, in_chans: int, input_size: int, **kwargs) -> ResNet:
     """ResNet-18: basic blocks [2, 2, 2, 2]."""
     return _resnet(BasicBlock, (2, 2, 2, 2), num_classes, in_chans, input_size, **kwargs)
 
 
-@register_model("resnet", input_size=224)
+@register_model("resnet", input_size=224, stochastic_depth=True)
 def resnet34(num_classes: int, in_chans: int, input_size: int, **kwargs) -> ResNet:
     """ResNet-34: basic blocks [3, 4, 6, 3]."""
     return _resnet(BasicBlock, (3, 4, 6, 3), num_classes, in_chans, input_size, **kwargs)
 
 
-@register_model("resnet", input_size=224)
+@register_model("resnet", input_size=224, stochastic_depth=True, advisor_candidate=True)
 def resnet50(num_classes: int, in_chans: int, input_size: int, **kwargs) -> ResNet:
     """ResNet-50: bottleneck blocks [3, 4, 6, 3]."""
     return _resnet(Bottleneck, (3, 4, 6, 3), num_classes, in_chans, input_size, **kwargs)
 
 
-@register_model("resnet", input_size=224)
+@register_model("resnet", input_size=224, stochastic_depth=True)
 def resnet101(num_classes: int, in_chans: int, input_size: int, **kwargs) -> ResNet:
     """ResNet-101: bottleneck blocks [3, 4, 23, 3]."""
     return _resnet(Bottleneck, (3, 4, 23, 3), num_classes, in_chans, input_size, **kwargs)
 
 
-@register_model("resnet", input_size=224)
+@register_model("resnet", input_size=224, stochastic_depth=True)
 def resnet152(num_classes: int, in_chans: int, input_size: int, **kwargs) -> ResNet:
     """ResNet-152: bottleneck blocks [3, 8, 36, 3]."""
     return _resnet(Bottleneck, (3, 8, 36, 3), num_classes, in_chans, input_size, **kwargs)

@@ -86,31 +86,45 @@ def _cifar_resnet(depth: int, num_classes: int, in_chans: int, input_size: int, 
     return CifarResNet((depth - 2) // 6, num_classes=num_classes, in_chans=in_chans, input_size=input_size, **kwargs)
 
 
-@register_model("resnet_cifar", input_size=32, num_classes=10)
+@register_model(
+    "resnet_cifar",
+    input_size=32,
+    num_classes=10,
+    stochastic_depth=True,
+    pretrained_source="",
+    advisor_candidate=True,
+)
 def resnet20(num_classes: int, in_chans: int, input_size: int, **kwargs) -> CifarResNet:
     """CIFAR ResNet-20 (0.27M params): 3 blocks per stage, 16-32-64 filters."""
     return _cifar_resnet(20, num_classes, in_chans, input_size, **kwargs)
 
 
-@register_model("resnet_cifar", input_size=32, num_classes=10)
+@register_model("resnet_cifar", input_size=32, num_classes=10, stochastic_depth=True, pretrained_source="")
 def resnet32(num_classes: int, in_chans: int, input_size: int, **kwargs) -> CifarResNet:
     """CIFAR ResNet-32 (0.46M params): 5 blocks per stage."""
     return _cifar_resnet(32, num_classes, in_chans, input_size, **kwargs)
 
 
-@register_model("resnet_cifar", input_size=32, num_classes=10)
+@register_model("resnet_cifar", input_size=32, num_classes=10, stochastic_depth=True, pretrained_source="")
 def resnet44(num_classes: int, in_chans: int, input_size: int, **kwargs) -> CifarResNet:
     """CIFAR ResNet-44 (0.66M params): 7 blocks per stage."""
     return _cifar_resnet(44, num_classes, in_chans, input_size, **kwargs)
 
 
-@register_model("resnet_cifar", input_size=32, num_classes=10)
+@register_model(
+    "resnet_cifar",
+    input_size=32,
+    num_classes=10,
+    stochastic_depth=True,
+    pretrained_source="",
+    advisor_candidate=True,
+)
 def resnet56(num_classes: int, in_chans: int, input_size: int, **kwargs) -> CifarResNet:
     """CIFAR ResNet-56 (0.85M params): 9 blocks per stage."""
     return _cifar_resnet(56, num_classes, in_chans, input_size, **kwargs)
 
 
-@register_model("resnet_cifar", input_size=32, num_classes=10)
+@register_model("resnet_cifar", input_size=32, num_classes=10, stochastic_depth=True, pretrained_source="")
 def resnet110(num_classes: int, in_chans: int, input_size: int, **kwargs) -> CifarResNet:
     """CIFAR ResNet-110 (1.7M params): 18 blocks per stage."""
     return _cifar_resnet(110, num_classes, in_chans, input_size, **kwargs)

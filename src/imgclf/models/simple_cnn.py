@@ -55,7 +55,15 @@ class SimpleCNN(ImageClassifier):
         return {"stem": [self.stem], "stages": [self.stage1, self.stage2, self.stage3], "head": [self.fc]}
 
 
-@register_model("simple", input_size=32, in_chans=3, num_classes=10)
+@register_model(
+    "simple",
+    input_size=32,
+    in_chans=3,
+    num_classes=10,
+    plain_stack=True,
+    pretrained_source="",
+    advisor_candidate=True,
+)
 def simple_cnn(num_classes: int, in_chans: int, input_size: int, **kwargs) -> SimpleCNN:
     """Small conv-BN-ReLU network (0.29M params): fast baseline for small images."""
     return SimpleCNN(num_classes=num_classes, in_chans=in_chans, input_size=input_size, **kwargs)

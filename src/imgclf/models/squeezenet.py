@@ -103,7 +103,7 @@ def squeezenet1_0(num_classes: int, in_chans: int, input_size: int, **kwargs) ->
     return SqueezeNet("1_0", num_classes=num_classes, in_chans=in_chans, input_size=input_size, **kwargs)
 
 
-@register_model("squeezenet", input_size=224)
+@register_model("squeezenet", input_size=224, advisor_candidate=True)
 def squeezenet1_1(num_classes: int, in_chans: int, input_size: int, **kwargs) -> SqueezeNet:
     """SqueezeNet 1.1 (1.2M params): 2.4x less computation than 1.0 at the same accuracy."""
     return SqueezeNet("1_1", num_classes=num_classes, in_chans=in_chans, input_size=input_size, **kwargs)

@@ -94,49 +94,49 @@ def _vgg(depth: int, batch_norm: bool, num_classes: int, in_chans: int, input_si
     return VGG(depth, batch_norm, num_classes=num_classes, in_chans=in_chans, input_size=input_size, **kwargs)
 
 
-@register_model("vgg", input_size=224)
+@register_model("vgg", input_size=224, plain_stack=True, advisor_candidate=True)
 def vgg11(num_classes: int, in_chans: int, input_size: int, **kwargs) -> VGG:
     """VGG-11 (configuration A): 8 convolutions, 3 fully connected layers."""
     return _vgg(11, False, num_classes, in_chans, input_size, **kwargs)
 
 
-@register_model("vgg", input_size=224)
+@register_model("vgg", input_size=224, plain_stack=True)
 def vgg11_bn(num_classes: int, in_chans: int, input_size: int, **kwargs) -> VGG:
     """VGG-11 with batch normalization."""
     return _vgg(11, True, num_classes, in_chans, input_size, **kwargs)
 
 
-@register_model("vgg", input_size=224)
+@register_model("vgg", input_size=224, plain_stack=True)
 def vgg13(num_classes: int, in_chans: int, input_size: int, **kwargs) -> VGG:
     """VGG-13 (configuration B): 10 convolutions, 3 fully connected layers."""
     return _vgg(13, False, num_classes, in_chans, input_size, **kwargs)
 
 
-@register_model("vgg", input_size=224)
+@register_model("vgg", input_size=224, plain_stack=True)
 def vgg13_bn(num_classes: int, in_chans: int, input_size: int, **kwargs) -> VGG:
     """VGG-13 with batch normalization."""
     return _vgg(13, True, num_classes, in_chans, input_size, **kwargs)
 
 
-@register_model("vgg", input_size=224)
+@register_model("vgg", input_size=224, plain_stack=True)
 def vgg16(num_classes: int, in_chans: int, input_size: int, **kwargs) -> VGG:
     """VGG-16 (configuration D): 13 convolutions, 3 fully connected layers."""
     return _vgg(16, False, num_classes, in_chans, input_size, **kwargs)
 
 
-@register_model("vgg", input_size=224)
+@register_model("vgg", input_size=224, plain_stack=True)
 def vgg16_bn(num_classes: int, in_chans: int, input_size: int, **kwargs) -> VGG:
     """VGG-16 with batch normalization."""
     return _vgg(16, True, num_classes, in_chans, input_size, **kwargs)
 
 
-@register_model("vgg", input_size=224)
+@register_model("vgg", input_size=224, plain_stack=True)
 def vgg19(num_classes: int, in_chans: int, input_size: int, **kwargs) -> VGG:
     """VGG-19 (configuration E): 16 convolutions, 3 fully connected layers."""
     return _vgg(19, False, num_classes, in_chans, input_size, **kwargs)
 
 
-@register_model("vgg", input_size=224)
+@register_model("vgg", input_size=224, plain_stack=True)
 def vgg19_bn(num_classes: int, in_chans: int, input_size: int, **kwargs) -> VGG:
     """VGG-19 with batch normalization."""
     return _vgg(19, True, num_classes, in_chans, input_size, **kwargs)

@@ -27,17 +27,16 @@ from imgclf.advise.rules import (
 )
 from imgclf.data.dataset import Dataset, SplitPolicy, load_dataset
 from imgclf.data.prepare import DataProfile, Preprocess, TensorSplit, decode_split, profile_dataset
+from imgclf.engine.runtime import resolve_device
 from imgclf.errors import DataError
-from imgclf.models import choose_input_size, get_model_spec
-from imgclf.runners.common import resolve_device, stderr_console
+from imgclf.models import choose_input_size, get_model_spec, list_models
+from imgclf.runners.common import stderr_console
 from imgclf.transfer import load_pretrained, pretrained_available
 
 __all__ = ["DEFAULT_CANDIDATES", "AdviseOptions", "data_facts", "run_advise"]
 
-# One or two of each family of the note's story, small-image designs included.
-DEFAULT_CANDIDATES = ("lenet5", "simple_cnn", "fastnet_small", "resnet20", "resnet56", "resnet18", "resnet50",
-                      "vgg11", "alexnet", "mobilenet_v3_small", "mobilenet_v2", "squeezenet1_1",
-                      "efficientnet_lite0")  # fmt: skip
+# One or two of each family, small-image designs included (ModelSpec.advisor_candidate).
+DEFAULT_CANDIDATES = tuple(name for name in list_models() if get_model_spec(name).advisor_candidate)
 PLANNING_BUDGET_S = 600.0  # without --time-budget the advisor plans a 10-minute run
 PROBE_SHARE = 0.2  # of the time budget, shared by the probes
 PROBE_TOTAL_RANGE = (30.0, 180.0)  # seconds all probes of `imgclf advise` take together

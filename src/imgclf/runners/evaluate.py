@@ -9,11 +9,13 @@ import torch
 from rich.console import Console
 
 from imgclf.bundle import Bundle, bundle_temperature, load_bundle
+from imgclf.data.batches import eval_batch_size, make_batches
 from imgclf.data.dataset import SplitPolicy, load_dataset
-from imgclf.data.prepare import TensorSplit
+from imgclf.data.prepare import TensorSplit, prepare_splits
 from imgclf.engine.evaluate import calibrated_metrics, predict_logits
+from imgclf.engine.runtime import resolve_device
 from imgclf.errors import DataError
-from imgclf.runners.common import eval_batch_size, make_batches, prepare_splits, resolve_device, stderr_console
+from imgclf.runners.common import stderr_console
 
 __all__ = ["SplitEvaluation", "evaluate_split", "run_evaluate", "split_policy"]
 

@@ -11,11 +11,11 @@ import torch
 
 from imgclf.bundle import bundle_temperature, load_bundle
 from imgclf.engine.checkpoint import atomic_write_bytes
+from imgclf.engine.runtime import resolve_device
 from imgclf.errors import BadImageError
 from imgclf.explain.figures import explanation_png
 from imgclf.explain.gradcam import explain_batch
 from imgclf.predictor import image_pixels
-from imgclf.runners.common import resolve_device
 from imgclf.runners.predict import expand_image_paths
 
 __all__ = ["run_explain"]

@@ -15,6 +15,7 @@ import torch
 from rich.console import Console
 
 from imgclf.bundle import Bundle, abstain_threshold, bundle_temperature, load_bundle
+from imgclf.data.batches import eval_batch_size, make_batches
 from imgclf.data.dataset import ArraySplit, load_dataset
 from imgclf.data.decode import convert_channels, decode_image
 from imgclf.data.prepare import TensorSplit
@@ -24,7 +25,7 @@ from imgclf.errors import BadImageError, ImgclfError, UsageError
 from imgclf.explain.calibration import centroid_distance
 from imgclf.export.onnx_graph import OPSET, add_contract, network_proto, onnx_session, with_preprocessing
 from imgclf.models.info import measure_latency
-from imgclf.runners.common import eval_batch_size, make_batches, stderr_console
+from imgclf.runners.common import stderr_console
 from imgclf.runners.evaluate import split_policy
 from imgclf.runners.report import recorded_data
 
@@ -249,8 +250,11 @@ def _contract(bundle: Bundle, layout: str, quantized: bool) -> dict:
         "outputs": {
             "logits": "N x classes",
             "probabilities": "N x classes, softmax(logits / temperature)",
-            **({"centroid_distance": "N, the embedding's cosine distance to its predicted class's centroid"}
-               if _distance_threshold(bundle) is not None else {}),  # fmt: skip
+            **(
+                {"centroid_distance": "N, the embedding's cosine distance to its predicted class's centroid"}
+                if _distance_threshold(bundle) is not None
+                else {}
+            ),  # fmt: skip
         },
         "preprocess": pre.to_dict(),
         "temperature": bundle_temperature(bundle),

@@ -13,10 +13,18 @@ from rich.console import Console
 from imgclf.config import TrainConfig
 from imgclf.data.checks import data_warnings
 from imgclf.data.dataset import Dataset, SplitPolicy, load_dataset
-from imgclf.data.prepare import DataProfile, Preprocess, TensorSplit, estimate_mean_std, profile_dataset, split_targets
+from imgclf.data.prepare import (
+    DataProfile,
+    PreparedSplits,
+    Preprocess,
+    TensorSplit,
+    estimate_mean_std,
+    prepare_splits,
+    profile_dataset,
+    split_targets,
+)
 from imgclf.errors import DataError
 from imgclf.models import choose_input_size, get_model_spec
-from imgclf.runners.common import PreparedSplits, prepare_splits
 from imgclf.transfer import PretrainedWeights
 
 __all__ = ["describe_data", "load_training_data"]

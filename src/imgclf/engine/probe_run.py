@@ -1,5 +1,6 @@
-"""Training stages: from scratch or full fine-tuning (one stage), head only, two-stage
-fine-tuning, and linear probing on cached embeddings."""
+"""A linear probe run on cached embeddings: each split goes through the frozen backbone once per
+(model, weights, preprocessing, split) and is kept on disk, so a second run on the same data (the
+advisor's, then the training's; or a rerun with another seed) skips the backbone entirely."""
 
 from __future__ import annotations
 
@@ -15,7 +16,6 @@ from rich.console import Console
 from safetensors.torch import load_file
 
 from imgclf import __version__
-from imgclf.config import TrainConfig
 from imgclf.data.batches import Batches
 from imgclf.data.prepare import Preprocess
 from imgclf.engine.checkpoint import atomic_write_tensors
@@ -23,42 +23,7 @@ from imgclf.engine.loop import FitState
 from imgclf.engine.probe import LinearProbe, extract_embeddings, fit_linear_probe, set_classifier
 from imgclf.models import ImageClassifier
 
-__all__ = ["ProbeRun", "Stage", "plan_stages", "run_linear_probe"]
-
-# Two-stage fine-tuning: the share of epochs that trains the head alone, and the learning-rate
-# multipliers of the second stage (earlier layers hold more general features: change them less).
-HEAD_STAGE_SHARE = 0.3
-DISCRIMINATIVE_LR = {"stem": 0.1, "stages": 0.3, "head": 1.0}
-
-
-@dataclass(frozen=True)
-class Stage:
-    name: str
-    start_epoch: int
-    end_epoch: int
-    train_backbone: bool
-    lr: float
-    lr_scale: dict[str, float] | None = None
-
-
-def plan_stages(config: TrainConfig, epochs: int, processes: int = 1) -> list[Stage]:
-    lr = config.resolved_lr(processes)
-    if config.finetune == "head":
-        return [Stage("head only (backbone and its batch norms frozen)", 0, epochs, False, lr)]
-    if config.finetune == "two-stage" and epochs >= 2:
-        head_epochs = max(1, round(epochs * HEAD_STAGE_SHARE))
-        return [
-            Stage("stage 1: head only (backbone and its batch norms frozen)", 0, head_epochs, False, lr),
-            Stage(
-                "stage 2: all layers, lower rates for earlier layers",
-                head_epochs,
-                epochs,
-                True,
-                lr / 10,
-                DISCRIMINATIVE_LR,
-            ),
-        ]
-    return [Stage("all layers", 0, epochs, True, lr)]
+__all__ = ["ProbeRun", "run_linear_probe"]
 
 
 def _cache_path(key: dict) -> Path:

@@ -1,0 +1,145 @@
+"""What a finished run leaves: the bundle (weights, model.json, metrics.json, centroids), the
+report, and the ``train --json`` answer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Console
+
+from imgclf.bundle import Bundle, save_bundle
+from imgclf.config import TrainConfig
+from imgclf.engine.checkpoint import atomic_write_bytes
+from imgclf.engine.final import FinalEvaluation
+from imgclf.engine.loop import FitState
+from imgclf.models import count_parameters
+from imgclf.runners.report import mistakes_gallery, write_report
+from imgclf.runners.train_data import describe_data
+from imgclf.runners.train_setup import TrainingRun
+from imgclf.runners.train_stages import Trained
+
+__all__ = ["CONFIG_FILE", "train_result", "write_config_yaml", "write_run_bundle", "write_run_report"]
+
+CONFIG_FILE = "config.yaml"
+
+
+def _validation_chose(state: FitState) -> str:
+    """What the validation split chose ("" when nothing): its accuracy is optimistic when it chose."""
+    record = state.history[0] if state.history else {}
+    if "probe_chosen_on" in record:
+        return "" if record["probe_chosen_on"] == "cross-validation" else "the probe's regularization"
+    return "the epoch whose weights were kept" if len(state.history) > 1 else ""
+
+
+def _summary(state: FitState, final: dict) -> dict:
+    return {
+        "val_accuracy": final["val"]["accuracy"],
+        "val_chose": _validation_chose(state),
+        "cv_accuracy": state.history[0].get("probe_cv_accuracy") if state.history else None,
+        "test_accuracy": final["test"]["accuracy"] if "test" in final else None,
+        "best_epoch": state.best_epoch,
+        "epochs_run": state.epoch,
+        "stopped_early": state.stopped_early,
+    }
+
+
+def _description(run: TrainingRun, trained: Trained, evaluation: FinalEvaluation, summary: dict, seconds: float):
+    config, preprocess, world = run.config, run.preprocess, run.world
+    return {
+        "architecture": config.model,
+        "model_kwargs": run.model_kwargs,
+        "params": count_parameters(run.model),
+        "classes": run.dataset.classes,
+        "input_size": preprocess.input_size,
+        "in_chans": preprocess.channels,
+        "preprocess": preprocess.to_dict(),
+        "augmentation": trained.plan.augmentation.to_dict(),
+        "calibration": evaluation.calibration,
+        "pretrained": {**run.weights.describe(), "finetune": config.finetune} if run.weights else None,
+        "training": {
+            **config.to_dict(),
+            "epochs": trained.plan.epochs,
+            "lr": config.resolved_lr(world.size),
+            "weight_decay": config.resolved_weight_decay(),
+            "device": str(run.device),
+        },  # fmt: skip
+        "data": describe_data(run.dataset, run.profile, run.prepared),
+        "time_budget": None if trained.plan.budget is None else trained.plan.budget.to_dict(),
+        "advisor": run.advice,
+        "distributed": {
+            "processes": world.size,
+            "backend": world.backend,
+            "batch_per_process": config.batch_size,
+            "global_batch": config.batch_size * world.size,
+            "lr_rule": "peak lr per 256 images of the global batch (linear scaling)",
+        },
+        "metrics": summary,
+        "seconds": round(seconds, 2),
+    }
+
+
+def write_run_bundle(run: TrainingRun, trained: Trained, evaluation: FinalEvaluation, seconds: float) -> Bundle:
+    summary = _summary(trained.state, evaluation.metrics)
+    description = _description(run, trained, evaluation, summary, seconds)
+    metrics = {**evaluation.metrics, "summary": summary, "history": trained.state.history}
+    save_bundle(run.output, run.model.cpu(), description, metrics, evaluation.centroids)
+    write_config_yaml(run.output / CONFIG_FILE, run.config)
+    return Bundle(run.output, run.model.eval(), run.preprocess, run.dataset.classes, description, metrics,
+                  evaluation.centroids)  # fmt: skip
+
+
+def write_config_yaml(path: Path, config: TrainConfig) -> None:
+    """The resolved configuration, as a file ``--config`` reads back: the same run again."""
+    import yaml
+
+    header = "# imgclf train DATA --config this-file repeats the run (options given with it override it)\n"
+    atomic_write_bytes(path, (header + yaml.safe_dump(config.to_dict(), sort_keys=False)).encode("utf-8"))
+
+
+def write_run_report(run: TrainingRun, bundle: Bundle, evaluation: FinalEvaluation, console: Console) -> None:
+    """report.html from what the run holds in memory; a failure here never loses the bundle."""
+    split = "test" if len(evaluation.logits.get("test", ((), ()))[1]) else "val"
+    try:
+        gallery = mistakes_gallery(bundle, run.prepared.splits[split], *evaluation.logits[split])
+        path = write_report(bundle, gallery)
+    except Exception as error:  # noqa: BLE001 - the report is a view of a bundle already safely written
+        console.print(f"warning: the report could not be written ({error}); the bundle is complete. "
+                      f"Try: imgclf report {run.output}")  # fmt: skip
+        return
+    console.print(f"report: {path}")
+
+
+def _format(value: float | None) -> str:
+    return "n/a (no test split)" if value is None else f"{value:.4f}"
+
+
+def train_result(run: TrainingRun, trained: Trained, summary: dict, seconds: float, console: Console) -> dict:
+    """The last lines a run prints, and the ``train --json`` answer."""
+    config = run.config
+    honesty = ""
+    if summary["test_accuracy"] is None:
+        chose = summary["val_chose"]
+        honesty = f" (optimistic: it chose {chose})" if chose else " (nothing was chosen on it)"
+    test, val = _format(summary["test_accuracy"]), _format(summary["val_accuracy"])
+    console.print(f"test accuracy {test}, val accuracy {val}{honesty}; bundle written to {run.output} in "
+                  f"{seconds:.1f}s")  # fmt: skip
+    result = {
+        "bundle": str(run.output),
+        "model": config.model,
+        "epochs": trained.state.epoch,
+        "seconds": round(seconds, 2),
+        "metrics": {key: summary[key] for key in ("val_accuracy", "test_accuracy", "cv_accuracy", "val_chose")},
+    }
+    if run.advice is not None:
+        result["advisor"] = {key: run.advice[key] for key in ("recommended", "pretrained", "reasons")}
+    if config.time_budget is not None:
+        console.print(f"time budget: used {seconds:.1f} s of {config.time_budget:g} s "
+                      f"({seconds / config.time_budget:.0%})")  # fmt: skip
+        budget = trained.plan.budget
+        result["time_budget"] = {
+            "budget_s": config.time_budget,
+            "planned_epochs": budget.epochs if budget else None,
+            "replanned_epochs": budget.replanned_epochs if budget else None,
+            "used_s": round(seconds, 2),
+        }
+    return result
