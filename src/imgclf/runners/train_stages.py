@@ -164,6 +164,11 @@ def train_stages(run: TrainingRun, saved: dict | None, observer: TrainObserver, 
     if run.plan.budget is not None and len(stages) == 1:
         replanner = BudgetReplanner(run.plan, len(run.train_batches), console)
     for index, stage in enumerate(stages):
+        if stage.probe:  # on a resume the saved weights hold the head it set
+            if saved is None:
+                console.print(f"{stage.name}")
+                linear_probe(run, console, splits=("train", "val"))
+            continue
         if resume_epoch >= stage.end_epoch:
             continue
         setup = _stage_setup(run, stage)
@@ -185,13 +190,13 @@ def train_stages(run: TrainingRun, saved: dict | None, observer: TrainObserver, 
     return Trained(state, replanner.plan if replanner is not None else run.plan)
 
 
-def linear_probe(run: TrainingRun, console: Console) -> Trained:
-    """The backbone frozen, each split embedded once (cached on disk), a logistic regression
-    fitted on the embeddings and set as the classifier."""
+def linear_probe(run: TrainingRun, console: Console, splits: tuple[str, ...] = ("train", "val", "test")) -> Trained:
+    """The backbone frozen, each of ``splits`` embedded once (cached on disk), a logistic
+    regression fitted on the embeddings and set as the classifier."""
     freeze_for_finetuning(run.model, train_backbone=False)
     batch = eval_batch_size(run.preprocess.input_size)
     splits = {name: make_batches(split, batch, workers=run.config.workers)
-              for name, split in run.prepared.splits.items()}  # fmt: skip
+              for name, split in run.prepared.splits.items() if name in splits}  # fmt: skip
     key = {
         "model": run.config.model,
         "weights": run.weights.source,

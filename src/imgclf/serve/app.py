@@ -423,26 +423,87 @@ def loopback_hosts(port: int) -> tuple[str, ...]:
     return names + tuple(f"{name}:{port}" for name in names)
 
 
-def create_app(engine, settings: ServeSettings = ServeSettings()) -> FastAPI:  # noqa: B008 - frozen
-    batcher = _Batcher(engine, settings)
-    trimmer = _MemoryTrimmer()
-    explain_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="imgclf-explain")
-    pixel_budget: _PixelBudget | None = None  # made inside the running loop
+class _Service:
+    """What the routes share: the engine, the micro-batcher, the decoding budget, the memory
+    trimmer and the single Grad-CAM thread. Started and stopped with the app."""
+
+    def __init__(self, engine, settings: ServeSettings):
+        self.engine, self.settings = engine, settings
+        self.batcher = _Batcher(engine, settings)
+        self.trimmer = _MemoryTrimmer()
+        self.explain_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="imgclf-explain")
+        self.pixel_budget: _PixelBudget | None = None  # made inside the running loop
 
     @contextlib.asynccontextmanager
-    async def lifespan(_: FastAPI):
-        nonlocal pixel_budget
-        pixel_budget = _PixelBudget(settings.max_decoding_pixels)
-        batcher.start()
-        trimmer.start()
+    async def lifespan(self, _: FastAPI):
+        self.pixel_budget = _PixelBudget(self.settings.max_decoding_pixels)
+        self.batcher.start()
+        self.trimmer.start()
         yield
-        trimmer.stop()
-        batcher.stop()
-        explain_executor.shutdown(wait=False, cancel_futures=True)
+        self.trimmer.stop()
+        self.batcher.stop()
+        self.explain_executor.shutdown(wait=False, cancel_futures=True)
 
-    app = FastAPI(
-        title="imgclf", description="Image classification with an imgclf model.", version="1", lifespan=lifespan
-    )
+    async def decoded(self, name: str, data: bytes) -> np.ndarray:
+        """Decoded and prepared within the shared pixel budget; HttpError 413/415 for a bad image."""
+        try:
+            info = await asyncio.to_thread(probe_image, data, name)
+            pixels = info.width * info.height
+            async with self.pixel_budget.reserve(pixels):
+                image = await asyncio.to_thread(self.engine.decode, data, name)
+        except BadImageError as error:
+            raise _bad_image(name, error) from None
+        self.trimmer.note(pixels)
+        return image
+
+    async def _answers(self, files: list[tuple[str, bytes]], top_k: int, many: bool) -> list[dict]:
+        # A request's files are decoded one after another: a batch of 64 holds one decoding
+        # thread at a time, so it cannot fill the pool ahead of every other client's image.
+        images: list[np.ndarray | dict] = []
+        for name, data in files:
+            try:
+                images.append(await self.decoded(name, data))
+            except HttpError as error:
+                if not many:
+                    raise
+                # One bad file in a batch fails only its own entry; the others keep their answers.
+                images.append({"error": {"status": error.status, "message": error.message}})
+        rows = await asyncio.gather(
+            *(self.batcher.predict(image, top_k) for image in images if not isinstance(image, dict))
+        )
+        answers = iter(rows)
+        return [{"file": name, **(image if isinstance(image, dict) else next(answers))}
+                for (name, _), image in zip(files, images)]  # fmt: skip
+
+    async def predict_files(self, request: Request, many: bool) -> list[dict]:
+        settings = self.settings
+        top_k = _top_k(request, settings)
+        files = await _image_bytes(request)
+        if len(files) > (settings.max_files if many else 1):
+            raise HttpError(422, f"at most {settings.max_files if many else 1} file(s) per request")
+        try:
+            return await asyncio.wait_for(self._answers(files, top_k, many), settings.timeout_s)
+        except TimeoutError:
+            raise HttpError(504, f"decoding and inference took over {settings.timeout_s:g} s") from None
+
+    async def explain_png(self, request: Request) -> bytes:
+        name, data = (await _image_bytes(request))[0]
+        loop = asyncio.get_running_loop()
+
+        async def make() -> bytes:
+            image = await self.decoded(name, data)
+            return await loop.run_in_executor(self.explain_executor, self.engine.explain_png, image)
+
+        try:
+            return await asyncio.wait_for(make(), self.settings.timeout_s)
+        except UsageError as error:
+            raise HttpError(501, str(error)) from None
+        except TimeoutError:
+            raise HttpError(504, f"the explanation took over {self.settings.timeout_s:g} s") from None
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """Every error body is {"error": {"status", "message"}}, FastAPI's own 404/405/422 too."""
 
     @app.exception_handler(HttpError)
     async def http_error(_: Request, error: HttpError) -> JSONResponse:
@@ -456,51 +517,11 @@ def create_app(engine, settings: ServeSettings = ServeSettings()) -> FastAPI:  #
     async def validation_error(_: Request, error: RequestValidationError) -> JSONResponse:
         return _error(422, "; ".join(str(item.get("msg", item)) for item in error.errors()) or "invalid request")
 
-    async def decoded(name: str, data: bytes) -> np.ndarray:
-        """Decoded and prepared within the shared pixel budget; HttpError 413/415 for a bad image."""
-        try:
-            info = await asyncio.to_thread(probe_image, data, name)
-            pixels = info.width * info.height
-            async with pixel_budget.reserve(pixels):
-                image = await asyncio.to_thread(engine.decode, data, name)
-        except BadImageError as error:
-            raise _bad_image(name, error) from None
-        trimmer.note(pixels)
-        return image
 
-    async def predict_files(request: Request, many: bool) -> list[dict]:
-        top_k = _top_k(request, settings)
-        files = await _image_bytes(request)
-        if len(files) > (settings.max_files if many else 1):
-            raise HttpError(422, f"at most {settings.max_files if many else 1} file(s) per request")
-
-        async def answer() -> list[dict]:
-            # A request's files are decoded one after another: a batch of 64 holds one decoding
-            # thread at a time, so it cannot fill the pool ahead of every other client's image.
-            images: list[np.ndarray | dict] = []
-            for name, data in files:
-                try:
-                    images.append(await decoded(name, data))
-                except HttpError as error:
-                    if not many:
-                        raise
-                    # One bad file in a batch fails only its own entry; the others keep their answers.
-                    images.append({"error": {"status": error.status, "message": error.message}})
-            rows = await asyncio.gather(
-                *(batcher.predict(image, top_k) for image in images if not isinstance(image, dict))
-            )
-            answers = iter(rows)
-            return [{"file": name, **(image if isinstance(image, dict) else next(answers))}
-                    for (name, _), image in zip(files, images)]  # fmt: skip
-
-        try:
-            return await asyncio.wait_for(answer(), settings.timeout_s)
-        except TimeoutError:
-            raise HttpError(504, f"decoding and inference took over {settings.timeout_s:g} s") from None
-
+def _add_prediction_routes(app: FastAPI, service: _Service) -> None:
     @app.post("/v1/predict", summary="top-k labels for one image (multipart field 'file' or the raw body)")
     async def predict(request: Request) -> JSONResponse:
-        return JSONResponse((await predict_files(request, many=False))[0])
+        return JSONResponse((await service.predict_files(request, many=False))[0])
 
     @app.post(
         "/v1/predict/batch",
@@ -508,27 +529,18 @@ def create_app(engine, settings: ServeSettings = ServeSettings()) -> FastAPI:  #
         "an 'error' entry of its own",
     )
     async def predict_batch(request: Request) -> JSONResponse:
-        answers = await predict_files(request, many=True)
+        answers = await service.predict_files(request, many=True)
         if all("error" in answer for answer in answers):  # nothing in it could be read: paced like a 415
             request.scope[ALL_REFUSED] = True
         return JSONResponse(answers)
 
     @app.post("/v1/explain", summary="Grad-CAM picture for one image, as a PNG data URL")
     async def explain(request: Request) -> JSONResponse:
-        try:
-            name, data = (await _image_bytes(request))[0]
-            loop = asyncio.get_running_loop()
+        return JSONResponse({"png": png_data_url(await service.explain_png(request))})
 
-            async def make() -> bytes:
-                image = await decoded(name, data)
-                return await loop.run_in_executor(explain_executor, engine.explain_png, image)
 
-            png = await asyncio.wait_for(make(), settings.timeout_s)
-        except UsageError as error:
-            raise HttpError(501, str(error)) from None
-        except TimeoutError:
-            raise HttpError(504, f"the explanation took over {settings.timeout_s:g} s") from None
-        return JSONResponse({"png": png_data_url(png)})
+def _add_status_routes(app: FastAPI, service: _Service) -> None:
+    settings, batcher = service.settings, service.batcher
 
     @app.get("/v1/health", summary="the process is up")
     async def health() -> dict:
@@ -541,12 +553,21 @@ def create_app(engine, settings: ServeSettings = ServeSettings()) -> FastAPI:  #
     @app.get("/v1/metadata", summary="classes, input contract and model card")
     async def metadata() -> dict:
         limits = {**settings_json(settings), "workers": batcher.workers}
-        return {**engine.metadata, "auth_required": settings.token is not None, "limits": limits}
+        return {**service.engine.metadata, "auth_required": settings.token is not None, "limits": limits}
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page() -> HTMLResponse:
         return HTMLResponse(PAGE)
 
+
+def create_app(engine, settings: ServeSettings = ServeSettings()) -> FastAPI:  # noqa: B008 - frozen
+    """The FastAPI app for ``engine``, behind the guard (host, token, body limits, pacing)."""
+    service = _Service(engine, settings)
+    app = FastAPI(title="imgclf", description="Image classification with an imgclf model.", version="1",
+                  lifespan=service.lifespan)  # fmt: skip
+    _add_error_handlers(app)
+    _add_prediction_routes(app, service)
+    _add_status_routes(app, service)
     return _GuardMiddleware(app, settings)
 
 
