@@ -6,10 +6,8 @@ import asyncio
 import io
 import json
 import os
-import shutil
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -158,45 +156,6 @@ def test_an_exported_onnx_file_abstains_where_the_bundle_does(digits_bundle, tmp
         answers[name] = [row["label"] for row in engine.predict(decoded, top_k=3)]
     assert answers["bundle"].count(None) >= 5  # the rule is exercised, not vacuously equal
     assert answers["onnx"] == answers["bundle"]
-
-
-def _chromium() -> tuple[str, str] | None:
-    browser = shutil.which("chromium") or shutil.which("chromium-browser")
-    driver = shutil.which("chromedriver") or (
-        "/usr/bin/chromedriver" if Path("/usr/bin/chromedriver").exists() else None
-    )
-    return (browser, driver) if browser and driver else None
-
-
-@pytest.mark.skipif(_chromium() is None, reason="needs Debian's chromium and chromium-driver (.ci/run installs them)")
-def test_the_web_page_shows_the_label_of_an_uploaded_image(digits_bundle, tmp_path):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    browser, driver_path = _chromium()
-    page_server = Server(digits_bundle)
-    data, truth = digit_png(7)
-    image = tmp_path / "digit.png"
-    image.write_bytes(data)
-    options = webdriver.ChromeOptions()
-    options.binary_location = browser
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(driver_path), options=options)
-    try:
-        driver.get(page_server.url + "/")
-        WebDriverWait(driver, 30).until(lambda d: "classes" in d.find_element(By.ID, "model").text)
-        driver.find_element(By.ID, "file").send_keys(str(image))
-        WebDriverWait(driver, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#bars .bar"))
-        label = driver.find_element(By.ID, "label").text
-        first_bar = driver.find_element(By.CSS_SELECTOR, "#bars .bar .name").text
-        assert first_bar == truth and label in (truth, "no label (abstained)")
-        WebDriverWait(driver, 30).until(lambda d: d.find_elements(By.ID, "cam"))  # the Grad-CAM picture
-    finally:
-        driver.quit()
-        page_server.stop()
 
 
 class _SlowEchoEngine:

@@ -16,6 +16,7 @@ import json
 import math
 import platform
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
@@ -76,6 +77,7 @@ def save_bundle(
             **description,
             "sha256": checksums,
             "versions": versions(),
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         },
     )
     return directory

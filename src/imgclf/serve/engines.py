@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,14 @@ from imgclf.errors import UsageError
 from imgclf.predictor import Classifier, abstain_decision, load
 
 __all__ = ["BundleEngine", "OnnxEngine", "open_engine"]
+
+
+def _modified(path: Path) -> str | None:
+    """When a file was last written (UTC, ISO 8601): the date a bundle without one was trained."""
+    try:
+        return datetime.fromtimestamp(path.stat().st_mtime, timezone.utc).isoformat(timespec="seconds")
+    except OSError:
+        return None
 
 
 class BundleEngine:
@@ -38,6 +47,9 @@ class BundleEngine:
             "input": {"size": classifier.preprocess.input_size, "channels": self.channels},
             "metrics": description.get("metrics"),
             "calibration": description.get("calibration"),
+            "pretrained": (description.get("pretrained") or {}).get("source"),
+            "finetune": (description.get("pretrained") or {}).get("finetune"),
+            "trained": description.get("created") or _modified(classifier.bundle.path / "model.json"),
             "explain": True,
         }
 
