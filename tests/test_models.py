@@ -175,3 +175,21 @@ def test_input_size_policy_keeps_small_images_and_caps_large_ones():
     assert choose_input_size(get_model_spec("resnet18"), 1000) == 224
     assert choose_input_size(get_model_spec("lenet5"), 28) == 28
     assert choose_input_size(get_model_spec("lenet5"), 8) == 32
+
+
+def test_the_shipped_zoo_table_is_what_the_models_count_now(tmp_path, monkeypatch):
+    """``imgclf models`` answers from models/zoo_table.json: it must equal a fresh count (after
+    changing a model file, run ``python -c "from imgclf.runners.models import write_shipped_table;
+    write_shipped_table()"``)."""
+    import json
+
+    from imgclf.models import describe_model, list_models
+    from imgclf.runners.models import SHIPPED_TABLE, run_models, table_key
+
+    shipped = json.loads(SHIPPED_TABLE.read_text())
+    assert shipped["key"] == table_key(None), "a model file changed: regenerate models/zoo_table.json"
+    assert shipped["rows"] == [describe_model(name) for name in list_models()]
+    monkeypatch.setenv("IMGCLF_CACHE_DIR", str(tmp_path))
+    assert run_models() == shipped["rows"]
+    assert run_models(input_size=64)[0]["flops_input_size"] in (32, 64)  # another size: counted, then cached
+    assert list((tmp_path / "zoo").glob("*.json"))

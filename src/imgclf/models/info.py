@@ -42,17 +42,19 @@ def describe_model(name: str, input_size: int | None = None, with_flops: bool = 
     if spec.fixed_input_sizes and size not in spec.fixed_input_sizes:
         size = max(spec.fixed_input_sizes)
     with torch.device("meta"):  # shapes only: no memory for VGG's 138M weights, no arithmetic
+        model = create_model(name)
         row = {
             "name": name,
             "family": spec.family,
-            "params": count_parameters(create_model(name)),
+            "params": count_parameters(model),
             "input_size": spec.input_size,
             "in_chans": spec.in_chans,
             "num_classes": spec.num_classes,
             "description": spec.description,
         }
-        if with_flops:
-            row["flops"] = count_flops(create_model(name, input_size=size), spec.in_chans, size)
+        if with_flops:  # the default model again, unless the size changes it (LeNet-5's classifier)
+            sized = model if size == spec.input_size else create_model(name, input_size=size)
+            row["flops"] = count_flops(sized, spec.in_chans, size)
             row["flops_input_size"] = size
     return row
 

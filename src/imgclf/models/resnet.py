@@ -15,11 +15,10 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torchvision.ops import StochasticDepth
 
 from imgclf.models._base import ImageClassifier
 from imgclf.models._registry import register_model
-from imgclf.models.layers import init_weights
+from imgclf.models.layers import DropPath, init_weights
 
 __all__ = ["BasicBlock", "Bottleneck", "ResNet", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152"]
 
@@ -53,7 +52,7 @@ class BasicBlock(nn.Module):
         self.conv2 = nn.Conv2d(planes, planes, 3, 1, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
         self.downsample = _downsample(in_chans, planes, stride)
-        self.drop_path = StochasticDepth(drop_path, "row")  # no parameters: bundles are unchanged
+        self.drop_path = DropPath(drop_path)  # no parameters: bundles are unchanged
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x if self.downsample is None else self.downsample(x)
@@ -81,7 +80,7 @@ class Bottleneck(nn.Module):
         self.bn3 = nn.BatchNorm2d(out_chans)
         self.relu = nn.ReLU(inplace=True)
         self.downsample = _downsample(in_chans, out_chans, stride)
-        self.drop_path = StochasticDepth(drop_path, "row")
+        self.drop_path = DropPath(drop_path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x if self.downsample is None else self.downsample(x)
