@@ -2,7 +2,8 @@
 # Transfer learning with 100 training images per class of CIFAR-10 (JPEG copy), tested on all
 # 10,000 test images: pretrained EfficientNet-Lite0 (two-stage fine-tuning and a linear probe)
 # against training from scratch on the same 1,000 images. Results: BENCHMARKS.md.
-# Usage: bench/transfer_cifar10.sh [path/to/cifar10-jpeg.tar.gz]   (2 CPU cores: about 12 minutes)
+# Usage: bench/transfer_cifar10.sh [path/to/cifar10-jpeg.tar.gz]   (2 CPU cores: about 15 minutes)
+#        ONLY=lite0-two-stage-128px bench/transfer_cifar10.sh ...     (one row)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${1:-../shared/datasets/cifar10-jpeg.tar.gz}
@@ -13,6 +14,7 @@ rm -rf "$IMGCLF_CACHE_DIR"   # embeddings computed, not read from an earlier run
 
 run() {
     local name=$1; shift
+    [[ -z "${ONLY:-}" || "$ONLY" == "$name" ]] || return 0
     local started=$(date +%s.%N)
     $IMGCLF train "$DATA" --max-train-per-class 100 --output "$OUT/$name" --overwrite --json "$@" > "$OUT/$name.json"
     local seconds=$(python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.0f}')" "$started" "$(date +%s.%N)")

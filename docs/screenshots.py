@@ -1,7 +1,8 @@
-"""The README's pictures of the web page: headless Chromium at 1200 and 390 px wide, before and
-after an image is dropped, on any bundle.
+"""The README's pictures: the web page in headless Chromium at 1200 and 390 px wide, before and
+after an image is dropped, on any bundle; or any other page (TensorBoard, a label_issues.html).
 
 Usage: .venv/bin/python docs/screenshots.py BUNDLE IMAGE [--output docs/images]
+       .venv/bin/python docs/screenshots.py --url URL --file OUT.png [--wait-s 8] [--width 1200]
 (needs chromium and chromium-driver, as the browser tests do)
 """
 
@@ -58,10 +59,25 @@ def main() -> None:
     from selenium.webdriver.support.ui import WebDriverWait
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("bundle")
-    parser.add_argument("image")
+    parser.add_argument("bundle", nargs="?")
+    parser.add_argument("image", nargs="?")
     parser.add_argument("--output", default="docs/images")
+    parser.add_argument("--url", help="screenshot this page instead")
+    parser.add_argument("--file", help="with --url: the PNG to write")
+    parser.add_argument("--wait-s", type=float, default=8.0, help="with --url: seconds to let it draw")
+    parser.add_argument("--width", type=int, default=1200)
+    parser.add_argument("--height", type=int, default=900)
     args = parser.parse_args()
+    if args.url:
+        driver = _browser()
+        try:
+            driver.set_window_size(args.width, args.height)
+            driver.get(args.url)
+            time.sleep(args.wait_s)
+            driver.save_screenshot(args.file)
+        finally:
+            driver.quit()
+        return
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
     image = Path(args.image)

@@ -101,59 +101,67 @@ def _screenshot(driver, name: str) -> None:
         driver.save_screenshot(str(Path(folder) / name))
 
 
+def _files(tmp_path: Path) -> dict[str, Path]:
+    files = {"photo": _photo(tmp_path), "flower": _photo(tmp_path, "flower.jpg"), "digit": tmp_path / "seven.png",
+             "text": tmp_path / "notes.txt", "large": tmp_path / "large.png"}  # fmt: skip
+    files["digit"].write_bytes(digit_png(7)[0])
+    files["text"].write_text("not a picture\n" * 10)
+    Image.frombytes("RGB", (800, 800), os.urandom(800 * 800 * 3)).save(files["large"])  # ~1.9 MB of noise
+    return files
+
+
+def _check_layout(browser, server: Server, width: int, token: bool) -> None:
+    from selenium.webdriver.common.by import By
+
+    boxes = _boxes(browser)
+    for first, second in (("header", "drop"), ("header", "card"), ("drop", "card"), ("header", "classify")):
+        assert not _overlap(boxes[first], boxes[second]), (width, first, second, boxes)
+    assert boxes["drop"]["right"] <= width and boxes["card"]["right"] <= width
+    facts = browser.find_element(By.ID, "facts").text
+    assert "8 x 8 px" in facts and "on its test split" in facts and "parameters" in facts
+    auth = ' -H "Authorization: Bearer $IMGCLF_TOKEN"' if token else ""
+    assert browser.find_element(By.ID, "curl-one").text == f"curl{auth} -F file=@photo.jpg {server.url}/v1/predict"
+
+
+def _use_like_a_person(browser, files: dict[str, Path]) -> None:
+    """Drop a real photo (bars and Grad-CAM), paste an image, send three at once, then a text file
+    and an oversized one (readable messages)."""
+    from selenium.webdriver.common.by import By
+
+    _send_by_event(browser, "drop", files["photo"])
+    _wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, ".result .bar"))
+    _wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, ".result figure.cam img"))  # Grad-CAM beside it
+    first = browser.find_element(By.CSS_SELECTOR, ".result")
+    if first.find_element(By.CSS_SELECTOR, ".label").text == "No label":
+        assert "not sure enough" in first.find_element(By.CSS_SELECTOR, ".why").text
+    browser.find_element(By.ID, "clear").click()
+    _send_by_event(browser, "paste", files["digit"])
+    _wait(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, ".result .bars")) == 1)
+    browser.find_element(By.ID, "clear").click()
+    three = "\n".join(str(files[name]) for name in ("photo", "digit", "flower"))
+    browser.find_element(By.ID, "file").send_keys(three)
+    _wait(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, ".result .bars")) == 3)  # one batch, a grid
+    browser.find_element(By.ID, "file").send_keys(str(files["text"]))
+    message = "notes.txt: this is not an image the server can read"
+    _wait(browser, lambda d: message in d.find_element(By.ID, "message").text)
+    browser.find_element(By.ID, "file").send_keys(str(files["large"]))
+    message = "large.png: this file is too large for the server (the limit is 1 MB)"
+    _wait(browser, lambda d: message in d.find_element(By.ID, "message").text)
+
+
 def test_the_page_reads_well_and_answers_at_desktop_and_phone_widths(digits_bundle, browser, tmp_path):
     from selenium.webdriver.common.by import By
 
     server = Server(digits_bundle, "--max-body-mb", "1")
-    photo, digit = _photo(tmp_path), tmp_path / "seven.png"
-    digit.write_bytes(digit_png(7)[0])
-    text_file = tmp_path / "notes.txt"
-    text_file.write_text("not a picture\n" * 10)
-    large = tmp_path / "large.png"
-    Image.frombytes("RGB", (800, 800), os.urandom(800 * 800 * 3)).save(large)  # ~1.9 MB of noise
+    files = _files(tmp_path)
     try:
         for width in WIDTHS:
             browser.set_window_size(width, 1000)
             browser.get(server.url + "/")
             _wait(browser, lambda d: "classes" in d.find_element(By.ID, "model").text)
-            boxes = _boxes(browser)
-            for first, second in (("header", "drop"), ("header", "card"), ("drop", "card"), ("header", "classify")):
-                assert not _overlap(boxes[first], boxes[second]), (width, first, second, boxes)
-            assert boxes["drop"]["right"] <= width and boxes["card"]["right"] <= width
-            facts = browser.find_element(By.ID, "facts").text
-            assert "8 x 8 px" in facts and "accuracy" in facts and "on its test split" in facts
-            assert (
-                "curl -F file=@photo.jpg " + server.url + "/v1/predict" in browser.find_element(By.ID, "curl-one").text
-            )
+            _check_layout(browser, server, width, token=False)
             _screenshot(browser, f"page-{width}-before.png")
-
-            _send_by_event(browser, "drop", photo)  # a real photo, dropped
-            _wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, ".result .bar"))
-            _wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, ".result figure.cam img"))  # Grad-CAM beside it
-            first = browser.find_element(By.CSS_SELECTOR, ".result")
-            assert first.find_element(By.CSS_SELECTOR, ".label").text
-            if first.find_element(By.CSS_SELECTOR, ".label").text == "No label":
-                assert "not sure enough" in first.find_element(By.CSS_SELECTOR, ".why").text
-            _screenshot(browser, f"page-{width}-after.png")
-            browser.find_element(By.ID, "clear").click()
-
-        _send_by_event(browser, "paste", digit)  # pasted from the clipboard
-        _wait(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, ".result .bar")) >= 1)
-        browser.find_element(By.ID, "clear").click()
-
-        browser.find_element(By.ID, "file").send_keys(
-            "\n".join(str(p) for p in (photo, digit, _photo(tmp_path, "flower.jpg")))
-        )
-        _wait(
-            browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, ".result .bars")) == 3
-        )  # one batch, a grid of three
-
-        browser.find_element(By.ID, "file").send_keys(str(text_file))
-        _wait(browser, lambda d: "not an image the server can read" in d.find_element(By.ID, "message").text)
-        browser.find_element(By.ID, "file").send_keys(str(large))
-        _wait(
-            browser, lambda d: "too large for the server (the limit is 1 MB)" in d.find_element(By.ID, "message").text
-        )
+            _use_like_a_person(browser, files)
     finally:
         server.stop()
 
@@ -161,10 +169,10 @@ def test_the_page_reads_well_and_answers_at_desktop_and_phone_widths(digits_bund
 def test_the_page_asks_for_the_token_once_and_keeps_it_for_the_tab(digits_bundle, browser, tmp_path):
     from selenium.webdriver.common.by import By
 
-    server = Server(digits_bundle, "--token", TOKEN)
-    digit = tmp_path / "three.png"
-    digit.write_bytes(digit_png(3)[0])
+    server = Server(digits_bundle, "--token", TOKEN, "--max-body-mb", "1")
+    files = _files(tmp_path)
     try:
+        browser.set_window_size(WIDTHS[0], 1000)
         browser.get(server.url + "/")
         _wait(browser, lambda d: d.find_element(By.ID, "auth").is_displayed())
         browser.find_element(By.ID, "token").send_keys("wrong")
@@ -176,12 +184,11 @@ def test_the_page_asks_for_the_token_once_and_keeps_it_for_the_tab(digits_bundle
         browser.find_element(By.ID, "use-token").click()
         _wait(browser, lambda d: "classes" in d.find_element(By.ID, "model").text)
         assert not browser.find_element(By.ID, "auth").is_displayed()
-        assert "Authorization: Bearer" in browser.find_element(By.ID, "curl-one").text
         browser.refresh()  # the same tab: no second question
         _wait(browser, lambda d: "classes" in d.find_element(By.ID, "model").text)
         assert not browser.find_element(By.ID, "auth").is_displayed()
-        browser.find_element(By.ID, "file").send_keys(str(digit))
-        _wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, ".result .bar"))
+        _check_layout(browser, server, WIDTHS[0], token=True)
+        _use_like_a_person(browser, files)
     finally:
         server.stop()
 

@@ -125,7 +125,9 @@ def plan_time_budget(run: TrainingRun, started: float, console: Console) -> RunP
     weight_bytes = sum(t.numel() * t.element_size() for t in run.model.state_dict().values())
     state_bytes = training_state_bytes(weight_bytes, config.optimizer, config.ema > 0)
     checkpoints = config.checkpoint_every_epoch and run.world.is_main
-    plan = plan_epochs(budget, time.perf_counter() - started, len(run.train_batches) * config.batch_size,
+    # Two-stage fine-tuning first embeds train and val once for its linear-probe head.
+    probe_s = (len(splits["train"]) + len(splits["val"])) / eval_speed if config.finetune == "two-stage" else 0.0
+    plan = plan_epochs(budget, time.perf_counter() - started + probe_s, len(run.train_batches) * config.batch_size,
                        len(splits["val"]), final_images, train_speed, eval_speed,
                        epoch_write_bytes=state_bytes if checkpoints else 0,
                        final_write_bytes=weight_bytes)  # fmt: skip

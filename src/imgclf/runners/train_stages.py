@@ -161,7 +161,7 @@ def train_stages(run: TrainingRun, saved: dict | None, observer: TrainObserver, 
         return Trained(_finished_state(run, saved, console), run.plan)
     state = FitState()
     replanner = None
-    if run.plan.budget is not None and len(stages) == 1:
+    if run.plan.budget is not None and len([stage for stage in stages if not stage.probe]) == 1:
         replanner = BudgetReplanner(run.plan, len(run.train_batches), console)
     for index, stage in enumerate(stages):
         if stage.probe:  # on a resume the saved weights hold the head it set

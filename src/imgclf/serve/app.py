@@ -297,6 +297,9 @@ class _MemoryTrimmer:
                 await asyncio.to_thread(self.trim, 0)
 
 
+QUIET_POLL_S = 0.002  # how often lower-priority work looks for a moment without predictions
+
+
 class _Batcher:
     """Collects images from concurrent requests and runs the model once per batch, in worker
     threads so the event loop keeps accepting requests. ``workers`` batches may run at once, each
@@ -308,6 +311,7 @@ class _Batcher:
         self.queue: asyncio.Queue = asyncio.Queue()
         self.tasks: list[asyncio.Task] = []
         self.waiting = 0  # workers waiting for a first request
+        self.busy = 0  # model calls running now
         self.executor: ThreadPoolExecutor | None = None
 
     def start(self) -> None:
@@ -326,6 +330,12 @@ class _Batcher:
     @property
     def running(self) -> bool:
         return bool(self.tasks) and not any(task.done() for task in self.tasks)
+
+    async def wait_quiet(self, seconds: float) -> None:
+        """Until no prediction waits or runs (at most ``seconds``): lower-priority work goes then."""
+        deadline = time.monotonic() + seconds
+        while (self.busy or not self.queue.empty()) and time.monotonic() < deadline:
+            await asyncio.sleep(QUIET_POLL_S)
 
     async def predict(self, image: np.ndarray, top_k: int) -> dict:
         future = asyncio.get_running_loop().create_future()
@@ -365,7 +375,11 @@ class _Batcher:
             top_k = max(item[1] for item in live)
             try:
                 images, loop = [item[0] for item in live], asyncio.get_running_loop()
-                rows = await loop.run_in_executor(self.executor, self.engine.predict, images, top_k)
+                self.busy += 1
+                try:
+                    rows = await loop.run_in_executor(self.executor, self.engine.predict, images, top_k)
+                finally:
+                    self.busy -= 1
             except Exception as error:  # noqa: BLE001 - one bad batch must not stop the batcher
                 for _, _, future in live:
                     if not future.done():
@@ -433,10 +447,13 @@ class _Service:
         self.trimmer = _MemoryTrimmer()
         self.explain_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="imgclf-explain")
         self.pixel_budget: _PixelBudget | None = None  # made inside the running loop
+        self.explain_gate: asyncio.Lock | None = None
+        self.explain_rest_until = 0.0  # perf_counter() before which no Grad-CAM starts
 
     @contextlib.asynccontextmanager
     async def lifespan(self, _: FastAPI):
         self.pixel_budget = _PixelBudget(self.settings.max_decoding_pixels)
+        self.explain_gate = asyncio.Lock()
         self.batcher.start()
         self.trimmer.start()
         yield
@@ -492,7 +509,8 @@ class _Service:
 
         async def make() -> bytes:
             image = await self.decoded(name, data)
-            return await loop.run_in_executor(self.explain_executor, self.engine.explain_png, image)
+            async with self.explain_gate:
+                return await self._explain_when_quiet(loop, image)
 
         try:
             return await asyncio.wait_for(make(), self.settings.timeout_s)
@@ -500,6 +518,19 @@ class _Service:
             raise HttpError(501, str(error)) from None
         except TimeoutError:
             raise HttpError(504, f"the explanation took over {self.settings.timeout_s:g} s") from None
+
+
+    async def _explain_when_quiet(self, loop, image: np.ndarray) -> bytes:
+        """Grad-CAM yields to predictions: it starts when none waits or runs, and after each one
+        its thread rests as long as the explanation took, so a flood of explanations takes at most
+        half of the server's time from the clients that only want labels."""
+        await asyncio.sleep(max(0.0, self.explain_rest_until - time.perf_counter()))
+        await self.batcher.wait_quiet(self.settings.timeout_s)
+        started = time.perf_counter()
+        try:
+            return await loop.run_in_executor(self.explain_executor, self.engine.explain_png, image)
+        finally:
+            self.explain_rest_until = 2 * time.perf_counter() - started
 
 
 def _add_error_handlers(app: FastAPI) -> None:
