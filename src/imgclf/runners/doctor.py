@@ -8,157 +8,24 @@ mode or format alone predicts the label.
 
 from __future__ import annotations
 
-import hashlib
-from collections import Counter, defaultdict
+from collections import Counter
 
-import numpy as np
-
-from imgclf.data.checks import data_warnings, imbalance_ratio
-from imgclf.data.dataset import ArraySplit, Dataset, SplitPolicy, load_dataset
-from imgclf.data.decode import ImageInfo, decode_image, probe_image
-from imgclf.errors import BadImageError
+from imgclf.data.checks import data_warnings
+from imgclf.data.dataset import ArraySplit, SplitPolicy, load_dataset
+from imgclf.data.inspect import array_rows, scan_files, summary
 
 __all__ = ["run_doctor"]
-
-_EXTENSION_FORMATS = {
-    ".jpg": "JPEG",
-    ".jpeg": "JPEG",
-    ".jpe": "JPEG",
-    ".jfif": "JPEG",
-    ".png": "PNG",
-    ".gif": "GIF",
-    ".bmp": "BMP",
-    ".tif": "TIFF",
-    ".tiff": "TIFF",
-    ".webp": "WEBP",
-}
-
-
-def _conversions(info: ImageInfo, key: str, dataset_channels: int) -> list[str]:
-    mode, notes = info.mode, []
-    if info.exif_rotated:
-        notes.append("rotated by its EXIF orientation")
-    if mode == "1":
-        notes.append("1-bit expanded to 8-bit grayscale")
-    elif mode in ("LA", "La", "PA", "RGBA", "RGBa") or info.transparency:
-        notes.append("transparency composited on white")
-    elif mode.startswith("I"):
-        notes.append("16-bit values rescaled to 8-bit")
-    elif mode == "F":
-        notes.append("floating-point values rescaled to 8-bit")
-    elif mode in ("P", "CMYK", "YCbCr", "LAB", "HSV", "RGBX"):
-        notes.append(f"{mode} converted to RGB")
-    if info.is_grayscale and dataset_channels == 3:
-        notes.append("grayscale repeated to 3 channels")
-    if info.frames > 1:
-        notes.append(f"animated ({info.frames} frames): the first frame is used")
-    suffix = "." + key.rsplit(".", 1)[-1].lower() if "." in key else ""
-    expected = _EXTENSION_FORMATS.get(suffix)
-    if expected and info.format not in (expected, "MPO"):
-        notes.append(f"named {suffix} but holds {info.format}: read by content")
-    return notes
-
-
-def _inspect_file(split, key: str) -> tuple[ImageInfo | None, str | None, str]:
-    """Header, the reason it cannot be used (or None), and the content hash."""
-    source = split.reader.describe(key)
-    try:
-        data = split.reader.read(key)
-    except BadImageError as error:
-        return None, error.reason, ""
-    digest = hashlib.sha256(data).hexdigest()
-    try:
-        info = probe_image(data, source)
-        decode_image(data, source)  # the full decode finds truncated and corrupt files
-    except BadImageError as error:
-        return None, error.reason, digest
-    return info, None, digest
-
-
-def _scan_files(dataset: Dataset) -> list[dict]:
-    rows, infos = [], []
-    for split_name, split in dataset.splits.items():
-        for key, target in zip(split.keys, split.targets):
-            info, reason, digest = _inspect_file(split, key)
-            row = {
-                "file": split.reader.describe(key),
-                "split": split_name,
-                "class": dataset.classes[int(target)],
-                "sha256": digest,
-            }
-            rows.append(row)
-            infos.append((row, info, reason, key))
-    usable = [info for _, info, _, _ in infos if info is not None]
-    channels = 1 if usable and all(info.is_grayscale for info in usable) else 3
-    for row, info, reason, key in infos:
-        if info is None:
-            row.update(status="skipped", detail=reason)
-            continue
-        notes = _conversions(info, key, channels)
-        row.update(
-            status="converted" if notes else "used",
-            detail="; ".join(notes) or None,
-            size=[info.width, info.height],
-            mode=info.mode,
-            format=info.format,
-        )
-    return rows
-
-
-def _array_rows(dataset: Dataset) -> list[dict]:
-    rows = []
-    for split_name, split in dataset.splits.items():
-        for index, (key, target) in enumerate(zip(split.keys, split.targets)):
-            image = split.images[index]
-            rows.append(
-                {
-                    "file": key,
-                    "split": split_name,
-                    "class": dataset.classes[int(target)],
-                    "status": "used",
-                    "detail": None,
-                    "sha256": hashlib.sha256(image.tobytes()).hexdigest(),
-                    "size": [int(image.shape[1]), int(image.shape[0])],
-                    "mode": "L" if image.shape[2] == 1 else "RGB",
-                    "format": "array",
-                }
-            )
-    return rows
-
-
-def _summary(dataset: Dataset, rows: list[dict]) -> dict:
-    usable = [row for row in rows if row["status"] != "skipped"]
-    per_split = {name: dict(Counter(row["class"] for row in usable if row["split"] == name)) for name in dataset.splits}
-    sizes = defaultdict(list)
-    modes = defaultdict(Counter)
-    for row in usable:
-        sizes[row["class"]].append(row["size"])
-        modes[row["class"]][row["mode"]] += 1
-    size_summary = {
-        name: {
-            "min": np.min(values, axis=0).tolist(),
-            "median": np.median(values, axis=0).tolist(),
-            "max": np.max(values, axis=0).tolist(),
-        }
-        for name, values in sizes.items()
-    }
-    return {
-        "per_split": per_split,
-        "sizes": size_summary,
-        "modes": {k: dict(v) for k, v in modes.items()},
-        "imbalance_ratio": imbalance_ratio(rows, dataset.classes),
-    }
 
 
 def run_doctor(data: str, seed: int = 0, data_dir=None) -> dict:
     """Inspect DATA as ``train`` would read it (same layout and split rules); never trains."""
     dataset = load_dataset(data, SplitPolicy(seed=seed), data_dir)
     if any(isinstance(split, ArraySplit) for split in dataset.splits.values()):
-        rows = _array_rows(dataset)
+        rows = array_rows(dataset)
     else:
-        rows = _scan_files(dataset)
+        rows = scan_files(dataset)
     duplicates, warnings = data_warnings(rows, dataset.classes)
-    summary = _summary(dataset, rows)
+    overview = summary(dataset, rows)
     counts = Counter(row["status"] for row in rows)
     return {
         "data": dataset.name,
@@ -169,6 +36,6 @@ def run_doctor(data: str, seed: int = 0, data_dir=None) -> dict:
         "skipped": [{"file": row["file"], "reason": row["detail"]} for row in rows if row["status"] == "skipped"],
         "ignored": [{"file": file, "reason": reason} for file, reason in dataset.ignored],
         "duplicates": duplicates,
-        **summary,
+        **overview,
         "warnings": warnings,
     }

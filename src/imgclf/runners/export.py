@@ -3,8 +3,6 @@ check against PyTorch (and an int8 variant with its accuracy change) and a laten
 
 from __future__ import annotations
 
-import logging
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +22,7 @@ from imgclf.engine.evaluate import predict_logits
 from imgclf.errors import BadImageError, ImgclfError, UsageError
 from imgclf.explain.calibration import centroid_distance
 from imgclf.export.onnx_graph import OPSET, add_contract, network_proto, onnx_session, with_preprocessing
+from imgclf.export.quantize import quantized_network
 from imgclf.models.info import measure_latency
 from imgclf.runners.common import stderr_console
 from imgclf.runners.evaluate import split_policy
@@ -150,63 +149,6 @@ def _as_split(images: torch.Tensor) -> TensorSplit:
     return TensorSplit(images, torch.zeros(len(images), dtype=torch.int64), [str(i) for i in range(len(images))])
 
 
-def _quantized_network(network: onnx.ModelProto, calibration: np.ndarray) -> onnx.ModelProto:
-    """onnxruntime static int8 quantization (QDQ, per-channel weights) of the float network but its
-    final classifier (see classifier_nodes), calibrated on normalized training images."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-
-    class Reader(CalibrationDataReader):
-        def __init__(self, name: str):
-            self.items = iter([{name: calibration[i : i + 1]} for i in range(len(calibration))])
-
-        def get_next(self):
-            return next(self.items, None)
-
-    root_logger = logging.getLogger()
-    level = root_logger.level
-    root_logger.setLevel(logging.ERROR)  # onnxruntime logs advice on the root logger while quantizing
-    try:
-        return _quantize_files(network, Reader, quantize_static, QuantFormat, QuantType)
-    finally:
-        root_logger.setLevel(level)
-
-
-def _quantize_files(network, Reader, quantize_static, QuantFormat, QuantType) -> onnx.ModelProto:  # noqa: N803
-    with tempfile.TemporaryDirectory() as folder:
-        source, target = Path(folder) / "float.onnx", Path(folder) / "int8.onnx"
-        onnx.save(network, source)
-        quantize_static(
-            str(source), str(target), Reader(network.graph.input[0].name), quant_format=QuantFormat.QDQ,
-            per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-            nodes_to_exclude=classifier_nodes(network),
-        )  # fmt: skip
-        return onnx.load(str(target))
-
-
-# Ops a classifier's output may pass through after its last matrix product.
-_PASS_THROUGH = {"Add", "Reshape", "Flatten", "Identity", "Squeeze", "Cast", "Dropout"}
-
-
-def classifier_nodes(network: onnx.ModelProto) -> list[str]:
-    """The final linear layer(s) that produce the logits, kept in float when quantizing.
-
-    Quantizing the classifier rounds the logits, and near-ties then flip: measured on
-    EfficientNet-Lite0 with a linear-probe head (CIFAR-10, 500 validation images), int8 accuracy
-    0.532 with the head quantized and 0.694 with it in float (fp32 0.700), at the same batch-1
-    latency (2.2 ms). The usual advice to keep the last layer in higher precision, measured."""
-    producers = {output: node for node in network.graph.node for output in node.output}
-    kept, pending = [], [output.name for output in network.graph.output]
-    while pending:
-        node = producers.get(pending.pop())
-        if node is None:
-            continue
-        if node.op_type in ("Gemm", "MatMul"):
-            kept.append(node.name)
-        elif node.op_type in _PASS_THROUGH:
-            pending.extend(name for name in node.input if name in producers)
-    return kept
-
-
 def _onnx_latency_ms(session, layout: str, channels: int, size: int, batch: int, repeats: int = 20) -> float:
     shape = (batch, size, size, channels) if layout == "nhwc" else (batch, channels, size, size)
     pixels = np.random.default_rng(0).integers(0, 256, size=shape, dtype=np.uint8)
@@ -324,7 +266,7 @@ def _int8(
         raise UsageError("--quantize int8 calibrates on training images: pass --data DATA (the training data)")
     prepared = torch.from_numpy(np.stack([bundle.preprocess.prepare_pixels(p) for p in train.pixels]))
     calibration = bundle.preprocess.normalize(prepared).contiguous().numpy()
-    quantized = with_preprocessing(_quantized_network(network, calibration), bundle.preprocess, layout, temperature)
+    quantized = with_preprocessing(quantized_network(network, calibration), bundle.preprocess, layout, temperature)
     report = {"calibration_images": len(train.pixels)}
     if val is not None:
         fp32_predictions = _onnx_outputs(fp32_session, val, layout).argmax(1)

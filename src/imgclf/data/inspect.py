@@ -1,0 +1,146 @@
+"""What imgclf does with every file of a dataset, without training: each file used, converted (and
+how) or skipped (and why), with its content hash; sizes and modes per class. ``imgclf doctor``
+reports it."""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter, defaultdict
+
+import numpy as np
+
+from imgclf.data.checks import imbalance_ratio
+from imgclf.data.dataset import Dataset
+from imgclf.data.decode import ImageInfo, decode_image, probe_image
+from imgclf.errors import BadImageError
+
+__all__ = ["array_rows", "scan_files", "summary"]
+
+_EXTENSION_FORMATS = {
+    ".jpg": "JPEG",
+    ".jpeg": "JPEG",
+    ".jpe": "JPEG",
+    ".jfif": "JPEG",
+    ".png": "PNG",
+    ".gif": "GIF",
+    ".bmp": "BMP",
+    ".tif": "TIFF",
+    ".tiff": "TIFF",
+    ".webp": "WEBP",
+}
+
+
+def _conversions(info: ImageInfo, key: str, dataset_channels: int) -> list[str]:
+    mode, notes = info.mode, []
+    if info.exif_rotated:
+        notes.append("rotated by its EXIF orientation")
+    if mode == "1":
+        notes.append("1-bit expanded to 8-bit grayscale")
+    elif mode in ("LA", "La", "PA", "RGBA", "RGBa") or info.transparency:
+        notes.append("transparency composited on white")
+    elif mode.startswith("I"):
+        notes.append("16-bit values rescaled to 8-bit")
+    elif mode == "F":
+        notes.append("floating-point values rescaled to 8-bit")
+    elif mode in ("P", "CMYK", "YCbCr", "LAB", "HSV", "RGBX"):
+        notes.append(f"{mode} converted to RGB")
+    if info.is_grayscale and dataset_channels == 3:
+        notes.append("grayscale repeated to 3 channels")
+    if info.frames > 1:
+        notes.append(f"animated ({info.frames} frames): the first frame is used")
+    suffix = "." + key.rsplit(".", 1)[-1].lower() if "." in key else ""
+    expected = _EXTENSION_FORMATS.get(suffix)
+    if expected and info.format not in (expected, "MPO"):
+        notes.append(f"named {suffix} but holds {info.format}: read by content")
+    return notes
+
+
+def _inspect_file(split, key: str) -> tuple[ImageInfo | None, str | None, str]:
+    """Header, the reason it cannot be used (or None), and the content hash."""
+    source = split.reader.describe(key)
+    try:
+        data = split.reader.read(key)
+    except BadImageError as error:
+        return None, error.reason, ""
+    digest = hashlib.sha256(data).hexdigest()
+    try:
+        info = probe_image(data, source)
+        decode_image(data, source)  # the full decode finds truncated and corrupt files
+    except BadImageError as error:
+        return None, error.reason, digest
+    return info, None, digest
+
+
+def scan_files(dataset: Dataset) -> list[dict]:
+    rows, infos = [], []
+    for split_name, split in dataset.splits.items():
+        for key, target in zip(split.keys, split.targets):
+            info, reason, digest = _inspect_file(split, key)
+            row = {
+                "file": split.reader.describe(key),
+                "split": split_name,
+                "class": dataset.classes[int(target)],
+                "sha256": digest,
+            }
+            rows.append(row)
+            infos.append((row, info, reason, key))
+    usable = [info for _, info, _, _ in infos if info is not None]
+    channels = 1 if usable and all(info.is_grayscale for info in usable) else 3
+    for row, info, reason, key in infos:
+        if info is None:
+            row.update(status="skipped", detail=reason)
+            continue
+        notes = _conversions(info, key, channels)
+        row.update(
+            status="converted" if notes else "used",
+            detail="; ".join(notes) or None,
+            size=[info.width, info.height],
+            mode=info.mode,
+            format=info.format,
+        )
+    return rows
+
+
+def array_rows(dataset: Dataset) -> list[dict]:
+    rows = []
+    for split_name, split in dataset.splits.items():
+        for index, (key, target) in enumerate(zip(split.keys, split.targets)):
+            image = split.images[index]
+            rows.append(
+                {
+                    "file": key,
+                    "split": split_name,
+                    "class": dataset.classes[int(target)],
+                    "status": "used",
+                    "detail": None,
+                    "sha256": hashlib.sha256(image.tobytes()).hexdigest(),
+                    "size": [int(image.shape[1]), int(image.shape[0])],
+                    "mode": "L" if image.shape[2] == 1 else "RGB",
+                    "format": "array",
+                }
+            )
+    return rows
+
+
+def summary(dataset: Dataset, rows: list[dict]) -> dict:
+    usable = [row for row in rows if row["status"] != "skipped"]
+    per_split = {name: dict(Counter(row["class"] for row in usable if row["split"] == name)) for name in dataset.splits}
+    sizes = defaultdict(list)
+    modes = defaultdict(Counter)
+    for row in usable:
+        sizes[row["class"]].append(row["size"])
+        modes[row["class"]][row["mode"]] += 1
+    size_summary = {
+        name: {
+            "min": np.min(values, axis=0).tolist(),
+            "median": np.median(values, axis=0).tolist(),
+            "max": np.max(values, axis=0).tolist(),
+        }
+        for name, values in sizes.items()
+    }
+    return {
+        "per_split": per_split,
+        "sizes": size_summary,
+        "modes": {k: dict(v) for k, v in modes.items()},
+        "imbalance_ratio": imbalance_ratio(rows, dataset.classes),
+    }
