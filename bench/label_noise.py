@@ -42,20 +42,23 @@ def _write_digits(work: Path, seed: int) -> Path:
     return root
 
 
-def _flip(root: Path, share: float, seed: int) -> set[str]:
-    """Move ``share`` of the training images into another class's folder; returns their new paths."""
+def _flip(root: Path, share: float, seed: int) -> int:
+    """Move ``share`` of the training images into another class's folder, named ``flipped-...``
+    (no original file name starts so); returns how many."""
     classes = sorted(path.name for path in (root / "train").iterdir() if path.is_dir())
     files = sorted(path for path in (root / "train").rglob("*") if path.is_file())
     rng = np.random.default_rng(seed)
     chosen = rng.choice(len(files), size=max(1, round(share * len(files))), replace=False)
-    flipped = set()
     for index in chosen:
         path = files[index]
         others = [name for name in classes if name != path.parent.name]
-        target = root / "train" / others[rng.integers(len(others))] / f"flipped-{path.name}"
+        target = root / "train" / others[rng.integers(len(others))] / f"flipped-{path.parent.name}-{path.name}"
         shutil.move(path, target)
-        flipped.add(target.name)
-    return flipped
+    return len(chosen)
+
+
+def _was_flipped(row: dict) -> bool:
+    return Path(row["file"]).name.startswith("flipped-")
 
 
 def main() -> None:
@@ -74,13 +77,13 @@ def main() -> None:
     result = run_label_check(str(root), seed=args.seed, output=work / "labels")
     seconds = time.perf_counter() - started
     top = result["issues"][: max(1, round(0.1 * len(result["issues"])))]
-    found = sum(Path(row["file"]).name in flipped for row in top)
+    found = sum(_was_flipped(row) for row in top)
     flagged = [row for row in result["issues"] if row["flagged"]]
-    caught = sum(Path(row["file"]).name in flipped for row in flagged)
-    print(f"{args.data}: {result['images']} training images, {len(flipped)} labels flipped ({args.share:.0%}); "
+    caught = sum(_was_flipped(row) for row in flagged)
+    print(f"{args.data}: {result['images']} training images, {flipped} labels flipped ({args.share:.0%}); "
           f"{result['method']}")  # fmt: skip
-    print(f"flipped images in the top 10% ({len(top)}): {found}/{len(flipped)} = {found / len(flipped):.1%}")
-    print(f"flagged by cleanlab: {len(flagged)}, of them flipped: {caught} (recall {caught / len(flipped):.1%})")
+    print(f"flipped images in the top 10% ({len(top)}): {found}/{flipped} = {found / flipped:.1%}")
+    print(f"flagged by cleanlab: {len(flagged)}, of them flipped: {caught} (recall {caught / flipped:.1%})")
     print(f"check took {seconds:.1f} s")
 
 

@@ -53,8 +53,9 @@ class Preprocess:
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 NCHW (any device) -> float32 NCHW, (x / 255 - mean) / std, in channels-last
-        memory layout (with a channels-last model: 20-50% faster convolutions on this 2-core CPU,
-        measured for simple_cnn, LeNet-5, ResNet-18 and EfficientNet-Lite0)."""
+        memory layout. With a channels-last model, on 2 CPU cores: training steps 17-24% faster
+        (ResNet-18, LeNet-5), inference 25-79% faster (ResNet-18, EfficientNet-Lite0); the table
+        is in BENCHMARKS.md ("CPU inference speed")."""
         mean = torch.tensor(self.mean, device=images.device).view(1, -1, 1, 1)
         std = torch.tensor(self.std, device=images.device).view(1, -1, 1, 1)
         normalized = (images.float() / 255.0 - mean) / std

@@ -68,7 +68,7 @@ def _create_model(config: TrainConfig, dataset: Dataset, preprocess: Preprocess,
     if weights is not None:
         fresh = load_weights_into(model, weights)
         console.print(f"weights: {weights.source}; newly initialized: {', '.join(fresh) or 'nothing'}")
-    # channels-last: 17-24% faster training steps measured on this CPU (see Preprocess.normalize)
+    # channels-last: faster steps and inference on CPUs (measured: Preprocess.normalize)
     return model.to(device, memory_format=torch.channels_last), model_kwargs
 
 

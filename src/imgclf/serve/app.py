@@ -519,7 +519,6 @@ class _Service:
         except TimeoutError:
             raise HttpError(504, f"the explanation took over {self.settings.timeout_s:g} s") from None
 
-
     async def _explain_when_quiet(self, loop, image: np.ndarray) -> bytes:
         """Grad-CAM yields to predictions: it starts when none waits or runs, and after each one
         its thread rests as long as the explanation took, so a flood of explanations takes at most

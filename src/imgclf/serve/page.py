@@ -15,6 +15,7 @@ header h1{margin:0;font-size:1.35rem}
 header p{margin:.25rem 0 0;color:var(--muted)}
 main{max-width:1100px;margin:0 auto;padding:1.25rem 1.5rem;display:grid;gap:1.25rem;
 grid-template-columns:minmax(0,2fr) minmax(0,1fr);align-items:start}
+main>div{display:grid;gap:1.25rem;align-content:start;min-width:0}
 section{background:#fff;border:1px solid var(--line);border-radius:10px;padding:1rem 1.25rem}
 section h2{font-size:1.05rem;margin:0 0 .75rem}
 #drop{display:block;border:2px dashed #9aa7b4;border-radius:10px;padding:1.75rem 1rem;text-align:center;cursor:pointer;
