@@ -50,6 +50,8 @@ def test_bundle_is_described_by_safetensors_and_json_alone(digits_bundle):
     output, _ = digits_bundle
     assert sorted(p.name for p in output.iterdir() if not p.name.startswith("training_state")) == [
         "centroids.safetensors",
+        "config.yaml",
+        "metrics.csv",
         "metrics.json",
         "model.json",
         "model.safetensors",
