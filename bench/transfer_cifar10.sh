@@ -23,6 +23,7 @@ run() {
 }
 
 mkdir -p "$OUT"
+run lite0-two-stage-9ep-128px --model efficientnet_lite0 --pretrained --finetune two-stage --epochs 9 --augment flip+translate --batch-size 32 --input-size 128
 run lite1-two-stage-128px --model efficientnet_lite1 --pretrained --finetune two-stage --epochs 7 --batch-size 32 --input-size 128
 run lite0-two-stage-128px --model efficientnet_lite0 --pretrained --finetune two-stage --epochs 10 --batch-size 32 --input-size 128
 run lite0-linear-probe-128px --model efficientnet_lite0 --pretrained --finetune linear-probe --input-size 128
