@@ -2,7 +2,7 @@
 # Transfer learning with 100 training images per class of CIFAR-10 (JPEG copy), tested on all
 # 10,000 test images: pretrained EfficientNet-Lite1 and -Lite0 (two-stage fine-tuning, a linear probe)
 # against training from scratch on the same 1,000 images. Results: BENCHMARKS.md.
-# Usage: bench/transfer_cifar10.sh [path/to/cifar10-jpeg.tar.gz]   (2 CPU cores: about 15 minutes)
+# Usage: bench/transfer_cifar10.sh [path/to/cifar10-jpeg.tar.gz]   (2 CPU cores: about 30 minutes)
 #        ONLY=lite0-two-stage-128px bench/transfer_cifar10.sh ...     (one row)
 set -euo pipefail
 cd "$(dirname "$0")/.."
