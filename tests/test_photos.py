@@ -187,3 +187,15 @@ def test_the_allocator_settings_apply_to_computing_commands_only():
     assert not wants_tuned_allocator(["train", "photos/"], {"IMGCLF_MALLOC": "system"})
     assert not wants_tuned_allocator(["train", "photos/"], {"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"})
     assert "mmap_threshold" in ALLOCATOR_TUNABLES and "trim_threshold" in ALLOCATOR_TUNABLES
+
+
+def test_the_speed_trial_of_a_two_stage_run_trains_the_backbone_as_its_epochs_will():
+    """Two-stage's first stage is a linear probe (no steps): timing it would plan a budget from
+    head-only steps, several times faster than the epochs that follow."""
+    model = create_model("simple_cnn", num_classes=2, in_chans=3, input_size=16)
+    config = TrainConfig(model="simple_cnn", pretrained="default", finetune="two-stage", batch_size=6)
+    setup = trial_setup(config, model, Preprocess.unnormalized(16, 3), Augmentation(), torch.tensor([0, 1] * 3), 2,
+                        torch.device("cpu"), 1)  # fmt: skip
+    backbone = [p for module in setup.model.group_modules()["stages"] for p in module.parameters()]
+    assert backbone and all(p.requires_grad for p in backbone)
+    assert setup.scheduler.lr_lambdas[0].total_steps >= 1

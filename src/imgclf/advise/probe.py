@@ -17,7 +17,7 @@ from imgclf.data.batches import eval_batch_size, make_batches
 from imgclf.data.prepare import Preprocess, TensorSplit, estimate_mean_std
 from imgclf.engine.loop import fit
 from imgclf.engine.observers import NullObserver
-from imgclf.engine.plan import plan_stages
+from imgclf.engine.plan import first_training_stage
 from imgclf.engine.probe import extract_embeddings, fit_linear_probe
 from imgclf.engine.recipe import fit_setup
 from imgclf.engine.runtime import seed_everything
@@ -64,7 +64,7 @@ def probe_scratch(
     train_batches = make_batches(train, batch, shuffle=True, seed=seed, drop_last=True, workers=0)
     val_batches = make_batches(val, eval_batch_size(size), workers=0)
     augmentation = choose_augmentation("auto", data_kind, channels, size, epochs)
-    stage = plan_stages(config, epochs)[0]
+    stage = first_training_stage(config, epochs)
     setup = fit_setup(config, model, stage, len(train_batches), preprocess, augmentation, train.targets, len(classes),
                       device, torch.Generator().manual_seed(seed + 1), stop_at=started + seconds)  # fmt: skip
     state = fit(setup, train_batches, val_batches, epochs, classes, NullObserver())

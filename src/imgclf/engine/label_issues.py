@@ -22,7 +22,7 @@ from imgclf.data.prepare import Preprocess, TensorSplit
 from imgclf.engine.evaluate import predict_logits
 from imgclf.engine.loop import fit
 from imgclf.engine.observers import NullObserver
-from imgclf.engine.plan import plan_stages
+from imgclf.engine.plan import first_training_stage
 from imgclf.engine.probe import PROBE_FOLDS, fit_linear_probe
 from imgclf.engine.recipe import fit_setup
 from imgclf.engine.runtime import seed_everything
@@ -98,7 +98,7 @@ def _train_fold(config, fit_split, held_split, preprocess, data_kind, num_classe
     held = TensorBatches(held_split, eval_batch_size(preprocess.input_size))
     augmentation = choose_augmentation("auto", data_kind, preprocess.channels, preprocess.input_size, epochs)
     generator = torch.Generator().manual_seed(config.seed + 1)
-    setup = fit_setup(config, model, plan_stages(config, epochs)[0], len(batches), preprocess, augmentation,
+    setup = fit_setup(config, model, first_training_stage(config, epochs), len(batches), preprocess, augmentation,
                       fit_split.targets, num_classes, device, generator)  # fmt: skip
     # The held-out fold's labels must not choose anything: the loop's per-epoch check runs on a few
     # of the fold's own training images (cheap; it keeps the last, best-fitting epochs).

@@ -14,7 +14,7 @@ from imgclf.config import TrainConfig
 from imgclf.data.augment import Augmentation
 from imgclf.engine.budget import BudgetPlan
 
-__all__ = ["RunPlan", "Stage", "auto_epochs", "plan_stages", "training_batch"]
+__all__ = ["RunPlan", "Stage", "auto_epochs", "first_training_stage", "plan_stages", "training_batch"]
 
 # Auto epochs: enough to see about this many training images, within [3, 30] epochs.
 AUTO_EPOCH_IMAGES, AUTO_EPOCH_RANGE = 30_000, (3, 30)
@@ -67,6 +67,12 @@ def plan_stages(config: TrainConfig, epochs: int, processes: int = 1) -> list[St
             Stage("stage 2: all layers, lower rates for earlier layers", 0, epochs, True, lr / 10, DISCRIMINATIVE_LR),
         ]
     return [Stage("all layers", 0, epochs, True, lr)]
+
+
+def first_training_stage(config: TrainConfig, epochs: int, processes: int = 1) -> Stage:
+    """The first stage that takes optimizer steps (two-stage's linear-probe stage takes none):
+    what a speed measurement or a short probe of this configuration should run."""
+    return next(stage for stage in plan_stages(config, epochs, processes) if not stage.probe)
 
 
 def training_batch(batch_size: int, train_images: int, processes: int = 1) -> tuple[int, bool]:

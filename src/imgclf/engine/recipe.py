@@ -18,7 +18,7 @@ from imgclf.data.prepare import Preprocess
 from imgclf.distributed import World
 from imgclf.engine.loop import FitSetup, weight_average
 from imgclf.engine.optim import create_optimizer, create_schedule
-from imgclf.engine.plan import Stage, plan_stages
+from imgclf.engine.plan import Stage, first_training_stage
 from imgclf.models import ImageClassifier
 from imgclf.transfer import freeze_for_finetuning
 
@@ -97,7 +97,7 @@ def trial_setup(
     """The first stage's setup on a copy of ``model``, with a generator of its own: for timing the
     run's training steps without touching its weights or its random numbers."""
     trial = copy.deepcopy(model)
-    stage = plan_stages(config, epochs=2)[0]
+    stage = first_training_stage(config, epochs=2)
     generator = torch.Generator().manual_seed(config.seed)
     return fit_setup(config, trial, stage, steps_per_epoch, preprocess, augmentation, train_targets, num_classes,
                      device, generator)  # fmt: skip
