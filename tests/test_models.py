@@ -11,6 +11,8 @@ import torchvision
 
 from imgclf.errors import UsageError
 from imgclf.models import choose_input_size, count_parameters, create_model, get_model_spec, list_models
+from imgclf.models.inference import folded_for_inference
+from imgclf.models.layers import Conv2dTfSame
 
 # The published / torchvision counts at the default configuration.
 PUBLISHED_PARAMETERS = {
@@ -193,3 +195,41 @@ def test_the_shipped_zoo_table_is_what_the_models_count_now(tmp_path, monkeypatc
     assert run_models() == shipped["rows"]
     assert run_models(input_size=64)[0]["flops_input_size"] in (32, 64)  # another size: counted, then cached
     assert list((tmp_path / "zoo").glob("*.json"))
+
+
+@pytest.mark.parametrize("name", ["efficientnet_lite0", "resnet18", "mobilenet_v2", "simple_cnn"])
+def test_folded_batch_norms_give_the_same_outputs_and_leave_the_model_alone(name: str):
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=5, in_chans=3, input_size=64)
+    for module in model.modules():  # statistics that are not the identity, as after training
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+    model.train()
+    before = {key: value.clone() for key, value in model.state_dict().items()}
+    images = torch.randn(3, 3, 64, 64)
+    folded = folded_for_inference(model.eval())
+    with torch.no_grad():
+        expected, actual = model(images), folded(images)
+    assert torch.allclose(actual, expected, atol=1e-4, rtol=1e-4)
+    remaining = sum(isinstance(module, torch.nn.BatchNorm2d) for module in folded.modules())
+    assert remaining < sum(isinstance(module, torch.nn.BatchNorm2d) for module in model.modules())
+    assert all(torch.equal(value, before[key]) for key, value in model.state_dict().items())
+
+
+@pytest.mark.parametrize("kernel", [1, 3, 5])
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("size", [7, 8, 16])
+def test_tensorflow_same_padding_puts_the_extra_row_and_column_last(kernel: int, stride: int, size: int):
+    torch.manual_seed(0)
+    conv = Conv2dTfSame(2, 3, kernel, stride)
+    image = torch.randn(1, 2, size, size + 1)
+    padded = []  # TensorFlow's rule: out = ceil(in / stride), the odd pixel of padding at the end
+    for length in reversed(image.shape[-2:]):
+        total = max((-(-length // stride) - 1) * stride + kernel - length, 0)
+        padded += [total // 2, total - total // 2]
+    expected = torch.nn.functional.conv2d(torch.nn.functional.pad(image, padded), conv.weight, conv.bias, stride)
+    with torch.no_grad():
+        actual = conv(image)
+    assert actual.shape[-2:] == (-(-size // stride), -(-(size + 1) // stride))
+    assert torch.allclose(actual, expected, atol=1e-5)

@@ -163,9 +163,11 @@ Batches = TensorBatches | StreamingBatches | MirroredBatches
 
 
 def eval_batch_size(input_size: int) -> int:
-    """Images per inference batch: about 8 images of 128 px worth of pixels. Small batches stay in
-    the CPU caches: EfficientNet-Lite0 at 128 px ran 160 images/s at batch 8 and 62 at batch 256."""
-    return max(8, min(256, 8 * 128 * 128 // (input_size * input_size)))
+    """Images per inference batch: about 32 images of 128 px worth of pixels, at least 16.
+    EfficientNet-Lite0 with folded batch norms on 2 CPU cores, images/s at batch 8/16/32/64:
+    194/225/188/186 at 128 px with glibc's default allocator, 190/216/256/274 with the one the
+    command line sets up (``cli/launch.py``); 79/92/89/97 at 224 px."""
+    return max(16, min(256, 32 * 128 * 128 // (input_size * input_size)))
 
 
 def make_batches(

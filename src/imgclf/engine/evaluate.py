@@ -12,6 +12,7 @@ from torch import nn
 
 from imgclf.data.prepare import Preprocess
 from imgclf.explain.calibration import expected_calibration_error, reliability_bins
+from imgclf.models.inference import folded_for_inference
 
 __all__ = [
     "calibrated_metrics",
@@ -40,6 +41,7 @@ def predict_outputs(
     data whose class survives a mirror, as flip augmentation assumes)."""
     was_training = model.training
     model.eval()
+    original, model = model, folded_for_inference(model)
     all_logits, all_targets, all_embeddings = [], [], []
     use_amp = amp and device.type == "cuda"
     for images, targets in batches:
@@ -58,7 +60,7 @@ def predict_outputs(
                 logits = (logits + model(torch.flip(inputs, dims=(3,)))) / 2
         all_logits.append(logits.float().cpu())
         all_targets.append(targets.cpu())
-    model.train(was_training)
+    original.train(was_training)
     if not all_logits:
         return torch.empty(0, 0), torch.empty(0, dtype=torch.int64), torch.empty(0, 0) if embeddings else None
     return torch.cat(all_logits), torch.cat(all_targets), torch.cat(all_embeddings) if embeddings else None

@@ -18,6 +18,7 @@ from torch import nn
 
 from imgclf.data.prepare import Preprocess
 from imgclf.models import ImageClassifier
+from imgclf.models.inference import folded_for_inference
 
 __all__ = ["LinearProbe", "extract_embeddings", "fit_linear_probe", "set_classifier"]
 
@@ -32,8 +33,9 @@ def extract_embeddings(
     preprocess: Preprocess,
     device: torch.device,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The input of the last layer (``forward_head(..., pre_logits=True)``) for every image."""
-    model.eval()
+    """The input of the last layer (``forward_head(..., pre_logits=True)``) for every image.
+    Leaves ``model`` in eval mode."""
+    model = folded_for_inference(model.eval())
     embeddings, targets = [], []
     for images, labels in batches:
         if len(images) == 0:

@@ -33,11 +33,17 @@ class Conv2dTfSame(nn.Conv2d):
     (EfficientNet-Lite) expect it; PyTorch's symmetric padding would shift every strided layer."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pads = []
-        for size, kernel, stride in zip(reversed(x.shape[-2:]), reversed(self.kernel_size), reversed(self.stride)):
+        before, after = [], []  # per spatial dimension, height first
+        for size, kernel, stride in zip(x.shape[-2:], self.kernel_size, self.stride):
             total = max((-(-size // stride) - 1) * stride + kernel - size, 0)
-            pads += [total // 2, total - total // 2]
-        return super().forward(nn.functional.pad(x, pads))
+            before.append(total // 2)
+            after.append(total - total // 2)
+        # The symmetric part goes to the convolution itself; only a leftover row and column (a
+        # strided layer on an even-sized map) needs a padded copy. Padding every layer by copy cost
+        # a fifth of the inference time at 128 px.
+        if before != after:
+            x = nn.functional.pad(x, [0, after[1] - before[1], 0, after[0] - before[0]])
+        return nn.functional.conv2d(x, self.weight, self.bias, self.stride, before, self.dilation, self.groups)
 
 
 class ConvNormAct(nn.Sequential):
