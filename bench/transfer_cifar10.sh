@@ -4,10 +4,12 @@
 # against training from scratch on the same 1,000 images. Results: BENCHMARKS.md.
 # Usage: bench/transfer_cifar10.sh [path/to/cifar10-jpeg.tar.gz]   (2 CPU cores: about 30 minutes)
 #        ONLY=lite0-two-stage-128px bench/transfer_cifar10.sh ...     (one row)
+#        SEED=1 ONLY=... bench/transfer_cifar10.sh ...                  (another seed: training subset, init, order)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${1:-../shared/datasets/cifar10-jpeg.tar.gz}
 OUT=${OUT:-runs/bench-transfer}
+SEED=${SEED:-0}
 IMGCLF=.venv/bin/imgclf
 export IMGCLF_CACHE_DIR=${IMGCLF_CACHE_DIR:-$OUT/cache}
 rm -rf "$IMGCLF_CACHE_DIR"   # embeddings computed, not read from an earlier run
@@ -16,10 +18,10 @@ run() {
     local name=$1; shift
     [[ -z "${ONLY:-}" || "$ONLY" == "$name" ]] || return 0
     local started=$(date +%s.%N)
-    $IMGCLF train "$DATA" --max-train-per-class 100 --output "$OUT/$name" --overwrite --json "$@" > "$OUT/$name.json"
+    $IMGCLF train "$DATA" --max-train-per-class 100 --output "$OUT/$name" --overwrite --json --seed "$SEED" "$@" > "$OUT/$name.json"
     local seconds=$(python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.0f}')" "$started" "$(date +%s.%N)")
-    python3 -c "import json,sys; r=json.load(open(sys.argv[1])); print(f\"{sys.argv[2]:<40} test accuracy {r['metrics']['test_accuracy']:.4f}  wall {sys.argv[3]} s\")" \
-        "$OUT/$name.json" "$name" "$seconds"
+    python3 -c "import json,sys; r=json.load(open(sys.argv[1])); print(f\"{sys.argv[2]:<40} seed {sys.argv[4]} test accuracy {r['metrics']['test_accuracy']:.4f}  wall {sys.argv[3]} s\")" \
+        "$OUT/$name.json" "$name" "$seconds" "$SEED"
 }
 
 mkdir -p "$OUT"

@@ -131,3 +131,35 @@ def test_a_strip_over_25_to_1_is_refused_from_its_header():
     Image.new("L", (4_000_000, 1)).save(buffer, format="PNG", optimize=True)
     with pytest.raises(BadImageError, match="strip, not a picture"):
         decode_image(buffer.getvalue(), "strip.png")
+
+
+def _phone_photo(width: int, height: int, orientation: int = 1) -> bytes:
+    """A smooth colour photo-like JPEG (gradients and a disc), optionally with an EXIF rotation."""
+    y, x = np.mgrid[0:height, 0:width]
+    red = 255 * x / width
+    green = 255 * y / height
+    blue = np.where((x - width / 2) ** 2 + (y - height / 2) ** 2 < (height / 4) ** 2, 220, 40)
+    image = Image.fromarray(np.dstack([red, green, blue]).astype(np.uint8))
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    return encode(image, "JPEG", quality=90, exif=exif.tobytes())
+
+
+@pytest.mark.parametrize("orientation", [1, 6])
+def test_a_large_jpeg_is_decoded_at_a_reduced_scale_that_still_covers_the_crop(orientation: int):
+    data = _phone_photo(2400, 1800, orientation)
+    full = decode_image(data, "phone.jpg")
+    reduced = decode_image(data, "phone.jpg", min_side=256)
+    assert min(reduced.shape[:2]) >= 256 and min(reduced.shape[:2]) < 2 * 256  # 1/4: 600x450
+    assert (reduced.shape[0] > reduced.shape[1]) == (full.shape[0] > full.shape[1])  # EXIF rotation kept
+    # What a model sees (the 224 px centre crop of the 256 px resize) is the same picture.
+    expected = resize_shorter_center_crop(full, 224, 256).astype(np.int16)
+    actual = resize_shorter_center_crop(reduced, 224, 256).astype(np.int16)
+    assert np.abs(actual - expected).mean() < 2.0 and np.abs(actual - expected).max() < 40
+
+
+def test_only_jpegs_large_enough_are_decoded_at_a_reduced_scale():
+    small = _phone_photo(300, 200)
+    assert decode_image(small, "small.jpg", min_side=256).shape[:2] == (200, 300)  # under 2x: full size
+    png = encode(Image.new("RGB", (1200, 900), (5, 6, 7)))
+    assert decode_image(png, "big.png", min_side=128).shape[:2] == (900, 1200)

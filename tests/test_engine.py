@@ -10,6 +10,7 @@ from safetensors import safe_open
 
 from imgclf.data.augment import choose_augmentation
 from imgclf.engine.checkpoint import atomic_write_bytes, load_training_state, save_training_state
+from imgclf.engine.loop import FitState, _update_best, accuracy_noise
 from imgclf.engine.optim import create_optimizer, lr_multiplier
 from imgclf.models import create_model
 
@@ -120,3 +121,25 @@ def test_progress_in_a_log_file_prints_step_and_epoch_lines():
         "epoch   2/3  train loss 0.5000 acc 0.8000  val loss 0.4000 acc 0.8500  lr 1.00e-01  1,000 img/s  1.0s *",
         "epoch   3/3  step 1/10  train loss 0.5000 acc 0.8000  1,000 img/s",
     ]
+
+
+def _kept_epochs(accuracies: list[float], images: int) -> tuple[int, int]:
+    """The epoch whose weights are kept and the epochs without improvement, after ``accuracies``."""
+    state, model = FitState(), torch.nn.Linear(2, 2)
+    for accuracy in accuracies:
+        state.epoch += 1
+        _update_best(state, model, accuracy, images)
+    return state.best_epoch, state.epochs_without_improvement
+
+
+def test_a_later_epoch_is_kept_unless_an_earlier_one_was_clearly_better():
+    # The run that motivated it: 120 validation images, a lucky second epoch (0.7833), the rest
+    # within two standard errors of it (0.076): the last epoch is kept.
+    run = [0.6917, 0.7833, 0.7083, 0.7417, 0.75, 0.7417, 0.7333, 0.75, 0.7417]
+    assert _kept_epochs(run, 120) == (9, 7)
+    # The same numbers on 5,000 images tell epochs apart: the peak is kept.
+    assert _kept_epochs(run, 5_000) == (2, 7)
+    # A collapse after the peak is beyond any noise.
+    assert _kept_epochs([0.80, 0.90, 0.40], 120) == (2, 1)
+    assert accuracy_noise(0.78, 120) == pytest.approx(0.0756, abs=1e-4)
+    assert accuracy_noise(1.0, 50) == 0.0  # a perfect epoch is replaced only by another perfect one

@@ -21,8 +21,9 @@ __all__ = ["Classifier", "ImageInput", "abstain_decision", "image_pixels", "load
 ImageInput = str | Path | bytes | Image.Image | np.ndarray
 
 
-def image_pixels(image: ImageInput, channels: int) -> np.ndarray:
-    """Any supported input as HxWxC uint8, through the same decoder as training."""
+def image_pixels(image: ImageInput, channels: int, min_side: int | None = None) -> np.ndarray:
+    """Any supported input as HxWxC uint8, through the same decoder as training (``min_side``:
+    see ``decode_image``)."""
     if isinstance(image, str | Path):
         path = Path(image)
         try:
@@ -31,9 +32,9 @@ def image_pixels(image: ImageInput, channels: int) -> np.ndarray:
             raise BadImageError(str(path), "no such file") from None
         except OSError as error:
             raise BadImageError(str(path), f"cannot read file ({error.strerror})") from None
-        return decode_image(data, str(path), channels)
+        return decode_image(data, str(path), channels, min_side=min_side)
     if isinstance(image, bytes):
-        return decode_image(image, "<bytes>", channels)
+        return decode_image(image, "<bytes>", channels, min_side=min_side)
     if isinstance(image, Image.Image):
         buffer = io.BytesIO()
         image.save(buffer, format="PNG")
@@ -68,7 +69,8 @@ class Classifier:
         self.distance_threshold = float(distance) if distance is not None and self.centroids is not None else None
 
     def prepare(self, image: ImageInput) -> np.ndarray:
-        return self.preprocess.prepare_pixels(image_pixels(image, self.preprocess.channels))
+        pixels = image_pixels(image, self.preprocess.channels, self.preprocess.decode_side)
+        return self.preprocess.prepare_pixels(pixels)
 
     @torch.no_grad()
     def _forward(self, prepared: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -45,6 +45,11 @@ class Preprocess:
     resize: str = "shorter_side_center_crop"
     resize_size: int | None = None  # shorter side before the centre crop; None: input_size
 
+    @property
+    def decode_side(self) -> int:
+        """The shortest sides an image needs for ``prepare_pixels`` (``decode_image``'s ``min_side``)."""
+        return max(self.input_size, self.resize_size or self.input_size)
+
     def prepare_pixels(self, pixels: np.ndarray) -> np.ndarray:
         """HxWxC uint8 of any size and channel count -> CxSxS uint8."""
         pixels = convert_channels(pixels, self.channels)
@@ -181,7 +186,8 @@ def profile_dataset(dataset: Dataset) -> DataProfile:
 def _decode_one(split: FileSplit, index: int, preprocess: Preprocess) -> np.ndarray | tuple[str, str]:
     key = split.keys[index]
     try:
-        pixels = decode_image(split.reader.read(key), split.reader.describe(key), preprocess.channels)
+        data, source = split.reader.read(key), split.reader.describe(key)
+        pixels = decode_image(data, source, preprocess.channels, min_side=preprocess.decode_side)
     except BadImageError as error:
         return (error.source, error.reason)
     return preprocess.prepare_pixels(pixels)

@@ -9,6 +9,7 @@ files, bundles or command lines.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -77,9 +78,10 @@ class FitState:
 
     epoch: int = 0  # epochs completed
     step: int = 0  # optimizer steps taken
-    best_epoch: int = 0
-    best_val_accuracy: float = -1.0
+    best_epoch: int = 0  # the epoch whose weights are kept (see _update_best)
+    best_val_accuracy: float = -1.0  # its validation accuracy
     best_weights: dict[str, torch.Tensor] | None = None
+    highest_val_accuracy: float = -1.0  # the highest of any epoch (early stopping counts from it)
     epochs_without_improvement: int = 0
     stopped_early: bool = False
     history: list[dict] = field(default_factory=list)
@@ -183,18 +185,27 @@ def train_one_epoch(
     }
 
 
-def _update_best(state: FitState, model: nn.Module, val_accuracy: float) -> bool:
-    """Keep this epoch's weights when its validation accuracy is the best so far. A tie goes to
-    the later epoch, which has trained longer: on a validation split of a hundred images ties are
-    common (a fine-tuning run on 120 images tied its first and last epochs at 0.6917), and the
-    first epoch of a tie is rarely the better model. Early stopping counts a tie as no progress."""
-    if val_accuracy < state.best_val_accuracy:
-        state.epochs_without_improvement += 1
-        return False
-    if val_accuracy == state.best_val_accuracy:
-        state.epochs_without_improvement += 1
-    else:
+def accuracy_noise(accuracy: float, images: int) -> float:
+    """Two standard errors of an accuracy measured on ``images`` images (binomial): epochs closer
+    than this on the validation split cannot be told apart by it. 0.076 at 78% on 120 images,
+    0.008 at 90% on 5,000."""
+    return 2.0 * math.sqrt(max(accuracy * (1.0 - accuracy), 0.0) / max(images, 1))
+
+
+def _update_best(state: FitState, model: nn.Module, val_accuracy: float, val_images: int) -> bool:
+    """Keep this epoch's weights unless an earlier epoch was better by more than the validation
+    split can tell (``accuracy_noise``). The later epoch has trained longer, on a schedule that
+    ends at a low rate; on a small validation split the highest accuracy is mostly luck: a
+    fine-tuning run on 120 CIFAR-10 validation images peaked at 0.7833 in epoch 2 of 9 and, had
+    that epoch been kept, tested at 75.3% on 10,000 images, while the last epoch of the same
+    recipe tested at 80-81%. Early stopping counts epochs since the highest accuracy rose."""
+    if val_accuracy > state.highest_val_accuracy:
+        state.highest_val_accuracy = val_accuracy
         state.epochs_without_improvement = 0
+    else:
+        state.epochs_without_improvement += 1
+    if val_accuracy < state.highest_val_accuracy - accuracy_noise(state.highest_val_accuracy, val_images):
+        return False
     state.best_val_accuracy = val_accuracy
     state.best_epoch = state.epoch
     state.best_weights = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
@@ -237,7 +248,8 @@ def fit(
     checkpoint_interval: float = 0.0,
     replan: Callable[[FitState, float, float], Replan | None] | None = None,
 ) -> FitState:
-    """Train until ``epochs`` are done (or early stopping), then load the best epoch's weights.
+    """Train until ``epochs`` are done (or early stopping), then load the kept epoch's weights
+    (the last one unless an earlier one was clearly better on validation: ``_update_best``).
     ``save_checkpoint`` gets the state after each epoch and every ``checkpoint_interval`` seconds.
     ``replan(state, epoch_seconds, checkpoint_seconds)`` may answer a ``Replan`` after each epoch
     (a time budget that now knows how long an epoch, validation and checkpoint included, takes
@@ -261,8 +273,9 @@ def fit(
         record = train_one_epoch(setup, train_batches, state.epoch, observer, progress, saver, checkpoint_interval)
         val, record["val_seconds"] = _validate(setup, val_batches, classes)
         state.step, state.epoch, state.epoch_progress = epoch_start_step + len(train_batches), state.epoch + 1, {}
-        is_best = _update_best(state, setup.evaluated_model, val["accuracy"])
-        record.update(epoch=state.epoch, val_loss=val["loss"], val_accuracy=val["accuracy"], lr=lr, is_best=is_best)
+        is_best = _update_best(state, setup.evaluated_model, val["accuracy"], val["num_images"])
+        record.update(epoch=state.epoch, val_loss=val["loss"], val_accuracy=val["accuracy"], lr=lr, is_best=is_best,
+                      val_images=val["num_images"])  # fmt: skip
         state.history.append(record)
         state.stopped_early = 0 < early_stopping <= state.epochs_without_improvement
         if setup.stop_at is not None and time.perf_counter() > setup.stop_at:
@@ -279,6 +292,8 @@ def fit(
     if state.best_weights is not None:
         setup.model.load_state_dict(state.best_weights)
     seconds = time.perf_counter() - started
+    val_images = state.history[-1].get("val_images") if state.history else None
     observer.on_fit_end({"best_epoch": state.best_epoch, "best_val_accuracy": state.best_val_accuracy,
+                         "highest_val_accuracy": state.highest_val_accuracy, "val_images": val_images,
                          "stopped_early": state.stopped_early, "seconds": seconds})  # fmt: skip
     return state

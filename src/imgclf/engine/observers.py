@@ -104,8 +104,12 @@ class ProgressObserver:
             self.progress.stop()
             self.progress = None
         note = " (stopped early)" if summary.get("stopped_early") else ""
-        self.console.print(
-            f"best epoch {summary['best_epoch']}: val accuracy {summary['best_val_accuracy']:.4f}"
-            f"{note}, {summary['seconds']:.1f}s",
-            highlight=False,
-        )
+        kept, highest = summary["best_val_accuracy"], summary.get("highest_val_accuracy", -1.0)
+        if highest > kept:  # a later epoch kept over a higher one within the validation split's noise
+            images = summary.get("val_images")
+            split = f"{images:,} validation images" if images else "the validation split"
+            note += f" (kept over an earlier epoch's {highest:.4f}: closer than {split} can tell apart)"
+            line = f"kept epoch {summary['best_epoch']}: val accuracy {kept:.4f}"
+        else:
+            line = f"best epoch {summary['best_epoch']}: val accuracy {kept:.4f}"
+        self.console.print(f"{line}{note}, {summary['seconds']:.1f}s", highlight=False)

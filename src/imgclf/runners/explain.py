@@ -42,7 +42,8 @@ def run_explain(bundle_dir: str | Path, inputs: list[str], output: str | Path, d
     temperature, used, results = bundle_temperature(bundle), set(), []
     for path in expand_image_paths(inputs):
         try:
-            pixels = bundle.preprocess.prepare_pixels(image_pixels(path, bundle.preprocess.channels))
+            preprocess = bundle.preprocess
+            pixels = preprocess.prepare_pixels(image_pixels(path, preprocess.channels, preprocess.decode_side))
         except BadImageError as error:
             results.append({"path": str(path), "error": error.reason})
             continue
