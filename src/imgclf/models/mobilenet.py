@@ -69,7 +69,7 @@ class MobileNet(ImageClassifier):
         return x if pre_logits else self.classifier[-1](x)
 
     def group_modules(self) -> dict[str, list[nn.Module]]:
-        return {"stem": [self.features[0]], "stages": [self.features[1:]], "head": [self.classifier]}
+        return {"stem": [self.features[0]], "stages": list(self.features[1:]), "head": [self.classifier]}
 
 
 def _strides(requested: list[int], input_size: int) -> tuple[int, list[int]]:
