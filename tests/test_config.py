@@ -86,3 +86,15 @@ def test_pretrained_true_means_the_built_in_weights_and_names_a_choice():
     resolved = resolve({"model": "efficientnet_lite0", "pretrained": True, "finetune": "linear-probe"})
     assert resolved.config.pretrained == "default" and not resolved.choose_model
     assert resolve({"epochs": 3}).choose_model  # nothing chosen: imgclf chooses
+
+
+def test_two_stage_keeps_the_early_layers_frozen_unless_told_to_unfreeze_them():
+    from imgclf.engine.plan import plan_stages
+
+    options = {"model": "efficientnet_lite0", "pretrained": True, "finetune": "two-stage"}
+    default = plan_stages(resolve(options).config, 4)[-1]
+    unfrozen = plan_stages(resolve({**options, "unfreeze_all": True}).config, 4)[-1]
+    assert default.freeze_early and "but the stem and the first stages" in default.name
+    assert not unfrozen.freeze_early and unfrozen.name.startswith("stage 2: all layers,")
+    with pytest.raises(UsageError, match="--unfreeze-all applies to --finetune two-stage"):
+        resolve({"model": "efficientnet_lite0", "pretrained": True, "finetune": "full", "unfreeze_all": True})

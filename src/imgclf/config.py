@@ -68,6 +68,9 @@ class TrainConfig:
     # says they help). Off by default: on three photo folders cross-validation never kept them, and
     # they cost a third more time.
     probe_mirror: bool = False
+    # Two-stage: train the stem and the first quarter of the stages too (by default they stay frozen:
+    # general features, and the costliest part of the backward pass; engine/plan.plan_stages).
+    unfreeze_all: bool = False
     max_train_per_class: int | None = None  # keep at most this many training images per class
     strict: bool = False  # fail on the first file that cannot be used, instead of skipping it
     max_bad_fraction: float = 0.1  # abort when more than this share of the files cannot be used
@@ -89,6 +92,8 @@ class TrainConfig:
             _choice("log", kind, LOG_KINDS)
         if self.finetune != "full" and self.pretrained is None:
             raise UsageError(f"--finetune {self.finetune} needs --pretrained (weights to start from)")
+        if self.unfreeze_all and self.finetune != "two-stage":
+            raise UsageError(f"--unfreeze-all applies to --finetune two-stage, not {self.finetune}")
         if not 0.0 <= self.max_bad_fraction <= 1.0:
             raise UsageError(f"--max-bad-fraction must be in [0, 1], not {self.max_bad_fraction}")
         if not self.checkpoint_interval >= 0:  # also refuses NaN

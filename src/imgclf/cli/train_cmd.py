@@ -142,6 +142,9 @@ def _add_flags(parser: argparse.ArgumentParser) -> None:
                         help="linear probe: also embed the mirror image of each training image as an extra view, "
                         "kept where cross-validation says it helps (one more pass over the training "
                         "images)")  # fmt: skip
+    parser.add_argument("--unfreeze-all", dest="unfreeze_all", action="store_true", default=None,
+                        help="two-stage: train the stem and the first stages too (by default they keep their "
+                        "pretrained weights; for images far from photos, such as scans or spectrograms)")  # fmt: skip
     parser.add_argument("--no-amp", dest="amp", action="store_false", default=None, help="no bf16 autocast on CUDA")
     parser.add_argument("--compile", dest="compile", action="store_true", default=None,
                         help="torch.compile the training step (compiling takes a while and counts against a budget; "
@@ -186,7 +189,7 @@ def _add_flags(parser: argparse.ArgumentParser) -> None:
 def build_config(args: argparse.Namespace) -> Resolved:
     """The options given on the command line, resolved as the Python API resolves them."""
     options = {field: getattr(args, field) for _, field, _, _ in _OPTIONS}
-    flags = ("amp", "probe_mirror", "compile", "pretrained", "strict", "sync_batchnorm")
+    flags = ("amp", "probe_mirror", "unfreeze_all", "compile", "pretrained", "strict", "sync_batchnorm")
     options.update({name: getattr(args, name) for name in flags})
     return resolve(options, args.config)
 

@@ -66,16 +66,17 @@ def plan_stages(config: TrainConfig, epochs: int, processes: int = 1) -> list[St
     if config.finetune == "head":
         return [Stage("head only (backbone and its batch norms frozen)", 0, epochs, False, lr)]
     if config.finetune == "two-stage":
+        layers = "all layers" if config.unfreeze_all else "all layers but the stem and the first stages"
         return [
             Stage("stage 1: the head from a linear probe on the frozen backbone", 0, 0, False, lr, probe=True),
             Stage(
-                "stage 2: all layers but the stem and the first stages, lower rates for earlier layers",
+                f"stage 2: {layers}, lower rates for earlier layers",
                 0,
                 epochs,
                 True,
                 lr / 10,
                 DISCRIMINATIVE_LR,
-                freeze_early=True,
+                freeze_early=not config.unfreeze_all,
             ),
         ]
     return [Stage("all layers", 0, epochs, True, lr)]
