@@ -165,8 +165,9 @@ Batches = TensorBatches | StreamingBatches | MirroredBatches
 def eval_batch_size(input_size: int) -> int:
     """Images per inference batch: about 32 images of 128 px worth of pixels, at least 16.
     EfficientNet-Lite0 with folded batch norms on 2 CPU cores, images/s at batch 8/16/32/64:
-    194/225/188/186 at 128 px with glibc's default allocator, 190/216/256/274 with the one the
-    command line sets up (``cli/launch.py``); 79/92/89/97 at 224 px."""
+    171/168/227/198 at 128 px with glibc's default allocator, 161/200/220/262 with the settings
+    the command line starts with (``cli/launch.py``); 106/104/101/102 at 224 px
+    (bench/inference_speed.py)."""
     return max(16, min(256, 32 * 128 * 128 // (input_size * input_size)))
 
 
