@@ -163,3 +163,25 @@ def test_only_jpegs_large_enough_are_decoded_at_a_reduced_scale():
     assert decode_image(small, "small.jpg", min_side=256).shape[:2] == (200, 300)  # under 2x: full size
     png = encode(Image.new("RGB", (1200, 900), (5, 6, 7)))
     assert decode_image(png, "big.png", min_side=128).shape[:2] == (900, 1200)
+
+
+def test_heic_photos_decode_with_pillow_heif_and_say_what_to_install_without_it(monkeypatch):
+    pillow_heif = pytest.importorskip("pillow_heif")
+    pillow_heif.register_heif_opener()  # to write the test file
+    image = Image.new("RGB", (40, 20), (200, 10, 10))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display", as a phone held upright writes
+    data = encode(image, "HEIF", exif=exif.tobytes())
+    pixels = decode_image(data, "IMG_0001.HEIC")
+    assert pixels.shape == (40, 20, 3) and abs(int(pixels[20, 10, 0]) - 200) < 12
+    from imgclf.data import decode
+
+    monkeypatch.setattr(decode, "_register_plugins", lambda: False)
+    assert "pip install pillow-heif" in decode._unidentified_reason(data)
+
+
+def test_avif_images_decode():
+    if "AVIF" not in Image.SAVE:
+        pytest.skip("this Pillow has no AVIF support")
+    pixels = decode_image(encode(Image.new("RGB", (30, 20), (10, 200, 10)), "AVIF"), "a.avif")
+    assert pixels.shape == (20, 30, 3) and abs(int(pixels[10, 15, 1]) - 200) < 12

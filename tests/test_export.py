@@ -47,6 +47,8 @@ def test_onnx_alone_gives_the_same_top1_as_imgclf_predict(given_split_bundle, tm
     classes = json.loads(metadata["imgclf.classes"])
     contract = json.loads(metadata["imgclf.input"])
     assert contract["dtype"] == "uint8" and contract["layout"] == "NHWC"
+    description = json.loads((bundle / "model.json").read_text())["preprocess"]
+    assert contract["shorter_side"] == max(description["input_size"], description["resize_size"] or 0)
     mode = "RGB" if contract["channels"] == 3 else "L"
     got = []
     for file in val_files:

@@ -17,6 +17,7 @@ formats in ``ALLOWED_FORMATS`` are ever opened (so an EPS file never reaches Gho
 
 from __future__ import annotations
 
+import functools
 import io
 import warnings
 from dataclasses import dataclass
@@ -37,7 +38,10 @@ __all__ = [
     "resize_shorter_center_crop",
 ]
 
-ALLOWED_FORMATS = ("JPEG", "PNG", "BMP", "GIF", "TIFF", "WEBP", "PPM")
+ALLOWED_FORMATS = ("JPEG", "PNG", "BMP", "GIF", "TIFF", "WEBP", "PPM", "AVIF", "HEIF")
+# HEIC/HEIF (what iPhones save) opens through the pillow-heif plugin when it is installed
+# (``pip install imgclf[heif]``); AVIF through Pillow itself from 11.3 on.
+_HEIF_BRANDS = (b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1")
 # 64 megapixels: a 8000x8000 photo passes, a decompression bomb is refused before allocation.
 DEFAULT_MAX_PIXELS = 64_000_000
 GRAYSCALE_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"})
@@ -71,7 +75,7 @@ class ImageInfo:
 def _open(data: bytes, source: str, max_pixels: int) -> Image.Image:
     if len(data) == 0:
         raise BadImageError(source, "empty file (0 bytes)")
-    Image.init()  # registers every plugin, so ``formats=`` below can name them (cheap once done)
+    _register_plugins()
     try:
         with warnings.catch_warnings():
             # Pillow warns (and above 2x its limit raises) for huge images; we apply our own limit.
@@ -80,8 +84,7 @@ def _open(data: bytes, source: str, max_pixels: int) -> Image.Image:
     except Image.DecompressionBombError as error:
         raise BadImageError(source, f"refused: {error}") from None
     except UnidentifiedImageError:
-        allowed = ", ".join(ALLOWED_FORMATS)
-        raise BadImageError(source, f"not an image in an allowed format ({allowed})") from None
+        raise BadImageError(source, _unidentified_reason(data)) from None
     except (OSError, SyntaxError, ValueError) as error:
         raise BadImageError(source, f"unreadable image header ({error})") from None
     pixels = image.width * image.height
@@ -99,6 +102,29 @@ def _open(data: bytes, source: str, max_pixels: int) -> Image.Image:
             f"{MAX_SIDE_RATIO}:1; refused before decoding)"
         )  # fmt: skip
     return image
+
+
+@functools.cache
+def _register_plugins() -> bool:
+    """Pillow's plugins (so ``formats=`` can name them) and pillow-heif's HEIF opener when it is
+    installed; once per process. Returns whether HEIF files can be read."""
+    Image.init()
+    try:
+        import pillow_heif
+    except ImportError:
+        return False
+    pillow_heif.register_heif_opener()
+    return True
+
+
+def _unidentified_reason(data: bytes) -> str:
+    """Why Pillow could not open ``data``, with what to install when it is a HEIC or AVIF photo."""
+    brand = data[8:12] if data[4:8] == b"ftyp" else b""
+    if brand in _HEIF_BRANDS and not _register_plugins():
+        return "a HEIC/HEIF photo: reading it needs the pillow-heif package (pip install pillow-heif)"
+    if brand in (b"avif", b"avis") and "AVIF" not in Image.OPEN:
+        return "an AVIF image: reading it needs Pillow 11.3 or newer with AVIF support"
+    return f"not an image in an allowed format ({', '.join(ALLOWED_FORMATS)})"
 
 
 def probe_image(data: bytes, source: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageInfo:

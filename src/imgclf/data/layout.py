@@ -32,6 +32,9 @@ IMAGE_SUFFIXES = frozenset(
         ".pbm",
         ".pnm",
         ".mpo",
+        ".heic",  # read with pillow-heif installed; otherwise each file is skipped saying so
+        ".heif",
+        ".avif",
     }
 )
 JUNK_NAMES = frozenset({"__MACOSX", "__pycache__", "Thumbs.db", "desktop.ini", "$RECYCLE.BIN"})

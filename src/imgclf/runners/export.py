@@ -186,8 +186,9 @@ def _contract(bundle: Bundle, layout: str, quantized: bool) -> dict:
             "shape": shape,
             "channels": pre.channels,
             "channel_order": "RGB" if pre.channels == 3 else "grayscale",
-            "resize": f"any H and W: inside the graph the shorter side goes to {pre.resize_size or pre.input_size} px "
+            "resize": f"any H and W: inside the graph the shorter side goes to {pre.decode_side} px "
             f"(bilinear, antialiased) and the centre {pre.input_size} x {pre.input_size} is cropped",
+            "shorter_side": pre.decode_side,  # what a caller may shrink an image to first, and no further
         },
         "outputs": {
             "logits": "N x classes",

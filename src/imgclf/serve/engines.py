@@ -109,7 +109,10 @@ class OnnxEngine:
 
     def decode(self, data: bytes, source: str) -> np.ndarray:
         # The graph resizes; an extreme strip is cut first so it cannot make the graph allocate GBs.
-        return bound_aspect_ratio(decode_image(data, source, self.channels))
+        # A large JPEG is decoded at a reduced scale that still covers the graph's resize (files
+        # exported before the contract named ``shorter_side`` are decoded at full size).
+        min_side = self.contract.get("shorter_side")
+        return bound_aspect_ratio(decode_image(data, source, self.channels, min_side=min_side))
 
     def predict(self, images: list[np.ndarray], top_k: int) -> list[dict]:
         """One onnxruntime call per distinct image size (the graph resizes; a batch shares a size)."""
