@@ -262,7 +262,8 @@ def fit(
         progress = state.epoch_progress
         epoch_start_step = state.step - int(progress.get("batches_done", 0))
         train_batches.set_epoch(state.epoch, skip=int(progress.get("batches_done", 0)))
-        lr = progress.get("lr", setup.optimizer.param_groups[0]["lr"])
+        # The highest group's rate (the head's, with per-group rates): on the scale of the stage's peak.
+        lr = progress.get("lr", max(group["lr"] for group in setup.optimizer.param_groups))
 
         def save_progress(new_progress: dict, state: FitState = state, lr: float = lr, start: int = epoch_start_step):
             state.epoch_progress = {**new_progress, "lr": lr}
