@@ -129,6 +129,7 @@ def _kept_epochs(accuracies: list[float], images: int) -> tuple[int, int]:
     for accuracy in accuracies:
         state.epoch += 1
         _update_best(state, model, accuracy, images)
+        state.history.append({"epoch": state.epoch, "val_accuracy": accuracy})  # as the loop records it
     return state.best_epoch, state.epochs_without_improvement
 
 

@@ -50,6 +50,11 @@ class Preprocess:
         """The shortest sides an image needs for ``prepare_pixels`` (``decode_image``'s ``min_side``)."""
         return max(self.input_size, self.resize_size or self.input_size)
 
+    def decode(self, data: bytes, source: str) -> np.ndarray:
+        """Encoded image bytes -> CxSxS uint8, decoded no larger than the resize needs
+        (raises BadImageError naming ``source``)."""
+        return self.prepare_pixels(decode_image(data, source, self.channels, min_side=self.decode_side))
+
     def prepare_pixels(self, pixels: np.ndarray) -> np.ndarray:
         """HxWxC uint8 of any size and channel count -> CxSxS uint8."""
         pixels = convert_channels(pixels, self.channels)
@@ -186,11 +191,9 @@ def profile_dataset(dataset: Dataset) -> DataProfile:
 def _decode_one(split: FileSplit, index: int, preprocess: Preprocess) -> np.ndarray | tuple[str, str]:
     key = split.keys[index]
     try:
-        data, source = split.reader.read(key), split.reader.describe(key)
-        pixels = decode_image(data, source, preprocess.channels, min_side=preprocess.decode_side)
+        return preprocess.decode(split.reader.read(key), split.reader.describe(key))
     except BadImageError as error:
         return (error.source, error.reason)
-    return preprocess.prepare_pixels(pixels)
 
 
 def decode_split(split: Split, preprocess: Preprocess, workers: int = 2) -> tuple[TensorSplit, list[tuple[str, str]]]:

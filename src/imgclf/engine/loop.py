@@ -81,12 +81,17 @@ class FitState:
     best_epoch: int = 0  # the epoch whose weights are kept (see _update_best)
     best_val_accuracy: float = -1.0  # its validation accuracy
     best_weights: dict[str, torch.Tensor] | None = None
-    highest_val_accuracy: float = -1.0  # the highest of any epoch (early stopping counts from it)
     epochs_without_improvement: int = 0
     stopped_early: bool = False
     history: list[dict] = field(default_factory=list)
     # Inside an unfinished epoch: batches done and the running totals of its training record.
     epoch_progress: dict = field(default_factory=dict)
+
+    @property
+    def highest_val_accuracy(self) -> float:
+        """The highest validation accuracy of any epoch in the history (-1 before the first)."""
+        return max((record["val_accuracy"] for record in self.history if record.get("val_accuracy") is not None),
+                   default=-1.0)  # fmt: skip
 
 
 def training_step(
@@ -199,12 +204,12 @@ def _update_best(state: FitState, model: nn.Module, val_accuracy: float, val_ima
     fine-tuning run on 120 CIFAR-10 validation images peaked at 0.7833 in epoch 2 of 9; that
     epoch tested 75.3% on 10,000 test images, the last one 79.1%. Early stopping counts epochs
     since the highest accuracy rose."""
+    highest = max(state.highest_val_accuracy, val_accuracy)  # this epoch is not in the history yet
     if val_accuracy > state.highest_val_accuracy:
-        state.highest_val_accuracy = val_accuracy
         state.epochs_without_improvement = 0
     else:
         state.epochs_without_improvement += 1
-    if val_accuracy < state.highest_val_accuracy - accuracy_noise(state.highest_val_accuracy, val_images):
+    if val_accuracy < highest - accuracy_noise(highest, val_images):
         return False
     state.best_val_accuracy = val_accuracy
     state.best_epoch = state.epoch
@@ -256,7 +261,7 @@ def fit(
     here; the checkpoint's time is the previous epoch's)."""
     state = state or FitState()
     observer.on_fit_start(epochs, len(train_batches), state.epoch)
-    started, save_seconds = time.perf_counter(), 0.0
+    started, save_seconds, val_images = time.perf_counter(), 0.0, None
     while state.epoch < epochs and not state.stopped_early:
         epoch_started = time.perf_counter()
         progress = state.epoch_progress
@@ -275,8 +280,8 @@ def fit(
         val, record["val_seconds"] = _validate(setup, val_batches, classes)
         state.step, state.epoch, state.epoch_progress = epoch_start_step + len(train_batches), state.epoch + 1, {}
         is_best = _update_best(state, setup.evaluated_model, val["accuracy"], val["num_images"])
-        record.update(epoch=state.epoch, val_loss=val["loss"], val_accuracy=val["accuracy"], lr=lr, is_best=is_best,
-                      val_images=val["num_images"])  # fmt: skip
+        record.update(epoch=state.epoch, val_loss=val["loss"], val_accuracy=val["accuracy"], lr=lr, is_best=is_best)
+        val_images = val["num_images"]
         state.history.append(record)
         state.stopped_early = 0 < early_stopping <= state.epochs_without_improvement
         if setup.stop_at is not None and time.perf_counter() > setup.stop_at:
@@ -293,7 +298,6 @@ def fit(
     if state.best_weights is not None:
         setup.model.load_state_dict(state.best_weights)
     seconds = time.perf_counter() - started
-    val_images = state.history[-1].get("val_images") if state.history else None
     observer.on_fit_end({"best_epoch": state.best_epoch, "best_val_accuracy": state.best_val_accuracy,
                          "highest_val_accuracy": state.highest_val_accuracy, "val_images": val_images,
                          "stopped_early": state.stopped_early, "seconds": seconds})  # fmt: skip

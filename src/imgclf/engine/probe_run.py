@@ -103,6 +103,5 @@ def run_linear_probe(
               "probe_chosen_on": probe.chosen_on, "probe_cv_accuracy": probe.cv_accuracy,
               "probe_flipped_views": probe.flipped_views, "probe_scores": probe.scores,
               "probe_folds": probe.folds}  # fmt: skip
-    state = FitState(epoch=1, best_epoch=1, best_val_accuracy=probe.val_accuracy,
-                     highest_val_accuracy=probe.val_accuracy, history=[record])  # fmt: skip
+    state = FitState(epoch=1, best_epoch=1, best_val_accuracy=probe.val_accuracy, history=[record])
     return ProbeRun(state, probe, features)

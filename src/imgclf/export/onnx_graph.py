@@ -115,7 +115,7 @@ def preprocessing_graph(preprocess: Preprocess, layout: str, ir_version: int) ->
         _constant("two", [2], np.int64),
         _constant("four", [4], np.int64),
         _constant("height_width_axes", [2, 3], np.int64),
-        _constant("resize_to", [max(size, preprocess.resize_size or size)], np.float32),
+        _constant("resize_to", [preprocess.decode_side], np.float32),
         _constant("crop", [size, size], np.int64),
         _constant("crop_float", [size, size], np.float32),
         _constant("two_float", [2.0], np.float32),

@@ -1,7 +1,8 @@
 """An inference copy of a model: every convolution followed by a batch norm becomes one
 convolution with the norm folded into its weights and bias (``y = gamma (Wx - mu) / sigma + beta``),
 so inference skips a pass over every feature map. Same outputs up to float rounding; EfficientNet-Lite0
-ran 25-30% more images per second at 128 and 224 px on a 2-core CPU (BENCHMARKS.md)."""
+ran 18-53% more images per second at 128 and 224 px on a 2-core CPU at imgclf's batch sizes
+(bench/inference_speed.py, BENCHMARKS.md)."""
 
 from __future__ import annotations
 

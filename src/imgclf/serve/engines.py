@@ -56,8 +56,7 @@ class BundleEngine:
     def decode(self, data: bytes, source: str) -> np.ndarray:
         """Decoded and prepared (resized, CxSxS) in the request's own thread: the shared batch
         only ever holds images of the model's input size."""
-        preprocess = self.classifier.preprocess
-        return preprocess.prepare_pixels(decode_image(data, source, self.channels, min_side=preprocess.decode_side))
+        return self.classifier.preprocess.decode(data, source)
 
     def predict(self, images: list[np.ndarray], top_k: int) -> list[dict]:
         return self.classifier.predict_prepared(images, top_k=top_k)
