@@ -22,7 +22,7 @@ SCHEDULES = ("onecycle", "cosine", "constant")
 # --augment: "auto", "none", or these parts joined by "+" (at most one of mixup and cutmix)
 AUGMENTATION_PARTS = ("flip", "translate", "erase", "jitter", "trivial", "mixup", "cutmix")
 CLASS_WEIGHTS = ("none", "balanced")
-FINETUNE_MODES = ("full", "head", "linear-probe", "two-stage")
+FINETUNE_MODES = ("full", "head", "linear-probe", "two-stage", "anytime")
 LOG_KINDS = ("tensorboard", "mlflow")
 
 
@@ -63,7 +63,9 @@ class TrainConfig:
     checkpoint_interval: float = 600.0  # seconds between mid-epoch checkpoints (0: at epoch ends only)
     sync_batchnorm: bool = False  # with several processes: batch statistics over the global batch
     pretrained: str | None = None  # "default": the model's built-in ImageNet weights; or a file
-    finetune: str = "full"  # with pretrained weights: full, head, linear-probe or two-stage
+    # With pretrained weights: full, head, linear-probe, two-stage, or anytime (two-stage whose
+    # fine-tuning runs only where the time left and the probe say it may pay; runners/train_stages).
+    finetune: str = "full"
     # Linear probe: also embed the mirrored training images as extra views (kept where cross-validation
     # says they help). Off by default: on three photo folders cross-validation never kept them, and
     # they cost a third more time.
@@ -92,8 +94,8 @@ class TrainConfig:
             _choice("log", kind, LOG_KINDS)
         if self.finetune != "full" and self.pretrained is None:
             raise UsageError(f"--finetune {self.finetune} needs --pretrained (weights to start from)")
-        if self.unfreeze_all and self.finetune != "two-stage":
-            raise UsageError(f"--unfreeze-all applies to --finetune two-stage, not {self.finetune}")
+        if self.unfreeze_all and not self.starts_from_probe:
+            raise UsageError(f"--unfreeze-all applies to --finetune two-stage or anytime, not {self.finetune}")
         if not 0.0 <= self.max_bad_fraction <= 1.0:
             raise UsageError(f"--max-bad-fraction must be in [0, 1], not {self.max_bad_fraction}")
         if not self.checkpoint_interval >= 0:  # also refuses NaN
@@ -122,6 +124,11 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @property
+    def starts_from_probe(self) -> bool:
+        """Fine-tuning that starts from a linear probe's head (LP-FT) and never ships below it."""
+        return self.finetune in ("two-stage", "anytime")
 
     def log_kinds(self) -> tuple[str, ...]:
         return tuple(kind.strip() for kind in (self.log or "").split(",") if kind.strip())

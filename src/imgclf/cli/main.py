@@ -18,6 +18,7 @@ from imgclf.cli import (
     evaluate_cmd,
     explain_cmd,
     export_cmd,
+    lr_find_cmd,
     models_cmd,
     predict_cmd,
     report_cmd,
@@ -30,6 +31,7 @@ __all__ = ["build_parser", "main"]
 
 COMMANDS = (
     train_cmd,
+    lr_find_cmd,
     evaluate_cmd,
     predict_cmd,
     explain_cmd,

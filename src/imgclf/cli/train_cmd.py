@@ -99,7 +99,8 @@ _OPTIONS = (
         "--finetune",
         "finetune",
         str,
-        "with --pretrained: full, head, linear-probe or two-stage (default: full)",
+        "with --pretrained: full, head, linear-probe, two-stage, or anytime (the probe, then fine-tuning where the "
+        "time left and the probe say it pays; the better of the two is kept) (default: full)",
     ),
     ("--max-train-per-class", "max_train_per_class", int, "use at most N training images per class"),
     ("--max-bad-fraction", "max_bad_fraction", float, "abort when more of the files cannot be used (default: 0.1)"),
@@ -121,6 +122,13 @@ def add_parser(commands) -> None:
         "or a built-in: digits, fashion-mnist.",
     )
     parser.add_argument("data", metavar="DATA", nargs="?")
+    add_config_options(parser)
+    _add_flags(parser)
+    parser.set_defaults(run=run)
+
+
+def add_config_options(parser: argparse.ArgumentParser) -> None:
+    """Every option of a TrainConfig, and --config (``lr-find`` takes the same ones as ``train``)."""
     for flag, field, kind, text in _OPTIONS:
         parser.add_argument(flag, dest=field, type=kind, default=None, help=text)
     parser.add_argument(
@@ -132,12 +140,6 @@ def add_parser(commands) -> None:
         help="start from ImageNet weights: the model's built-in source (efficientnet_lite0 ships them; "
         "torchvision's cache for the others), or a .safetensors / .pth state dict FILE",
     )
-    _add_flags(parser)
-    parser.set_defaults(run=run)
-
-
-def _add_flags(parser: argparse.ArgumentParser) -> None:
-    """The options without a TrainConfig value of their own type (switches, files, launching)."""
     parser.add_argument("--probe-mirror", dest="probe_mirror", action="store_true", default=None,
                         help="linear probe: also embed the mirror image of each training image as an extra view, "
                         "kept where cross-validation says it helps (one more pass over the training "
@@ -154,6 +156,18 @@ def _add_flags(parser: argparse.ArgumentParser) -> None:
         help="YAML or JSON file of options, keys as the options (time_budget: 10m); "
         "options given here override it. A bundle's config.yaml repeats its run",
     )
+    parser.add_argument("--strict", action="store_true", default=None, help="fail on the first unusable file")
+    parser.add_argument(
+        "--sync-batchnorm",
+        dest="sync_batchnorm",
+        action="store_true",
+        default=None,
+        help="with several GPU processes: batch-norm statistics over the global batch",
+    )
+
+
+def _add_flags(parser: argparse.ArgumentParser) -> None:
+    """What ``train`` has besides the configuration: its output, resuming, launching."""
     parser.add_argument("--output", "-o", help="bundle folder (default: runs/<data>-<model>)")
     parser.add_argument("--overwrite", action="store_true", help="replace a bundle already in --output")
     parser.add_argument(
@@ -166,7 +180,6 @@ def _add_flags(parser: argparse.ArgumentParser) -> None:
         "is one and starts a new run otherwise (for restart loops)",
     )
     parser.add_argument("--force", action="store_true", help="with --resume: continue even if DATA changed")
-    parser.add_argument("--strict", action="store_true", default=None, help="fail on the first unusable file")
     parser.add_argument("--data-dir", help="folder with the IDX files for fashion-mnist")
     parser.add_argument(
         "--nproc",
@@ -175,13 +188,6 @@ def _add_flags(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="train with N processes on this machine (torchrun --standalone --nproc-per-node N; one per GPU); "
         "for several machines run torchrun yourself (see README)",
-    )
-    parser.add_argument(
-        "--sync-batchnorm",
-        dest="sync_batchnorm",
-        action="store_true",
-        default=None,
-        help="with several GPU processes: batch-norm statistics over the global batch",
     )
     parser.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
 

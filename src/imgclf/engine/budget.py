@@ -114,7 +114,7 @@ def measure_train_speed(setup: FitSetup, batches: Batches, seconds: float) -> fl
     rng_state = torch.get_rng_state()  # dropout draws from it: leave the run's random numbers alone
     seen, started = 0, None
     try:
-        for images, targets in _batches_again(batches):
+        for images, targets in repeat_batches(batches):
             targets = training_step(setup, images, targets)[2]
             if setup.device.type == "cuda":
                 torch.cuda.synchronize(setup.device)
@@ -131,7 +131,7 @@ def measure_train_speed(setup: FitSetup, batches: Batches, seconds: float) -> fl
     return seen / (time.perf_counter() - started)
 
 
-def _batches_again(batches: Batches, passes: int = 1000):
+def repeat_batches(batches: Batches, passes: int = 1000):
     """The batches, then the same batches again (at most ``passes`` times): a small training set
     still gives the timed steps a measurement needs. Stops at once when there are none."""
     for _ in range(passes):

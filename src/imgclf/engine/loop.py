@@ -25,7 +25,26 @@ from imgclf.engine.evaluate import classification_metrics, predict_logits
 from imgclf.engine.observers import TrainObserver
 from imgclf.engine.optim import stretch_schedule
 
-__all__ = ["FitSetup", "FitState", "Replan", "fit", "train_one_epoch", "training_step", "weight_average"]
+__all__ = [
+    "FitSetup",
+    "FitState",
+    "Replan",
+    "StopRequested",
+    "fit",
+    "train_one_epoch",
+    "training_step",
+    "weight_average",
+]
+
+# Divergence (``diverged``): an epoch whose training loss is not finite, or above this many times
+# the loss of guessing uniformly (ln of the number of classes), or whose validation and training
+# accuracy fell to chance after validation was clearly above it. Such an epoch is rolled back to the last good weights,
+# the optimizer's momentum is cleared and every rate multiplied by ROLLBACK_LR_FACTOR; after
+# MAX_ROLLBACKS the stage stops with the weights it has. Seen without it: two-stage fine-tuning on
+# grey steel-surface photos, epoch 2's training loss 8.86 (ln 6 = 1.79) and chance from then on.
+DIVERGED_LOSS_FACTOR = 2.0
+ROLLBACK_LR_FACTOR = 0.25
+MAX_ROLLBACKS = 3
 
 # EMA warm-up: the decay after n updates is min(decay, (1 + n) / (10 + n)), as TensorFlow's
 # ExponentialMovingAverage does with num_updates, so short runs are not dominated by the
@@ -41,6 +60,11 @@ def weight_average(model: nn.Module, decay: float) -> torch.optim.swa_utils.Aver
         return averaged + (current - averaged) * (1 - rate)
 
     return torch.optim.swa_utils.AveragedModel(model, avg_fn=average, use_buffers=True)
+
+
+class StopRequested(Exception):  # noqa: N818 - a request, not an error
+    """Raised (by a signal handler the runner installs: Ctrl-C, SIGTERM) to end training now:
+    ``fit`` keeps the weights of the last finished epoch and returns, so the run still ships."""
 
 
 @dataclass
@@ -86,6 +110,16 @@ class FitState:
     history: list[dict] = field(default_factory=list)
     # Inside an unfinished epoch: batches done and the running totals of its training record.
     epoch_progress: dict = field(default_factory=dict)
+
+    @property
+    def rollbacks(self) -> int:
+        """Epochs that diverged and were rolled back (each lowered the learning rate)."""
+        return sum(1 for record in self.history if record.get("diverged"))
+
+    @property
+    def lr_factor(self) -> float:
+        """The learning rate's multiplier after the rollbacks so far."""
+        return ROLLBACK_LR_FACTOR**self.rollbacks
 
     @property
     def highest_val_accuracy(self) -> float:
@@ -164,6 +198,8 @@ def train_one_epoch(
         if step % 10 == 0:  # reading the device totals syncs, so only every 10 steps
             elapsed = earlier_seconds + time.perf_counter() - started
             shown = (float(total_loss) / seen, float(total_correct) / seen, seen / elapsed)
+            if not math.isfinite(shown[0]):
+                break  # diverged: the weights are NaN from here on; fit rolls them back
         observer.on_step(epoch, step, *shown)
         if save_progress is not None and 0 < interval_s <= time.perf_counter() - last_saved:
             save_progress(
@@ -217,6 +253,79 @@ def _update_best(state: FitState, model: nn.Module, val_accuracy: float, val_ima
     return True
 
 
+def _chance_accuracy(val: dict) -> float:
+    """The accuracy of always answering the most common validation class."""
+    supports = [row["support"] for row in val["per_class"].values()]
+    return max(supports, default=0) / max(1, sum(supports))
+
+
+def diverged(record: dict, val: dict, num_classes: int, highest_accuracy: float) -> str | None:
+    """Why this epoch diverged (``DIVERGED_LOSS_FACTOR``), or None. ``highest_accuracy``: the
+    highest validation accuracy the weights had before it (-1: none yet)."""
+    loss = record["train_loss"]
+    if not math.isfinite(loss):
+        return "the training loss is not a number"
+    limit = DIVERGED_LOSS_FACTOR * math.log(max(2, num_classes))
+    if loss > limit:
+        return f"training loss {loss:.2f}, above {limit:.2f} ({DIVERGED_LOSS_FACTOR:g}x that of guessing)"
+    accuracy = val["accuracy"]
+    if accuracy is None:
+        return None
+    chance = _chance_accuracy(val)
+    noise = accuracy_noise(chance, val["num_images"])
+    # Both splits at chance: a validation dip alone can be batch-norm statistics wobbling on a
+    # small split while training goes well (seen: 1.0 -> 0.70 -> 1.0 on 64 images, train loss 0.03).
+    at_chance = accuracy <= chance + noise and record["train_accuracy"] <= chance + noise
+    if highest_accuracy > chance + 2 * noise and at_chance:
+        return (f"validation accuracy {accuracy:.4f} and training accuracy {record['train_accuracy']:.4f} fell to "
+                f"chance ({chance:.4f}) from {highest_accuracy:.4f}")  # fmt: skip
+    return None
+
+
+@dataclass
+class _GoodWeights:
+    """A copy of the last weights that had not diverged (and of their weight average)."""
+
+    model: dict[str, torch.Tensor]
+    ema: dict[str, torch.Tensor] | None
+
+    @classmethod
+    def of(cls, setup: FitSetup) -> _GoodWeights:
+        def copy(module: nn.Module) -> dict[str, torch.Tensor]:
+            return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+        return cls(copy(setup.model), copy(setup.ema) if setup.ema is not None else None)
+
+
+def _roll_back(setup: FitSetup, good: _GoodWeights) -> None:
+    """Back to ``good``'s weights, with no momentum and every rate times ``ROLLBACK_LR_FACTOR``
+    (the schedule keeps its shape, at the lower peak)."""
+    setup.model.load_state_dict(good.model)
+    if setup.ema is not None and good.ema is not None:
+        setup.ema.load_state_dict(good.ema)
+    setup.optimizer.state.clear()  # the momentum holds the step that blew up
+    scale_learning_rate(setup.optimizer, setup.scheduler, ROLLBACK_LR_FACTOR)
+
+
+def scale_learning_rate(optimizer: torch.optim.Optimizer, scheduler, factor: float) -> None:
+    """Every group's rate, peak included, times ``factor``."""
+    for group in optimizer.param_groups:
+        group["lr"] *= factor
+        if "initial_lr" in group:
+            group["initial_lr"] *= factor
+    if hasattr(scheduler, "base_lrs"):
+        scheduler.base_lrs = [lr * factor for lr in scheduler.base_lrs]
+
+
+def _keep_epoch(state: FitState, model: nn.Module, val_accuracy: float) -> bool:
+    """Keep this epoch (it did not diverge) whatever its validation accuracy."""
+    improved = val_accuracy > state.highest_val_accuracy
+    state.epochs_without_improvement = 0 if improved else state.epochs_without_improvement + 1
+    state.best_val_accuracy, state.best_epoch = val_accuracy, state.epoch
+    state.best_weights = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+    return True
+
+
 @dataclass(frozen=True)
 class Replan:
     """A re-plan's answer to the loop: train ``epochs`` in all, with the learning-rate schedule laid
@@ -252,53 +361,111 @@ def fit(
     save_checkpoint: Callable[[FitState], None] | None = None,
     checkpoint_interval: float = 0.0,
     replan: Callable[[FitState, float, float], Replan | None] | None = None,
+    choose_epoch: bool = True,
+    start_accuracy: float | None = None,
 ) -> FitState:
     """Train until ``epochs`` are done (or early stopping), then load the kept epoch's weights
     (the last one unless an earlier one was clearly better on validation: ``_update_best``).
     ``save_checkpoint`` gets the state after each epoch and every ``checkpoint_interval`` seconds.
     ``replan(state, epoch_seconds, checkpoint_seconds)`` may answer a ``Replan`` after each epoch
     (a time budget that now knows how long an epoch, validation and checkpoint included, takes
-    here; the checkpoint's time is the previous epoch's)."""
+    here; the checkpoint's time is the previous epoch's).
+
+    An epoch that ``diverged`` is rolled back at a lower rate and never kept. ``choose_epoch``
+    False: the last epoch that did not diverge is kept, so the validation split chooses nothing
+    and can still judge the result against another (the anytime run's probe).
+    ``start_accuracy``: the validation accuracy of the weights training starts from, if known (a
+    drop from it to chance is a divergence too). ``StopRequested`` (Ctrl-C, SIGTERM) ends
+    training at once, with the kept epoch's weights."""
     state = state or FitState()
+    highest_before = max(state.highest_val_accuracy, -1.0 if start_accuracy is None else start_accuracy)
+    epoch = _Epochs(setup, train_batches, val_batches, classes, observer, early_stopping, save_checkpoint,
+                    checkpoint_interval, replan, choose_epoch, highest_before, epochs,
+                    _GoodWeights.of(setup))  # fmt: skip
     observer.on_fit_start(epochs, len(train_batches), state.epoch)
-    started, save_seconds, val_images = time.perf_counter(), 0.0, None
-    while state.epoch < epochs and not state.stopped_early:
-        epoch_started = time.perf_counter()
-        progress = state.epoch_progress
+    started, interrupted = time.perf_counter(), False
+    while state.epoch < epoch.planned and not state.stopped_early:
+        try:
+            epoch.run(state)
+        except StopRequested:  # the epoch under way is dropped; the kept weights are a finished epoch's
+            state.epoch_progress, state.stopped_early, interrupted = {}, True, True
+    if state.best_weights is not None:
+        setup.model.load_state_dict(state.best_weights)
+    observer.on_fit_end({"best_epoch": state.best_epoch, "best_val_accuracy": state.best_val_accuracy,
+                         "highest_val_accuracy": state.highest_val_accuracy, "val_images": epoch.val_images,
+                         "stopped_early": state.stopped_early, "interrupted": interrupted,
+                         "seconds": time.perf_counter() - started})  # fmt: skip
+    return state
+
+
+@dataclass
+class _Epochs:
+    """What ``fit`` runs each epoch with, and what carries from one epoch to the next: the epochs
+    planned (a re-plan changes them), the last checkpoint's seconds, the validation size and the
+    last good weights."""
+
+    setup: FitSetup
+    train_batches: Batches
+    val_batches: Batches
+    classes: list[str]
+    observer: TrainObserver
+    early_stopping: int
+    save_checkpoint: Callable[[FitState], None] | None
+    checkpoint_interval: float
+    replan: Callable[[FitState, float, float], Replan | None] | None
+    choose_epoch: bool
+    highest_before: float
+    planned: int
+    good: _GoodWeights
+    save_seconds: float = 0.0
+    val_images: int | None = None
+
+    def run(self, state: FitState) -> None:
+        """Train, validate, roll back or keep, re-plan, checkpoint."""
+        setup, epoch_started, progress = self.setup, time.perf_counter(), state.epoch_progress
         epoch_start_step = state.step - int(progress.get("batches_done", 0))
-        train_batches.set_epoch(state.epoch, skip=int(progress.get("batches_done", 0)))
+        self.train_batches.set_epoch(state.epoch, skip=int(progress.get("batches_done", 0)))
         # The highest group's rate (the head's, with per-group rates): on the scale of the stage's peak.
         lr = progress.get("lr", max(group["lr"] for group in setup.optimizer.param_groups))
+        save_checkpoint = self.save_checkpoint
 
-        def save_progress(new_progress: dict, state: FitState = state, lr: float = lr, start: int = epoch_start_step):
+        def save_progress(new_progress: dict) -> None:
             state.epoch_progress = {**new_progress, "lr": lr}
-            state.step = start + new_progress["batches_done"]
+            state.step = epoch_start_step + new_progress["batches_done"]
             save_checkpoint(state)
 
         saver = save_progress if save_checkpoint is not None else None
-        record = train_one_epoch(setup, train_batches, state.epoch, observer, progress, saver, checkpoint_interval)
-        val, record["val_seconds"] = _validate(setup, val_batches, classes)
-        state.step, state.epoch, state.epoch_progress = epoch_start_step + len(train_batches), state.epoch + 1, {}
-        is_best = _update_best(state, setup.evaluated_model, val["accuracy"], val["num_images"])
+        record = train_one_epoch(setup, self.train_batches, state.epoch, self.observer, progress, saver,
+                                 self.checkpoint_interval)  # fmt: skip
+        val, record["val_seconds"] = _validate(setup, self.val_batches, self.classes)
+        state.step, state.epoch, state.epoch_progress = epoch_start_step + len(self.train_batches), state.epoch + 1, {}
+        is_best = self._keep_or_roll_back(state, record, val, lr)
         record.update(epoch=state.epoch, val_loss=val["loss"], val_accuracy=val["accuracy"], lr=lr, is_best=is_best)
-        val_images = val["num_images"]
+        self.val_images = val["num_images"]
         state.history.append(record)
-        state.stopped_early = 0 < early_stopping <= state.epochs_without_improvement
+        state.stopped_early = 0 < self.early_stopping <= state.epochs_without_improvement
+        if state.rollbacks >= MAX_ROLLBACKS:
+            state.stopped_early = True  # the rate is not the problem: keep what there is
         if setup.stop_at is not None and time.perf_counter() > setup.stop_at:
             state.stopped_early = True  # out of time
-        if replan is not None and not state.stopped_early:  # an epoch costs its time and its checkpoint's
-            new_plan = replan(state, time.perf_counter() - epoch_started + save_seconds, save_seconds)
-            epochs = _apply(setup, new_plan) if new_plan is not None else epochs
-        record["epochs"] = epochs  # the run's length as now planned: "epoch 2/3" after a re-plan to 3
-        observer.on_epoch_end(record)
+        if self.replan is not None and not state.stopped_early:  # an epoch costs its time and its checkpoint's
+            new_plan = self.replan(state, time.perf_counter() - epoch_started + self.save_seconds, self.save_seconds)
+            self.planned = _apply(setup, new_plan) if new_plan is not None else self.planned
+        record["epochs"] = self.planned  # the run's length as now planned: "epoch 2/3" after a re-plan to 3
+        self.observer.on_epoch_end(record)
         if save_checkpoint is not None:
             save_started = time.perf_counter()
             save_checkpoint(state)
-            save_seconds = time.perf_counter() - save_started
-    if state.best_weights is not None:
-        setup.model.load_state_dict(state.best_weights)
-    seconds = time.perf_counter() - started
-    observer.on_fit_end({"best_epoch": state.best_epoch, "best_val_accuracy": state.best_val_accuracy,
-                         "highest_val_accuracy": state.highest_val_accuracy, "val_images": val_images,
-                         "stopped_early": state.stopped_early, "seconds": seconds})  # fmt: skip
-    return state
+            self.save_seconds = time.perf_counter() - save_started
+
+    def _keep_or_roll_back(self, state: FitState, record: dict, val: dict, lr: float) -> bool:
+        """Roll a diverged epoch back; otherwise keep it by the fit's rule. Whether it is kept."""
+        reason = diverged(record, val, len(self.classes), max(self.highest_before, state.highest_val_accuracy))
+        if reason is not None:
+            _roll_back(self.setup, self.good)
+            record.update(diverged=reason, lr_after=lr * ROLLBACK_LR_FACTOR)
+            return False
+        self.good = _GoodWeights.of(self.setup)
+        if self.choose_epoch:
+            return _update_best(state, self.setup.evaluated_model, val["accuracy"], val["num_images"])
+        return _keep_epoch(state, self.setup.evaluated_model, val["accuracy"])

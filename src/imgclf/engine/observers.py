@@ -98,6 +98,9 @@ class ProgressObserver:
             f"{record['train_images_per_s']:,.0f} img/s  {record['seconds']:.1f}s{best}",
             highlight=False,
         )
+        if record.get("diverged"):
+            self.console.print(f"  diverged ({record['diverged']}): rolled back to the last good weights, "
+                               f"learning rate x{record['lr_after'] / record['lr']:g}", highlight=False)  # fmt: skip
 
     def on_fit_end(self, summary: dict) -> None:
         if self.progress is not None:

@@ -65,14 +65,32 @@ def lr_multiplier(step: int, total_steps: int, schedule: str, warmup_fraction: f
 @dataclass
 class StepSchedule:
     """The learning-rate multiplier at each step; ``total_steps`` may change while training (a
-    time budget re-planned after its first epoch) and the curve stretches from there."""
+    time budget re-planned after its first epoch): ``stretch`` then lays the rest of the decay
+    from the current multiplier down to 0 over the new length, so the rate never rises again
+    after its peak (re-setting ``total_steps`` alone would move the cosine back towards its start:
+    4.29e-3 -> 5.41e-3 from one epoch to the next was seen that way)."""
 
     total_steps: int
     schedule: str
     warmup_fraction: float
+    # After a stretch: the step it happened at and the multiplier there (the decay restarts from it).
+    rebased_step: int | None = None
+    rebased_multiplier: float = 1.0
 
     def __call__(self, step: int) -> float:
-        return lr_multiplier(step, self.total_steps, self.schedule, self.warmup_fraction)
+        if self.rebased_step is None or step < self.rebased_step or self.schedule == "constant":
+            return lr_multiplier(step, self.total_steps, self.schedule, self.warmup_fraction)
+        progress = (step - self.rebased_step) / max(1, self.total_steps - self.rebased_step)
+        return self.rebased_multiplier * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    def stretch(self, step: int, total_steps: int) -> None:
+        """From ``step`` on, the schedule has ``total_steps`` steps in all. Inside the warm-up the
+        curve is only lengthened (it still rises to its peak, then decays)."""
+        if self.rebased_step is None and step < int(round(self.total_steps * self.warmup_fraction)):
+            self.total_steps = total_steps
+            return
+        self.rebased_multiplier, self.rebased_step = self(step), step
+        self.total_steps = max(total_steps, step + 1)
 
 
 def create_schedule(
@@ -85,6 +103,7 @@ def create_schedule(
 
 
 def stretch_schedule(scheduler: torch.optim.lr_scheduler.LambdaLR, total_steps: int) -> None:
-    """Lay the rest of ``scheduler``'s curve over ``total_steps`` steps in all."""
+    """Lay the rest of ``scheduler``'s curve over ``total_steps`` steps in all, from the step it
+    has reached, never rising after its peak (``StepSchedule.stretch``)."""
     for multiplier in scheduler.lr_lambdas:
-        multiplier.total_steps = total_steps
+        multiplier.stretch(scheduler.last_epoch, total_steps)

@@ -65,7 +65,7 @@ def plan_stages(config: TrainConfig, epochs: int, processes: int = 1) -> list[St
     lr = config.resolved_lr(processes)
     if config.finetune == "head":
         return [Stage("head only (backbone and its batch norms frozen)", 0, epochs, False, lr)]
-    if config.finetune == "two-stage":
+    if config.starts_from_probe:
         layers = "all layers" if config.unfreeze_all else "all layers but the stem and the first stages"
         return [
             Stage("stage 1: the head from a linear probe on the frozen backbone", 0, 0, False, lr, probe=True),

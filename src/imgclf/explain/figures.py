@@ -15,6 +15,7 @@ __all__ = [
     "class_counts_png",
     "confusion_matrix_png",
     "explanation_png",
+    "lr_find_png",
     "overlay_png",
     "pareto_png",
     "probe_choice_png",
@@ -54,6 +55,25 @@ def training_curves_png(history: list[dict]) -> bytes:
         axes.grid(alpha=0.3)
         if axes.get_lines() and title != curves[2][1]:
             axes.legend()
+    return _png(figure)
+
+
+def lr_find_png(rates: list[float], losses: list[float], suggestion: float | None, title: str) -> bytes:
+    """The range test's smoothed training loss against the learning rate (log scale), with the
+    suggested rate marked."""
+    figure = Figure(figsize=(6.4, 3.6))
+    axes = figure.subplots()
+    axes.plot(rates, losses, color="tab:blue")
+    axes.set_xscale("log")
+    axes.set_xlabel("peak learning rate")
+    axes.set_ylabel("training loss (smoothed)")
+    axes.set_title(title, fontsize=10)
+    if suggestion is not None:
+        axes.axvline(suggestion, color="tab:red", linestyle="--", label=f"suggested {suggestion:.2e}")
+        axes.legend(loc="upper left")
+    if losses:  # the blow-up at the end would flatten the useful part of the curve
+        axes.set_ylim(min(losses) * 0.95, min(max(losses), losses[0] * 2.0) * 1.05)
+    axes.grid(alpha=0.3)
     return _png(figure)
 
 

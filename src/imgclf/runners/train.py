@@ -23,10 +23,11 @@ from imgclf.config import TrainConfig
 from imgclf.distributed import init_from_environment, shutdown
 from imgclf.engine.checkpoint import has_training_state, load_latest_state
 from imgclf.engine.final import ModelOnData, final_evaluation
+from imgclf.engine.loop import StopRequested
 from imgclf.engine.observers import ProgressObserver, TrainObserver
 from imgclf.engine.run_folder import check_output, check_writable, default_output, output_lock
 from imgclf.engine.run_logs import Observers, create_run_logs
-from imgclf.engine.runtime import resolve_device
+from imgclf.engine.runtime import resolve_device, stop_on_signals
 from imgclf.errors import UsageError
 from imgclf.models import get_model_spec
 from imgclf.runners.choose_model import automatic_config
@@ -103,7 +104,8 @@ def run_train(
 
 def _plan_and_train(run: TrainingRun, data: str, saved, observer, console: Console, force: bool, started: float):
     check_preset(run, data)
-    if run.config.time_budget is not None and run.config.finetune != "linear-probe":  # a probe has no epochs
+    # A probe has no epochs; an anytime run plans its fine-tuning after its probe (train_stages).
+    if run.config.time_budget is not None and run.config.finetune not in ("linear-probe", "anytime"):
         run = replace(run, plan=plan_time_budget(run, started, console))
     if saved is not None:
         check_same_data(run, saved["meta"], force)
@@ -119,11 +121,23 @@ def _plan_and_train(run: TrainingRun, data: str, saved, observer, console: Conso
         if run.config.finetune == "linear-probe":
             trained = linear_probe(run, console)
         else:
-            trained = train_stages(run, saved, Observers(observer or ProgressObserver(console), logs), console)
+            observers = Observers(observer or ProgressObserver(console), logs)
+            trained = _train_until_stopped(run, saved, observers, console, started)
         if not run.world.is_main:
             return {"bundle": str(run.output), "model": run.config.model, "epochs": trained.state.epoch,
                     "rank": run.world.rank}  # fmt: skip
         return _finish(run, trained, console, started, logs)
+
+
+def _train_until_stopped(run: TrainingRun, saved, observers: Observers, console: Console, started: float) -> Trained:
+    """The stages, where Ctrl-C or SIGTERM ends training and the run ships the best weights so far
+    (one process only: several stop together through torchrun)."""
+    signals = contextlib.nullcontext() if run.world.distributed else stop_on_signals(console.print, StopRequested)
+    try:
+        with signals:
+            return train_stages(run, saved, observers, console, started)
+    except StopRequested:  # outside the epochs (the probe, the set-up): nothing trained to ship yet
+        raise KeyboardInterrupt from None
 
 
 def _finish(run: TrainingRun, trained: Trained, console: Console, started: float, logs: Observers) -> dict:

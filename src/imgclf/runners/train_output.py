@@ -23,19 +23,22 @@ __all__ = ["CONFIG_FILE", "train_result", "write_config_yaml", "write_run_bundle
 CONFIG_FILE = "config.yaml"
 
 
-def _validation_chose(state: FitState) -> str:
+def _validation_chose(state: FitState, decision: dict | None = None) -> str:
     """What the validation split chose ("" when nothing): its accuracy is optimistic when it chose."""
+    if decision is not None and decision["finetuned"] is not None:
+        return "between the linear probe and the fine-tuned model"
     record = state.history[0] if state.history else {}
     if "probe_chosen_on" in record:
         return "" if record["probe_chosen_on"] == "cross-validation" else "the probe's regularization"
     return "the epoch whose weights were kept" if len(state.history) > 1 else ""
 
 
-def _summary(state: FitState, final: dict) -> dict:
+def _summary(state: FitState, final: dict, decision: dict | None = None) -> dict:
+    cv_accuracy = state.history[0].get("probe_cv_accuracy") if state.history else None
     return {
         "val_accuracy": final["val"]["accuracy"],
-        "val_chose": _validation_chose(state),
-        "cv_accuracy": state.history[0].get("probe_cv_accuracy") if state.history else None,
+        "val_chose": _validation_chose(state, decision),
+        "cv_accuracy": decision["probe"]["cv_accuracy"] if decision is not None else cv_accuracy,
         "test_accuracy": final["test"]["accuracy"] if "test" in final else None,
         "best_epoch": state.best_epoch,
         "epochs_run": state.epoch,
@@ -66,6 +69,8 @@ def _description(run: TrainingRun, trained: Trained, evaluation: FinalEvaluation
         "data": describe_data(run.dataset, run.profile, run.prepared),
         "time_budget": None if trained.plan.budget is None else trained.plan.budget.to_dict(),
         "advisor": run.advice,
+        # Runs that start from a linear probe: the probe against fine-tuning, and which was kept.
+        "kept": trained.decision,
         "distributed": {
             "processes": world.size,
             "backend": world.backend,
@@ -79,7 +84,7 @@ def _description(run: TrainingRun, trained: Trained, evaluation: FinalEvaluation
 
 
 def write_run_bundle(run: TrainingRun, trained: Trained, evaluation: FinalEvaluation, seconds: float) -> Bundle:
-    summary = _summary(trained.state, evaluation.metrics)
+    summary = _summary(trained.state, evaluation.metrics, trained.decision)
     description = _description(run, trained, evaluation, summary, seconds)
     metrics = {**evaluation.metrics, "summary": summary, "history": trained.state.history}
     save_bundle(run.output, run.model.cpu(), description, metrics, evaluation.centroids)
@@ -130,6 +135,8 @@ def train_result(run: TrainingRun, trained: Trained, summary: dict, seconds: flo
         "seconds": round(seconds, 2),
         "metrics": {key: summary[key] for key in ("val_accuracy", "test_accuracy", "cv_accuracy", "val_chose")},
     }
+    if trained.decision is not None:
+        result["kept"] = {key: trained.decision[key] for key in ("kept", "why")}
     if run.advice is not None:
         result["advisor"] = {key: run.advice[key] for key in ("recommended", "pretrained", "reasons")}
     if config.time_budget is not None:

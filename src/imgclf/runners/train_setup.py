@@ -110,9 +110,10 @@ def assemble(data: str, config: TrainConfig, output: Path, data_dir, console: Co
                        advice)  # fmt: skip
 
 
-def plan_time_budget(run: TrainingRun, started: float, console: Console) -> RunPlan:
+def plan_time_budget(run: TrainingRun, started: float, console: Console, probe_done: bool = False) -> RunPlan:
     """Measure this machine's speed (the run's own training step, on a copy of the model), then
-    fit whole epochs to the budget."""
+    fit whole epochs to the budget. ``probe_done``: a run starting from a probe has fitted it
+    already (its time is in the time elapsed)."""
     budget, splits, config = run.config.time_budget, run.prepared.splits, run.config
     warmup = min(3.0, 0.04 * budget)  # seconds of training steps; a third of that evaluating
     train_targets = split_targets(splits["train"])
@@ -126,7 +127,9 @@ def plan_time_budget(run: TrainingRun, started: float, console: Console) -> RunP
     state_bytes = training_state_bytes(weight_bytes, config.optimizer, config.ema > 0)
     checkpoints = config.checkpoint_every_epoch and run.world.is_main
     # Two-stage fine-tuning first embeds train and val once for its linear-probe head.
-    probe_s = (len(splits["train"]) + len(splits["val"])) / eval_speed if config.finetune == "two-stage" else 0.0
+    probe_s = (
+        (len(splits["train"]) + len(splits["val"])) / eval_speed if config.starts_from_probe and not probe_done else 0.0
+    )
     plan = plan_epochs(budget, time.perf_counter() - started + probe_s, len(run.train_batches) * config.batch_size,
                        len(splits["val"]), final_images, train_speed, eval_speed,
                        epoch_write_bytes=state_bytes if checkpoints else 0,
@@ -172,6 +175,10 @@ def announce(run: TrainingRun, console: Console) -> None:
     parameters = f"{config.model} ({count_parameters(run.model):,} parameters) on {run.device}"
     if config.finetune == "linear-probe":
         console.print(f"model: {parameters}, frozen: a linear probe on its embeddings")
+        return
+    if config.finetune == "anytime":
+        console.print(f"model: {parameters}: a linear probe on its embeddings first, then fine-tuning where the "
+                      "time left and the probe say it pays; the more accurate of the two is kept")  # fmt: skip
         return
     epoch_source = "given"
     if not config.epochs:

@@ -12,10 +12,11 @@ from dataclasses import dataclass, replace
 import torch
 from rich.console import Console
 
+from imgclf.advise.photos import DEFAULT_RUN_SECONDS
 from imgclf.data.augment import choose_augmentation
 from imgclf.data.batches import MirroredBatches, eval_batch_size, make_batches
 from imgclf.data.prepare import split_targets
-from imgclf.engine.budget import MAX_EPOCHS
+from imgclf.engine.budget import MAX_EPOCHS, BudgetPlan
 from imgclf.engine.checkpoint import fit_state_from, save_fit_state
 from imgclf.engine.loop import FitSetup, FitState, Replan, fit
 from imgclf.engine.observers import TrainObserver
@@ -24,12 +25,27 @@ from imgclf.engine.plan import RunPlan, Stage, plan_stages
 from imgclf.engine.probe_run import run_linear_probe
 from imgclf.engine.recipe import fit_setup
 from imgclf.errors import UsageError
-from imgclf.runners.train_setup import TrainingRun
+from imgclf.runners.train_setup import TrainingRun, plan_time_budget
 from imgclf.transfer import freeze_for_finetuning
 
-__all__ = ["Trained", "check_same_data", "data_identity", "linear_probe", "train_stages"]
+__all__ = [
+    "ProbeStart",
+    "Trained",
+    "check_same_data",
+    "choose_better",
+    "data_identity",
+    "linear_probe",
+    "plan_anytime",
+    "probe_is_saturated",
+    "too_few_epochs",
+    "train_stages",
+]
 
 REPLAN_AFTER_S = 3.0  # seconds of epochs before a time budget is re-planned from them
+# Anytime runs: fine-tuning is skipped when fewer epochs than this fit in the time left after the
+# probe, or when the probe's cross-validated accuracy is already this high (BENCHMARKS.md).
+MIN_FINETUNE_EPOCHS = 3
+SATURATED_PROBE_ACCURACY = 0.99
 
 
 @dataclass(frozen=True)
@@ -37,6 +53,26 @@ class Trained:
     state: FitState
     plan: RunPlan  # as training ended: a time budget may have re-planned the epochs
     embeddings: dict | None = None  # a linear probe's embeddings and targets of each split (unnormalized)
+    # A run that started from a linear probe (two-stage, anytime): the probe's and the fine-tuned
+    # model's validation accuracy, which one was kept and why (``choose_better``).
+    decision: dict | None = None
+
+
+@dataclass(frozen=True)
+class ProbeStart:
+    """The linear probe a two-stage or anytime run starts from: its outcome and a copy of the
+    model's weights with its head (what is shipped if fine-tuning does not beat it)."""
+
+    trained: Trained
+    weights: dict[str, torch.Tensor]
+
+    @property
+    def val_accuracy(self) -> float:
+        return self.trained.state.best_val_accuracy
+
+    @property
+    def cv_accuracy(self) -> float | None:
+        return self.trained.state.history[0].get("probe_cv_accuracy")
 
 
 def data_identity(run: TrainingRun) -> dict:
@@ -151,8 +187,29 @@ class BudgetReplanner:
         return Replan(epochs, epochs * self.steps_per_epoch, stop_at)
 
 
-def train_stages(run: TrainingRun, saved: dict | None, observer: TrainObserver, console: Console) -> Trained:
-    """Run each stage in turn; ``saved`` is the training state to resume from, if any."""
+def train_stages(
+    run: TrainingRun, saved: dict | None, observer: TrainObserver, console: Console, started: float | None = None
+) -> Trained:
+    """Run each stage in turn; ``saved`` is the training state to resume from, if any.
+    ``started``: the run's start (``time.perf_counter()``), from which an anytime run's budget counts.
+
+    A run that starts from a linear probe fits it first (on a resume too: its embeddings come from
+    the cache, and the end compares against it); an anytime run then plans fine-tuning in the time
+    left, or ships the probe (``plan_anytime``). At the end the better of the probe and the
+    fine-tuned model is kept (``choose_better``)."""
+    probe = probe_start(run, console) if run.config.starts_from_probe else None
+    if probe is not None and run.config.finetune == "anytime" and saved is None:
+        run, skipped = plan_anytime(run, probe, started if started is not None else time.perf_counter(), console)
+        if skipped is not None:
+            console.print(f"kept: the linear probe (fine-tuning skipped: {skipped})", highlight=False)
+            decision = _decision(probe, None, "probe", f"fine-tuning skipped: {skipped}")
+            return replace(probe.trained, plan=run.plan, decision=decision)
+    trained = _train_epochs(run, saved, observer, console, probe)
+    return choose_better(run, probe, trained, console) if probe is not None else trained
+
+
+def _train_epochs(run: TrainingRun, saved: dict | None, observer: TrainObserver, console: Console,
+                  probe: ProbeStart | None) -> Trained:  # fmt: skip
     stages = plan_stages(run.config, run.plan.epochs, run.world.size)
     meta = saved["meta"] if saved is not None else {}
     resume_epoch = meta.get("epoch", 0)
@@ -164,12 +221,7 @@ def train_stages(run: TrainingRun, saved: dict | None, observer: TrainObserver, 
     if run.plan.budget is not None and len([stage for stage in stages if not stage.probe]) == 1:
         replanner = BudgetReplanner(run.plan, len(run.train_batches), console)
     for index, stage in enumerate(stages):
-        if stage.probe:  # on a resume the saved weights hold the head it set
-            if saved is None:
-                console.print(f"{stage.name}")
-                linear_probe(run, console, splits=("train", "val"))
-            continue
-        if resume_epoch >= stage.end_epoch:
+        if stage.probe or resume_epoch >= stage.end_epoch:  # the probe: fitted by train_stages
             continue
         setup = _stage_setup(run, stage)
         resumed_inside = saved is not None and saved["meta"].get("stage", 0) == index
@@ -184,10 +236,83 @@ def train_stages(run: TrainingRun, saved: dict | None, observer: TrainObserver, 
         writes = run.config.checkpoint_every_epoch and run.world.is_main
         saver = _checkpoint_saver(run, setup, index, replanner) if writes else None
         interval = 0.0 if run.world.distributed else run.config.checkpoint_interval
+        # After a probe the validation split chooses no epoch: it judges probe against fine-tuning.
         state = fit(setup, run.train_batches, run.val_batches, stage.end_epoch, run.dataset.classes, observer,
                     state=state, early_stopping=run.config.early_stopping, save_checkpoint=saver,
-                    checkpoint_interval=interval, replan=replanner)  # fmt: skip
+                    checkpoint_interval=interval, replan=replanner, choose_epoch=probe is None,
+                    start_accuracy=probe.val_accuracy if probe is not None else None)  # fmt: skip
     return Trained(state, replanner.plan if replanner is not None else run.plan)
+
+
+def probe_start(run: TrainingRun, console: Console) -> ProbeStart:
+    """Stage 1 of a run that starts from a probe: the head fitted on the frozen backbone."""
+    console.print(plan_stages(run.config, 1, run.world.size)[0].name)
+    trained = linear_probe(run, console, splits=("train", "val"))
+    weights = {k: v.detach().to("cpu", copy=True) for k, v in run.model.state_dict().items()}
+    return ProbeStart(trained, weights)
+
+
+def plan_anytime(
+    run: TrainingRun, probe: ProbeStart, started: float, console: Console
+) -> tuple[TrainingRun, str | None]:
+    """After the probe, what the rest of the budget buys: the epochs of fine-tuning that fit (this
+    machine's measured speed), unless too few fit to pay or the probe leaves almost nothing to
+    gain. Returns the run with its plan, and why fine-tuning is skipped (None: it runs)."""
+    budget_s = run.config.time_budget or DEFAULT_RUN_SECONDS
+    saturated = probe_is_saturated(probe.cv_accuracy)
+    if saturated is not None:
+        return run, saturated
+    config = run.config if run.config.time_budget else replace(run.config, time_budget=budget_s)
+    plan = plan_time_budget(replace(run, config=config), started, console, probe_done=True)
+    skipped = too_few_epochs(plan.budget, plan.epochs)
+    return replace(run, plan=plan if skipped is None else run.plan), skipped
+
+
+def probe_is_saturated(cv_accuracy: float | None) -> str | None:
+    """Why fine-tuning cannot pay after a probe this accurate (None: it may)."""
+    if cv_accuracy is not None and cv_accuracy >= SATURATED_PROBE_ACCURACY:
+        return (f"the probe reaches {cv_accuracy:.4f} in cross-validation on the training images: fine-tuning "
+                f"has less than {1 - SATURATED_PROBE_ACCURACY:.0%} of errors left to remove")  # fmt: skip
+    return None
+
+
+def too_few_epochs(budget: BudgetPlan | None, epochs: int) -> str | None:
+    """Why the fine-tuning epochs that fit are too few to pay (None: enough fit)."""
+    if budget is not None and budget.fits and epochs >= MIN_FINETUNE_EPOCHS:
+        return None
+    epoch_s = budget.seconds_per_epoch if budget is not None else float("nan")
+    return (f"{epochs if budget is not None and budget.fits else 0} epoch(s) of fine-tuning ({epoch_s:.0f} s each "
+            f"here) fit in the time left; it takes {MIN_FINETUNE_EPOCHS} to pay")  # fmt: skip
+
+
+def choose_better(run: TrainingRun, probe: ProbeStart, tuned: Trained, console: Console) -> Trained:
+    """The probe or the fine-tuned model, whichever is more accurate on the validation split (which
+    neither chose on: the probe's strength was chosen by cross-validation on train, fine-tuning
+    kept its last epoch); a tie keeps the probe."""
+    tuned_accuracy = tuned.state.best_val_accuracy if tuned.state.best_weights is not None else None
+    if tuned_accuracy is not None and tuned_accuracy > probe.val_accuracy:
+        decision = _decision(probe, tuned, "fine-tuned", f"more accurate on the validation split "
+                             f"({tuned_accuracy:.4f} against the probe's {probe.val_accuracy:.4f})")  # fmt: skip
+        console.print(f"kept: the fine-tuned model ({decision['why']})", highlight=False)
+        return replace(tuned, decision=decision)
+    why = ("fine-tuning trained no epoch" if tuned_accuracy is None else
+           f"fine-tuning did not beat it on the validation split ({tuned_accuracy:.4f} against "
+           f"{probe.val_accuracy:.4f})")  # fmt: skip
+    console.print(f"kept: the linear probe ({why})", highlight=False)
+    run.model.load_state_dict(probe.weights)
+    return replace(probe.trained, plan=tuned.plan, decision=_decision(probe, tuned, "probe", why))
+
+
+def _decision(probe: ProbeStart, tuned: Trained | None, kept: str, why: str) -> dict:
+    """What model.json, the report and the output say about the choice."""
+    finetuned = None
+    if tuned is not None:
+        history = tuned.state.history
+        finetuned = {"epochs": len(history), "val_accuracy": tuned.state.best_val_accuracy if history else None,
+                     "val_accuracy_by_epoch": [record.get("val_accuracy") for record in history],
+                     "rollbacks": tuned.state.rollbacks}  # fmt: skip
+    return {"kept": kept, "why": why, "probe": {"val_accuracy": probe.val_accuracy, "cv_accuracy": probe.cv_accuracy},
+            "finetuned": finetuned, "judged_on": "val"}  # fmt: skip
 
 
 def linear_probe(run: TrainingRun, console: Console, splits: tuple[str, ...] = ("train", "val", "test")) -> Trained:

@@ -1,0 +1,125 @@
+"""``imgclf lr-find DATA``: the learning-rate range test for the run ``imgclf train DATA`` (with
+the same options) would train, on a copy of its model. A run that starts from a linear probe
+(two-stage, anytime: what imgclf chooses for photos) fits the probe's head first, so the rates
+tested are fine-tuning's. Writes the curve (PNG), the numbers (CSV) and the answer (JSON)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+import time
+from pathlib import Path
+
+from rich.console import Console
+
+from imgclf.config import TrainConfig
+from imgclf.data.prepare import split_targets
+from imgclf.distributed import World
+from imgclf.engine.checkpoint import atomic_write_bytes
+from imgclf.engine.lr_find import lr_range_test
+from imgclf.engine.plan import first_training_stage
+from imgclf.engine.recipe import trial_setup
+from imgclf.engine.runtime import resolve_device
+from imgclf.errors import UsageError
+from imgclf.explain.figures import lr_find_png
+from imgclf.runners.choose_model import automatic_config
+from imgclf.runners.common import stderr_console
+from imgclf.runners.train_data import check_trainable, scan_training_data
+from imgclf.runners.train_setup import assemble
+from imgclf.runners.train_stages import linear_probe
+
+__all__ = ["LR_FIND_FILES", "run_lr_find"]
+
+LR_FIND_FILES = ("lr_find.png", "lr_find.csv", "lr_find.json")
+
+
+def _default_output(data: str, model: str) -> Path:
+    stem = re.sub(r"[^A-Za-z0-9_-]+", "-", Path(data).name.split(".")[0]).strip("-") or "data"
+    return Path("runs") / f"lr-find-{stem}-{model}"
+
+
+def _check_output(output: Path, overwrite: bool) -> None:
+    """Nothing the user has is replaced unless asked: an existing result file is an error."""
+    if output.exists() and not output.is_dir():
+        raise UsageError(f"--output {output} is a file; give a folder for the range test's files")
+    taken = [name for name in LR_FIND_FILES if (output / name).exists()]
+    if taken and not overwrite:
+        raise UsageError(f"{output / taken[0]} exists; pass --overwrite to replace it or choose another --output")
+
+
+def run_lr_find(
+    data: str,
+    config: TrainConfig,
+    output: str | Path | None = None,
+    overwrite: bool = False,
+    data_dir: str | Path | None = None,
+    console: Console | None = None,
+    steps: int = 100,
+    start: float = 1e-7,
+    end: float = 10.0,
+    choose_model: bool = False,
+) -> dict:
+    """The range test for ``config`` on DATA; returns the answer ``--json`` prints."""
+    started, console = time.perf_counter(), console or stderr_console()
+    if steps < 3:
+        raise UsageError(f"--steps must be at least 3, not {steps}")
+    if not 0 < start < end:
+        raise UsageError(f"--start and --end must satisfy 0 < start < end, not {start:g} and {end:g}")
+    if output is not None:
+        _check_output(Path(output), overwrite)
+    scanned = scan_training_data(data, config, data_dir)
+    check_trainable(data, *scanned)
+    if choose_model:
+        config = automatic_config(data, config, data_dir, Console(file=io.StringIO()), scanned, started)[0]
+    if config.finetune == "linear-probe":
+        raise UsageError("a linear probe has no learning rate (scikit-learn fits it); the range test is for "
+                         "--finetune full, head, two-stage or anytime")  # fmt: skip
+    output = Path(output) if output is not None else _default_output(data, config.model)
+    _check_output(output, overwrite)
+    device = resolve_device(config.device)
+    run = assemble(data, config, output, data_dir, console, World(), device, scanned)
+    if config.starts_from_probe:
+        linear_probe(run, console, splits=("train", "val"))  # the head fine-tuning starts from
+    train_targets = split_targets(run.prepared.splits["train"])
+    setup = trial_setup(config, run.model, run.preprocess, run.plan.augmentation, train_targets,
+                        run.dataset.num_classes, device, len(run.train_batches))  # fmt: skip
+    console.print(f"range test: {config.model}, up to {steps} steps of batch {config.batch_size}, peak rate "
+                  f"{start:.0e} -> {end:.0e}")  # fmt: skip
+    finding = lr_range_test(setup, run.train_batches, start, end, steps)
+    _write(output, finding, f"{run.dataset.name}: {config.model} ({config.finetune})")
+    seconds = round(time.perf_counter() - started, 1)
+    answer = {"model": config.model, "finetune": config.finetune, "batch_size": config.batch_size,
+              "output": str(output), "seconds": seconds, **finding.to_dict()}  # fmt: skip
+    _say(console, finding, output, config)
+    return answer
+
+
+def _write(output: Path, finding, title: str) -> None:
+    output.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(output / "lr_find.png", lr_find_png(finding.rates, finding.losses, finding.suggestion, title))
+    rows = io.StringIO()
+    writer = csv.writer(rows)
+    writer.writerow(["step", "lr", "smoothed_loss"])
+    points = enumerate(zip(finding.rates, finding.losses))
+    writer.writerows([index, f"{rate:.6g}", f"{loss:.6g}"] for index, (rate, loss) in points)
+    atomic_write_bytes(output / "lr_find.csv", rows.getvalue().encode())
+    atomic_write_bytes(output / "lr_find.json", json.dumps(finding.to_dict(), indent=2).encode())
+
+
+def _say(console: Console, finding, output: Path, config: TrainConfig) -> None:
+    if finding.stopped:
+        console.print(f"stopped: {finding.stopped}", highlight=False)
+    if finding.suggestion is None:
+        console.print("no suggestion: fewer than 3 steps had a finite loss (try a lower --start)")
+    else:
+        console.print(
+            f"lowest loss at {finding.lowest:.2e}; steepest descent at {finding.steepest:.2e}", highlight=False
+        )
+        # --lr is the run's rate; a stage may train at a share of it (two-stage: a tenth)
+        per_option = config.resolved_lr() / first_training_stage(config, epochs=2).lr
+        console.print(f"suggested peak learning rate: {finding.suggestion:.2e}, that is imgclf train ... --lr "
+                      f"{finding.suggestion * per_option:.2g} (now {config.resolved_lr():.2g})",
+                      highlight=False)  # fmt: skip
+    console.print(f"plot: {output / 'lr_find.png'}")
