@@ -110,6 +110,16 @@ def test_divergence_is_told_by_a_loss_above_guessing_or_a_fall_to_chance():
     assert diverged(at_chance, val, 2, 0.55) is None  # never clearly above chance: still learning
     assert diverged({"train_loss": 0.03, "train_accuracy": 0.99}, val, 2, 0.95) is None  # a validation dip only
     assert diverged({"train_loss": 0.3, "train_accuracy": 0.9}, {**val, "accuracy": 0.9}, 2, 0.95) is None
+    # Far below where fine-tuning started (a probe at 0.976, loss 0.08): the steel-surface first epoch.
+    steel = {
+        "accuracy": 0.684,
+        "loss": 0.9,
+        "num_images": 450,
+        "per_class": {str(i): {"support": 75} for i in range(6)},
+    }
+    fine = {"train_loss": 0.5, "train_accuracy": 0.8}
+    assert "where training started" in diverged(fine, steel, 6, 0.976, start=(0.976, 0.08))
+    assert diverged(fine, {**steel, "accuracy": 0.97, "loss": 0.1}, 6, 0.976, start=(0.976, 0.08)) is None
 
 
 def test_the_anytime_plan_fine_tunes_where_epochs_are_cheap_and_the_probe_leaves_errors():
@@ -121,8 +131,9 @@ def test_the_anytime_plan_fine_tunes_where_epochs_are_cheap_and_the_probe_leaves
     gpu = plan_epochs(240.0, 240.0 - left_s, train, val, final, 1_000.0, 3_000.0)
     assert cpu.epochs < MIN_FINETUNE_EPOCHS and "it takes 3 to pay" in too_few_epochs(cpu, cpu.epochs)
     assert gpu.epochs >= MIN_FINETUNE_EPOCHS and too_few_epochs(gpu, gpu.epochs) is None
-    assert probe_is_saturated(0.9958) is not None  # cats and dogs: nothing left to gain
-    assert probe_is_saturated(0.8567) is None and probe_is_saturated(None) is None
+    assert probe_is_saturated(0.9958, 1.0) is not None  # cats and dogs: nothing left to gain
+    assert probe_is_saturated(0.995, 0.976) is None  # steel surfaces: validation says otherwise
+    assert probe_is_saturated(0.8567, 0.8444) is None and probe_is_saturated(None, 1.0) is None
 
 
 @pytest.fixture(scope="module")
@@ -168,3 +179,33 @@ def test_an_anytime_run_says_what_it_kept_and_why(photo_folder, tmp_path, capsys
     assert kept["kept"] == result["kept"]["kept"] and kept["why"] == result["kept"]["why"]
     assert result["metrics"]["val_accuracy"] >= kept["probe"]["val_accuracy"]
     assert result["time_budget"]["used_s"] <= 40 * 1.25  # a short budget: start-up weighs more
+
+
+@pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGINT"])
+def test_sigterm_or_ctrl_c_during_training_ships_the_best_epoch_so_far(tmp_path, signal_name):
+    """A scheduler's SIGTERM or the user's Ctrl-C: training stops, the bundle is written, exit 0."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    output = tmp_path / "bundle"
+    command = [sys.executable, "-m", "imgclf", "train", "digits", "--model", "lenet5", "--epochs", "300",
+               "--schedule", "constant", "--output", str(output)]  # fmt: skip
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    deadline, seen = time.monotonic() + 120, []
+    while time.monotonic() < deadline:
+        line = process.stderr.readline()
+        seen.append(line)
+        if line.startswith("epoch   2/"):
+            break
+    process.send_signal(getattr(signal, signal_name))
+    _, rest = process.communicate(timeout=120)
+    log = "".join(seen) + rest
+    assert process.returncode == 0, log
+    assert f"{signal_name}: finishing with the best weights so far" in log
+    metrics = json.loads((output / "metrics.json").read_text())
+    summary, history = metrics["summary"], metrics["history"]
+    assert 2 <= summary["epochs_run"] < 300 and summary["stopped_early"]
+    kept = history[summary["best_epoch"] - 1]  # the bundle holds the kept epoch's weights
+    assert summary["val_accuracy"] == pytest.approx(kept["val_accuracy"]) and summary["val_accuracy"] > 0.2

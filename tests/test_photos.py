@@ -73,10 +73,13 @@ def test_no_flags_on_photos_trains_a_probe_on_imagenet_features_and_says_why(pho
     assert "nothing was chosen on it" in log
     description = json.loads((output / "model.json").read_text())
     advice = description["advisor"]
-    assert advice["pretrained"] and advice["train_options"]["finetune"] == "linear-probe"
+    assert advice["pretrained"] and advice["train_options"]["finetune"] == "anytime"
     assert advice["train_command"].startswith(f"imgclf train {photos} --model {result['model']} --pretrained")
     assert any("natural photos" in reason for reason in advice["reasons"])
-    assert description["pretrained"]["finetune"] == "linear-probe"
+    assert description["pretrained"]["finetune"] == "anytime"
+    # The probe separates these crops in cross-validation and on validation: nothing left to gain.
+    assert description["kept"]["kept"] == "probe" and "fine-tuning skipped" in description["kept"]["why"]
+    assert "kept: the linear probe" in log
     report = (output / "report.html").read_text()
     assert "probe accuracy against C" in report and "No per-epoch history" not in report
 

@@ -217,3 +217,48 @@ def test_resume_auto_starts_then_continues(tmp_path: Path, capsys):
     assert "resuming" not in capsys.readouterr().err
     assert main(arguments) == 0
     assert "resuming" in capsys.readouterr().err
+
+
+def test_train_refuses_a_folder_of_the_users_files_naming_one_and_leaves_it_untouched(tmp_path: Path, capsys):
+    from imgclf.cli.main import main
+
+    output = tmp_path / "out"
+    output.mkdir()
+    (output / "config.yaml").write_text("mine: true\n")
+    (output / "model.safetensors").write_bytes(b"my own weights")
+    code = main(["train", "digits", "--model", "lenet5", "--epochs", "1", "--output", str(output)])
+    assert code == 2 and "config.yaml and more, which imgclf did not write" in capsys.readouterr().err
+    assert (output / "config.yaml").read_text() == "mine: true\n"
+    assert (output / "model.safetensors").read_bytes() == b"my own weights"
+    assert sorted(p.name for p in output.iterdir()) == ["config.yaml", "model.safetensors"]
+
+
+def test_a_run_killed_before_its_bundle_can_run_again_and_its_temporary_files_go(tmp_path: Path, capsys):
+    from imgclf.cli.main import main
+    from imgclf.engine.run_folder import OWNED_FILE
+
+    output = tmp_path / "out"
+    assert main(["train", "digits", "--model", "lenet5", "--epochs", "1", "--output", str(output)]) == 0
+    for name in ("model.json", "model.safetensors", "metrics.json", "training_state.safetensors"):
+        (output / name).unlink(missing_ok=True)  # as if killed before its first checkpoint
+    stale = output / ".model.json.x1y2z3.tmp"  # a write killed between its temporary file and the rename
+    stale.write_text("{")
+    assert (output / OWNED_FILE).exists()
+    assert main(["train", "digits", "--model", "lenet5", "--epochs", "1", "--output", str(output)]) == 0
+    assert not stale.exists() and (output / "model.json").exists()
+
+
+def test_explain_never_replaces_the_users_images_and_updates_its_own(tmp_path: Path, digits_bundle, capsys):
+    from imgclf.cli.main import main
+
+    images = write_class_folder(tmp_path / "imgs", ["0", "1"], per_class=2, size=8, channels=1)
+    originals = {path: path.read_bytes() for path in images.rglob("*.png")}
+    folder = images / "0"
+    code = main(["explain", str(digits_bundle), str(folder), "--output", str(folder)])
+    assert code == 2 and "000.png is already there and imgclf did not write it" in capsys.readouterr().err
+    assert {path: path.read_bytes() for path in images.rglob("*.png")} == originals
+    assert main(["explain", str(digits_bundle), str(folder), "--output", str(tmp_path / "why")]) == 0
+    assert main(["explain", str(digits_bundle), str(folder), "--output", str(tmp_path / "why")]) == 0  # its own
+    (tmp_path / "file").write_text("not a folder")
+    code = main(["explain", str(digits_bundle), str(folder), "--output", str(tmp_path / "file")])
+    assert code == 2 and "exists and is not a folder" in capsys.readouterr().err

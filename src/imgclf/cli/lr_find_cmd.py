@@ -14,7 +14,8 @@ def add_parser(commands) -> None:
         help="the learning-rate range test: which rate the run `imgclf train DATA` would take",
         description="Train a copy of the model `imgclf train DATA` (with the same options) would train for up to "
         "--steps steps while the rate grows from --start to --end; print the suggested rate and write its curve "
-        "(lr_find.png), the numbers (lr_find.csv) and the answer (lr_find.json) to --output.",
+        "(lr_find.png), the numbers (lr_find.csv) and the answer (lr_find.json) to --output (a range test's own files "
+        "there are replaced, never a file imgclf did not write).",
     )
     parser.add_argument("data", metavar="DATA")
     add_config_options(parser)
@@ -22,7 +23,6 @@ def add_parser(commands) -> None:
     parser.add_argument("--start", type=float, default=1e-7, help="the first peak rate tried (default: 1e-7)")
     parser.add_argument("--end", type=float, default=10.0, help="the last peak rate tried (default: 10)")
     parser.add_argument("--output", "-o", help="folder for the files (default: runs/lr-find-<data>-<model>)")
-    parser.add_argument("--overwrite", action="store_true", help="replace range-test files already in --output")
     parser.add_argument("--data-dir", help="folder with the IDX files for fashion-mnist")
     parser.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
     parser.set_defaults(run=run)
@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
 
     args.pretrained = pretrained_source(args.pretrained, [args.data])
     resolved = build_config(args)
-    result = run_lr_find(args.data, resolved.config, output=args.output, overwrite=args.overwrite,
+    result = run_lr_find(args.data, resolved.config, output=args.output,
                          data_dir=args.data_dir, steps=args.steps, start=args.start, end=args.end,
                          choose_model=resolved.choose_model)  # fmt: skip
     if args.json:

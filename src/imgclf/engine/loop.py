@@ -259,9 +259,14 @@ def _chance_accuracy(val: dict) -> float:
     return max(supports, default=0) / max(1, sum(supports))
 
 
-def diverged(record: dict, val: dict, num_classes: int, highest_accuracy: float) -> str | None:
+def diverged(
+    record: dict, val: dict, num_classes: int, highest_accuracy: float, start: tuple[float, float] | None = None
+) -> str | None:
     """Why this epoch diverged (``DIVERGED_LOSS_FACTOR``), or None. ``highest_accuracy``: the
-    highest validation accuracy the weights had before it (-1: none yet)."""
+    highest validation accuracy the weights had before it (-1: none yet). ``start``: the
+    validation accuracy and loss of the weights training started from (a probe's), when known:
+    a validation loss ``DIVERGED_LOSS_FACTOR`` times theirs with an accuracy clearly below theirs
+    is a divergence too (grey steel-surface photos: 0.976 -> 0.684 in the first epoch)."""
     loss = record["train_loss"]
     if not math.isfinite(loss):
         return "the training loss is not a number"
@@ -271,6 +276,12 @@ def diverged(record: dict, val: dict, num_classes: int, highest_accuracy: float)
     accuracy = val["accuracy"]
     if accuracy is None:
         return None
+    if start is not None:
+        start_accuracy, start_loss = start
+        below = accuracy < start_accuracy - accuracy_noise(start_accuracy, val["num_images"])
+        if below and val["loss"] > DIVERGED_LOSS_FACTOR * start_loss:
+            return (f"validation loss {val['loss']:.3f} and accuracy {accuracy:.4f}, from {start_loss:.3f} and "
+                    f"{start_accuracy:.4f} where training started")  # fmt: skip
     chance = _chance_accuracy(val)
     noise = accuracy_noise(chance, val["num_images"])
     # Both splits at chance: a validation dip alone can be batch-norm statistics wobbling on a
@@ -362,7 +373,7 @@ def fit(
     checkpoint_interval: float = 0.0,
     replan: Callable[[FitState, float, float], Replan | None] | None = None,
     choose_epoch: bool = True,
-    start_accuracy: float | None = None,
+    start: tuple[float, float] | None = None,
 ) -> FitState:
     """Train until ``epochs`` are done (or early stopping), then load the kept epoch's weights
     (the last one unless an earlier one was clearly better on validation: ``_update_best``).
@@ -374,14 +385,12 @@ def fit(
     An epoch that ``diverged`` is rolled back at a lower rate and never kept. ``choose_epoch``
     False: the last epoch that did not diverge is kept, so the validation split chooses nothing
     and can still judge the result against another (the anytime run's probe).
-    ``start_accuracy``: the validation accuracy of the weights training starts from, if known (a
-    drop from it to chance is a divergence too). ``StopRequested`` (Ctrl-C, SIGTERM) ends
+    ``start``: the validation accuracy and loss of the weights training starts from, if known
+    (a fall far below them is a divergence too: ``diverged``). ``StopRequested`` (Ctrl-C, SIGTERM) ends
     training at once, with the kept epoch's weights."""
     state = state or FitState()
-    highest_before = max(state.highest_val_accuracy, -1.0 if start_accuracy is None else start_accuracy)
     epoch = _Epochs(setup, train_batches, val_batches, classes, observer, early_stopping, save_checkpoint,
-                    checkpoint_interval, replan, choose_epoch, highest_before, epochs,
-                    _GoodWeights.of(setup))  # fmt: skip
+                    checkpoint_interval, replan, choose_epoch, start, epochs, _GoodWeights.of(setup))  # fmt: skip
     observer.on_fit_start(epochs, len(train_batches), state.epoch)
     started, interrupted = time.perf_counter(), False
     while state.epoch < epoch.planned and not state.stopped_early:
@@ -414,7 +423,7 @@ class _Epochs:
     checkpoint_interval: float
     replan: Callable[[FitState, float, float], Replan | None] | None
     choose_epoch: bool
-    highest_before: float
+    start: tuple[float, float] | None  # validation accuracy and loss where training started
     planned: int
     good: _GoodWeights
     save_seconds: float = 0.0
@@ -460,7 +469,8 @@ class _Epochs:
 
     def _keep_or_roll_back(self, state: FitState, record: dict, val: dict, lr: float) -> bool:
         """Roll a diverged epoch back; otherwise keep it by the fit's rule. Whether it is kept."""
-        reason = diverged(record, val, len(self.classes), max(self.highest_before, state.highest_val_accuracy))
+        highest = max(state.highest_val_accuracy, self.start[0] if self.start is not None else -1.0)
+        reason = diverged(record, val, len(self.classes), highest, self.start)
         if reason is not None:
             _roll_back(self.setup, self.good)
             record.update(diverged=reason, lr_after=lr * ROLLBACK_LR_FACTOR)

@@ -1,25 +1,36 @@
 """The folder a run writes: chosen, checked and held before any data is read.
 
-A run refuses a folder it cannot write (under /proc, a read-only mount), a folder that already
-holds a trained model (unless told to overwrite or resume it), and a folder another run is
-writing to at the same moment.
+A run refuses a folder it cannot write (under /proc, a read-only mount), a folder holding files
+imgclf did not write (naming the first), a folder that already holds a trained model (unless told
+to overwrite or resume it), and a folder another run is writing to at the same moment.
+
+What imgclf wrote in a folder is listed in the folder's ``OWNED_FILE``: commands that write
+named files into a folder the user gives (``explain``, ``lr-find``) replace only files listed
+there, never a file of the user's that happens to have the same name.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 import tempfile
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 from imgclf.bundle import is_bundle
-from imgclf.engine.checkpoint import STATE_FILE, has_training_state
+from imgclf.engine.checkpoint import STATE_FILE, atomic_write_bytes, has_training_state
 from imgclf.errors import UsageError
 
-__all__ = ["LOCK_FILE", "check_output", "check_writable", "default_output", "output_lock"]
+__all__ = ["LOCK_FILE", "OWNED_FILE", "check_output", "check_targets", "check_writable", "claim", "default_output",
+           "output_lock"]  # fmt: skip
 
 LOCK_FILE = ".imgclf.lock"
+OWNED_FILE = ".imgclf-files.json"  # {"files": [names imgclf wrote in this folder]}
+# A write killed between creating its temporary file and renaming it leaves ".<name>.<random>.tmp"
+# (checkpoint._atomic_write): imgclf's own, removed when the folder is next claimed.
+_TEMPORARY = re.compile(r"^\.(?P<name>.+)\.[^.]+\.tmp$")
 # A run killed a moment ago can hold the lock a little longer, through processes it forked (data
 # loader workers, the other ranks) that are still exiting: wait this long before giving up.
 LOCK_WAIT_S = 3.0
@@ -35,8 +46,56 @@ def default_output(data: str, model: str) -> Path:
     return candidate
 
 
+def owned_names(folder: Path) -> set[str]:
+    """The names imgclf recorded as written by it in ``folder`` (none when it has no record)."""
+    try:
+        files = json.loads((Path(folder) / OWNED_FILE).read_text(encoding="utf-8")).get("files", [])
+    except (OSError, ValueError, AttributeError):
+        return set()
+    return {name for name in files if isinstance(name, str)}
+
+
+def claim(folder: Path, names: Iterable[str]) -> None:
+    """Record ``names`` as imgclf's in ``folder`` (before writing them: a run killed in between
+    leaves only files it may replace), and remove the temporary files of earlier killed writes."""
+    folder = Path(folder)
+    owned = owned_names(folder) | set(names)
+    for entry in folder.iterdir() if folder.is_dir() else ():
+        match = _TEMPORARY.match(entry.name)
+        if match and match["name"] in owned and entry.is_file() and not entry.is_symlink():
+            entry.unlink(missing_ok=True)
+    atomic_write_bytes(folder / OWNED_FILE, json.dumps({"files": sorted(owned)}, indent=1).encode())
+
+
+def _foreign(folder: Path, ours: set[str]) -> list[str]:
+    """Entries of ``folder`` imgclf did not write, sorted."""
+    ours = ours | {LOCK_FILE, OWNED_FILE}
+    foreign = []
+    for entry in folder.iterdir():
+        match = _TEMPORARY.match(entry.name)
+        if entry.name not in ours and not (match and match["name"] in ours):
+            foreign.append(entry.name)
+    return sorted(foreign)
+
+
+def check_targets(folder: Path, names: Iterable[str], option: str = "--output") -> None:
+    """Before any work: ``names`` may be written into ``folder``: it is a folder (or does not
+    exist yet), and none of them is a file imgclf did not write there."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"{option} {folder}: exists and is not a folder")
+    if not folder.is_dir():
+        return
+    owned = owned_names(folder)
+    for name in names:
+        if name not in owned and ((folder / name).exists() or (folder / name).is_symlink()):
+            raise UsageError(f"{option} {folder}: {name} is already there and imgclf did not write it; choose "
+                             "another folder (imgclf never replaces files it did not write)")  # fmt: skip
+
+
 def check_output(output: Path, overwrite: bool, resume: bool) -> None:
-    """``output`` may take this run: something to resume, or no trained model to overwrite by mistake."""
+    """``output`` may take this run: something to resume, or no trained model to overwrite by
+    mistake, and no file imgclf did not write (a bundle of an earlier version counts as its own)."""
     if resume:
         if not has_training_state(output):
             raise UsageError(f"{output}: nothing to resume (no {STATE_FILE})")
@@ -44,6 +103,12 @@ def check_output(output: Path, overwrite: bool, resume: bool) -> None:
     if output.exists() and not output.is_dir():
         raise UsageError(f"--output {output}: exists and is not a folder")
     holds_run = is_bundle(output) or (output / STATE_FILE).exists()
+    if output.is_dir() and not holds_run and not (output / OWNED_FILE).exists():
+        foreign = _foreign(output, set())
+        if foreign:
+            raise UsageError(f"--output {output}: holds {foreign[0]}{' and more' if len(foreign) > 1 else ''}, "
+                             "which imgclf did not write; choose an empty or new folder (imgclf never replaces "
+                             "files it did not write)")  # fmt: skip
     if holds_run and not overwrite:
         raise UsageError(
             f"--output {output}: already holds a trained model; pass --overwrite to replace "

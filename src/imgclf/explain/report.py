@@ -182,7 +182,28 @@ def _dataset(description: dict) -> str:
     return "\n".join(parts)
 
 
+def _kept(description: dict) -> str:
+    """A run that started from a linear probe: the probe against fine-tuning, and which was kept."""
+    kept = description.get("kept")
+    if not kept:
+        return ""
+    probe, tuned = kept["probe"], kept.get("finetuned")
+    rows = [["linear probe", _percent(probe["val_accuracy"]), "-" if probe.get("cv_accuracy") is None else
+             _percent(probe["cv_accuracy"]), "kept" if kept["kept"] == "probe" else ""]]  # fmt: skip
+    if tuned is not None:
+        epochs = f"fine-tuned ({tuned['epochs']} epochs"
+        epochs += f", {tuned['rollbacks']} rolled back)" if tuned.get("rollbacks") else ")"
+        rows.append([epochs, _percent(tuned.get("val_accuracy")), "-", "kept" if kept["kept"] == "fine-tuned" else ""])
+    table = _table(["model", "validation accuracy", "cross-validated on train", ""], rows)
+    return (f"<p>Kept: the {'fine-tuned model' if kept['kept'] == 'fine-tuned' else 'linear probe'} "
+            f"({escape(kept['why'])}).</p>{table}")  # fmt: skip
+
+
 def _training(description: dict, metrics: dict) -> str:
+    return _kept(description) + _curves(description, metrics)
+
+
+def _curves(description: dict, metrics: dict) -> str:
     history = metrics.get("history", [])
     summary = metrics.get("summary", {})
     if history and history[0].get("probe_scores"):

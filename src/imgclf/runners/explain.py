@@ -11,6 +11,7 @@ import torch
 
 from imgclf.bundle import bundle_temperature, load_bundle
 from imgclf.engine.checkpoint import atomic_write_bytes
+from imgclf.engine.run_folder import check_targets, claim
 from imgclf.engine.runtime import resolve_device
 from imgclf.errors import BadImageError
 from imgclf.explain.figures import explanation_png
@@ -37,10 +38,14 @@ def run_explain(bundle_dir: str | Path, inputs: list[str], output: str | Path, d
     bundle = load_bundle(bundle_dir)
     torch_device = resolve_device(device)
     model = bundle.model.to(torch_device, memory_format=torch.channels_last)
-    output = Path(output)
+    output, used = Path(output), set()
+    paths = expand_image_paths(inputs)
+    targets = [_output_name(path, used) for path in paths]
+    check_targets(output, targets)  # before any work: never an image of the user's replaced
     output.mkdir(parents=True, exist_ok=True)
-    temperature, used, results = bundle_temperature(bundle), set(), []
-    for path in expand_image_paths(inputs):
+    claim(output, targets)
+    temperature, results = bundle_temperature(bundle), []
+    for path, name in zip(paths, targets):
         try:
             preprocess = bundle.preprocess
             pixels = preprocess.prepare_pixels(image_pixels(path, preprocess.channels, preprocess.decode_side))
@@ -52,7 +57,7 @@ def run_explain(bundle_dir: str | Path, inputs: list[str], output: str | Path, d
         predicted = bundle.classes[explanation.predicted]
         # The parent folder names the true class in the usual root/<class>/<image> layout.
         true_label = path.parent.name if path.parent.name in bundle.classes else None
-        target = output / _output_name(path, used)
+        target = output / name
         atomic_write_bytes(target, explanation_png(explanation, predicted, true_label, source=path.name))
         results.append(
             {

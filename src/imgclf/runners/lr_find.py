@@ -21,6 +21,7 @@ from imgclf.engine.checkpoint import atomic_write_bytes
 from imgclf.engine.lr_find import lr_range_test
 from imgclf.engine.plan import first_training_stage
 from imgclf.engine.recipe import trial_setup
+from imgclf.engine.run_folder import check_targets, claim
 from imgclf.engine.runtime import resolve_device
 from imgclf.errors import UsageError
 from imgclf.explain.figures import lr_find_png
@@ -40,20 +41,10 @@ def _default_output(data: str, model: str) -> Path:
     return Path("runs") / f"lr-find-{stem}-{model}"
 
 
-def _check_output(output: Path, overwrite: bool) -> None:
-    """Nothing the user has is replaced unless asked: an existing result file is an error."""
-    if output.exists() and not output.is_dir():
-        raise UsageError(f"--output {output} is a file; give a folder for the range test's files")
-    taken = [name for name in LR_FIND_FILES if (output / name).exists()]
-    if taken and not overwrite:
-        raise UsageError(f"{output / taken[0]} exists; pass --overwrite to replace it or choose another --output")
-
-
 def run_lr_find(
     data: str,
     config: TrainConfig,
     output: str | Path | None = None,
-    overwrite: bool = False,
     data_dir: str | Path | None = None,
     console: Console | None = None,
     steps: int = 100,
@@ -68,7 +59,7 @@ def run_lr_find(
     if not 0 < start < end:
         raise UsageError(f"--start and --end must satisfy 0 < start < end, not {start:g} and {end:g}")
     if output is not None:
-        _check_output(Path(output), overwrite)
+        check_targets(Path(output), LR_FIND_FILES)
     scanned = scan_training_data(data, config, data_dir)
     check_trainable(data, *scanned)
     if choose_model:
@@ -77,7 +68,7 @@ def run_lr_find(
         raise UsageError("a linear probe has no learning rate (scikit-learn fits it); the range test is for "
                          "--finetune full, head, two-stage or anytime")  # fmt: skip
     output = Path(output) if output is not None else _default_output(data, config.model)
-    _check_output(output, overwrite)
+    check_targets(output, LR_FIND_FILES)
     device = resolve_device(config.device)
     run = assemble(data, config, output, data_dir, console, World(), device, scanned)
     if config.starts_from_probe:
@@ -98,6 +89,7 @@ def run_lr_find(
 
 def _write(output: Path, finding, title: str) -> None:
     output.mkdir(parents=True, exist_ok=True)
+    claim(output, LR_FIND_FILES)
     atomic_write_bytes(output / "lr_find.png", lr_find_png(finding.rates, finding.losses, finding.suggestion, title))
     rows = io.StringIO()
     writer = csv.writer(rows)

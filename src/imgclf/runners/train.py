@@ -19,21 +19,23 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
+from imgclf.bundle import CENTROIDS_FILE, METRICS_FILE, MODEL_FILE, WEIGHTS_FILE
 from imgclf.config import TrainConfig
 from imgclf.distributed import init_from_environment, shutdown
-from imgclf.engine.checkpoint import has_training_state, load_latest_state
+from imgclf.engine.checkpoint import PREVIOUS_STATE_FILE, STATE_FILE, has_training_state, load_latest_state
 from imgclf.engine.final import ModelOnData, final_evaluation
 from imgclf.engine.loop import StopRequested
 from imgclf.engine.observers import ProgressObserver, TrainObserver
-from imgclf.engine.run_folder import check_output, check_writable, default_output, output_lock
-from imgclf.engine.run_logs import Observers, create_run_logs
+from imgclf.engine.run_folder import check_output, check_writable, claim, default_output, output_lock
+from imgclf.engine.run_logs import CSV_FILE, TENSORBOARD_FOLDER, Observers, create_run_logs
 from imgclf.engine.runtime import resolve_device, stop_on_signals
 from imgclf.errors import UsageError
+from imgclf.explain.report import REPORT_FILE
 from imgclf.models import get_model_spec
 from imgclf.runners.choose_model import automatic_config
 from imgclf.runners.common import stderr_console
 from imgclf.runners.train_data import check_trainable, scan_training_data
-from imgclf.runners.train_output import train_result, write_run_bundle, write_run_report
+from imgclf.runners.train_output import CONFIG_FILE, train_result, write_run_bundle, write_run_report
 from imgclf.runners.train_setup import (
     TrainingRun,
     announce,
@@ -45,7 +47,11 @@ from imgclf.runners.train_setup import (
 )
 from imgclf.runners.train_stages import Trained, check_same_data, linear_probe, train_stages
 
-__all__ = ["run_train"]
+__all__ = ["RUN_FILES", "run_train"]
+
+# Everything a run may write in its folder (recorded there as imgclf's before it writes them).
+RUN_FILES = (WEIGHTS_FILE, MODEL_FILE, METRICS_FILE, CENTROIDS_FILE, CONFIG_FILE, REPORT_FILE, CSV_FILE,
+             TENSORBOARD_FOLDER, STATE_FILE, PREVIOUS_STATE_FILE)  # fmt: skip
 
 
 def run_train(
@@ -114,6 +120,7 @@ def _plan_and_train(run: TrainingRun, data: str, saved, observer, console: Conso
         logs = Observers()  # only rank 0 logs
         if run.world.is_main:
             held.enter_context(output_lock(run.output))
+            claim(run.output, RUN_FILES)
             history = saved["meta"]["history"] if saved is not None else None
             logs = create_run_logs(run.config.log_kinds(), run.output, history)
             held.callback(logs.close)

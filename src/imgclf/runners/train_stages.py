@@ -65,6 +65,7 @@ class ProbeStart:
 
     trained: Trained
     weights: dict[str, torch.Tensor]
+    val_loss: float  # cross-entropy of the probe on the validation split
 
     @property
     def val_accuracy(self) -> float:
@@ -240,7 +241,7 @@ def _train_epochs(run: TrainingRun, saved: dict | None, observer: TrainObserver,
         state = fit(setup, run.train_batches, run.val_batches, stage.end_epoch, run.dataset.classes, observer,
                     state=state, early_stopping=run.config.early_stopping, save_checkpoint=saver,
                     checkpoint_interval=interval, replan=replanner, choose_epoch=probe is None,
-                    start_accuracy=probe.val_accuracy if probe is not None else None)  # fmt: skip
+                    start=(probe.val_accuracy, probe.val_loss) if probe is not None else None)  # fmt: skip
     return Trained(state, replanner.plan if replanner is not None else run.plan)
 
 
@@ -249,7 +250,11 @@ def probe_start(run: TrainingRun, console: Console) -> ProbeStart:
     console.print(plan_stages(run.config, 1, run.world.size)[0].name)
     trained = linear_probe(run, console, splits=("train", "val"))
     weights = {k: v.detach().to("cpu", copy=True) for k, v in run.model.state_dict().items()}
-    return ProbeStart(trained, weights)
+    features, targets = trained.embeddings["val"]
+    layer = run.model.get_classifier()
+    with torch.no_grad():
+        logits = torch.nn.functional.linear(features, layer.weight.detach().cpu(), layer.bias.detach().cpu())
+    return ProbeStart(trained, weights, float(torch.nn.functional.cross_entropy(logits.float(), targets)))
 
 
 def plan_anytime(
@@ -259,7 +264,7 @@ def plan_anytime(
     machine's measured speed), unless too few fit to pay or the probe leaves almost nothing to
     gain. Returns the run with its plan, and why fine-tuning is skipped (None: it runs)."""
     budget_s = run.config.time_budget or DEFAULT_RUN_SECONDS
-    saturated = probe_is_saturated(probe.cv_accuracy)
+    saturated = probe_is_saturated(probe.cv_accuracy, probe.val_accuracy)
     if saturated is not None:
         return run, saturated
     config = run.config if run.config.time_budget else replace(run.config, time_budget=budget_s)
@@ -268,11 +273,14 @@ def plan_anytime(
     return replace(run, plan=plan if skipped is None else run.plan), skipped
 
 
-def probe_is_saturated(cv_accuracy: float | None) -> str | None:
-    """Why fine-tuning cannot pay after a probe this accurate (None: it may)."""
-    if cv_accuracy is not None and cv_accuracy >= SATURATED_PROBE_ACCURACY:
-        return (f"the probe reaches {cv_accuracy:.4f} in cross-validation on the training images: fine-tuning "
-                f"has less than {1 - SATURATED_PROBE_ACCURACY:.0%} of errors left to remove")  # fmt: skip
+def probe_is_saturated(cv_accuracy: float | None, val_accuracy: float) -> str | None:
+    """Why fine-tuning cannot pay after a probe this accurate (None: it may). Both estimates must
+    say so: on grey steel-surface photos the probe cross-validated at 0.995 on train and scored
+    0.976 on validation, where fine-tuned networks reach 0.99."""
+    if cv_accuracy is not None and min(cv_accuracy, val_accuracy) >= SATURATED_PROBE_ACCURACY:
+        return (f"the probe reaches {cv_accuracy:.4f} in cross-validation on the training images and "
+                f"{val_accuracy:.4f} on validation: fine-tuning has less than {1 - SATURATED_PROBE_ACCURACY:.0%} "
+                "of errors left to remove")  # fmt: skip
     return None
 
 
