@@ -21,9 +21,10 @@ demo: install
 	$(BIN)/imgclf train digits --output runs/demo --overwrite
 	@echo "Report: runs/demo/report.html (open it in a browser). Try: $(BIN)/imgclf evaluate runs/demo digits"
 
-# The Fashion-MNIST tests need Debian's package and the web page test a real browser (chromium
-# driven through chromium-driver); install them when we can (root on Debian).
-DEBIAN_TEST_PACKAGES := dataset-fashion-mnist chromium chromium-driver
+# The Fashion-MNIST tests need Debian's package, the web page test a real browser (chromium
+# driven through chromium-driver) and the int8 test an emulated AVX2-only CPU (qemu-user's
+# qemu-x86_64 -cpu Haswell); install them when we can (root on Debian).
+DEBIAN_TEST_PACKAGES := dataset-fashion-mnist chromium chromium-driver qemu-user
 debian-packages:
 	@missing=""; for package in $(DEBIAN_TEST_PACKAGES); do \
 		dpkg -s $$package >/dev/null 2>&1 || missing="$$missing $$package"; done; \
