@@ -24,17 +24,21 @@ run() {
     # shellcheck disable=SC2086 # EXTRA holds several options
     $IMGCLF train "$folder" --output "$OUT/$tag" --overwrite --json ${EXTRA:-} "$@" > "$OUT/$tag.json" 2> "$OUT/$tag.log"
     local seconds=$(python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.1f}')" "$started" "$(date +%s.%N)")
-    python3 - "$OUT/$tag.json" "$OUT/$tag/model.json" "$tag" "$seconds" <<'PY'
+    .venv/bin/python - "$OUT/$tag.json" "$OUT/$tag/model.json" "$tag" "$seconds" <<'PY'
 import json, sys
 result, description = json.load(open(sys.argv[1])), json.load(open(sys.argv[2]))
 kept = description.get("kept") or {}
 tuned = kept.get("finetuned") or {}
 probe = (kept.get("probe") or {}).get("val_accuracy")
 test = result["metrics"].get("test_accuracy")
-print(f"{sys.argv[3]:<32} {result['model']:<20} val {result['metrics']['val_accuracy']:.4f}  "
-      f"{'' if test is None else f'test {test:.4f}  '}"
-      f"probe {'-' if probe is None else f'{probe:.4f}'}  fine-tuned "
-      f"{'-' if tuned.get('val_accuracy') is None else f'{tuned['val_accuracy']:.4f}'} "
+
+
+def number(value):
+    return "-" if value is None else f"{value:.4f}"
+
+
+print(f"{sys.argv[3]:<32} {result['model']:<20} val {number(result['metrics']['val_accuracy'])}  "
+      f"test {number(test)}  probe {number(probe)}  fine-tuned {number(tuned.get('val_accuracy'))} "
       f"({tuned.get('epochs', 0)} epochs)  kept {kept.get('kept', 'probe')}  wall {sys.argv[4]} s")
 if kept:
     print(f"    {kept['why']}")

