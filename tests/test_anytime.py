@@ -129,7 +129,9 @@ def test_the_anytime_plan_fine_tunes_where_epochs_are_cheap_and_the_probe_leaves
     left_s, train, val, final = 150.0, 600, 225, 825
     cpu = plan_epochs(240.0, 240.0 - left_s, train, val, final, 13.0, 61.0)
     gpu = plan_epochs(240.0, 240.0 - left_s, train, val, final, 1_000.0, 3_000.0)
-    assert cpu.epochs < MIN_FINETUNE_EPOCHS and "it takes 3 to pay" in too_few_epochs(cpu, cpu.epochs)
+    assert cpu.epochs < MIN_FINETUNE_EPOCHS and f"it takes {MIN_FINETUNE_EPOCHS} to pay" in too_few_epochs(
+        cpu, cpu.epochs
+    )
     assert gpu.epochs >= MIN_FINETUNE_EPOCHS and too_few_epochs(gpu, gpu.epochs) is None
     assert probe_is_saturated(0.9958, 1.0) is not None  # cats and dogs: nothing left to gain
     assert probe_is_saturated(0.995, 0.976) is None  # steel surfaces: validation says otherwise

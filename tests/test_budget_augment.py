@@ -151,6 +151,10 @@ def test_time_budget_run_plans_epochs_and_reports_what_it_used(tmp_path, capsys)
     assert "time budget 15 s:" in captured.err and "time budget: used" in captured.err
     description = json.loads((tmp_path / "b" / "model.json").read_text())
     assert description["time_budget"]["epochs"] == result["time_budget"]["planned_epochs"]
+    # Re-planned or not, the rate never rises again after its peak (each epoch's rate at its start).
+    rates = [record["lr"] for record in json.loads((tmp_path / "b" / "metrics.json").read_text())["history"]]
+    peak = rates.index(max(rates))
+    assert all(later <= earlier for earlier, later in zip(rates[peak:], rates[peak + 1 :]))
 
 
 def test_a_fixed_seed_gives_identical_weights_twice(tmp_path, capsys):

@@ -108,7 +108,8 @@ def _reasons(facts, name, mirror, seconds, run_s, speeds, budget_s) -> list[str]
     )
     return [
         f"natural photos, about {facts.images_per_class:,.0f} per class: features learned on ImageNet beat a network "
-        "trained from scratch on this few, and on a CPU a linear probe beats fine-tuning for the same minutes",
+        "trained from scratch on this few; a linear probe on them is the first answer, in seconds, and fine-tuning "
+        "from it follows only where the time left pays for enough epochs",
         f"{name}: the most accurate ImageNet backbone whose forward passes fit in {limit} "
         f"(images/s measured here: {speed_text}); about {seconds:.0f} s to embed every photo{views}",
         "the logistic regression's strength is chosen by cross-validation on the training photos, so the "

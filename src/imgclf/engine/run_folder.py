@@ -23,8 +23,8 @@ from imgclf.bundle import is_bundle
 from imgclf.engine.checkpoint import STATE_FILE, atomic_write_bytes, has_training_state
 from imgclf.errors import UsageError
 
-__all__ = ["LOCK_FILE", "OWNED_FILE", "check_output", "check_targets", "check_writable", "claim", "default_output",
-           "output_lock"]  # fmt: skip
+__all__ = ["LOCK_FILE", "OWNED_FILE", "check_output", "check_targets", "check_writable", "claim", "data_stem",
+           "default_output", "output_lock"]  # fmt: skip
 
 LOCK_FILE = ".imgclf.lock"
 OWNED_FILE = ".imgclf-files.json"  # {"files": [names imgclf wrote in this folder]}
@@ -36,10 +36,14 @@ _TEMPORARY = re.compile(r"^\.(?P<name>.+)\.[^.]+\.tmp$")
 LOCK_WAIT_S = 3.0
 
 
+def data_stem(data: str) -> str:
+    """DATA's name as a folder name: ``photos.tar.gz`` -> ``photos``."""
+    return re.sub(r"[^A-Za-z0-9_-]+", "-", Path(data).name.split(".")[0]).strip("-") or "data"
+
+
 def default_output(data: str, model: str) -> Path:
     """``runs/<data>-<model>``, numbered ``-2``, ``-3``... when taken."""
-    stem = re.sub(r"[^A-Za-z0-9_-]+", "-", Path(data).name.split(".")[0]).strip("-") or "data"
-    base = Path("runs") / f"{stem}-{model}"
+    base = Path("runs") / f"{data_stem(data)}-{model}"
     candidate, number = base, 2
     while candidate.exists():
         candidate, number = Path(f"{base}-{number}"), number + 1

@@ -8,7 +8,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import re
 import time
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from imgclf.engine.checkpoint import atomic_write_bytes
 from imgclf.engine.lr_find import lr_range_test
 from imgclf.engine.plan import first_training_stage
 from imgclf.engine.recipe import trial_setup
-from imgclf.engine.run_folder import check_targets, claim
+from imgclf.engine.run_folder import check_targets, claim, data_stem
 from imgclf.engine.runtime import resolve_device
 from imgclf.errors import UsageError
 from imgclf.explain.figures import lr_find_png
@@ -34,11 +33,6 @@ from imgclf.runners.train_stages import linear_probe
 __all__ = ["LR_FIND_FILES", "run_lr_find"]
 
 LR_FIND_FILES = ("lr_find.png", "lr_find.csv", "lr_find.json")
-
-
-def _default_output(data: str, model: str) -> Path:
-    stem = re.sub(r"[^A-Za-z0-9_-]+", "-", Path(data).name.split(".")[0]).strip("-") or "data"
-    return Path("runs") / f"lr-find-{stem}-{model}"
 
 
 def run_lr_find(
@@ -67,7 +61,7 @@ def run_lr_find(
     if config.finetune == "linear-probe":
         raise UsageError("a linear probe has no learning rate (scikit-learn fits it); the range test is for "
                          "--finetune full, head, two-stage or anytime")  # fmt: skip
-    output = Path(output) if output is not None else _default_output(data, config.model)
+    output = Path(output) if output is not None else Path("runs") / f"lr-find-{data_stem(data)}-{config.model}"
     check_targets(output, LR_FIND_FILES)
     device = resolve_device(config.device)
     run = assemble(data, config, output, data_dir, console, World(), device, scanned)
