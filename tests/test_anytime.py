@@ -211,3 +211,28 @@ def test_sigterm_or_ctrl_c_during_training_ships_the_best_epoch_so_far(tmp_path,
     assert 2 <= summary["epochs_run"] < 300 and summary["stopped_early"]
     kept = history[summary["best_epoch"] - 1]  # the bundle holds the kept epoch's weights
     assert summary["val_accuracy"] == pytest.approx(kept["val_accuracy"]) and summary["val_accuracy"] > 0.2
+
+
+def test_lr_find_suggests_a_tenth_of_the_lowest_losss_rate_and_writes_its_plot(photo_folder, tmp_path, capsys):
+    from imgclf.engine.lr_find import LrFinding, _suggest
+
+    finding = LrFinding(rates=[1e-5, 1e-4, 1e-3, 1e-2, 1e-1], losses=[1.0, 0.9, 0.5, 0.2, 3.0])
+    _suggest(finding)
+    assert finding.lowest == 1e-2 and finding.suggestion == pytest.approx(1e-3) and finding.steepest == 1e-3
+    output = tmp_path / "lr"
+    command = ["lr-find", str(photo_folder), "--model", "efficientnet_lite0", "--pretrained", "--finetune",
+               "two-stage", "--input-size", "64", "--batch-size", "8", "--steps", "30", "--output", str(output),
+               "--json"]  # fmt: skip
+    assert main(command) == 0
+    captured = capsys.readouterr()
+    result = json.loads(captured.out)
+    assert "suggested peak learning rate" in captured.err and len(result["rates"]) >= 3
+    assert 1e-7 <= result["suggestion"] <= 10 and result["suggestion"] == pytest.approx(result["lowest"] / 10)
+    with Image.open(output / "lr_find.png") as plot:
+        assert plot.format == "PNG" and plot.width > 300
+    assert main(command) == 0  # its own files are replaced
+    capsys.readouterr()
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "lr_find.png").write_bytes(b"my picture")
+    assert main([*command[:-2], str(tmp_path / "mine")]) == 2  # a file of the user's is never replaced
+    assert (tmp_path / "mine" / "lr_find.png").read_bytes() == b"my picture"

@@ -82,16 +82,19 @@ def lr_range_test(
 
 def _suggest(finding: LrFinding) -> None:
     """The suggestion: a tenth of the rate at the lowest loss (Smith's and fastai's rule of thumb:
-    the lowest point is already at the edge of divergence), never above the steepest descent's
-    rate times 10."""
+    the lowest point is already at the edge of divergence). The steepest descent is reported
+    beside it, found after the first tenth of the curve (the moving average is still settling
+    there: a cats-and-dogs test put its steepest point at the very first rate)."""
     if len(finding.losses) < 3:
         return
     losses, rates = np.asarray(finding.losses), np.asarray(finding.rates)
     lowest = int(np.argmin(losses))
     finding.lowest = float(rates[lowest])
-    slopes = np.gradient(losses, np.log(rates))
-    finding.steepest = float(rates[int(np.argmin(slopes[: lowest + 1]))])
-    finding.suggestion = float(min(finding.lowest / 10, finding.steepest * 10))
+    finding.suggestion = finding.lowest / 10
+    settled = max(1, len(losses) // 10)
+    if lowest > settled:
+        slopes = np.gradient(losses, np.log(rates))
+        finding.steepest = float(rates[settled + int(np.argmin(slopes[settled : lowest + 1]))])
 
 
 class _NoSchedule:

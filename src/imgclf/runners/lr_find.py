@@ -100,9 +100,8 @@ def _say(console: Console, finding, output: Path, config: TrainConfig) -> None:
     if finding.suggestion is None:
         console.print("no suggestion: fewer than 3 steps had a finite loss (try a lower --start)")
     else:
-        console.print(
-            f"lowest loss at {finding.lowest:.2e}; steepest descent at {finding.steepest:.2e}", highlight=False
-        )
+        steepest = f"; steepest descent at {finding.steepest:.2e}" if finding.steepest is not None else ""
+        console.print(f"lowest loss at {finding.lowest:.2e}{steepest}", highlight=False)
         # --lr is the run's rate; a stage may train at a share of it (two-stage: a tenth)
         per_option = config.resolved_lr() / first_training_stage(config, epochs=2).lr
         console.print(f"suggested peak learning rate: {finding.suggestion:.2e}, that is imgclf train ... --lr "
