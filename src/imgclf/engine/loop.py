@@ -403,7 +403,7 @@ def fit(
     observer.on_fit_end({"best_epoch": state.best_epoch, "best_val_accuracy": state.best_val_accuracy,
                          "highest_val_accuracy": state.highest_val_accuracy, "val_images": epoch.val_images,
                          "stopped_early": state.stopped_early, "interrupted": interrupted,
-                         "seconds": time.perf_counter() - started})  # fmt: skip
+                         "chose_on_val": choose_epoch, "seconds": time.perf_counter() - started})  # fmt: skip
     return state
 
 

@@ -107,8 +107,12 @@ class ProgressObserver:
             self.progress.stop()
             self.progress = None
         note = " (stopped early)" if summary.get("stopped_early") else ""
+        if summary.get("interrupted"):
+            note = " (stopped on request)"
         kept, highest = summary["best_val_accuracy"], summary.get("highest_val_accuracy", -1.0)
-        if highest > kept:  # a later epoch kept over a higher one within the validation split's noise
+        if not summary.get("chose_on_val", True):  # the last good epoch, by rule: validation judges it later
+            line = f"kept the last good epoch, {summary['best_epoch']}: val accuracy {kept:.4f}"
+        elif highest > kept:  # a later epoch kept over a higher one within the validation split's noise
             images = summary.get("val_images")
             split = f"{images:,} validation images" if images else "the validation split"
             note += f" (kept over an earlier epoch's {highest:.4f}: closer than {split} can tell apart)"
