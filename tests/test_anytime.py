@@ -236,3 +236,23 @@ def test_lr_find_suggests_a_tenth_of_the_lowest_losss_rate_and_writes_its_plot(p
     (tmp_path / "mine" / "lr_find.png").write_bytes(b"my picture")
     assert main([*command[:-2], str(tmp_path / "mine")]) == 2  # a file of the user's is never replaced
     assert (tmp_path / "mine" / "lr_find.png").read_bytes() == b"my picture"
+
+
+def test_an_anytime_run_fine_tunes_in_the_time_left_when_it_may_pay(photo_folder, tmp_path, capsys, monkeypatch):
+    """The probe on these crops is perfect, so saturation and the epoch minimum are lowered to
+    reach the fine-tuning path: planned from the measured speed, then judged against the probe."""
+    from imgclf.runners import train_stages
+
+    monkeypatch.setattr(train_stages, "SATURATED_PROBE_ACCURACY", 1.01)
+    monkeypatch.setattr(train_stages, "MIN_FINETUNE_EPOCHS", 1)
+    output = tmp_path / "bundle"
+    code = main(["train", str(photo_folder), "--model", "efficientnet_lite0", "--pretrained", "--finetune",
+                 "anytime", "--time-budget", "40s", "--input-size", "64", "--output", str(output),
+                 "--json"])  # fmt: skip
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    kept = json.loads((output / "model.json").read_text())["kept"]
+    assert kept["finetuned"]["epochs"] >= 1 and "time budget 40 s:" in captured.err
+    assert "stage 2: all layers but the stem" in captured.err
+    result = json.loads(captured.out)
+    assert result["metrics"]["val_accuracy"] >= kept["probe"]["val_accuracy"]

@@ -38,10 +38,11 @@ __all__ = [
 
 # Divergence (``diverged``): an epoch whose training loss is not finite, or above this many times
 # the loss of guessing uniformly (ln of the number of classes), or whose validation and training
-# accuracy fell to chance after validation was clearly above it. Such an epoch is rolled back to the last good weights,
-# the optimizer's momentum is cleared and every rate multiplied by ROLLBACK_LR_FACTOR; after
-# MAX_ROLLBACKS the stage stops with the weights it has. Seen without it: two-stage fine-tuning on
-# grey steel-surface photos, epoch 2's training loss 8.86 (ln 6 = 1.79) and chance from then on.
+# accuracy fell to chance after validation was clearly above it. Such an epoch is rolled back to the
+# kept epoch's weights (or the start's), the optimizer's momentum is cleared and every rate
+# multiplied by ROLLBACK_LR_FACTOR; after MAX_ROLLBACKS the stage stops with the weights it has.
+# Seen without it: two-stage fine-tuning on grey steel-surface photos, epoch 2's training loss
+# 8.86 (ln 6 = 1.79) and chance from then on.
 DIVERGED_LOSS_FACTOR = 2.0
 ROLLBACK_LR_FACTOR = 0.25
 MAX_ROLLBACKS = 3
@@ -115,11 +116,6 @@ class FitState:
     def rollbacks(self) -> int:
         """Epochs that diverged and were rolled back (each lowered the learning rate)."""
         return sum(1 for record in self.history if record.get("diverged"))
-
-    @property
-    def lr_factor(self) -> float:
-        """The learning rate's multiplier after the rollbacks so far."""
-        return ROLLBACK_LR_FACTOR**self.rollbacks
 
     @property
     def highest_val_accuracy(self) -> float:
@@ -249,7 +245,7 @@ def _update_best(state: FitState, model: nn.Module, val_accuracy: float, val_ima
         return False
     state.best_val_accuracy = val_accuracy
     state.best_epoch = state.epoch
-    state.best_weights = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+    state.best_weights = cpu_copy(model)
     return True
 
 
@@ -293,32 +289,23 @@ def diverged(
     return None
 
 
-@dataclass
-class _GoodWeights:
-    """A copy of the last weights that had not diverged (and of their weight average)."""
-
-    model: dict[str, torch.Tensor]
-    ema: dict[str, torch.Tensor] | None
-
-    @classmethod
-    def of(cls, setup: FitSetup) -> _GoodWeights:
-        def copy(module: nn.Module) -> dict[str, torch.Tensor]:
-            return {k: v.detach().clone() for k, v in module.state_dict().items()}
-
-        return cls(copy(setup.model), copy(setup.ema) if setup.ema is not None else None)
+def cpu_copy(module: nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of ``module``'s weights and buffers on the CPU (the kept epoch's, a rollback's target)."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
 
 
-def _roll_back(setup: FitSetup, good: _GoodWeights) -> None:
-    """Back to ``good``'s weights, with no momentum and every rate times ``ROLLBACK_LR_FACTOR``
-    (the schedule keeps its shape, at the lower peak)."""
-    setup.model.load_state_dict(good.model)
-    if setup.ema is not None and good.ema is not None:
-        setup.ema.load_state_dict(good.ema)
+def _roll_back(setup: FitSetup, weights: dict[str, torch.Tensor]) -> None:
+    """Back to ``weights`` (the kept epoch's, or the start's), weight average included, with no
+    momentum and every rate times ``ROLLBACK_LR_FACTOR`` (the schedule keeps its shape, at the
+    lower peak)."""
+    setup.model.load_state_dict(weights)
+    if setup.ema is not None:
+        setup.ema.module.load_state_dict(weights)
     setup.optimizer.state.clear()  # the momentum holds the step that blew up
-    scale_learning_rate(setup.optimizer, setup.scheduler, ROLLBACK_LR_FACTOR)
+    _scale_learning_rate(setup.optimizer, setup.scheduler, ROLLBACK_LR_FACTOR)
 
 
-def scale_learning_rate(optimizer: torch.optim.Optimizer, scheduler, factor: float) -> None:
+def _scale_learning_rate(optimizer: torch.optim.Optimizer, scheduler, factor: float) -> None:
     """Every group's rate, peak included, times ``factor``."""
     for group in optimizer.param_groups:
         group["lr"] *= factor
@@ -333,7 +320,7 @@ def _keep_epoch(state: FitState, model: nn.Module, val_accuracy: float) -> bool:
     improved = val_accuracy > state.highest_val_accuracy
     state.epochs_without_improvement = 0 if improved else state.epochs_without_improvement + 1
     state.best_val_accuracy, state.best_epoch = val_accuracy, state.epoch
-    state.best_weights = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+    state.best_weights = cpu_copy(model)
     return True
 
 
@@ -390,7 +377,8 @@ def fit(
     training at once, with the kept epoch's weights."""
     state = state or FitState()
     epoch = _Epochs(setup, train_batches, val_batches, classes, observer, early_stopping, save_checkpoint,
-                    checkpoint_interval, replan, choose_epoch, start, epochs, _GoodWeights.of(setup))  # fmt: skip
+                    checkpoint_interval, replan, choose_epoch, start, epochs,
+                    cpu_copy(setup.evaluated_model) if state.best_weights is None else None)  # fmt: skip
     observer.on_fit_start(epochs, len(train_batches), state.epoch)
     started, interrupted = time.perf_counter(), False
     while state.epoch < epoch.planned and not state.stopped_early:
@@ -410,8 +398,7 @@ def fit(
 @dataclass
 class _Epochs:
     """What ``fit`` runs each epoch with, and what carries from one epoch to the next: the epochs
-    planned (a re-plan changes them), the last checkpoint's seconds, the validation size and the
-    last good weights."""
+    planned (a re-plan changes them), the last checkpoint's seconds and the validation size."""
 
     setup: FitSetup
     train_batches: Batches
@@ -425,7 +412,8 @@ class _Epochs:
     choose_epoch: bool
     start: tuple[float, float] | None  # validation accuracy and loss where training started
     planned: int
-    good: _GoodWeights
+    # Where a rollback goes before any epoch was kept: the weights training started from.
+    start_weights: dict[str, torch.Tensor] | None
     save_seconds: float = 0.0
     val_images: int | None = None
 
@@ -472,10 +460,10 @@ class _Epochs:
         highest = max(state.highest_val_accuracy, self.start[0] if self.start is not None else -1.0)
         reason = diverged(record, val, len(self.classes), highest, self.start)
         if reason is not None:
-            _roll_back(self.setup, self.good)
+            kept = state.best_weights if state.best_weights is not None else self.start_weights
+            _roll_back(self.setup, kept)
             record.update(diverged=reason, lr_after=lr * ROLLBACK_LR_FACTOR)
             return False
-        self.good = _GoodWeights.of(self.setup)
         if self.choose_epoch:
             return _update_best(state, self.setup.evaluated_model, val["accuracy"], val["num_images"])
         return _keep_epoch(state, self.setup.evaluated_model, val["accuracy"])

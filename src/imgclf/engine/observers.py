@@ -99,7 +99,7 @@ class ProgressObserver:
             highlight=False,
         )
         if record.get("diverged"):
-            self.console.print(f"  diverged ({record['diverged']}): rolled back to the last good weights, "
+            self.console.print(f"  diverged ({record['diverged']}): rolled back to the kept weights, "
                                f"learning rate x{record['lr_after'] / record['lr']:g}", highlight=False)  # fmt: skip
 
     def on_fit_end(self, summary: dict) -> None:

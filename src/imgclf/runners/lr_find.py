@@ -52,17 +52,19 @@ def run_lr_find(
         raise UsageError(f"--steps must be at least 3, not {steps}")
     if not 0 < start < end:
         raise UsageError(f"--start and --end must satisfy 0 < start < end, not {start:g} and {end:g}")
+    if config.finetune == "linear-probe" and not choose_model:  # before any data is read
+        raise UsageError("a linear probe has no learning rate (scikit-learn fits it); the range test is for "
+                         "--finetune full, head, two-stage or anytime")  # fmt: skip
     if output is not None:
         check_targets(Path(output), LR_FIND_FILES)
     scanned = scan_training_data(data, config, data_dir)
     check_trainable(data, *scanned)
-    if choose_model:
+    if choose_model:  # imgclf's choice (the anytime recipe for photos) is trained by gradient
         config = automatic_config(data, config, data_dir, Console(file=io.StringIO()), scanned, started)[0]
-    if config.finetune == "linear-probe":
-        raise UsageError("a linear probe has no learning rate (scikit-learn fits it); the range test is for "
-                         "--finetune full, head, two-stage or anytime")  # fmt: skip
-    output = Path(output) if output is not None else Path("runs") / f"lr-find-{data_stem(data)}-{config.model}"
-    check_targets(output, LR_FIND_FILES)
+    if output is None:  # named after the model, known only now
+        output = Path("runs") / f"lr-find-{data_stem(data)}-{config.model}"
+        check_targets(output, LR_FIND_FILES)
+    output = Path(output)
     device = resolve_device(config.device)
     run = assemble(data, config, output, data_dir, console, World(), device, scanned)
     if config.starts_from_probe:

@@ -18,6 +18,7 @@ from imgclf.data.batches import MirroredBatches, eval_batch_size, make_batches
 from imgclf.data.prepare import split_targets
 from imgclf.engine.budget import MAX_EPOCHS, BudgetPlan
 from imgclf.engine.checkpoint import fit_state_from, save_fit_state
+from imgclf.engine.final import ModelOnData
 from imgclf.engine.loop import FitSetup, FitState, Replan, fit
 from imgclf.engine.observers import TrainObserver
 from imgclf.engine.optim import create_schedule
@@ -252,11 +253,9 @@ def probe_start(run: TrainingRun, console: Console) -> ProbeStart:
     console.print(plan_stages(run.config, 1, run.world.size)[0].name)
     trained = linear_probe(run, console, splits=("train", "val"))
     weights = {k: v.detach().to("cpu", copy=True) for k, v in run.model.state_dict().items()}
-    features, targets = trained.embeddings["val"]
-    layer = run.model.get_classifier()
-    with torch.no_grad():
-        logits = torch.nn.functional.linear(features, layer.weight.detach().cpu(), layer.bias.detach().cpu())
-    return ProbeStart(trained, weights, float(torch.nn.functional.cross_entropy(logits.float(), targets)))
+    on_data = ModelOnData(run.model, run.prepared.splits, run.preprocess, run.device, embeddings=trained.embeddings)
+    logits, targets, _ = on_data.outputs("val", embeddings=False)  # from the cached embeddings: no pass
+    return ProbeStart(trained, weights, float(torch.nn.functional.cross_entropy(logits, targets)))
 
 
 def plan_anytime(
