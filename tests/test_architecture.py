@@ -10,7 +10,7 @@ import imgclf
 SOURCE = Path(imgclf.__file__).parent
 # Top to bottom; a module may import from its own layer and the layers listed before it.
 LAYERS = (
-    ("errors", "config", "models"),
+    ("errors", "text", "config", "models"),
     ("data",),
     ("engine", "distributed", "transfer", "bundle", "predictor", "explain", "export"),
     ("advise",),

@@ -198,3 +198,32 @@ def test_large_image_helper_is_over_the_limit(tmp_path):
     buffer = io.BytesIO()
     Image.frombytes("RGB", (800, 800), os.urandom(800 * 800 * 3)).save(buffer, format="PNG")
     assert buffer.tell() > 1024 * 1024
+
+
+def test_class_names_from_data_are_text_on_the_page(browser, tmp_path):
+    """A class folder named ``<img src=x onerror=...>`` (and escapes, markup, a javascript: URL,
+    a right-to-left override) is shown as its characters, and nothing in it runs."""
+    from selenium.webdriver.common.by import By
+
+    import imgclf
+    from test_names import FOLDER_CLASSES, write_hostile_folder
+
+    data = write_hostile_folder(tmp_path / "data")
+    bundle = tmp_path / "bundle"
+    imgclf.train(str(data), output=bundle, model="simple_cnn", epochs=2, batch_size=8, threads=1)
+    server = Server(bundle)
+    try:
+        browser.set_window_size(WIDTHS[0], 1000)
+        browser.get(server.url + "/")
+        _wait(browser, lambda d: "classes" in d.find_element(By.ID, "model").text)
+        _send_by_event(browser, "drop", data / FOLDER_CLASSES[3] / "000.png")
+        _wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, ".result .bar"))
+        assert browser.execute_script("return window.__pwned === undefined")
+        assert browser.execute_script('return document.querySelectorAll("img[src=x]").length') == 0
+        shown = browser.find_element(By.CSS_SELECTOR, ".result").text
+        assert any(
+            name.strip("\x1b\u202e\u200f") in shown
+            for name in ("[bold]loud", FOLDER_CLASSES[3], "javascript:alert(1)", "red", "evil")
+        )
+    finally:
+        server.stop()

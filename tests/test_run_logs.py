@@ -88,5 +88,7 @@ def test_a_linear_probe_run_has_its_one_fit_as_the_row(tmp_path: Path):
 
 
 def test_an_unknown_log_kind_is_a_usage_error():
-    with pytest.raises(UsageError, match="--log must be tensorboard, mlflow or both joined by ',', not 'tensorboard,wandb'"):
+    with pytest.raises(
+        UsageError, match="--log must be tensorboard, mlflow or both joined by ',', not 'tensorboard,wandb'"
+    ):
         TrainConfig(log="tensorboard,wandb")

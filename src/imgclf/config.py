@@ -100,7 +100,7 @@ def check_option(name: str, value, where: str = ""):
         kind = {int: "a whole number", float: "a number", bool: "true or false", str: "text"}[spec.kind]
         raise UsageError(f"{label} must be {kind}, not {_shown_value(value)}")
     if spec.kind in (int, float) and not _within(spec, converted):
-        raise UsageError(f"{label} must be {spec.describe_range()}, not {_shown_value(value)}")
+        raise UsageError(f"{label} must be {spec.describe_range()}, not {_number(converted)}")
     if spec.choices and converted not in spec.choices:
         raise UsageError(f"{label} must be {spec.describe_range()}, not {_shown_value(value)}")
     wanted = spec.rule(converted) if spec.rule is not None else None
@@ -135,9 +135,7 @@ def _within(spec: Option, value: float) -> bool:
         return False
     if spec.low is not None and value < spec.low:
         return False
-    if spec.high is not None and (value > spec.high or (spec.open_high and value == spec.high)):
-        return False
-    return True
+    return spec.high is None or value < spec.high or (value == spec.high and not spec.open_high)
 
 
 def _shown_value(value) -> str:
@@ -234,7 +232,8 @@ class TrainConfig:
                         "(e.g. 0.999) and validate and ship it", low=0.0, high=1.0, open_high=True,
                         default_help="off")  # fmt: skip
     augment: str = option("auto", str, "auto (per data kind), none, or parts joined by '+': flip, translate, erase, "
-                          "jitter, trivial (TrivialAugment), and one of mixup or cutmix", rule=_augment_rule)  # fmt: skip
+                          "jitter, trivial (TrivialAugment), and one of mixup or cutmix",
+                          rule=_augment_rule)  # fmt: skip
     input_size: int | None = option(None, int, "input size in px", low=8, high=4096, optional=True,
                                     default_help="chosen from the data and model")  # fmt: skip
     seed: int = option(0, int, "seed for weights, shuffling, augmentation and the split", low=0, high=2**32 - 1)
@@ -250,9 +249,9 @@ class TrainConfig:
                                   default_help="4")  # fmt: skip
     # With pretrained weights: full, head, linear-probe, two-stage, or anytime (two-stage whose
     # fine-tuning runs only where the time left and the probe say it may pay; runners/train_stages).
-    finetune: str = option("full", str, "with --pretrained: full, head, linear-probe, two-stage, or anytime (the probe, "
-                           "then fine-tuning where the time left and the probe say it pays; the better of the two is "
-                           "kept)", choices=FINETUNE_MODES)  # fmt: skip
+    finetune: str = option("full", str, "with --pretrained: full, head, linear-probe, two-stage, or anytime (the "
+                           "probe, then fine-tuning where the time left and the probe say it pays; the better of the "
+                           "two is kept)", choices=FINETUNE_MODES)  # fmt: skip
     max_train_per_class: int | None = option(None, int, "use at most N training images per class", low=1,
                                              high=10**9, optional=True, default_help="")  # fmt: skip
     max_bad_fraction: float = option(0.1, float, "abort when more of the files cannot be used", low=0.0, high=1.0)
@@ -398,7 +397,6 @@ def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
         raise UsageError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, not {value!r}")
 
 
-
 def load_config_file(path: str | Path) -> dict:
     """Options from a YAML (``.yaml``, ``.yml``) or JSON file, keys as in TrainConfig (or as the
     command-line options, ``time-budget`` or ``time_budget``); the command line overrides them.
@@ -423,7 +421,9 @@ def load_config_file(path: str | Path) -> dict:
             try:
                 value = parse_duration(value)
             except UsageError:
-                raise UsageError(f"{path}: time_budget must look like 90s, 10m or 1.5h, not {_shown_value(value)}") from None
+                raise UsageError(
+                    f"{path}: time_budget must look like 90s, 10m or 1.5h, not {_shown_value(value)}"
+                ) from None
         if key == "pretrained" and isinstance(value, bool):
             continue  # true: the model's built-in weights (resolve)
         values[key] = check_option(key, value, str(path))

@@ -7,8 +7,10 @@ import argparse
 import sys
 
 from rich.table import Table
+from rich.text import Text
 
 from imgclf.cli.output import format_count, print_json, stdout_console
+from imgclf.text import for_terminal
 
 
 def add_parser(commands) -> None:
@@ -75,7 +77,7 @@ def print_advice(advice: dict) -> None:
         name = f"{row['name']} (pretrained)" if row["pretrained"] else row["name"]
         verdict = "ok" if row["meets_budgets"] else row["rejected_because"][0]
         if name.split()[0] == advice["recommended"] and bool(row["pretrained"]) == advice["pretrained"]:
-            name, verdict = f"[bold]{name}[/]", "[bold green]recommended[/]"
+            name, verdict = Text(name, style="bold"), Text("recommended", style="bold green")
         table.add_row(
             name,
             format_count(row["params"]),
@@ -94,7 +96,7 @@ def print_advice(advice: dict) -> None:
     title = advice["recommended"] or "nothing"
     if advice["pretrained"]:
         title += " from ImageNet weights (transfer learning)"
-    console.print(f"recommended: [bold]{title}[/]")
+    console.print(Text.assemble("recommended: ", (for_terminal(title), "bold")))
     for reason in advice["reasons"]:
         console.print(f"  - {reason}")
     console.print(advice["resnet"])
@@ -111,6 +113,6 @@ def run(args: argparse.Namespace) -> int:
     else:
         print_advice(advice)
     if advice["recommended"] is None:  # an answer, not a usage error: 1, with the reason
-        sys.stderr.write(f"imgclf advise: {advice['reasons'][-1]}\n")
+        sys.stderr.write(for_terminal(f"imgclf advise: {advice['reasons'][-1]}") + "\n")
         return 1
     return 0

@@ -26,6 +26,7 @@ from imgclf.cli import (
     train_cmd,
 )
 from imgclf.errors import ImgclfError
+from imgclf.text import for_terminal
 
 __all__ = ["build_parser", "main"]
 
@@ -49,7 +50,7 @@ class _Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line and exit code 2."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        sys.stderr.write(f"imgclf {self.prog.split()[-1]}: error: {message} (see --help)\n")
+        sys.stderr.write(for_terminal(f"imgclf {self.prog.split()[-1]}: error: {message} (see --help)") + "\n")
         raise SystemExit(2)
 
 
@@ -72,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.run(args) or 0)
     except ImgclfError as error:
-        sys.stderr.write(f"imgclf {args.command}: error: {error}\n")
+        sys.stderr.write(for_terminal(f"imgclf {args.command}: error: {error}") + "\n")
         return 2
     except KeyboardInterrupt:
         sys.stderr.write(f"imgclf {args.command}: interrupted\n")
@@ -83,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         # A full disk or a read-only folder mid-run: one line; what was written before (the last
         # training state, written atomically) is intact and --resume continues from it.
         where = f" {error.filename}" if error.filename else ""
-        sys.stderr.write(f"imgclf {args.command}: error: cannot write{where}: {error.strerror}\n")
+        sys.stderr.write(for_terminal(f"imgclf {args.command}: error: cannot write{where}: {error.strerror}") + "\n")
         return 1
 
 

@@ -7,6 +7,8 @@ import sys
 
 from rich.console import Console
 
+from imgclf.text import for_terminal, terminal_console
+
 __all__ = ["format_count", "per_file_exit_code", "pretrained_source", "print_json", "stdout_console"]
 
 
@@ -24,8 +26,8 @@ def format_count(value: int) -> str:
 
 def stdout_console() -> Console:
     # A pipe or log file gets wide tables instead of rich's 80-column default.
-    console = Console(highlight=False)
-    return console if console.is_terminal else Console(highlight=False, width=160)
+    console = terminal_console(stderr=False)
+    return console if console.is_terminal else terminal_console(stderr=False, width=160)
 
 
 def pretrained_source(value: str | None, positionals: list[str]) -> str | None:
@@ -44,7 +46,7 @@ def per_file_exit_code(command: str, results: list[dict]) -> int:
     """Name each file that failed on stderr; 1 when any failed, 2 when there was nothing to do."""
     for result in results:
         if "error" in result:
-            sys.stderr.write(f"imgclf {command}: error: {result['path']}: {result['error']}\n")
+            sys.stderr.write(for_terminal(f"imgclf {command}: error: {result['path']}: {result['error']}") + "\n")
     if not results:
         sys.stderr.write(f"imgclf {command}: error: no image files found in the given folders\n")
         return 2

@@ -101,8 +101,23 @@ def run(args: argparse.Namespace) -> int:
         access_log=not args.no_access_log,
         http=args.http,
         h11_max_incomplete_event_size=HEADER_LIMIT_BYTES,
+        log_config=server_log_config(),
     )
     return 0
+
+
+def server_log_config() -> dict:
+    """uvicorn's logging, with every handler showing messages and their arguments as text (a
+    request path can carry terminal escapes)."""
+    import copy
+
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config.setdefault("filters", {})["text_only"] = {"()": "imgclf.text.TerminalTextFilter"}
+    for handler in config["handlers"].values():
+        handler["filters"] = [*handler.get("filters", []), "text_only"]
+    return config
 
 
 def _token(args: argparse.Namespace) -> str | None:

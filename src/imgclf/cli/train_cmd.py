@@ -10,6 +10,7 @@ import sys
 from imgclf.cli.output import pretrained_source, print_json
 from imgclf.config import Resolved, resolve, train_options
 
+
 def add_parser(commands) -> None:
     parser = commands.add_parser(
         "train",
@@ -52,8 +53,11 @@ def add_config_options(parser: argparse.ArgumentParser) -> None:
 def _help_text(spec, default) -> str:
     if spec.cli in ("flag", "off-flag"):
         return spec.help
-    shown = spec.default_help if spec.default_help is not None else ("" if default is None else f"{default:g}"
-                                                                      if isinstance(default, float) else default)
+    shown = (
+        spec.default_help
+        if spec.default_help is not None
+        else ("" if default is None else f"{default:g}" if isinstance(default, float) else default)
+    )
     return f"{spec.help} (default: {shown})" if shown != "" else spec.help
 
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import sys
 import time
 from typing import Protocol
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from imgclf.text import terminal_console
 
 __all__ = ["NullObserver", "ProgressObserver", "TrainObserver"]
 
@@ -44,7 +45,7 @@ class ProgressObserver:
     """
 
     def __init__(self, console: Console | None = None, log_every_s: float = 60.0):
-        self.console = console or Console(file=sys.stderr, soft_wrap=True)
+        self.console = console or terminal_console(soft_wrap=True)
         self.log_every_s = log_every_s
         self.progress: Progress | None = None
         self.task = None

@@ -16,6 +16,7 @@ from pathlib import Path
 from imgclf.config import LOG_KINDS
 from imgclf.engine.checkpoint import atomic_write_bytes
 from imgclf.errors import UsageError
+from imgclf.text import for_markdown
 
 __all__ = ["LOG_KINDS", "CsvLog", "MlflowLog", "Observers", "TensorBoardLog", "create_run_logs"]
 
@@ -103,7 +104,7 @@ class TensorBoardLog:
         self.steps_per_epoch = 1
 
     def on_run_start(self, config: dict) -> None:
-        lines = [f"| {key} | {value} |" for key, value in config.items()]
+        lines = [f"| {for_markdown(key)} | {for_markdown(value)} |" for key, value in config.items()]
         self.writer.add_text("configuration", "| option | value |\n| --- | --- |\n" + "\n".join(lines), 0)
 
     def on_fit_start(self, epochs: int, steps_per_epoch: int, start_epoch: int) -> None:

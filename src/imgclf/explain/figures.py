@@ -10,6 +10,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from imgclf.explain.gradcam import Explanation, heat_overlay
+from imgclf.text import for_plot
 
 __all__ = [
     "class_counts_png",
@@ -111,8 +112,9 @@ def confusion_matrix_png(confusion: list[list[int]], classes: list[str]) -> byte
     figure.colorbar(image, ax=axes, fraction=0.046, label="share of the true class")
     if len(classes) <= MAX_LABELLED_CLASSES:
         ticks = np.arange(len(classes))
-        axes.set_xticks(ticks, classes, rotation=60, ha="right")
-        axes.set_yticks(ticks, classes)
+        names = [for_plot(name) for name in classes]
+        axes.set_xticks(ticks, names, rotation=60, ha="right")
+        axes.set_yticks(ticks, names)
         for (row, column), count in np.ndenumerate(counts):
             if count:
                 colour = "white" if rows[row, column] > 0.5 else "black"
@@ -154,7 +156,8 @@ def class_counts_png(class_counts: dict[str, list[int]], classes: list[str]) -> 
     for offset, (split, counts) in enumerate(class_counts.items()):
         axes.bar(positions + offset * width, counts, width=width, label=split)
     if len(classes) <= MAX_LABELLED_CLASSES:
-        axes.set_xticks(positions + width * (len(class_counts) - 1) / 2, classes, rotation=60, ha="right")
+        axes.set_xticks(positions + width * (len(class_counts) - 1) / 2, [for_plot(name) for name in classes],
+                        rotation=60, ha="right")  # fmt: skip
     axes.set_ylabel("images")
     axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))
     axes.grid(axis="y", alpha=0.3)
@@ -176,11 +179,11 @@ def explanation_png(explanation: Explanation, predicted: str, true: str | None, 
     saliency_axes.set_title("saliency (input gradient)", fontsize=9)
     for axes in (image_axes, cam_axes, saliency_axes):
         axes.set_axis_off()
-    truth = "unknown" if true is None else true
+    truth = "unknown" if true is None else for_plot(true)
     verdict = "" if true is None else ("  (correct)" if true == predicted else "  (wrong)")
-    title = f"predicted: {predicted} ({explanation.probability:.2f})   true: {truth}{verdict}"
+    title = f"predicted: {for_plot(predicted)} ({explanation.probability:.2f})   true: {truth}{verdict}"
     if source:
-        title = f"{source}\n{title}"
+        title = f"{for_plot(source, limit=80)}\n{title}"
     figure.suptitle(title, fontsize=10)
     return _png(figure)
 

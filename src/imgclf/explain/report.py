@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import json
 from dataclasses import dataclass
-from html import escape
 
 from imgclf.explain.figures import (
     class_counts_png,
@@ -16,6 +15,7 @@ from imgclf.explain.figures import (
     reliability_png,
     training_curves_png,
 )
+from imgclf.text import for_html
 
 __all__ = ["REPORT_FILE", "REPORT_SECTIONS", "GalleryItem", "render_report"]
 
@@ -65,7 +65,7 @@ class GalleryItem:
 
 
 def _image(png: bytes, alt: str) -> str:
-    return f'<img alt="{escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}">'
+    return f'<img alt="{for_html(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}">'
 
 
 def _percent(value: float | None) -> str:
@@ -74,15 +74,15 @@ def _percent(value: float | None) -> str:
 
 def _section(section_id: str, body: str) -> str:
     heading = dict(REPORT_SECTIONS)[section_id]
-    return f'<section id="{section_id}"><h2>{escape(heading)}</h2>\n{body}\n</section>'
+    return f'<section id="{section_id}"><h2>{for_html(heading)}</h2>\n{body}\n</section>'
 
 
 def _table(header: list[str] | None, rows: list[list[str]], row_classes: list[str] | None = None) -> str:
-    head = f"<tr>{''.join(f'<th>{escape(cell)}</th>' for cell in header)}</tr>" if header else ""
+    head = f"<tr>{''.join(f'<th>{for_html(cell)}</th>' for cell in header)}</tr>" if header else ""
     body = []
     for index, row in enumerate(rows):
         css = f' class="{row_classes[index]}"' if row_classes and row_classes[index] else ""
-        body.append(f"<tr{css}>" + "".join(f"<td>{escape(str(cell))}</td>" for cell in row) + "</tr>")
+        body.append(f"<tr{css}>" + "".join(f"<td>{for_html(str(cell))}</td>" for cell in row) + "</tr>")
     return f"<table>{head}{''.join(body)}</table>"
 
 
@@ -144,9 +144,9 @@ def _summary(description: dict, metrics: dict) -> str:
     if evaluated.get("ece") is not None:
         cards.append((f"{evaluated['ece']:.3f}", "calibration error (ECE)"))
     cards.append((f"{description.get('params', 0):,}", "parameters"))
-    card_html = "".join(f'<div class="card"><b>{escape(value)}</b><span>{escape(label)}</span></div>'
+    card_html = "".join(f'<div class="card"><b>{for_html(value)}</b><span>{for_html(label)}</span></div>'
                         for value, label in cards)  # fmt: skip
-    findings = "".join(f"<li>{escape(line)}</li>" for line in _findings(description, split, evaluated))
+    findings = "".join(f"<li>{for_html(line)}</li>" for line in _findings(description, split, evaluated))
     return f'<div class="cards">{card_html}</div><ul>{findings}</ul>'
 
 
@@ -161,13 +161,13 @@ def _dataset(description: dict) -> str:
     if split.get("method") == "stratified":
         split_text += f" (seed {split.get('seed')}, val {split.get('val_fraction')}, test {split.get('test_fraction')})"
     parts = [
-        f"<p>Source <code>{escape(str(data.get('source')))}</code> ({escape(str(data.get('kind')))}): "
-        f"{len(classes)} classes; images per split: {escape(sizes)}; split: {escape(split_text)}. "
-        f"Shorter image side {escape(side)}, {'grayscale' if data.get('channels') == 1 else 'colour'}; "
+        f"<p>Source <code>{for_html(str(data.get('source')))}</code> ({for_html(str(data.get('kind')))}): "
+        f"{len(classes)} classes; images per split: {for_html(sizes)}; split: {for_html(split_text)}. "
+        f"Shorter image side {for_html(side)}, {'grayscale' if data.get('channels') == 1 else 'colour'}; "
         f"the model sees {description.get('input_size')} x {description.get('input_size')} px.</p>"
     ]
     for warning in data.get("warnings", []):
-        parts.append(f'<p class="warn">Warning: {escape(warning)}</p>')
+        parts.append(f'<p class="warn">Warning: {for_html(warning)}</p>')
     counts = data.get("class_counts")
     if counts:
         parts.append(_image(class_counts_png(counts, classes), "images per class and split"))
@@ -196,7 +196,7 @@ def _kept(description: dict) -> str:
         rows.append([epochs, _percent(tuned.get("val_accuracy")), "-", "kept" if kept["kept"] == "fine-tuned" else ""])
     table = _table(["model", "validation accuracy", "cross-validated on train", ""], rows)
     return (f"<p>Kept: the {'fine-tuned model' if kept['kept'] == 'fine-tuned' else 'linear probe'} "
-            f"({escape(kept['why'])}).</p>{table}")  # fmt: skip
+            f"({for_html(kept['why'])}).</p>{table}")  # fmt: skip
 
 
 def _training(description: dict, metrics: dict) -> str:
@@ -217,7 +217,7 @@ def _curves(description: dict, metrics: dict) -> str:
     seconds = description.get("seconds")
     if seconds is not None:
         note += f" Whole run: {seconds:.1f} s on {description.get('training', {}).get('device', '?')}."
-    return f"<p>{escape(note)}</p>" + _image(training_curves_png(history), "training curves")
+    return f"<p>{for_html(note)}</p>" + _image(training_curves_png(history), "training curves")
 
 
 def _probe_training(description: dict, record: dict) -> str:
@@ -231,7 +231,7 @@ def _probe_training(description: dict, record: dict) -> str:
     seconds = description.get("seconds")
     if seconds is not None:
         note += f" Whole run: {seconds:.1f} s on {description.get('training', {}).get('device', '?')}."
-    return f"<p>{escape(note)}</p>" + _image(
+    return f"<p>{for_html(note)}</p>" + _image(
         probe_choice_png(record["probe_scores"], record["probe_c"]), "probe accuracy against C"
     )
 
@@ -249,7 +249,7 @@ def _per_class(evaluated: dict) -> str:
 def _confusion(split: str, evaluated: dict, classes: list[str]) -> str:
     if not evaluated.get("confusion_matrix"):
         return '<p class="note">No evaluated images.</p>'
-    parts = [f"<p>{escape(split)} split; rows are the true class, each row sums to 1.</p>"]
+    parts = [f"<p>{for_html(split)} split; rows are the true class, each row sums to 1.</p>"]
     parts.append(_image(confusion_matrix_png(evaluated["confusion_matrix"], classes), "confusion matrix"))
     confused = evaluated.get("most_confused", [])
     if confused:
@@ -276,17 +276,17 @@ def _calibration(description: dict, evaluated: dict) -> str:
                 f"{_percent(calibration['val_coverage'])} of validation images, "
                 f"{_percent(calibration['val_accuracy_when_answering'])} of those correctly."
             )
-        parts.insert(0, f"<p>{escape(text)}</p>")
+        parts.insert(0, f"<p>{for_html(text)}</p>")
     return "\n".join(parts)
 
 
 def _mistakes(gallery: list[GalleryItem] | str) -> str:
     if isinstance(gallery, str):
-        return f'<p class="note">{escape(gallery)}</p>'
+        return f'<p class="note">{for_html(gallery)}</p>'
     if not gallery:
         return "<p>No mistakes to show: every evaluated image was classified correctly.</p>"
     figures = "".join(
-        f"<figure>{_image(item.png, item.caption)}<figcaption>{escape(item.caption)}</figcaption></figure>"
+        f"<figure>{_image(item.png, item.caption)}<figcaption>{for_html(item.caption)}</figcaption></figure>"
         for item in gallery
     )
     intro = (
@@ -319,16 +319,16 @@ def _model_card(description: dict, card: dict) -> str:
 
 def _configuration(description: dict) -> str:
     shown = {key: description.get(key) for key in ("training", "augmentation", "preprocess", "pretrained")}
-    return f"<pre>{escape(json.dumps(shown, indent=2))}</pre>"
+    return f"<pre>{for_html(json.dumps(shown, indent=2))}</pre>"
 
 
 def _choice(description: dict) -> str:
     """The advisor's reasons and measurements when it chose the model; else who did."""
     advice = description.get("advisor")
     if not advice:
-        return (f"<p>Chosen by the user: <code>{escape(str(description.get('architecture')))}</code>. "
+        return (f"<p>Chosen by the user: <code>{for_html(str(description.get('architecture')))}</code>. "
                 "<code>imgclf advise DATA</code> measures the alternatives on this machine.</p>")  # fmt: skip
-    reasons = "".join(f"<li>{escape(reason)}</li>" for reason in advice.get("reasons", []))
+    reasons = "".join(f"<li>{for_html(reason)}</li>" for reason in advice.get("reasons", []))
     rows = []
     for row in advice.get("candidates", []):
         name = f"{row['name']} (pretrained)" if row.get("pretrained") else row["name"]
@@ -339,8 +339,8 @@ def _choice(description: dict) -> str:
         rows.append([name, f"{row['params']:,}", "-" if speed is None else f"{speed:,.0f}",
                      "-" if probe is None else _percent(probe), verdict])  # fmt: skip
     table = _table(["model", "parameters", "training images/s here", "probe accuracy", "verdict"], rows)
-    return (f"<p>The advisor chose <b>{escape(advice['recommended'])}</b> for the time budget:</p><ul>{reasons}</ul>"
-            f"<p>{escape(advice.get('resnet', ''))}</p>{table}")  # fmt: skip
+    return (f"<p>The advisor chose <b>{for_html(advice['recommended'])}</b> for the time budget:</p><ul>{reasons}</ul>"
+            f"<p>{for_html(advice.get('resnet', ''))}</p>{table}")  # fmt: skip
 
 
 def render_report(description: dict, metrics: dict, gallery: list[GalleryItem] | str, card: dict) -> str:
@@ -363,7 +363,7 @@ def render_report(description: dict, metrics: dict, gallery: list[GalleryItem] |
     sections = "\n".join(_section(section_id, bodies[section_id]) for section_id, _ in REPORT_SECTIONS)
     title = f"{description.get('architecture')} on {description.get('data', {}).get('source')}"
     return (
-        f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><title>imgclf report: {escape(title)}</title>'
+        f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><title>imgclf report: {for_html(title)}</title>'
         f"<style>{STYLE}</style></head><body>\n<h1>imgclf report</h1>"
-        f'<p class="sub">{escape(title)}</p>\n{sections}\n</body></html>\n'
+        f'<p class="sub">{for_html(title)}</p>\n{sections}\n</body></html>\n'
     )

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import sys
-
 from rich.console import Console
+
+from imgclf.text import terminal_console
 
 __all__ = ["stderr_console"]
 
 
 def stderr_console() -> Console:
-    return Console(file=sys.stderr, highlight=False, soft_wrap=True)
+    return terminal_console(soft_wrap=True)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 from rich.console import Console
+from rich.text import Text
 
 from imgclf.advise.pareto import mark_dominated
 from imgclf.bundle import load_bundle
@@ -79,7 +80,7 @@ def run_compare(
                                data_dir=data_dir, console=console)  # fmt: skip
             rows.append(_leaderboard_row(name, output / name, result))
         except ImgclfError as error:
-            console.print(f"[bold red]{name} failed:[/] {error}")
+            console.print(Text(f"{name} failed: ", style="bold red"), str(error), sep="")
             rows.append({"name": name, "error": str(error)})
         _save(output, data, base, rows)  # partial results survive an interrupted comparison
     mark_dominated(rows)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import csv
-import html
 import io
 import json
 import time
@@ -35,6 +34,7 @@ from imgclf.models import create_model
 from imgclf.runners.advise import data_facts
 from imgclf.runners.common import stderr_console
 from imgclf.runners.train_data import check_trainable, load_training_data, scan_training_data
+from imgclf.text import for_html
 from imgclf.transfer import load_pretrained, load_weights_into, pretrained_available
 
 __all__ = ["run_label_check"]
@@ -134,20 +134,20 @@ def _gallery(result: dict, train: TensorSplit, ranking: np.ndarray) -> str:
     for row, index in zip(result["issues"][:GALLERY_IMAGES], ranking[:GALLERY_IMAGES]):
         flag = ' class="flagged"' if row["flagged"] else ""
         cards.append(
-            f'<figure{flag}><img alt="{html.escape(row["file"])}" src="data:image/png;base64,'
+            f'<figure{flag}><img alt="{for_html(row["file"])}" src="data:image/png;base64,'
             f'{_thumbnail(train.images[index].cpu())}"><figcaption><b>#{row["rank"]}</b> labelled '
-            f"<b>{html.escape(row['label'])}</b> ({row['label_probability']:.0%})<br>looks like "
-            f"<b>{html.escape(row['suggested'])}</b> ({row['suggested_probability']:.0%})<br>"
-            f"<small>{html.escape(row['file'])}</small></figcaption></figure>"
+            f"<b>{for_html(row['label'])}</b> ({row['label_probability']:.0%})<br>looks like "
+            f"<b>{for_html(row['suggested'])}</b> ({row['suggested_probability']:.0%})<br>"
+            f"<small>{for_html(row['file'])}</small></figcaption></figure>"
         )
     return f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
-<title>Likely mislabelled images: {html.escape(result["data"])}</title>
+<title>Likely mislabelled images: {for_html(result["data"])}</title>
 <style>body{{font:14px system-ui,sans-serif;margin:24px;color:#222}}
 main{{display:grid;grid-template-columns:repeat(auto-fill,minmax(180px,1fr));gap:12px}}
 figure{{margin:0;padding:8px;border:1px solid #ddd;border-radius:6px}}figure.flagged{{border-color:#c62828}}
 img{{display:block;margin:0 auto 6px;max-width:100%}}small{{color:#666;word-break:break-all}}</style></head>
 <body><h1>Likely mislabelled images</h1>
-<p>{html.escape(result["data"])}: {result["images"]} training images checked ({html.escape(result["method"])});
+<p>{for_html(result["data"])}: {result["images"]} training images checked ({for_html(result["method"])});
 {result["flagged"]} flagged as label issues (red border). The {min(GALLERY_IMAGES, result["images"])} least
 trustworthy labels first; the full list is in label_issues.csv. Nothing was moved or deleted.</p>
 <main>{"".join(cards)}</main></body></html>

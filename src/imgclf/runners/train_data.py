@@ -9,6 +9,7 @@ from dataclasses import replace
 import numpy as np
 import torch
 from rich.console import Console
+from rich.text import Text
 
 from imgclf.config import TrainConfig
 from imgclf.data.checks import data_warnings
@@ -136,7 +137,7 @@ def load_training_data(
     # imgclf doctor's dataset checks, from the scan just made: nothing is read again.
     profile.duplicates, profile.warnings = data_warnings(profile.files, dataset.classes)
     for warning in profile.warnings:
-        console.print(f"[bold yellow]warning:[/] {warning} (see: imgclf doctor {data})")
+        console.print(Text("warning: ", style="bold yellow"), f"{warning} (see: imgclf doctor {data})", sep="")
     preprocess = _choose_preprocess(profile, config, weights)
     preprocess, prepared = _decode(dataset, profile, preprocess, config, weights, console)
     _check_bad_files(data, profile.skipped + prepared.skipped, total_files, config)
