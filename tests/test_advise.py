@@ -12,6 +12,7 @@ from PIL import Image
 from sklearn.datasets import load_sample_images
 
 from conftest import pattern_image
+from imgclf.advise import advisor as advise_runner
 from imgclf.advise.facts import DataFacts, HardwareFacts, image_statistics, looks_like_photos
 from imgclf.advise.measure import Candidate, onnx_latency, static_facts
 from imgclf.advise.pareto import mark_dominated
@@ -33,7 +34,6 @@ from imgclf.advise.rules import (
 from imgclf.cli.main import main
 from imgclf.models import create_model
 from imgclf.models.info import measure_latency
-from imgclf.runners import advise as advise_runner
 
 DIGITS = DataFacts("digits", 1_437, 10, [144] * 10, 8, 1, photos=False)
 PHOTOS = DataFacts("photos", 200, 2, [100, 100], 224, 3, photos=True)
@@ -321,11 +321,11 @@ def test_compare_refuses_an_unknown_model_before_training(tmp_path, capsys):
 
 
 def test_train_with_a_budget_and_no_model_trains_the_advisors_choice_and_records_why(tmp_path, capsys, monkeypatch):
-    import imgclf.runners.advise
-    import imgclf.runners.train_data
+    import imgclf.advise.advisor
+    import imgclf.runners.train.data
 
     scans = []  # a folder's header scan can take a while: the advisor and training share one
-    for module in (imgclf.runners.advise, imgclf.runners.train_data):
+    for module in (imgclf.advise.advisor, imgclf.runners.train.data):
         counted = module.profile_dataset
         monkeypatch.setattr(
             module, "profile_dataset", lambda dataset, counted=counted: scans.append(1) or counted(dataset)

@@ -22,7 +22,7 @@ from imgclf.engine.loop import ROLLBACK_LR_FACTOR, FitSetup, diverged, fit
 from imgclf.engine.observers import NullObserver
 from imgclf.engine.optim import create_optimizer, create_schedule, stretch_schedule
 from imgclf.models import create_model
-from imgclf.runners.train_stages import MIN_FINETUNE_EPOCHS, probe_is_saturated, too_few_epochs
+from imgclf.runners.train.stages import MIN_FINETUNE_EPOCHS, probe_is_saturated, too_few_epochs
 
 
 def _learning_rates(total: int, stretch_at: int, stretch_to: int) -> list[float]:
@@ -241,7 +241,7 @@ def test_lr_find_suggests_a_tenth_of_the_lowest_losss_rate_and_writes_its_plot(p
 def test_an_anytime_run_fine_tunes_in_the_time_left_when_it_may_pay(photo_folder, tmp_path, capsys, monkeypatch):
     """The probe on these crops is perfect, so saturation and the epoch minimum are lowered to
     reach the fine-tuning path: planned from the measured speed, then judged against the probe."""
-    from imgclf.runners import train_stages
+    from imgclf.runners.train import stages as train_stages
 
     monkeypatch.setattr(train_stages, "SATURATED_PROBE_ACCURACY", 1.01)
     monkeypatch.setattr(train_stages, "MIN_FINETUNE_EPOCHS", 1)

@@ -10,9 +10,9 @@ import imgclf
 SOURCE = Path(imgclf.__file__).parent
 # Top to bottom; a module may import from its own layer and the layers listed before it.
 LAYERS = (
-    ("errors", "text", "config", "models"),
+    ("errors", "text", "files", "config", "models"),
     ("data",),
-    ("engine", "distributed", "transfer", "bundle", "predictor", "explain", "export"),
+    ("engine", "distributed", "transfer", "bundle", "evaluation", "predictor", "explain", "export"),
     ("advise",),
     ("runners",),
     ("cli", "api", "serve", "__main__", "__init__"),
@@ -57,3 +57,35 @@ def test_the_command_line_starts_without_the_library():
                 assert not node.module.startswith(("torch", "imgclf.runners", "imgclf.engine")), (
                     f"{path.name} imports {node.module} at start-up"
                 )
+
+
+# The training pipeline is the one runner others may import: lr-find, compare and doctor --labels
+# run parts of training (its data checks, its set-up, the probe, or a whole run).
+SHARED_RUNNERS = ("runners.train",)
+
+
+def test_runners_do_not_import_each_other():
+    """One file per command in runners/; what two commands share lives in the library below them."""
+    crossing = []
+    for path in sorted((SOURCE / "runners").rglob("*.py")):
+        module = ".".join(path.relative_to(SOURCE).with_suffix("").parts)
+        own = module if path.parent.name == "runners" else ".".join(module.split(".")[:2])
+        for imported in _imported(path):
+            target = ".".join(imported.split(".")[:2])
+            if imported.startswith("runners.") and target != own and target not in SHARED_RUNNERS:
+                crossing.append(f"imgclf.{module} imports imgclf.{imported}")
+    assert crossing == []
+
+
+MAX_FUNCTION_LINES = 60
+
+
+def test_no_function_is_longer_than_a_screen():
+    long = []
+    for path in sorted(SOURCE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                length = node.end_lineno - node.lineno + 1
+                if length > MAX_FUNCTION_LINES:
+                    long.append(f"{path.relative_to(SOURCE)}:{node.lineno} {node.name} ({length} lines)")
+    assert long == []

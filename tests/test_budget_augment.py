@@ -119,7 +119,7 @@ def test_the_replan_moves_training_s_end_earlier_when_the_final_phase_measures_s
     from imgclf.data.augment import Augmentation
     from imgclf.engine.loop import FitState
     from imgclf.engine.plan import RunPlan
-    from imgclf.runners import train_stages
+    from imgclf.runners.train import stages as train_stages
 
     monkeypatch.setattr(train_stages, "REPLAN_AFTER_S", 0.0)
     plan = plan_epochs(100.0, 0.0, 1_000, 100, 1_000, 100.0, 1_000.0)  # 10.1 s epochs, 3.1 s final phase: 9 epochs

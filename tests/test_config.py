@@ -37,7 +37,7 @@ def test_the_api_and_the_cli_record_the_same_resolved_configuration(tmp_path: Pa
 def test_a_bundle_config_yaml_resolves_to_the_configuration_it_was_written_from(tmp_path: Path):
     config = resolve({"model": "lenet5", "epochs": 2, "time_budget": None, "label_smoothing": 0.05}).config
     path = tmp_path / "config.yaml"
-    from imgclf.runners.train_output import write_config_yaml
+    from imgclf.runners.train.output import write_config_yaml
 
     write_config_yaml(path, config)
     assert resolve(config_file=path).config == config

@@ -9,9 +9,10 @@ import torch
 from safetensors import safe_open
 
 from imgclf.data.augment import choose_augmentation
-from imgclf.engine.checkpoint import atomic_write_bytes, load_training_state, save_training_state
+from imgclf.engine.checkpoint import load_training_state, save_training_state
 from imgclf.engine.loop import FitState, _update_best, accuracy_noise
 from imgclf.engine.optim import create_optimizer, lr_multiplier
+from imgclf.files import atomic_write_bytes
 from imgclf.models import create_model
 
 

@@ -212,7 +212,7 @@ def test_bundle_files_share_one_mode_and_tar_links_are_listed_as_ignored(tmp_pat
 def test_a_full_disk_mid_run_is_one_line_and_the_training_state_survives(tmp_path: Path, capsys, monkeypatch):
     import errno
 
-    import imgclf.runners.train_output as train_output
+    import imgclf.runners.train.output as train_output
     from imgclf.cli.main import main
 
     def full_disk(directory, *args, **kwargs):

@@ -39,6 +39,21 @@ def test_a_real_image_gets_its_label(server):
     assert status == 200 and [r["top_k"][0]["label"] for r in results] == ["0", "1"]
 
 
+def test_a_batch_whose_every_file_is_refused_says_so_and_is_paced(server):
+    """Every file refused: each entry has its error, the answer says "all" in a header, and it
+    comes after the pause a refused single image gets; one readable file lifts both."""
+    junk = multipart([("files", "a.txt", b"not an image"), ("files", "b.txt", b"nor this")])
+    started = time.monotonic()
+    status, results, headers = server.request("/v1/predict/batch", junk[0], {**junk[1], **AUTH})
+    waited = time.monotonic() - started
+    assert status == 200 and all(result["error"]["status"] == 415 for result in results)
+    assert headers.get("x-imgclf-refused") == "all" and waited >= 0.5
+    mixed = multipart([("files", "a.txt", b"not an image"), ("files", "b.png", digit_png(1)[0])])
+    status, results, headers = server.request("/v1/predict/batch", mixed[0], {**mixed[1], **AUTH})
+    assert status == 200 and "x-imgclf-refused" not in {name.lower() for name in headers}
+    assert results[1]["top_k"][0]["label"] == "1"
+
+
 def test_limits_answer_with_json_errors_and_the_server_stays_up(server):
     cases = {
         "no token": (digit_png(0)[0], {}, 401),
@@ -107,7 +122,8 @@ async def _asgi_call(app, method: str, path: str, body: bytes = b"", headers: di
 
 
 def test_too_many_requests_in_flight_get_503_with_retry_after():
-    from imgclf.serve.app import ServeSettings, create_app
+    from imgclf.serve.app import create_app
+    from imgclf.serve.settings import ServeSettings
 
     guard = create_app(_SlowEngine(), ServeSettings(max_in_flight=2))
     png = digit_png(0)[0]
@@ -182,13 +198,14 @@ class _SlowEchoEngine:
 def test_concurrent_requests_are_batched_over_parallel_workers_and_each_gets_its_own_answer():
     import asyncio
 
-    from imgclf.serve.app import ServeSettings, _Batcher
+    from imgclf.serve.batcher import Batcher
+    from imgclf.serve.settings import ServeSettings
 
     engine = _SlowEchoEngine()
     images = [np.full((4, 4, 3), value, np.uint8) for value in range(40)]
 
     async def scenario():
-        batcher = _Batcher(engine, ServeSettings())
+        batcher = Batcher(engine, ServeSettings())
         batcher.start()
         try:
             return await asyncio.gather(*(batcher.predict(image, top_k=1) for image in images))

@@ -23,9 +23,11 @@ import torch
 from safetensors.torch import load_file
 
 from imgclf import __version__
+from imgclf.data.dataset import BUILTIN_DATASETS, SplitPolicy
 from imgclf.data.prepare import Preprocess
-from imgclf.engine.checkpoint import atomic_write_bytes, atomic_write_tensors, file_sha256, state_dict_for_saving
+from imgclf.engine.checkpoint import state_dict_for_saving
 from imgclf.errors import BundleError, ImgclfError
+from imgclf.files import atomic_write_bytes, atomic_write_tensors, file_sha256
 from imgclf.models import ImageClassifier, create_model
 
 __all__ = [
@@ -35,7 +37,9 @@ __all__ = [
     "bundle_temperature",
     "is_bundle",
     "load_bundle",
+    "recorded_data",
     "save_bundle",
+    "split_policy",
     "versions",
 ]
 
@@ -286,3 +290,22 @@ def _read_centroids(directory: Path, classes: list[str]) -> torch.Tensor | None:
     if centroids.ndim != 2 or centroids.shape[0] != len(classes):
         raise BundleError(f"{path}: holds {tuple(centroids.shape)} centroids for {len(classes)} classes")
     return centroids
+
+
+def split_policy(description: dict) -> SplitPolicy:
+    """The split the bundle was trained with, so imgclf remakes the same test set."""
+    split = description.get("data", {}).get("split", {})
+    training = description.get("training", {})
+    return SplitPolicy(
+        seed=int(split.get("seed", training.get("seed", 0))),
+        val_fraction=float(split.get("val_fraction", training.get("val_fraction", 0.1))),
+        test_fraction=float(split.get("test_fraction", training.get("test_fraction", 0.1))),
+    )
+
+
+def recorded_data(bundle: Bundle) -> str | None:
+    """The data the bundle was trained on, when it can still be read from here."""
+    source = bundle.description.get("data", {}).get("source")
+    if source and (source in BUILTIN_DATASETS or Path(source).exists()):
+        return source
+    return None

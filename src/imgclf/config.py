@@ -200,7 +200,7 @@ class TrainConfig:
     batch_size: int = option(128, int, "images per step", low=1, high=65_536)
     optimizer: str = option("sgd", str, "sgd (Nesterov momentum) or adamw", choices=OPTIMIZERS)
     # Peak learning rate; None: 0.2 (SGD) or 2e-3 (AdamW) per 256 images (resolved_lr).
-    lr: float | None = option(None, float, "peak learning rate", low=1e-9, high=10.0, optional=True,
+    lr: float | None = option(None, float, "peak learning rate", low=1e-9, high=100.0, optional=True,
                               default_help="0.2 for SGD, 2e-3 for AdamW, per 256 images")  # fmt: skip
     momentum: float = option(0.9, float, "SGD momentum (Nesterov)", low=0.0, high=1.0, open_high=True, cli="none")
     weight_decay: float | None = option(None, float, "weight decay, never on norms and biases", low=0.0, high=1.0,
@@ -248,7 +248,7 @@ class TrainConfig:
     max_memory_gb: float = option(4.0, float, "decoded data above this size streams from disk", low=0.0, high=1e6,
                                   default_help="4")  # fmt: skip
     # With pretrained weights: full, head, linear-probe, two-stage, or anytime (two-stage whose
-    # fine-tuning runs only where the time left and the probe say it may pay; runners/train_stages).
+    # fine-tuning runs only where the time left and the probe say it may pay; runners/train/stages).
     finetune: str = option("full", str, "with --pretrained: full, head, linear-probe, two-stage, or anytime (the "
                            "probe, then fine-tuning where the time left and the probe say it pays; the better of the "
                            "two is kept)", choices=FINETUNE_MODES)  # fmt: skip

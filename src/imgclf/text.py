@@ -32,6 +32,7 @@ __all__ = [
     "for_plot",
     "for_terminal",
     "shortened",
+    "stderr_console",
     "terminal_console",
 ]
 
@@ -108,6 +109,11 @@ def terminal_console(file=None, stderr: bool = True, **options) -> Console:
     ``stderr=False``), looked up when written to; ``options`` as rich's ``Console``."""
     options.setdefault("highlight", False)
     return _DataSafeConsole(file=file, stderr=stderr and file is None, markup=False, **options)
+
+
+def stderr_console() -> Console:
+    """Progress and notes of a running command: stderr, lines that wrap rather than cut."""
+    return terminal_console(soft_wrap=True)
 
 
 class TerminalTextFilter(logging.Filter):

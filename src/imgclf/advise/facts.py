@@ -23,7 +23,19 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-__all__ = ["DataFacts", "HardwareFacts", "hardware_facts", "image_statistics", "looks_like_photos"]
+from imgclf.data.dataset import Dataset
+from imgclf.data.prepare import Preprocess, decode_split
+
+__all__ = [
+    "DataFacts",
+    "HardwareFacts",
+    "data_facts",
+    "hardware_facts",
+    "image_statistics",
+    "looks_like_photos",
+]
+
+PHOTO_SAMPLE = 200  # images decoded to tell photos from drawings
 
 PHOTO_SLOPE_RANGE = (0.8, 3.0)  # amplitude-spectrum slope of natural photographs
 PHOTO_MAX_FLAT_SHARE = 0.45
@@ -134,4 +146,24 @@ def looks_like_photos(statistics: dict, native_size: int) -> bool:
         native_size >= PHOTO_MIN_SIZE
         and low <= statistics["spectrum_slope"] <= high
         and statistics["flat_share"] <= PHOTO_MAX_FLAT_SHARE
+    )
+
+
+def data_facts(dataset: Dataset, native_size: int, channels: int, workers: int = 2) -> DataFacts:
+    """What the rules know of the data: counts, size, colour, and whether a sample looks like photos."""
+    train = dataset.splits["train"]
+    targets = np.asarray(train.targets)
+    picks = np.linspace(0, len(train) - 1, min(PHOTO_SAMPLE, len(train))).astype(np.int64)
+    size = max(8, min(224, native_size))
+    sample, _ = decode_split(train.subset(picks), Preprocess.unnormalized(size, channels), workers)
+    statistics = image_statistics(sample.images)
+    return DataFacts(
+        dataset.name,
+        len(train),
+        dataset.num_classes,
+        np.bincount(targets, minlength=dataset.num_classes).tolist(),
+        native_size,
+        channels,
+        looks_like_photos(statistics, native_size),
+        statistics,
     )

@@ -38,9 +38,9 @@ def add_parser(commands) -> None:
 
 
 def build_options(args: argparse.Namespace):
+    from imgclf.advise.advisor import DEFAULT_CANDIDATES, AdviseOptions
     from imgclf.config import parse_duration
     from imgclf.errors import UsageError
-    from imgclf.runners.advise import DEFAULT_CANDIDATES, AdviseOptions
 
     if args.latency_ms is not None and not args.latency_ms > 0:
         raise UsageError(f"--latency-ms must be above 0, not {args.latency_ms}")
@@ -105,7 +105,7 @@ def print_advice(advice: dict) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from imgclf.runners.advise import run_advise
+    from imgclf.advise.advisor import run_advise
 
     advice = run_advise(args.data, build_options(args), data_dir=args.data_dir)
     if args.json:

@@ -67,8 +67,9 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from imgclf.errors import UsageError
-    from imgclf.serve.app import ServeSettings, create_app, is_loopback, loopback_hosts
+    from imgclf.serve.app import create_app
     from imgclf.serve.engines import open_engine
+    from imgclf.serve.settings import ServeSettings, is_loopback, loopback_hosts
 
     for name in ("max_body_mb", "timeout", "read_timeout", "max_in_flight", "max_batch", "workers", "threads"):
         if getattr(args, name) is not None and not getattr(args, name) > 0:

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 
-__all__ = ["IMAGE_SUFFIXES", "FolderLayout", "SPLIT_NAMES", "is_junk", "parse_layout"]
+__all__ = ["IMAGE_SUFFIXES", "FolderLayout", "SPLIT_NAMES", "expand_image_paths", "is_junk", "parse_layout"]
 
 IMAGE_SUFFIXES = frozenset(
     {
@@ -110,3 +110,21 @@ def parse_layout(keys: list[str], strip_top_folder: bool = False) -> FolderLayou
         else:
             ignored.append((key, "not inside a class folder"))
     return FolderLayout(splits=dict(splits), ignored=ignored)
+
+
+def expand_image_paths(inputs: list[str]) -> list[Path]:
+    """Files as given (whatever their extension); folders searched for image files, in order."""
+    paths: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            paths.extend(
+                found
+                for found in sorted(path.rglob("*"))
+                if found.is_file()
+                and found.suffix.lower() in IMAGE_SUFFIXES
+                and not any(is_junk(part) for part in found.relative_to(path).parts)
+            )
+        else:
+            paths.append(path)  # a missing file becomes a per-file error in the result
+    return paths

@@ -18,9 +18,9 @@ from safetensors.torch import load_file
 from imgclf import __version__
 from imgclf.data.batches import Batches
 from imgclf.data.prepare import Preprocess
-from imgclf.engine.checkpoint import atomic_write_tensors
 from imgclf.engine.loop import FitState
 from imgclf.engine.probe import LinearProbe, extract_embeddings, fit_linear_probe, set_classifier
+from imgclf.files import atomic_write_tensors
 from imgclf.models import ImageClassifier
 
 __all__ = ["ProbeRun", "run_linear_probe"]

@@ -20,8 +20,9 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from imgclf.bundle import is_bundle
-from imgclf.engine.checkpoint import STATE_FILE, atomic_write_bytes, has_training_state
+from imgclf.engine.checkpoint import STATE_FILE, has_training_state
 from imgclf.errors import UsageError
+from imgclf.files import atomic_write_bytes
 
 __all__ = ["LOCK_FILE", "OWNED_FILE", "check_output", "check_targets", "check_writable", "claim", "data_stem",
            "default_output", "output_lock"]  # fmt: skip

@@ -14,8 +14,8 @@ import os
 from pathlib import Path
 
 from imgclf.config import LOG_KINDS
-from imgclf.engine.checkpoint import atomic_write_bytes
 from imgclf.errors import UsageError
+from imgclf.files import atomic_write_bytes
 from imgclf.text import for_markdown
 
 __all__ = ["LOG_KINDS", "CsvLog", "MlflowLog", "Observers", "TensorBoardLog", "create_run_logs"]

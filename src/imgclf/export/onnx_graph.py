@@ -188,7 +188,7 @@ def onnx_session(model: onnx.ModelProto | bytes | str, threads: int | None = Non
     """An onnxruntime CPU session for a model (object, bytes or file path).
 
     ``threads``: the intra-op threads of one ``run`` (default: onnxruntime's, one per core). A
-    server that runs several batches at once wants 1 each (see serve/app.py)."""
+    server that runs several batches at once wants 1 each (see serve/batcher.py)."""
     import onnxruntime
 
     source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model

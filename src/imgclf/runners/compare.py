@@ -14,13 +14,13 @@ from rich.text import Text
 from imgclf.advise.pareto import mark_dominated
 from imgclf.bundle import load_bundle
 from imgclf.config import TrainConfig
-from imgclf.engine.checkpoint import atomic_write_bytes
 from imgclf.errors import ImgclfError, UsageError
 from imgclf.explain.figures import pareto_png
+from imgclf.files import atomic_write_bytes
 from imgclf.models import count_flops, get_model_spec
 from imgclf.models.info import measure_latency
-from imgclf.runners.common import stderr_console
 from imgclf.runners.train import run_train
+from imgclf.text import stderr_console
 
 __all__ = ["run_compare"]
 

@@ -10,14 +10,14 @@ import numpy as np
 import torch
 
 from imgclf.bundle import bundle_temperature, load_bundle
-from imgclf.engine.checkpoint import atomic_write_bytes
+from imgclf.data.layout import expand_image_paths
 from imgclf.engine.run_folder import check_targets, claim
 from imgclf.engine.runtime import resolve_device
 from imgclf.errors import BadImageError
 from imgclf.explain.figures import explanation_png
 from imgclf.explain.gradcam import explain_batch
+from imgclf.files import atomic_write_bytes
 from imgclf.predictor import image_pixels
-from imgclf.runners.predict import expand_image_paths
 
 __all__ = ["run_explain"]
 

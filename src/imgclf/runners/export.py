@@ -12,21 +12,19 @@ import onnx
 import torch
 from rich.console import Console
 
-from imgclf.bundle import Bundle, abstain_threshold, bundle_temperature, load_bundle
+from imgclf.bundle import Bundle, abstain_threshold, bundle_temperature, load_bundle, recorded_data, split_policy
 from imgclf.data.batches import eval_batch_size, make_batches
 from imgclf.data.dataset import ArraySplit, load_dataset
 from imgclf.data.decode import convert_channels, decode_image
 from imgclf.data.prepare import TensorSplit
-from imgclf.engine.checkpoint import atomic_write_bytes
 from imgclf.engine.evaluate import predict_logits
 from imgclf.errors import BadImageError, ImgclfError, UsageError
 from imgclf.explain.calibration import centroid_distance
 from imgclf.export.onnx_graph import OPSET, add_contract, network_proto, onnx_session, with_preprocessing
 from imgclf.export.quantize import quantized_network
+from imgclf.files import atomic_write_bytes
 from imgclf.models.info import measure_latency
-from imgclf.runners.common import stderr_console
-from imgclf.runners.evaluate import split_policy
-from imgclf.runners.report import recorded_data
+from imgclf.text import stderr_console
 
 __all__ = ["MIN_FP32_AGREEMENT", "run_export"]
 

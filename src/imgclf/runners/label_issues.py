@@ -21,20 +21,19 @@ import torch
 from PIL import Image
 from rich.console import Console
 
+from imgclf.advise.facts import data_facts
 from imgclf.advise.rules import transfer_is_promising
 from imgclf.config import TrainConfig
 from imgclf.data.batches import eval_batch_size, make_batches
 from imgclf.data.prepare import TensorSplit
-from imgclf.engine.checkpoint import atomic_write_bytes
 from imgclf.engine.label_issues import cross_validated_probe, cross_validated_training, rank_label_issues
 from imgclf.engine.probe import extract_embeddings
 from imgclf.engine.runtime import resolve_device
 from imgclf.errors import UsageError
+from imgclf.files import atomic_write_bytes
 from imgclf.models import create_model
-from imgclf.runners.advise import data_facts
-from imgclf.runners.common import stderr_console
-from imgclf.runners.train_data import check_trainable, load_training_data, scan_training_data
-from imgclf.text import for_html
+from imgclf.runners.train.data import check_trainable, load_training_data, scan_training_data
+from imgclf.text import for_html, stderr_console
 from imgclf.transfer import load_pretrained, load_weights_into, pretrained_available
 
 __all__ = ["run_label_check"]

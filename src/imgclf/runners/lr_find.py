@@ -16,7 +16,6 @@ from rich.console import Console
 from imgclf.config import TrainConfig
 from imgclf.data.prepare import split_targets
 from imgclf.distributed import World
-from imgclf.engine.checkpoint import atomic_write_bytes
 from imgclf.engine.lr_find import lr_range_test
 from imgclf.engine.plan import first_training_stage
 from imgclf.engine.recipe import trial_setup
@@ -24,11 +23,12 @@ from imgclf.engine.run_folder import check_targets, claim, data_stem
 from imgclf.engine.runtime import resolve_device
 from imgclf.errors import UsageError
 from imgclf.explain.figures import lr_find_png
-from imgclf.runners.choose_model import automatic_config
-from imgclf.runners.common import stderr_console
-from imgclf.runners.train_data import check_trainable, scan_training_data
-from imgclf.runners.train_setup import assemble
-from imgclf.runners.train_stages import linear_probe
+from imgclf.files import atomic_write_bytes
+from imgclf.runners.train.choose_model import automatic_config
+from imgclf.runners.train.data import check_trainable, scan_training_data
+from imgclf.runners.train.setup import assemble
+from imgclf.runners.train.stages import linear_probe
+from imgclf.text import stderr_console
 
 __all__ = ["LR_FIND_FILES", "run_lr_find"]
 

@@ -58,7 +58,7 @@ def _cached(path: Path) -> list[dict] | None:
 
 
 def _store(path: Path, rows: list[dict]) -> None:
-    from imgclf.engine.checkpoint import atomic_write_bytes
+    from imgclf.files import atomic_write_bytes
 
     with contextlib.suppress(OSError):  # a read-only home: computed again next time, nothing is lost
         atomic_write_bytes(path, json.dumps(rows).encode("utf-8"))

@@ -4,28 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from imgclf.data.layout import IMAGE_SUFFIXES, is_junk
+from imgclf.data.layout import expand_image_paths
 from imgclf.predictor import load, load_pretrained_classifier
 
-__all__ = ["expand_image_paths", "run_predict"]
-
-
-def expand_image_paths(inputs: list[str]) -> list[Path]:
-    """Files as given (whatever their extension); folders searched for image files, in order."""
-    paths: list[Path] = []
-    for item in inputs:
-        path = Path(item)
-        if path.is_dir():
-            paths.extend(
-                found
-                for found in sorted(path.rglob("*"))
-                if found.is_file()
-                and found.suffix.lower() in IMAGE_SUFFIXES
-                and not any(is_junk(part) for part in found.relative_to(path).parts)
-            )
-        else:
-            paths.append(path)  # a missing file becomes a per-file error in the result
-    return paths
+__all__ = ["run_predict"]
 
 
 def run_predict(

@@ -5,86 +5,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 from rich.console import Console
 
-from imgclf.bundle import Bundle, bundle_temperature, load_bundle
-from imgclf.data.dataset import BUILTIN_DATASETS
-from imgclf.data.prepare import StreamingSplit, TensorSplit
-from imgclf.engine.checkpoint import atomic_write_bytes
+from imgclf.bundle import load_bundle, recorded_data
 from imgclf.errors import ImgclfError
-from imgclf.explain.figures import explanation_png
-from imgclf.explain.gradcam import explain_batch
-from imgclf.explain.report import REPORT_FILE, GalleryItem, render_report
-from imgclf.models.info import count_flops, layer_summary, measure_latency
-from imgclf.runners.common import stderr_console
+from imgclf.evaluation import evaluate_split
+from imgclf.explain.bundle_report import mistakes_gallery, write_report
+from imgclf.explain.report import GalleryItem
+from imgclf.text import stderr_console
 
-__all__ = ["GALLERY_SIZE", "mistakes_gallery", "recorded_data", "run_report", "write_report"]
-
-GALLERY_SIZE = 8  # worst mistakes shown in the report
-
-
-def _split_images(split: TensorSplit | StreamingSplit, indices: list[int]) -> tuple[torch.Tensor, list[str]]:
-    if isinstance(split, TensorSplit):
-        return split.images[indices].cpu(), [split.keys[i] for i in indices]
-    images, names = [], []
-    for index in indices:
-        item = split[index]
-        if item is not None:  # a file that no longer decodes is left out of the gallery
-            images.append(item[0])
-            names.append(split.split.reader.describe(split.split.keys[index]))
-    return (torch.stack(images) if images else torch.empty(0)), names
-
-
-def mistakes_gallery(
-    bundle: Bundle, split: TensorSplit | StreamingSplit, logits: torch.Tensor, targets: torch.Tensor,
-    limit: int = GALLERY_SIZE,
-) -> list[GalleryItem]:  # fmt: skip
-    """The ``limit`` wrong predictions made with the highest confidence, each explained."""
-    if len(targets) == 0:
-        return []
-    temperature = bundle_temperature(bundle)
-    confidence, predicted = torch.softmax(logits / temperature, dim=1).max(dim=1)
-    wrong = torch.nonzero(predicted != targets).flatten()
-    worst = wrong[confidence[wrong].argsort(descending=True)][:limit].tolist()
-    if not worst:
-        return []
-    images, names = _split_images(split, worst)
-    if len(images) == 0:
-        return []
-    explanations = explain_batch(bundle.model, images, bundle.preprocess.normalize, temperature)
-    gallery = []
-    for explanation, index, name in zip(explanations, worst, names):
-        predicted_name, true_name = bundle.classes[explanation.predicted], bundle.classes[int(targets[index])]
-        caption = f"{name}: a {true_name} taken for {predicted_name} ({explanation.probability:.2f})"
-        gallery.append(GalleryItem(explanation_png(explanation, predicted_name, true_name), caption))
-    return gallery
-
-
-def _model_card(bundle: Bundle) -> dict:
-    model, preprocess = bundle.model.cpu().eval(), bundle.preprocess
-    return {
-        "flops": count_flops(model, preprocess.channels, preprocess.input_size),
-        "latency": measure_latency(model, 1, preprocess.channels, preprocess.input_size, repeats=10),
-        "latency_device": f"cpu, {torch.get_num_threads()} threads",
-        "layers": layer_summary(model),
-    }
-
-
-def write_report(bundle: Bundle, gallery: list[GalleryItem] | str) -> Path:
-    """Render and write ``report.html`` into the bundle folder (atomically)."""
-    html = render_report(bundle.description, bundle.metrics, gallery, _model_card(bundle))
-    path = Path(bundle.path) / REPORT_FILE
-    atomic_write_bytes(path, html.encode("utf-8"))
-    return path
-
-
-def recorded_data(bundle: Bundle) -> str | None:
-    """The data the bundle was trained on, when it can still be read from here."""
-    source = bundle.description.get("data", {}).get("source")
-    if source and (source in BUILTIN_DATASETS or Path(source).exists()):
-        return source
-    return None
+__all__ = ["run_report"]
 
 
 def run_report(
@@ -96,8 +26,6 @@ def run_report(
 ) -> Path:
     """Regenerate ``report.html``. With DATA (or the recorded training data when it is still
     there) the test split is evaluated afresh and the worst mistakes are shown."""
-    from imgclf.runners.evaluate import evaluate_split
-
     console = console or stderr_console()
     bundle = load_bundle(bundle_dir)
     data = data or recorded_data(bundle)

@@ -1,4 +1,9 @@
-"""The HTTP layer: FastAPI routes, limits and micro-batching around an engine (serve/engines.py).
+"""The HTTP layer: FastAPI routes around an engine, behind the guard.
+
+A request's path through ``serve/``: ``guard`` (Host, token, the body read within its limits, a
+slot) -> ``app`` (these routes: files decoded within ``resources.PixelBudget``) -> ``batcher`` (one
+model call for many requests) -> ``engines`` (a bundle or an ONNX file, the ``Engine`` protocol);
+``settings`` holds the limits and ``refusals`` the shape and pacing of every error.
 
 Every limit answers with a JSON error ``{"error": {"status", "message"}}`` and the server keeps
 serving: body too large (413, from Content-Length before reading, or while streaming), a body that
@@ -27,16 +32,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
-import ctypes.util
-import hmac
-import ipaddress
-import json
-import math
 import re
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 
 import numpy as np
 from fastapi import FastAPI, Request
@@ -47,347 +45,17 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from imgclf.data.decode import probe_image
 from imgclf.errors import BadImageError, UsageError
-from imgclf.serve.engines import png_data_url
+from imgclf.serve.batcher import Batcher
+from imgclf.serve.engines import Engine, png_data_url
+from imgclf.serve.guard import Guard
 from imgclf.serve.page import PAGE
+from imgclf.serve.refusals import REFUSED_HEADER, HttpError, error_response
+from imgclf.serve.resources import MemoryTrimmer, PixelBudget
+from imgclf.serve.settings import ServeSettings, settings_json
 
-__all__ = ["ServeSettings", "create_app", "is_loopback"]
+__all__ = ["create_app"]
 
-OPEN_PATHS = frozenset({"/", "/v1/health", "/v1/ready"})  # answered without the token
-BUSY_RETRY_S = 1  # Retry-After of a 503, and how long the refusal is held before it is sent
-# Client errors a looping client can repeat cheaply (a wrong token, a body too large, an image
-# that is not one, a bad parameter): answered after this many seconds, the slot given back first.
-HELD_STATUSES, ERROR_HOLD_S = frozenset({401, 413, 415, 422}), 0.5
-ALL_REFUSED = "imgclf.all_refused"  # scope key: a batch whose every file was refused, held the same way
 MAX_TOP_K_DIGITS = 6  # top_k is clamped to the class count; more digits than this is not a number we parse
-
-
-@dataclass(frozen=True)
-class ServeSettings:
-    max_body_bytes: int = 10 * 1024 * 1024
-    timeout_s: float = 10.0  # decode + inference per request
-    read_timeout_s: float = 30.0  # for the whole body to arrive (10 MB at 3 Mbit/s)
-    max_in_flight: int = 64  # requests being answered at once (bodies received)
-    max_receiving: int = 256  # requests whose bodies are still arriving
-    max_receiving_bytes: int = 256 * 1024 * 1024  # body bytes buffered by those, all together
-    max_decoding_pixels: int = 128_000_000  # pixels being decoded at once, all requests together
-    max_explain_waiting: int = 2  # /v1/explain calls waiting behind the one running
-    max_batch: int = 32  # images per model call when requests are batched together
-    batch_window_ms: float = 0.0  # how long the first request of a batch waits for company (see _Batcher)
-    token: str | None = None
-    allowed_hosts: tuple[str, ...] | None = None  # Host header values accepted; None: any
-    top_k: int = 5
-    max_files: int = 64  # per /v1/predict/batch request
-    workers: int | None = None  # model calls at once; None: what the engine can use (parallel_batches)
-
-
-class HttpError(Exception):
-    def __init__(self, status: int, message: str, headers: dict | None = None):
-        super().__init__(message)
-        self.status, self.message, self.headers = status, message, headers or {}
-
-
-def _error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"status": status, "message": message}}, status_code=status, headers=headers)
-
-
-class _GuardMiddleware:
-    """Pure ASGI, in front of every route: the Host check, the token, and for POST requests the
-    body read in full within its limits (size, time, the shared receiving pool) before the request
-    counts as in flight. The route then gets the buffered body as a single message."""
-
-    def __init__(self, app, settings: ServeSettings):
-        self.app, self.settings = app, settings
-        self.in_flight = self.receiving = self.receiving_bytes = 0
-        self.explaining = 0  # /v1/explain calls being answered (one runs, the others wait)
-        self.holding = 0  # answers being held back (see _hold)
-        self.expected_auth = f"Bearer {settings.token}".encode() if settings.token is not None else None
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        try:
-            self._check_host(scope)
-            if scope["path"] not in OPEN_PATHS:
-                self._check_token(scope)
-            if scope["method"] != "POST":
-                return await self.app(scope, receive, send)
-            explain = scope["path"] == "/v1/explain"
-            if explain and self.explaining > self.settings.max_explain_waiting:  # refused before its body is read
-                raise _busy("too many explanations being made")
-            body = await self._read_body(scope, receive)
-        except HttpError as error:
-            return await self._refuse(error, scope, receive, send)
-        if body is None:  # the client went away mid-upload: nobody to answer
-            return None
-        if self.in_flight >= self.settings.max_in_flight:
-            return await self._refuse(_busy("too many requests in flight"), scope, receive, send)
-        if explain and self.explaining > self.settings.max_explain_waiting:  # others arrived meanwhile
-            return await self._refuse(_busy("too many explanations being made"), scope, receive, send)
-        self.in_flight += 1
-        self.explaining += explain
-        released = False
-
-        def release() -> None:
-            nonlocal released
-            if not released:
-                released = True
-                self.in_flight -= 1
-                self.explaining -= explain
-
-        async def held_send(message) -> None:
-            # A request refused for its content (413, 415, 422) gives its slot back at once and
-            # gets the answer a moment later: a client looping on bad images is paced instead of
-            # making the server refuse hundreds a second while other clients wait.
-            refused = message.get("status") in HELD_STATUSES or scope.get(ALL_REFUSED)
-            if message["type"] == "http.response.start" and refused and not released:
-                release()
-                await self._hold(ERROR_HOLD_S)
-            await send(message)
-
-        try:
-            await self.app(scope, _replay(body, receive), held_send)
-        finally:
-            release()
-
-    async def _hold(self, seconds: float) -> None:
-        """Wait before an answer, unless as many answers as --max-in-flight are already waiting
-        (each may keep its request's body in memory)."""
-        if self.holding >= self.settings.max_in_flight:
-            return
-        self.holding += 1
-        try:
-            await asyncio.sleep(seconds)
-        finally:
-            self.holding -= 1
-
-    def _check_host(self, scope) -> None:
-        allowed = self.settings.allowed_hosts
-        if allowed is None:
-            return
-        host = dict(scope["headers"]).get(b"host", b"").decode("latin-1").lower()
-        if host not in allowed:
-            raise HttpError(421, f"Host {host[:100]!r} is not this server's (allowed: {', '.join(allowed)})")
-
-    def _check_token(self, scope) -> None:
-        if self.expected_auth is None:
-            return
-        given = dict(scope["headers"]).get(b"authorization", b"")  # raw bytes: a UTF-8 token compares as sent
-        if not hmac.compare_digest(given, self.expected_auth):
-            raise HttpError(401, "missing or wrong bearer token (Authorization: Bearer TOKEN)")
-
-    async def _read_body(self, scope, receive) -> bytes | None:
-        declared = dict(scope["headers"]).get(b"content-length", b"")
-        if declared.isdigit() and int(declared) > self.settings.max_body_bytes:
-            raise HttpError(413, self._too_large())
-        if self.receiving >= self.settings.max_receiving:
-            raise _busy("too many uploads arriving at once")
-        self.receiving += 1
-        chunks: list[bytes] = []
-        received = 0
-        deadline = time.monotonic() + self.settings.read_timeout_s
-        try:
-            while True:
-                try:
-                    message = await asyncio.wait_for(receive(), max(0.0, deadline - time.monotonic()))
-                except TimeoutError:
-                    waited = self.settings.read_timeout_s
-                    raise HttpError(408, f"the request body did not arrive within {waited:g} s") from None
-                if message["type"] == "http.disconnect":
-                    return None
-                chunk = message.get("body", b"")
-                received += len(chunk)
-                self.receiving_bytes += len(chunk)
-                if received > self.settings.max_body_bytes:
-                    raise HttpError(413, self._too_large())
-                if self.receiving_bytes > self.settings.max_receiving_bytes:
-                    raise _busy("too many bytes arriving at once")
-                chunks.append(chunk)
-                if not message.get("more_body", False):
-                    return b"".join(chunks)
-        finally:
-            self.receiving -= 1
-            self.receiving_bytes -= received
-
-    async def _refuse(self, error: HttpError, scope, receive, send) -> None:
-        if error.status == 503:
-            # Held for the Retry-After time before the answer: a client that retries at once
-            # (a flood of /v1/explain) is paced to one request per second per connection, instead
-            # of making the server answer a thousand refusals a second while others wait.
-            await self._hold(BUSY_RETRY_S)
-        elif error.status in HELD_STATUSES:  # a wrong token, a body too large: paced the same way
-            await self._hold(ERROR_HOLD_S)
-        await _error(error.status, error.message, error.headers)(scope, receive, send)
-
-    def _too_large(self) -> str:
-        return f"request body over the {self.settings.max_body_bytes:,} byte limit"
-
-
-def _replay(body: bytes, receive):
-    """A receive callable that gives the buffered body once, then waits on the real one (which
-    says when the client disconnects)."""
-    sent = False
-
-    async def replayed():
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()
-
-    return replayed
-
-
-def _busy(reason: str) -> HttpError:
-    return HttpError(503, f"{reason}; retry in {BUSY_RETRY_S} s", {"Retry-After": str(BUSY_RETRY_S)})
-
-
-class _PixelBudget:
-    """Pixels being decoded at once, all requests together: a request waits until its image's
-    pixels fit (an image over the whole budget waits until nothing else is decoding)."""
-
-    def __init__(self, limit: int):
-        self.limit, self.used = limit, 0
-        self.changed = asyncio.Condition()
-
-    @contextlib.asynccontextmanager
-    async def reserve(self, pixels: int):
-        pixels = min(pixels, self.limit)
-        async with self.changed:
-            await self.changed.wait_for(lambda: self.used + pixels <= self.limit)
-            self.used += pixels
-        try:
-            yield
-        finally:
-            async with self.changed:
-                self.used -= pixels
-                self.changed.notify_all()
-
-
-class _MemoryTrimmer:
-    """Hands freed memory back to the system after a burst of large images: glibc keeps freed
-    decode buffers in its arenas (its effect alone is not measured: bench/serve_attack.py measures
-    the server with it, +5% a minute after an attack). Runs
-    ``malloc_trim(0)`` once decoding has been quiet for a moment after at least ``after_pixels``."""
-
-    def __init__(self, after_pixels: int = 50_000_000, quiet_s: float = 2.0):
-        self.after_pixels, self.quiet_s = after_pixels, quiet_s
-        self.decoded_pixels, self.last_decode = 0, time.monotonic()
-        library = ctypes.util.find_library("c")
-        self.trim = getattr(ctypes.CDLL(library), "malloc_trim", None) if library else None
-        self.task: asyncio.Task | None = None
-
-    def note(self, pixels: int) -> None:
-        self.decoded_pixels += pixels
-        self.last_decode = time.monotonic()
-
-    def start(self) -> None:
-        if self.trim is not None:
-            self.task = asyncio.get_running_loop().create_task(self._run())
-
-    def stop(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
-
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self.quiet_s)
-            quiet = time.monotonic() - self.last_decode >= self.quiet_s
-            if quiet and self.decoded_pixels >= self.after_pixels:
-                self.decoded_pixels = 0
-                await asyncio.to_thread(self.trim, 0)
-
-
-QUIET_POLL_S = 0.002  # how often lower-priority work looks for a moment without predictions
-
-
-class _Batcher:
-    """Collects images from concurrent requests and runs the model once per batch, in worker
-    threads so the event loop keeps accepting requests. ``workers`` batches may run at once, each
-    collected by its own task from the shared queue."""
-
-    def __init__(self, engine, settings: ServeSettings):
-        self.engine, self.settings = engine, settings
-        self.workers = settings.workers or getattr(engine, "parallel_batches", 1)
-        self.queue: asyncio.Queue = asyncio.Queue()
-        self.tasks: list[asyncio.Task] = []
-        self.waiting = 0  # workers waiting for a first request
-        self.busy = 0  # model calls running now
-        self.executor: ThreadPoolExecutor | None = None
-
-    def start(self) -> None:
-        # Model calls get threads of their own: in asyncio's shared pool (cores + 4 threads) two
-        # calls per core would leave decoding no thread from 4 cores on.
-        self.executor = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="imgclf-model")
-        loop = asyncio.get_running_loop()
-        self.tasks = [loop.create_task(self._run()) for _ in range(self.workers)]
-
-    def stop(self) -> None:
-        for task in self.tasks:
-            task.cancel()
-        if self.executor is not None:
-            self.executor.shutdown(wait=False, cancel_futures=True)
-
-    @property
-    def running(self) -> bool:
-        return bool(self.tasks) and not any(task.done() for task in self.tasks)
-
-    async def wait_quiet(self, seconds: float) -> None:
-        """Until no prediction waits or runs (at most ``seconds``): lower-priority work goes then."""
-        deadline = time.monotonic() + seconds
-        while (self.busy or not self.queue.empty()) and time.monotonic() < deadline:
-            await asyncio.sleep(QUIET_POLL_S)
-
-    async def predict(self, image: np.ndarray, top_k: int) -> dict:
-        future = asyncio.get_running_loop().create_future()
-        await self.queue.put((image, top_k, future))
-        return await future
-
-    async def _next_batch(self) -> list:
-        """The first request to arrive, plus this worker's share of those already queued.
-
-        No fixed wait for company by default: under load requests queue up while the model runs,
-        so batches form by themselves, and an idle server answers a lone request at once. The
-        share splits the queue with the workers still waiting, so no core idles while another
-        worker holds every request (measured with 8 clients on 2 cores and two workers: a 2 ms
-        window left 0.35 of the cores idle and served 161 requests/s; this, 0.25 and 165)."""
-        self.waiting += 1
-        try:
-            items = [await self.queue.get()]
-        finally:
-            self.waiting -= 1
-        deadline = time.monotonic() + self.settings.batch_window_ms / 1000
-        while len(items) < self.settings.max_batch and (left := deadline - time.monotonic()) > 0:
-            try:
-                items.append(await asyncio.wait_for(self.queue.get(), left))
-            except TimeoutError:
-                break
-        share = math.ceil((len(items) + self.queue.qsize()) / (1 + self.waiting))
-        while len(items) < min(share, self.settings.max_batch) and not self.queue.empty():
-            items.append(self.queue.get_nowait())
-        return items
-
-    async def _run(self) -> None:
-        while True:
-            items = await self._next_batch()
-            live = [item for item in items if not item[2].cancelled()]
-            if not live:
-                continue
-            top_k = max(item[1] for item in live)
-            try:
-                images, loop = [item[0] for item in live], asyncio.get_running_loop()
-                self.busy += 1
-                try:
-                    rows = await loop.run_in_executor(self.executor, self.engine.predict, images, top_k)
-                finally:
-                    self.busy -= 1
-            except Exception as error:  # noqa: BLE001 - one bad batch must not stop the batcher
-                for _, _, future in live:
-                    if not future.done():
-                        future.set_exception(error)
-                continue
-            for (_, wanted, future), row in zip(live, rows):
-                if not future.done():
-                    future.set_result({**row, "top_k": row["top_k"][:wanted]})
 
 
 async def _image_bytes(request: Request) -> list[tuple[str, bytes]]:
@@ -421,38 +89,22 @@ def _top_k(request: Request, settings: ServeSettings) -> int:
     return int(value)
 
 
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def loopback_hosts(port: int) -> tuple[str, ...]:
-    """The Host values a browser sends to a server on this machine (a DNS-rebinding page sends its
-    own domain instead)."""
-    names = ("localhost", "127.0.0.1", "[::1]")
-    return names + tuple(f"{name}:{port}" for name in names)
-
-
-class _Service:
+class Service:
     """What the routes share: the engine, the micro-batcher, the decoding budget, the memory
     trimmer and the single Grad-CAM thread. Started and stopped with the app."""
 
-    def __init__(self, engine, settings: ServeSettings):
+    def __init__(self, engine: Engine, settings: ServeSettings):
         self.engine, self.settings = engine, settings
-        self.batcher = _Batcher(engine, settings)
-        self.trimmer = _MemoryTrimmer()
+        self.batcher = Batcher(engine, settings)
+        self.trimmer = MemoryTrimmer()
         self.explain_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="imgclf-explain")
-        self.pixel_budget: _PixelBudget | None = None  # made inside the running loop
+        self.pixel_budget: PixelBudget | None = None  # made inside the running loop
         self.explain_gate: asyncio.Lock | None = None
         self.explain_rest_until = 0.0  # perf_counter() before which no Grad-CAM starts
 
     @contextlib.asynccontextmanager
     async def lifespan(self, _: FastAPI):
-        self.pixel_budget = _PixelBudget(self.settings.max_decoding_pixels)
+        self.pixel_budget = PixelBudget(self.settings.max_decoding_pixels)
         self.explain_gate = asyncio.Lock()
         self.batcher.start()
         self.trimmer.start()
@@ -537,18 +189,20 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(HttpError)
     async def http_error(_: Request, error: HttpError) -> JSONResponse:
-        return _error(error.status, error.message, error.headers)
+        return error_response(error.status, error.message, error.headers)
 
     @app.exception_handler(StarletteHTTPException)
     async def starlette_error(_: Request, error: StarletteHTTPException) -> JSONResponse:
-        return _error(error.status_code, str(error.detail), getattr(error, "headers", None))
+        return error_response(error.status_code, str(error.detail), getattr(error, "headers", None))
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, error: RequestValidationError) -> JSONResponse:
-        return _error(422, "; ".join(str(item.get("msg", item)) for item in error.errors()) or "invalid request")
+        return error_response(
+            422, "; ".join(str(item.get("msg", item)) for item in error.errors()) or "invalid request"
+        )
 
 
-def _add_prediction_routes(app: FastAPI, service: _Service) -> None:
+def _add_prediction_routes(app: FastAPI, service: Service) -> None:
     @app.post("/v1/predict", summary="top-k labels for one image (multipart field 'file' or the raw body)")
     async def predict(request: Request) -> JSONResponse:
         return JSONResponse((await service.predict_files(request, many=False))[0])
@@ -560,16 +214,15 @@ def _add_prediction_routes(app: FastAPI, service: _Service) -> None:
     )
     async def predict_batch(request: Request) -> JSONResponse:
         answers = await service.predict_files(request, many=True)
-        if all("error" in answer for answer in answers):  # nothing in it could be read: paced like a 415
-            request.scope[ALL_REFUSED] = True
-        return JSONResponse(answers)
+        refused = all("error" in answer for answer in answers)  # nothing in it could be read: paced like a 415
+        return JSONResponse(answers, headers={REFUSED_HEADER: "all"} if refused else None)
 
     @app.post("/v1/explain", summary="Grad-CAM picture for one image, as a PNG data URL")
     async def explain(request: Request) -> JSONResponse:
         return JSONResponse({"png": png_data_url(await service.explain_png(request))})
 
 
-def _add_status_routes(app: FastAPI, service: _Service) -> None:
+def _add_status_routes(app: FastAPI, service: Service) -> None:
     settings, batcher = service.settings, service.batcher
 
     @app.get("/v1/health", summary="the process is up")
@@ -590,18 +243,12 @@ def _add_status_routes(app: FastAPI, service: _Service) -> None:
         return HTMLResponse(PAGE)
 
 
-def create_app(engine, settings: ServeSettings = ServeSettings()) -> FastAPI:  # noqa: B008 - frozen
+def create_app(engine: Engine, settings: ServeSettings = ServeSettings()) -> FastAPI:  # noqa: B008 - frozen
     """The FastAPI app for ``engine``, behind the guard (host, token, body limits, pacing)."""
-    service = _Service(engine, settings)
+    service = Service(engine, settings)
     app = FastAPI(title="imgclf", description="Image classification with an imgclf model.", version="1",
                   lifespan=service.lifespan)  # fmt: skip
     _add_error_handlers(app)
     _add_prediction_routes(app, service)
     _add_status_routes(app, service)
-    return _GuardMiddleware(app, settings)
-
-
-def settings_json(settings: ServeSettings) -> dict:
-    values = json.loads(json.dumps(settings.__dict__))
-    values.pop("token")
-    return values
+    return Guard(app, settings)

@@ -8,6 +8,7 @@ import json
 import os
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -17,7 +18,26 @@ from imgclf.data.decode import bound_aspect_ratio, decode_image
 from imgclf.errors import UsageError
 from imgclf.predictor import Classifier, abstain_decision, load
 
-__all__ = ["BundleEngine", "OnnxEngine", "open_engine"]
+__all__ = ["BundleEngine", "Engine", "OnnxEngine", "open_engine"]
+
+
+class Engine(Protocol):
+    """What the server needs of a model (``BundleEngine`` and ``OnnxEngine`` both are one)."""
+
+    metadata: dict  # /v1/metadata: classes, input contract, model card
+    parallel_batches: int  # model calls that may run at once without fighting over the cores
+
+    def decode(self, data: bytes, source: str) -> np.ndarray:
+        """An uploaded file as the HxWxC uint8 image ``predict`` takes (BadImageError if it is not one)."""
+        ...
+
+    def predict(self, images: list[np.ndarray], top_k: int) -> list[dict]:
+        """One JSON row per image: label (None when abstaining), top_k, and why it abstained."""
+        ...
+
+    def explain_png(self, image: np.ndarray) -> bytes:
+        """A Grad-CAM picture of the decision (UsageError where the engine cannot make one)."""
+        ...
 
 
 def _modified(path: Path) -> str | None:

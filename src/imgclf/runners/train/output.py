@@ -9,14 +9,14 @@ from rich.console import Console
 
 from imgclf.bundle import Bundle, save_bundle
 from imgclf.config import TrainConfig
-from imgclf.engine.checkpoint import atomic_write_bytes
 from imgclf.engine.final import FinalEvaluation
 from imgclf.engine.loop import FitState
+from imgclf.explain.bundle_report import mistakes_gallery, write_report
+from imgclf.files import atomic_write_bytes
 from imgclf.models import count_parameters
-from imgclf.runners.report import mistakes_gallery, write_report
-from imgclf.runners.train_data import describe_data
-from imgclf.runners.train_setup import TrainingRun
-from imgclf.runners.train_stages import Trained
+from imgclf.runners.train.data import describe_data
+from imgclf.runners.train.setup import TrainingRun
+from imgclf.runners.train.stages import Trained
 
 __all__ = ["CONFIG_FILE", "train_result", "write_config_yaml", "write_run_bundle", "write_run_report"]
 

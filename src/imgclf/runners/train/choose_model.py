@@ -10,7 +10,9 @@ from dataclasses import replace
 
 from rich.console import Console
 
-from imgclf.advise.photos import DEFAULT_RUN_SECONDS
+from imgclf.advise.advisor import AdviseOptions, run_advise
+from imgclf.advise.facts import data_facts
+from imgclf.advise.photos import DEFAULT_RUN_SECONDS, plan_photo_transfer
 from imgclf.config import TrainConfig
 from imgclf.data.augment import choose_augmentation
 from imgclf.engine.runtime import resolve_device
@@ -28,9 +30,6 @@ def automatic_config(data: str, config: TrainConfig, data_dir, console: Console,
     """No --model: for natural photos, a linear probe on the ImageNet backbone whose passes fit the
     run's time; otherwise, with --time-budget, the advisor's measured choice; otherwise the default
     model (``config.model``). Returns the configuration to train and the advice (or None)."""
-    from imgclf.advise.photos import plan_photo_transfer
-    from imgclf.runners.advise import data_facts
-
     dataset, profile = scanned
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     if not distributed:
@@ -83,8 +82,6 @@ def _photo_config(data: str, config: TrainConfig, plan, console: Console) -> tup
 def _advised_config(data: str, config: TrainConfig, data_dir, console: Console, scanned) -> tuple[TrainConfig, dict]:
     """The advisor's model for this budget (it measures and probes within a small share of it),
     on the dataset as this run splits it (``scanned``)."""
-    from imgclf.runners.advise import AdviseOptions, run_advise  # the advisor imports this module's peers
-
     options = AdviseOptions(device=config.device, time_budget=config.time_budget, seed=config.seed,
                             batch_size=config.batch_size, within_training=True)  # fmt: skip
     advice = run_advise(data, options, data_dir, console, scanned)

@@ -32,11 +32,10 @@ from imgclf.engine.runtime import resolve_device, stop_on_signals
 from imgclf.errors import UsageError
 from imgclf.explain.report import REPORT_FILE
 from imgclf.models import get_model_spec
-from imgclf.runners.choose_model import automatic_config
-from imgclf.runners.common import stderr_console
-from imgclf.runners.train_data import check_trainable, scan_training_data
-from imgclf.runners.train_output import CONFIG_FILE, train_result, write_run_bundle, write_run_report
-from imgclf.runners.train_setup import (
+from imgclf.runners.train.choose_model import automatic_config
+from imgclf.runners.train.data import check_trainable, scan_training_data
+from imgclf.runners.train.output import CONFIG_FILE, train_result, write_run_bundle, write_run_report
+from imgclf.runners.train.setup import (
     TrainingRun,
     announce,
     assemble,
@@ -45,7 +44,8 @@ from imgclf.runners.train_setup import (
     plan_time_budget,
     set_threads,
 )
-from imgclf.runners.train_stages import Trained, check_same_data, linear_probe, train_stages
+from imgclf.runners.train.stages import Trained, check_same_data, linear_probe, train_stages
+from imgclf.text import stderr_console
 
 __all__ = ["RUN_FILES", "run_train"]
 

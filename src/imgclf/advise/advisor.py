@@ -1,4 +1,4 @@
-"""The advise runner: profile the data and the machine, measure every candidate here, apply the
+"""The advisor: profile the data and the machine, measure every candidate here, apply the
 rules, probe the most promising, recommend one. ``imgclf advise`` prints it; ``imgclf train
 --time-budget`` without ``--model`` trains what it recommends."""
 
@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from rich.console import Console
 
-from imgclf.advise.facts import DataFacts, hardware_facts, image_statistics, looks_like_photos
+from imgclf.advise.facts import DataFacts, data_facts, hardware_facts
 from imgclf.advise.measure import Candidate, measure_candidate, static_facts
 from imgclf.advise.probe import probe_pretrained, probe_scratch, stratified_indices
 from imgclf.advise.rules import (
@@ -30,10 +30,10 @@ from imgclf.data.prepare import DataProfile, Preprocess, TensorSplit, decode_spl
 from imgclf.engine.runtime import resolve_device
 from imgclf.errors import DataError
 from imgclf.models import choose_input_size, get_model_spec, list_models
-from imgclf.runners.common import stderr_console
+from imgclf.text import stderr_console
 from imgclf.transfer import load_pretrained, pretrained_available
 
-__all__ = ["DEFAULT_CANDIDATES", "AdviseOptions", "data_facts", "run_advise"]
+__all__ = ["DEFAULT_CANDIDATES", "AdviseOptions", "run_advise"]
 
 # One or two of each family, small-image designs included (ModelSpec.advisor_candidate).
 DEFAULT_CANDIDATES = tuple(name for name in list_models() if get_model_spec(name).advisor_candidate)
@@ -44,7 +44,6 @@ MIN_PROBE_SECONDS, MAX_PROBE_SECONDS = 5.0, 60.0
 PROBE_TRAIN_IMAGES, PROBE_VAL_IMAGES = 4_000, 1_000  # stratified subsets the probes share
 # Inside `train --time-budget`, the advisor's measuring and probing take at most this share.
 TRAIN_ADVISOR_SHARE = 0.12
-PHOTO_SAMPLE = 200  # images decoded to tell photos from drawings
 
 
 @dataclass
@@ -65,26 +64,6 @@ class AdviseOptions:
         return Budgets(
             self.time_budget or PLANNING_BUDGET_S, self.latency_ms, self.batch, self.max_params, self.interpretable
         )
-
-
-def data_facts(dataset: Dataset, native_size: int, channels: int, workers: int = 2) -> DataFacts:
-    """What the rules know of the data: counts, size, colour, and whether a sample looks like photos."""
-    train = dataset.splits["train"]
-    targets = np.asarray(train.targets)
-    picks = np.linspace(0, len(train) - 1, min(PHOTO_SAMPLE, len(train))).astype(np.int64)
-    size = max(8, min(224, native_size))
-    sample, _ = decode_split(train.subset(picks), Preprocess.unnormalized(size, channels), workers)
-    statistics = image_statistics(sample.images)
-    return DataFacts(
-        dataset.name,
-        len(train),
-        dataset.num_classes,
-        np.bincount(targets, minlength=dataset.num_classes).tolist(),
-        native_size,
-        channels,
-        looks_like_photos(statistics, native_size),
-        statistics,
-    )
 
 
 def _candidates(options: AdviseOptions, data: DataFacts) -> list[Candidate]:

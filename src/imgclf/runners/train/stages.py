@@ -26,7 +26,7 @@ from imgclf.engine.plan import RunPlan, Stage, plan_stages
 from imgclf.engine.probe_run import run_linear_probe
 from imgclf.engine.recipe import fit_setup
 from imgclf.errors import UsageError
-from imgclf.runners.train_setup import TrainingRun, plan_time_budget
+from imgclf.runners.train.setup import TrainingRun, plan_time_budget
 from imgclf.transfer import freeze_for_finetuning
 
 __all__ = [

@@ -26,7 +26,7 @@ from imgclf.engine.recipe import trial_setup
 from imgclf.engine.runtime import seed_everything
 from imgclf.errors import UsageError
 from imgclf.models import ImageClassifier, count_parameters, create_model, families_with, get_model_spec
-from imgclf.runners.train_data import load_training_data
+from imgclf.runners.train.data import load_training_data
 from imgclf.transfer import PretrainedWeights, load_pretrained, load_weights_into
 
 __all__ = ["TrainingRun", "announce", "assemble", "check_preset", "check_world", "plan_time_budget", "set_threads"]

@@ -1,0 +1,83 @@
+"""A bundle on one split of DATA: decoded with the bundle's preprocessing, its classes mapped
+onto the model's, and scored as training scored it (``imgclf evaluate``, the report, export's
+accuracy check)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from rich.console import Console
+
+from imgclf.bundle import Bundle, bundle_temperature, split_policy
+from imgclf.data.batches import eval_batch_size, make_batches
+from imgclf.data.dataset import load_dataset
+from imgclf.data.prepare import TensorSplit, prepare_splits
+from imgclf.engine.evaluate import calibrated_metrics, predict_logits
+from imgclf.engine.runtime import resolve_device
+from imgclf.errors import DataError
+from imgclf.text import stderr_console
+
+__all__ = ["SplitEvaluation", "evaluate_split"]
+
+
+@dataclass
+class SplitEvaluation:
+    """A bundle's predictions on one split of DATA: metrics, the decoded split and its logits."""
+
+    metrics: dict
+    split: TensorSplit
+    logits: torch.Tensor
+    targets: torch.Tensor
+
+
+def evaluate_split(
+    bundle: Bundle,
+    data: str,
+    split: str = "test",
+    data_dir: str | Path | None = None,
+    device: str = "auto",
+    console: Console | None = None,
+    tta: str = "none",
+) -> SplitEvaluation:
+    """Decode one split of DATA with the bundle's preprocessing and run the model over it
+    (``tta="flip"``: averaged with the mirrored image)."""
+    console = console or stderr_console()
+    dataset = load_dataset(data, split_policy(bundle.description), data_dir)
+    if split not in dataset.splits:
+        have = ", ".join(sorted(dataset.splits))
+        raise DataError(f"{data}: has no {split!r} split (it has {have}); choose one with --split")
+    recorded = bundle.description.get("data", {})
+    fingerprint = recorded.get("split", {}).get("fingerprints", {}).get(split)
+    if (
+        recorded.get("source") == dataset.name
+        and fingerprint
+        and fingerprint != dataset.split_info["fingerprints"][split]
+    ):
+        console.print(f"warning: the {split} split of {data} differs from the one this model was trained with")
+    missing = sorted(set(dataset.classes) - set(bundle.classes))
+    if missing:
+        raise DataError(f"{data}: class {missing[0]!r} is not one the model knows ({', '.join(bundle.classes)})")
+    dataset.splits = {split: dataset.splits[split]}
+    prepared = prepare_splits(dataset, bundle.preprocess, in_memory=True, workers=2)
+    for file, reason in prepared.skipped:
+        console.print(f"skipped {file}: {reason}")
+    # Map the data's class indices onto the model's (the data may lack some classes).
+    remap = torch.tensor([bundle.classes.index(name) for name in dataset.classes])
+    target_split = prepared.splits[split]
+    target_split.targets = remap[target_split.targets]
+    torch_device = resolve_device(device)
+    logits, targets = predict_logits(
+        bundle.model.to(torch_device, memory_format=torch.channels_last),
+        make_batches(target_split, eval_batch_size(bundle.preprocess.input_size)),
+        bundle.preprocess,
+        torch_device,
+        flip_tta=tta == "flip",
+    )
+    bundle.model.cpu()
+    metrics = calibrated_metrics(logits, targets, bundle.classes, bundle_temperature(bundle))
+    metrics["split"] = split
+    metrics["tta"] = tta
+    metrics["skipped"] = [{"file": file, "reason": reason} for file, reason in prepared.skipped]
+    return SplitEvaluation(metrics, target_split, logits, targets)

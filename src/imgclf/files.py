@@ -1,0 +1,68 @@
+"""Files written so that a crash or a reader never sees half of one: the foundation every writer
+of a bundle, a training state, a report or a figure uses."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file as save_tensors_to_file
+
+__all__ = ["atomic_write_bytes", "atomic_write_tensors", "file_sha256"]
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)  # reading the umask means setting it; put it straight back
+    os.umask(mask)
+    return mask
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temporary file in the same folder, fsync, then rename over ``path``: a reader
+    (or a crash) sees the old file or the new one, never half of one."""
+    _atomic_write(path, lambda temporary: Path(temporary).write_bytes(data))
+
+
+def atomic_write_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    """A safetensors file, written atomically like ``atomic_write_bytes``. safetensors writes the
+    file itself: building the bytes in memory first took 2.5-5.6 s for VGG-11's 1.5 GB training
+    state here, writing the file directly 0.8-1.1 s (fsync included)."""
+    _atomic_write(path, lambda temporary: save_tensors_to_file(tensors, temporary, metadata=metadata))
+
+
+def _atomic_write(path: Path, write) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.close(handle)
+        write(temporary)
+        # mkstemp creates the file 0600 (and safetensors makes its own file anew): give it the mode
+        # a plain open() would, 0666 less the umask, as the other files of a bundle have.
+        os.chmod(temporary, 0o666 & ~_current_umask())
+        _fsync(temporary, os.O_RDONLY)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    _fsync(path.parent, os.O_RDONLY)  # make the rename itself durable
+
+
+def _fsync(path, flags: int) -> None:
+    descriptor = os.open(path, flags)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file, read in 1 MiB blocks (the same digest ``sha256sum`` prints)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        while block := file.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
