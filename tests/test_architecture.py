@@ -89,3 +89,16 @@ def test_no_function_is_longer_than_a_screen():
                 if length > MAX_FUNCTION_LINES:
                     long.append(f"{path.relative_to(SOURCE)}:{node.lineno} {node.name} ({length} lines)")
     assert long == []
+
+
+def test_only_the_bundle_module_reads_model_json_keys():
+    """model.json has one owner (``bundle.description.BundleDescription``): elsewhere a bundle's
+    description is read through its accessors, never by key."""
+    import re
+
+    raw = re.compile(r"description(\.get\(|\[)")
+    readers = [f"{path.relative_to(SOURCE)}:{number}"
+               for path in sorted(SOURCE.rglob("*.py")) if path.parent.name != "bundle"
+               for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+               if raw.search(line)]  # fmt: skip
+    assert readers == []

@@ -228,3 +228,28 @@ def test_a_full_disk_mid_run_is_one_line_and_the_training_state_survives(tmp_pat
     monkeypatch.undo()
     assert main([*_train_arguments(data, output), "--resume"]) == 0  # space freed: the run finishes
     assert (output / "model.json").is_file()
+
+
+SHIPPED_OLD_BUNDLE = Path(__file__).parent / "data" / "bundle-before-description"
+
+
+def test_a_bundle_and_training_state_from_the_earlier_version_load_predict_and_resume(tmp_path: Path, capsys):
+    """Written by imgclf 0.1.0 before model.json and the training state got their typed readers
+    (tests/data/README.md): the bundle loads and predicts as before, and --resume reads its state."""
+    import shutil
+
+    import imgclf
+    from imgclf.cli.main import main
+
+    bundle = tmp_path / "old"
+    shutil.copytree(SHIPPED_OLD_BUNDLE, bundle)
+    classifier = imgclf.load(bundle)
+    assert classifier.classes == [str(digit) for digit in range(10)]
+    assert main(["evaluate", str(bundle), "digits", "--json"]) == 0
+    evaluated = json.loads(capsys.readouterr().out)
+    recorded = json.loads((SHIPPED_OLD_BUNDLE / "metrics.json").read_text())["test"]["accuracy"]
+    assert abs(evaluated["accuracy"] - recorded) < 0.02  # the same split remade, the same model
+    assert main(["train", "digits", "--model", "lenet5", "--epochs", "2", "--threads", "1", "--output", str(bundle),
+                 "--resume"]) == 0  # fmt: skip
+    assert "every epoch was already trained" in capsys.readouterr().err
+    assert imgclf.load(bundle).classes == classifier.classes

@@ -82,7 +82,7 @@ def test_a_linear_probe_run_has_its_one_fit_as_the_row(tmp_path: Path):
     from imgclf.engine.run_logs import CsvLog
 
     log = CsvLog(tmp_path)
-    log.on_run_end(tmp_path, {}, {"history": [{"epoch": 1, "val_accuracy": 0.9}]})
+    log.on_run_end(tmp_path, [], {"history": [{"epoch": 1, "val_accuracy": 0.9}]})
     (row,) = _csv_rows(tmp_path)
     assert row["epoch"] == "1" and row["val_accuracy"] == "0.9" and row["train_loss"] == ""
 

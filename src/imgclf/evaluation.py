@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
-from imgclf.bundle import Bundle, bundle_temperature, split_policy
+from imgclf.bundle import Bundle
 from imgclf.data.batches import eval_batch_size, make_batches
 from imgclf.data.dataset import load_dataset
 from imgclf.data.prepare import TensorSplit, prepare_splits
@@ -44,14 +44,13 @@ def evaluate_split(
     """Decode one split of DATA with the bundle's preprocessing and run the model over it
     (``tta="flip"``: averaged with the mirrored image)."""
     console = console or stderr_console()
-    dataset = load_dataset(data, split_policy(bundle.description), data_dir)
+    dataset = load_dataset(data, bundle.description.split_policy(), data_dir)
     if split not in dataset.splits:
         have = ", ".join(sorted(dataset.splits))
         raise DataError(f"{data}: has no {split!r} split (it has {have}); choose one with --split")
-    recorded = bundle.description.get("data", {})
-    fingerprint = recorded.get("split", {}).get("fingerprints", {}).get(split)
+    fingerprint = bundle.description.split_fingerprint(split)
     if (
-        recorded.get("source") == dataset.name
+        bundle.description.data_source == dataset.name
         and fingerprint
         and fingerprint != dataset.split_info["fingerprints"][split]
     ):
@@ -76,7 +75,7 @@ def evaluate_split(
         flip_tta=tta == "flip",
     )
     bundle.model.cpu()
-    metrics = calibrated_metrics(logits, targets, bundle.classes, bundle_temperature(bundle))
+    metrics = calibrated_metrics(logits, targets, bundle.classes, bundle.description.temperature)
     metrics["split"] = split
     metrics["tta"] = tta
     metrics["skipped"] = [{"file": file, "reason": reason} for file, reason in prepared.skipped]

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from imgclf.bundle import Bundle, abstain_threshold, bundle_temperature, load_bundle
+from imgclf.bundle import Bundle, load_bundle
 from imgclf.data.decode import convert_channels, decode_image
 from imgclf.data.prepare import Preprocess
 from imgclf.errors import BadImageError, ImgclfError
@@ -60,12 +60,11 @@ class Classifier:
         self.preprocess = bundle.preprocess
         self.classes = bundle.classes
         # Probabilities are softmax(logits / temperature), the temperature fitted on validation.
-        self.temperature = bundle_temperature(bundle)
-        calibration = bundle.description.get("calibration") or {}
-        self.abstain_threshold = abstain_threshold(bundle) if abstain else None
+        self.temperature = bundle.description.temperature
+        self.abstain_threshold = bundle.description.abstain_threshold if abstain else None
         # Abstain also when the embedding is far from the predicted class's training images.
         self.centroids = bundle.centroids if abstain else None
-        distance = calibration.get("abstain_distance_threshold")
+        distance = bundle.description.abstain_distance_threshold
         self.distance_threshold = float(distance) if distance is not None and self.centroids is not None else None
 
     def prepare(self, image: ImageInput) -> np.ndarray:

@@ -52,8 +52,8 @@ class Observers:
     def on_fit_end(self, summary: dict) -> None:
         self._tell("on_fit_end", summary)
 
-    def on_run_end(self, bundle: Path, description: dict, metrics: dict) -> None:
-        self._tell("on_run_end", bundle, description, metrics)
+    def on_run_end(self, bundle: Path, classes: list[str], metrics: dict) -> None:
+        self._tell("on_run_end", bundle, classes, metrics)
 
     def close(self) -> None:
         """Every log closed, also when the run failed (an MLflow run is then marked FAILED)."""
@@ -77,7 +77,7 @@ class CsvLog:
         writer.writerows(self.rows)
         atomic_write_bytes(self.path, text.getvalue().encode("utf-8"))
 
-    def on_run_end(self, bundle: Path, description: dict, metrics: dict) -> None:
+    def on_run_end(self, bundle: Path, classes: list[str], metrics: dict) -> None:
         if not self.rows:  # a linear probe has no epochs of the loop: its one fit is the row
             for record in metrics.get("history", []):
                 self.on_epoch_end(record)
@@ -122,8 +122,8 @@ class TensorBoardLog:
                 self.writer.add_scalar(f"epoch/{key}", record[key], record["epoch"])
         self.writer.flush()
 
-    def on_run_end(self, bundle: Path, description: dict, metrics: dict) -> None:
-        for name, png in _final_figures(description, metrics).items():
+    def on_run_end(self, bundle: Path, classes: list[str], metrics: dict) -> None:
+        for name, png in _final_figures(classes, metrics).items():
             self.writer.add_image(name, _png_to_array(png), dataformats="HWC")
         summary = metrics.get("summary", {})
         for key in ("val_accuracy", "test_accuracy"):
@@ -164,7 +164,7 @@ class MlflowLog:
         values = {key: record[key] for key in CSV_COLUMNS[1:] if isinstance(record.get(key), int | float)}
         self.mlflow.log_metrics(values, step=int(record["epoch"]))
 
-    def on_run_end(self, bundle: Path, description: dict, metrics: dict) -> None:
+    def on_run_end(self, bundle: Path, classes: list[str], metrics: dict) -> None:
         summary = metrics.get("summary", {})
         final = {
             f"final_{key}": summary[key] for key in ("val_accuracy", "test_accuracy") if summary.get(key) is not None
@@ -178,7 +178,7 @@ class MlflowLog:
             self.mlflow.end_run(status="FINISHED" if self.finished else "FAILED")
 
 
-def _final_figures(description: dict, metrics: dict) -> dict[str, bytes]:
+def _final_figures(classes: list[str], metrics: dict) -> dict[str, bytes]:
     from imgclf.explain.figures import confusion_matrix_png, reliability_png
 
     split = "test" if metrics.get("test", {}).get("confusion_matrix") else "val"
@@ -186,7 +186,7 @@ def _final_figures(description: dict, metrics: dict) -> dict[str, bytes]:
     figures = {}
     if evaluated.get("confusion_matrix"):
         figures[f"{split}/confusion_matrix"] = confusion_matrix_png(evaluated["confusion_matrix"],
-                                                                    description["classes"])  # fmt: skip
+                                                                    classes)  # fmt: skip
     if evaluated.get("reliability"):
         figures[f"{split}/reliability"] = reliability_png(evaluated["reliability"], evaluated.get("ece"),
                                                           evaluated.get("ece_uncalibrated"))  # fmt: skip

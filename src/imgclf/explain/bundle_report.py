@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from imgclf.bundle import Bundle, bundle_temperature
+from imgclf.bundle import Bundle
 from imgclf.data.prepare import StreamingSplit, TensorSplit
 from imgclf.explain.figures import explanation_png
 from imgclf.explain.gradcam import explain_batch
@@ -40,7 +40,7 @@ def mistakes_gallery(
     """The ``limit`` wrong predictions made with the highest confidence, each explained."""
     if len(targets) == 0:
         return []
-    temperature = bundle_temperature(bundle)
+    temperature = bundle.description.temperature
     confidence, predicted = torch.softmax(logits / temperature, dim=1).max(dim=1)
     wrong = torch.nonzero(predicted != targets).flatten()
     worst = wrong[confidence[wrong].argsort(descending=True)][:limit].tolist()

@@ -8,6 +8,7 @@ import base64
 import json
 from dataclasses import dataclass
 
+from imgclf.bundle.description import BundleDescription
 from imgclf.explain.figures import (
     class_counts_png,
     confusion_matrix_png,
@@ -94,10 +95,10 @@ def _evaluated(metrics: dict) -> tuple[str, dict]:
     return "val", metrics.get("val", {})
 
 
-def _findings(description: dict, split: str, evaluated: dict) -> list[str]:
+def _findings(description: BundleDescription, split: str, evaluated: dict) -> list[str]:
     """The sentences a reader needs first: overall, best and worst classes, confusions, skips."""
     findings = []
-    chose = description.get("metrics", {}).get("val_chose")
+    chose = description.summary.get("val_chose")
     if split == "val" and chose:
         findings.append(f"No test split: the validation accuracy is optimistic, since the validation split chose "
                         f"{chose}.")  # fmt: skip
@@ -123,7 +124,7 @@ def _findings(description: dict, split: str, evaluated: dict) -> list[str]:
             f"Confidence is calibrated to within {evaluated['ece']:.3f} on average (ECE; "
             f"{evaluated['ece_uncalibrated']:.3f} before temperature scaling with T = {evaluated['temperature']:.2f})."
         )
-    data = description.get("data", {})
+    data = description.data
     skipped = data.get("skipped", [])
     if skipped:
         findings.append(f"{len(skipped)} files could not be used and were skipped (listed under Data).")
@@ -131,7 +132,7 @@ def _findings(description: dict, split: str, evaluated: dict) -> list[str]:
     return findings
 
 
-def _summary(description: dict, metrics: dict) -> str:
+def _summary(description: BundleDescription, metrics: dict) -> str:
     split, evaluated = _evaluated(metrics)
     summary = metrics.get("summary", {})
     cards = [(_percent(evaluated.get("accuracy")), f"{split} accuracy ({evaluated.get('num_images', 0):,} images)")]
@@ -143,16 +144,16 @@ def _summary(description: dict, metrics: dict) -> str:
         cards.append((_percent(evaluated["top5_accuracy"]), f"{split} top-5 accuracy"))
     if evaluated.get("ece") is not None:
         cards.append((f"{evaluated['ece']:.3f}", "calibration error (ECE)"))
-    cards.append((f"{description.get('params', 0):,}", "parameters"))
+    cards.append((f"{description.params or 0:,}", "parameters"))
     card_html = "".join(f'<div class="card"><b>{for_html(value)}</b><span>{for_html(label)}</span></div>'
                         for value, label in cards)  # fmt: skip
     findings = "".join(f"<li>{for_html(line)}</li>" for line in _findings(description, split, evaluated))
     return f'<div class="cards">{card_html}</div><ul>{findings}</ul>'
 
 
-def _dataset(description: dict) -> str:
-    data = description.get("data", {})
-    classes = description.get("classes", [])
+def _dataset(description: BundleDescription) -> str:
+    data, classes = description.data, description.classes
+    _, size, _ = description.input_shape
     sizes = ", ".join(f"{name} {count:,}" for name, count in data.get("sizes", {}).items())
     low, high = (data.get("shorter_side_range") or [None, None])[:2]
     side = f"{low}-{high} px" if low is not None and low != high else f"{data.get('native_size')} px"
@@ -164,7 +165,7 @@ def _dataset(description: dict) -> str:
         f"<p>Source <code>{for_html(str(data.get('source')))}</code> ({for_html(str(data.get('kind')))}): "
         f"{len(classes)} classes; images per split: {for_html(sizes)}; split: {for_html(split_text)}. "
         f"Shorter image side {for_html(side)}, {'grayscale' if data.get('channels') == 1 else 'colour'}; "
-        f"the model sees {description.get('input_size')} x {description.get('input_size')} px.</p>"
+        f"the model sees {size} x {size} px.</p>"
     ]
     for warning in data.get("warnings", []):
         parts.append(f'<p class="warn">Warning: {for_html(warning)}</p>')
@@ -182,9 +183,9 @@ def _dataset(description: dict) -> str:
     return "\n".join(parts)
 
 
-def _kept(description: dict) -> str:
+def _kept(description: BundleDescription) -> str:
     """A run that started from a linear probe: the probe against fine-tuning, and which was kept."""
-    kept = description.get("kept")
+    kept = description.kept
     if not kept:
         return ""
     probe, tuned = kept["probe"], kept.get("finetuned")
@@ -199,11 +200,11 @@ def _kept(description: dict) -> str:
             f"({for_html(kept['why'])}).</p>{table}")  # fmt: skip
 
 
-def _training(description: dict, metrics: dict) -> str:
+def _training(description: BundleDescription, metrics: dict) -> str:
     return _kept(description) + _curves(description, metrics)
 
 
-def _curves(description: dict, metrics: dict) -> str:
+def _curves(description: BundleDescription, metrics: dict) -> str:
     history = metrics.get("history", [])
     summary = metrics.get("summary", {})
     if history and history[0].get("probe_scores"):
@@ -214,13 +215,12 @@ def _curves(description: dict, metrics: dict) -> str:
     note = f"Best validation accuracy at epoch {best} of {summary.get('epochs_run')}; its weights were kept."
     if summary.get("stopped_early"):
         note += " Training stopped early."
-    seconds = description.get("seconds")
-    if seconds is not None:
-        note += f" Whole run: {seconds:.1f} s on {description.get('training', {}).get('device', '?')}."
+    if description.seconds is not None:
+        note += f" Whole run: {description.seconds:.1f} s on {description.training_device}."
     return f"<p>{for_html(note)}</p>" + _image(training_curves_png(history), "training curves")
 
 
-def _probe_training(description: dict, record: dict) -> str:
+def _probe_training(description: BundleDescription, record: dict) -> str:
     """A linear probe has no epochs: what was chosen instead, and on what."""
     how = "on the validation split"
     if record.get("probe_chosen_on") == "cross-validation":
@@ -228,9 +228,8 @@ def _probe_training(description: dict, record: dict) -> str:
     views = " Mirror images of the training images were added as views." if record.get("probe_flipped_views") else ""
     note = (f"A linear probe: a logistic regression on the frozen network's embeddings, its regularization "
             f"C = {record.get('probe_c')} chosen {how}.{views}")  # fmt: skip
-    seconds = description.get("seconds")
-    if seconds is not None:
-        note += f" Whole run: {seconds:.1f} s on {description.get('training', {}).get('device', '?')}."
+    if description.seconds is not None:
+        note += f" Whole run: {description.seconds:.1f} s on {description.training_device}."
     return f"<p>{for_html(note)}</p>" + _image(
         probe_choice_png(record["probe_scores"], record["probe_c"]), "probe accuracy against C"
     )
@@ -259,8 +258,8 @@ def _confusion(split: str, evaluated: dict, classes: list[str]) -> str:
     return "\n".join(parts)
 
 
-def _calibration(description: dict, evaluated: dict) -> str:
-    calibration = description.get("calibration") or {}
+def _calibration(description: BundleDescription, evaluated: dict) -> str:
+    calibration = description.calibration
     parts = [_image(reliability_png(evaluated.get("reliability", []), evaluated.get("ece"),
                                     evaluated.get("ece_uncalibrated")), "reliability diagram")]  # fmt: skip
     if calibration:
@@ -296,11 +295,11 @@ def _mistakes(gallery: list[GalleryItem] | str) -> str:
     return intro + f'<div class="gallery">{figures}</div>'
 
 
-def _model_card(description: dict, card: dict) -> str:
+def _model_card(description: BundleDescription, card: dict) -> str:
     rows = [
-        ["architecture", description.get("architecture")],
-        ["parameters", f"{description.get('params', 0):,}"],
-        ["input", f"{description.get('in_chans')} x {description.get('input_size')} x {description.get('input_size')}"],
+        ["architecture", description.architecture],
+        ["parameters", f"{description.params or 0:,}"],
+        ["input", " x ".join(str(side) for side in description.input_shape)],
     ]
     if card.get("flops") is not None:
         rows.append(["FLOPs per image", f"{card['flops']:,}"])
@@ -310,23 +309,20 @@ def _model_card(description: dict, card: dict) -> str:
                      f"p50 {latency['p50_ms']:.2f} ms, p95 {latency['p95_ms']:.2f} ms"])  # fmt: skip
     if card.get("layers"):
         rows.append(["layers", ", ".join(f"{name} x{count}" for name, count in card["layers"].items())])
-    pretrained = description.get("pretrained")
-    rows.append(["starting weights", pretrained.get("source") if pretrained else "random initialization"])
-    versions = description.get("versions", {})
-    rows.append(["trained with", ", ".join(f"{k} {v}" for k, v in versions.items())])
+    rows.append(["starting weights", description.pretrained_source or "random initialization"])
+    rows.append(["trained with", ", ".join(f"{k} {v}" for k, v in description.versions.items())])
     return _table(None, rows)
 
 
-def _configuration(description: dict) -> str:
-    shown = {key: description.get(key) for key in ("training", "augmentation", "preprocess", "pretrained")}
-    return f"<pre>{for_html(json.dumps(shown, indent=2))}</pre>"
+def _configuration(description: BundleDescription) -> str:
+    return f"<pre>{for_html(json.dumps(description.configuration(), indent=2))}</pre>"
 
 
-def _choice(description: dict) -> str:
+def _choice(description: BundleDescription) -> str:
     """The advisor's reasons and measurements when it chose the model; else who did."""
-    advice = description.get("advisor")
+    advice = description.advisor
     if not advice:
-        return (f"<p>Chosen by the user: <code>{for_html(str(description.get('architecture')))}</code>. "
+        return (f"<p>Chosen by the user: <code>{for_html(description.architecture)}</code>. "
                 "<code>imgclf advise DATA</code> measures the alternatives on this machine.</p>")  # fmt: skip
     reasons = "".join(f"<li>{for_html(reason)}</li>" for reason in advice.get("reasons", []))
     rows = []
@@ -343,11 +339,11 @@ def _choice(description: dict) -> str:
             f"<p>{for_html(advice.get('resnet', ''))}</p>{table}")  # fmt: skip
 
 
-def render_report(description: dict, metrics: dict, gallery: list[GalleryItem] | str, card: dict) -> str:
+def render_report(description: BundleDescription, metrics: dict, gallery: list[GalleryItem] | str, card: dict) -> str:
     """The whole page. ``gallery``: the worst mistakes, or a sentence saying why there are none
     to show; ``card``: measured model facts (``flops``, ``latency``, ``latency_device``, ``layers``)."""
     split, evaluated = _evaluated(metrics)
-    classes = description.get("classes", [])
+    classes = description.classes
     bodies = {
         "summary": _summary(description, metrics),
         "dataset": _dataset(description),
@@ -361,7 +357,7 @@ def render_report(description: dict, metrics: dict, gallery: list[GalleryItem] |
         "configuration": _configuration(description),
     }
     sections = "\n".join(_section(section_id, bodies[section_id]) for section_id, _ in REPORT_SECTIONS)
-    title = f"{description.get('architecture')} on {description.get('data', {}).get('source')}"
+    title = f"{description.architecture} on {description.data_source}"
     return (
         f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><title>imgclf report: {for_html(title)}</title>'
         f"<style>{STYLE}</style></head><body>\n<h1>imgclf report</h1>"

@@ -49,7 +49,7 @@ def _leaderboard_row(name: str, bundle_dir: Path, result: dict) -> dict:
         "epochs": result["epochs"],
         "latency_ms": latency["p50_ms"],
         "latency_ms_p95": latency["p95_ms"],
-        "params": bundle.description["params"],
+        "params": bundle.description.params,
         "flops": count_flops(bundle.model, channels, size),
         "input_size": size,
         "bundle": str(bundle_dir),

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from imgclf.bundle import bundle_temperature, load_bundle
+from imgclf.bundle import load_bundle
 from imgclf.data.layout import expand_image_paths
 from imgclf.engine.run_folder import check_targets, claim
 from imgclf.engine.runtime import resolve_device
@@ -44,7 +44,7 @@ def run_explain(bundle_dir: str | Path, inputs: list[str], output: str | Path, d
     check_targets(output, targets)  # before any work: never an image of the user's replaced
     output.mkdir(parents=True, exist_ok=True)
     claim(output, targets)
-    temperature, results = bundle_temperature(bundle), []
+    temperature, results = bundle.description.temperature, []
     for path, name in zip(paths, targets):
         try:
             preprocess = bundle.preprocess

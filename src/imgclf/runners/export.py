@@ -12,7 +12,7 @@ import onnx
 import torch
 from rich.console import Console
 
-from imgclf.bundle import Bundle, abstain_threshold, bundle_temperature, load_bundle, recorded_data, split_policy
+from imgclf.bundle import Bundle, load_bundle, recorded_data
 from imgclf.data.batches import eval_batch_size, make_batches
 from imgclf.data.dataset import ArraySplit, load_dataset
 from imgclf.data.decode import convert_channels, decode_image
@@ -54,7 +54,7 @@ class _LogitsAndDistance(torch.nn.Module):
 
 
 def _distance_threshold(bundle: Bundle) -> float | None:
-    value = (bundle.description.get("calibration") or {}).get("abstain_distance_threshold")
+    value = bundle.description.abstain_distance_threshold
     return float(value) if value is not None and bundle.centroids is not None else None
 
 
@@ -79,7 +79,7 @@ def _raw_images(bundle: Bundle, data: str | None, data_dir, split: str, limit: i
     """Up to ``limit`` evenly spaced images of a split of DATA, decoded but not resized."""
     if data is None:
         return None
-    dataset = load_dataset(data, split_policy(bundle.description), data_dir)
+    dataset = load_dataset(data, bundle.description.split_policy(), data_dir)
     if split not in dataset.splits or len(dataset.splits[split]) == 0:
         return None
     chosen = dataset.splits[split]
@@ -201,13 +201,13 @@ def _contract(bundle: Bundle, layout: str, quantized: bool) -> dict:
             ),  # fmt: skip
         },
         "preprocess": pre.to_dict(),
-        "temperature": bundle_temperature(bundle),
+        "temperature": bundle.description.temperature,
         # The bundle's abstain rule; the distance is the graph's "centroid_distance" output.
         "abstain": {
-            "confidence_threshold": abstain_threshold(bundle),
+            "confidence_threshold": bundle.description.abstain_threshold,
             "distance_threshold": _distance_threshold(bundle),
         },
-        "architecture": bundle.description.get("architecture"),
+        "architecture": bundle.description.architecture,
         "quantization": INT8_DESCRIPTION if quantized else "none (fp32)",
     }
 
@@ -251,7 +251,7 @@ def run_export(
     bundle = load_bundle(bundle_dir)
     data = data or recorded_data(bundle)
     network = _network_proto(bundle)
-    temperature = bundle_temperature(bundle)
+    temperature = bundle.description.temperature
     fp32 = with_preprocessing(network, bundle.preprocess, layout, temperature)
     fp32_session = onnx_session(fp32)
     val = _raw_images(bundle, data, data_dir, "val", PARITY_IMAGES)

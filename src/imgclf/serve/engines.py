@@ -61,15 +61,15 @@ class BundleEngine:
         description = classifier.bundle.description
         self.metadata = {
             "kind": "bundle",
-            "architecture": description.get("architecture"),
+            "architecture": description.architecture,
             "classes": self.classes,
-            "params": description.get("params"),
+            "params": description.params,
             "input": {"size": classifier.preprocess.input_size, "channels": self.channels},
-            "metrics": description.get("metrics"),
-            "calibration": description.get("calibration"),
-            "pretrained": (description.get("pretrained") or {}).get("source"),
-            "finetune": (description.get("pretrained") or {}).get("finetune"),
-            "trained": description.get("created") or _modified(classifier.bundle.path / "model.json"),
+            "metrics": description.summary or None,
+            "calibration": description.calibration or None,
+            "pretrained": description.pretrained_source,
+            "finetune": description.finetune,
+            "trained": description.created or _modified(classifier.bundle.path / "model.json"),
             "explain": True,
         }
 

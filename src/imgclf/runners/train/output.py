@@ -7,7 +7,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from imgclf.bundle import Bundle, save_bundle
+from imgclf.bundle import Bundle, BundleDescription, save_bundle
 from imgclf.config import TrainConfig
 from imgclf.engine.final import FinalEvaluation
 from imgclf.engine.loop import FitState
@@ -46,41 +46,45 @@ def _summary(state: FitState, final: dict, decision: dict | None = None) -> dict
     }
 
 
-def _description(run: TrainingRun, trained: Trained, evaluation: FinalEvaluation, summary: dict, seconds: float):
+def _description(
+    run: TrainingRun, trained: Trained, evaluation: FinalEvaluation, summary: dict, seconds: float
+) -> BundleDescription:
     config, preprocess, world = run.config, run.preprocess, run.world
-    return {
-        "architecture": config.model,
-        "model_kwargs": run.model_kwargs,
-        "params": count_parameters(run.model),
-        "classes": run.dataset.classes,
-        "input_size": preprocess.input_size,
-        "in_chans": preprocess.channels,
-        "preprocess": preprocess.to_dict(),
-        "augmentation": trained.plan.augmentation.to_dict(),
-        "calibration": evaluation.calibration,
-        "pretrained": {**run.weights.describe(), "finetune": config.finetune} if run.weights else None,
-        "training": {
-            **config.to_dict(),
-            "epochs": trained.plan.epochs,
-            "lr": config.resolved_lr(world.size),
-            "weight_decay": config.resolved_weight_decay(),
-            "device": str(run.device),
-        },  # fmt: skip
-        "data": describe_data(run.dataset, run.profile, run.prepared),
-        "time_budget": None if trained.plan.budget is None else trained.plan.budget.to_dict(),
-        "advisor": run.advice,
-        # Runs that start from a linear probe: the probe against fine-tuning, and which was kept.
-        "kept": trained.decision,
-        "distributed": {
-            "processes": world.size,
-            "backend": world.backend,
-            "batch_per_process": config.batch_size,
-            "global_batch": config.batch_size * world.size,
-            "lr_rule": "peak lr per 256 images of the global batch (linear scaling)",
-        },
-        "metrics": summary,
-        "seconds": round(seconds, 2),
-    }
+    return BundleDescription(
+        {
+            "architecture": config.model,
+            "model_kwargs": run.model_kwargs,
+            "params": count_parameters(run.model),
+            "classes": run.dataset.classes,
+            "input_size": preprocess.input_size,
+            "in_chans": preprocess.channels,
+            "preprocess": preprocess.to_dict(),
+            "augmentation": trained.plan.augmentation.to_dict(),
+            "calibration": evaluation.calibration,
+            "pretrained": {**run.weights.describe(), "finetune": config.finetune} if run.weights else None,
+            "training": {
+                **config.to_dict(),
+                "epochs": trained.plan.epochs,
+                "lr": config.resolved_lr(world.size),
+                "weight_decay": config.resolved_weight_decay(),
+                "device": str(run.device),
+            },  # fmt: skip
+            "data": describe_data(run.dataset, run.profile, run.prepared),
+            "time_budget": None if trained.plan.budget is None else trained.plan.budget.to_dict(),
+            "advisor": run.advice,
+            # Runs that start from a linear probe: the probe against fine-tuning, and which was kept.
+            "kept": trained.decision,
+            "distributed": {
+                "processes": world.size,
+                "backend": world.backend,
+                "batch_per_process": config.batch_size,
+                "global_batch": config.batch_size * world.size,
+                "lr_rule": "peak lr per 256 images of the global batch (linear scaling)",
+            },
+            "metrics": summary,
+            "seconds": round(seconds, 2),
+        }
+    )
 
 
 def write_run_bundle(run: TrainingRun, trained: Trained, evaluation: FinalEvaluation, seconds: float) -> Bundle:

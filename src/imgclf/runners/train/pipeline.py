@@ -154,5 +154,5 @@ def _finish(run: TrainingRun, trained: Trained, console: Console, started: float
     evaluation = final_evaluation(on_data, run.dataset.classes, run.config.seed)
     bundle = write_run_bundle(run, trained, evaluation, time.perf_counter() - started)
     write_run_report(run, bundle, evaluation, console)
-    logs.on_run_end(run.output, bundle.description, bundle.metrics)
+    logs.on_run_end(run.output, bundle.classes, bundle.metrics)
     return train_result(run, trained, bundle.metrics["summary"], time.perf_counter() - started, console)
