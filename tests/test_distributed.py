@@ -51,6 +51,16 @@ def test_two_gloo_processes_match_one_and_write_one_bundle(tmp_path: Path, capsy
     assert "distributed: 2 processes (gloo), global batch 128 x 2 = 256" in finished.stderr
 
 
+def _wait_for_group_to_exit(group: int, seconds: float = 30.0) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(group, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
+
+
 @pytest.mark.slow  # the default suite keeps one multi-process run: the one above
 def test_a_two_process_checkpoint_resumes_with_one_process(tmp_path: Path, capsys):
     output = tmp_path / "run"
@@ -62,6 +72,7 @@ def test_a_two_process_checkpoint_resumes_with_one_process(tmp_path: Path, capsy
         time.sleep(0.05)
     os.killpg(process.pid, signal.SIGKILL)  # the launcher and both workers
     process.wait()
+    _wait_for_group_to_exit(process.pid)  # a worker holds the output's lock until it is gone
     assert not (output / "model.safetensors").exists() and _state_epoch(state) >= 3
     capsys.readouterr()
     assert main(["train", "digits", "--resume", "--output", str(output), "--json"]) == 0

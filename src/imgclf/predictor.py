@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from imgclf.bundle import Bundle, load_bundle
+from imgclf.bundle import Bundle, BundleDescription, load_bundle
 from imgclf.data.decode import convert_channels, decode_image
 from imgclf.data.prepare import Preprocess
 from imgclf.errors import BadImageError, ImgclfError
@@ -188,7 +188,7 @@ def load_pretrained_classifier(model_name: str, source: str | None = None, devic
     preprocess = Preprocess(
         weights.input_size, 3, tuple(weights.mean), tuple(weights.std), resize_size=weights.resize_size
     )
-    description = {"architecture": model_name, "pretrained": weights.describe()}
+    description = BundleDescription({"architecture": model_name, "pretrained": weights.describe()})
     bundle = Bundle(
         Path(weights.source), model.eval(), preprocess, weights.classes or imagenet_class_names(), description, {}
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -23,11 +24,10 @@ from imgclf.files import atomic_write_tensors
 __all__ = [
     "PREVIOUS_STATE_FILE",
     "STATE_FILE",
+    "StateOrigin",
+    "TrainingState",
     "check_state_meta",
-    "fit_state_from",
     "has_training_state",
-    "load_latest_state",
-    "save_fit_state",
     "load_training_state",
     "save_training_state",
     "state_dict_for_saving",
@@ -149,68 +149,127 @@ def has_training_state(folder: Path) -> bool:
     return any((Path(folder) / name).is_file() for name in (STATE_FILE, PREVIOUS_STATE_FILE))
 
 
-def save_fit_state(
-    folder: Path,
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    fit_state: FitState,
-    rng_states: dict[str, torch.Tensor],
-    run_meta: dict,
-    ema_state: dict[str, torch.Tensor] | None = None,
-) -> None:
-    """The training state of a run in ``folder``: the loop's ``fit_state`` (epoch, step, best
-    epoch and weights, history, progress inside an epoch) with ``run_meta`` (the configuration,
-    the data's identity, the stage...). The latest state becomes the previous one first."""
-    current, previous = Path(folder) / STATE_FILE, Path(folder) / PREVIOUS_STATE_FILE
-    if current.exists():
-        os.replace(current, previous)  # keep the previous one until the new one is complete
-    meta = {
-        "epoch": fit_state.epoch,
-        "step": fit_state.step,
-        "best_epoch": fit_state.best_epoch,
-        "best_val_accuracy": fit_state.best_val_accuracy,
-        "history": fit_state.history,
-        "epochs_without_improvement": fit_state.epochs_without_improvement,
-        "epoch_progress": fit_state.epoch_progress,
-        "stopped_early": fit_state.stopped_early,  # early stopping or the deadline ended the run here
-        **run_meta,
-    }
-    save_training_state(current, model, optimizer, fit_state.best_weights, rng_states, meta, ema_state)
+@dataclass
+class TrainingState:
+    """A run's training state, typed: what ``write`` saves after an epoch (or inside one) and what
+    a resume restores, side by side. The file holds the weights, the optimizer's and the weight
+    average's state and the RNG states as tensors, and the rest as JSON (``save_training_state``).
+
+    ``stage``: the index of the training stage it was written in (a resume at a stage boundary
+    starts the next stage fresh, as an uninterrupted run does); ``world_size``: the processes that
+    wrote it; ``config``: the configuration to finish the run with; ``data``: the data's identity
+    (source, classes, split fingerprints), so a resume on other images is refused."""
+
+    fit: FitState
+    weights: dict[str, torch.Tensor]
+    optimizer: dict
+    rng: dict[str, torch.Tensor]
+    ema: dict[str, torch.Tensor] | None
+    config: TrainConfig
+    stage: int = 0
+    world_size: int = 1
+    data: dict | None = None
+
+    @staticmethod
+    def write(
+        folder: Path,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        fit_state: FitState,
+        rng_states: dict[str, torch.Tensor],
+        where: StateOrigin,
+        ema_state: dict[str, torch.Tensor] | None = None,
+    ) -> None:
+        """The training state of a run in ``folder``; the latest state becomes the previous one first."""
+        current, previous = Path(folder) / STATE_FILE, Path(folder) / PREVIOUS_STATE_FILE
+        if current.exists():
+            os.replace(current, previous)  # keep the previous one until the new one is complete
+        meta = {
+            "epoch": fit_state.epoch,
+            "step": fit_state.step,
+            "best_epoch": fit_state.best_epoch,
+            "best_val_accuracy": fit_state.best_val_accuracy,
+            "history": fit_state.history,
+            "epochs_without_improvement": fit_state.epochs_without_improvement,
+            "epoch_progress": fit_state.epoch_progress,
+            "stopped_early": fit_state.stopped_early,  # early stopping or the deadline ended the run here
+            "stage": where.stage,
+            "world_size": where.world_size,
+            "config": where.config,
+            "data": where.data,
+        }
+        save_training_state(current, model, optimizer, fit_state.best_weights, rng_states, meta, ema_state)
+
+    @classmethod
+    def read(cls, path: Path) -> TrainingState:
+        """One state file, its values checked (ImgclfError naming the file when one is bad)."""
+        saved = load_training_state(path)
+        meta = saved["meta"]
+        config = check_state_meta(path, meta)
+        fit = FitState(
+            epoch=meta["epoch"],
+            step=meta["step"],
+            best_epoch=meta["best_epoch"],
+            best_val_accuracy=meta.get("best_val_accuracy", 0.0),
+            best_weights=saved["best"],
+            epochs_without_improvement=meta["epochs_without_improvement"],
+            history=meta["history"],
+            epoch_progress=meta.get("epoch_progress") or {},
+            stopped_early=bool(meta.get("stopped_early", False)),
+        )
+        return cls(fit, saved["model"], saved["optimizer"], saved["rng"], saved["ema"], config,
+                   meta.get("stage", 0), meta.get("world_size", 1), meta.get("data"))  # fmt: skip
+
+    @classmethod
+    def latest(cls, folder: Path, warn) -> TrainingState:
+        """The newest readable training state in ``folder``: the previous one when the latest is
+        missing (a crash between the two renames) or damaged (a truncated copy), saying so through
+        ``warn(text)``."""
+        for path in (Path(folder) / STATE_FILE, Path(folder) / PREVIOUS_STATE_FILE):
+            if not path.is_file():
+                continue
+            try:
+                return cls.read(path)
+            except ImgclfError as error:
+                warn(f"warning: {error}; trying the previous training state")
+        raise UsageError(f"{folder}: no readable training state to resume")
+
+    @property
+    def epoch(self) -> int:
+        return self.fit.epoch
+
+    @property
+    def inside_epoch(self) -> bool:
+        """Written during an epoch (its progress recorded), not at its end."""
+        return bool(self.fit.epoch_progress)
+
+    def restore(self, model: torch.nn.Module, augment_generator: torch.Generator) -> FitState:
+        """The weights and the random streams as they were; the loop's state to continue from."""
+        model.load_state_dict(self.weights)
+        torch.set_rng_state(self.rng["torch"])
+        augment_generator.set_state(self.rng["augment"])
+        return self.fit
+
+    def restore_optimizer(self, optimizer: torch.optim.Optimizer, ema=None) -> None:
+        """The optimizer's moments (and the weight average) as they were: only within the stage
+        that wrote them."""
+        optimizer.load_state_dict(self.optimizer)
+        if ema is not None and self.ema:
+            ema.load_state_dict(self.ema)
 
 
-def fit_state_from(saved: dict) -> FitState:
-    """The loop's state as ``save_fit_state`` wrote it (``saved``: ``load_latest_state``'s answer)."""
-    meta = saved["meta"]
-    return FitState(
-        epoch=meta["epoch"],
-        step=meta["step"],
-        best_epoch=meta["best_epoch"],
-        best_val_accuracy=meta["best_val_accuracy"],
-        best_weights=saved["best"],
-        epochs_without_improvement=meta["epochs_without_improvement"],
-        history=meta["history"],
-        epoch_progress=meta.get("epoch_progress") or {},
-        stopped_early=bool(meta.get("stopped_early", False)),
-    )
+@dataclass(frozen=True)
+class StateOrigin:
+    """Where in a run a training state is written: the stage, the processes, the configuration
+    that finishes the run, and the data's identity."""
+
+    stage: int
+    world_size: int
+    config: dict
+    data: dict
 
 
-def load_latest_state(folder: Path, warn) -> dict:
-    """The newest readable training state in ``folder``: the previous one when the latest is
-    missing (a crash between the two renames) or damaged (a truncated copy), saying so through
-    ``warn(text)``."""
-    for path in (Path(folder) / STATE_FILE, Path(folder) / PREVIOUS_STATE_FILE):
-        if not path.is_file():
-            continue
-        try:
-            saved = load_training_state(path)
-            check_state_meta(path, saved["meta"])
-            return saved
-        except ImgclfError as error:
-            warn(f"warning: {error}; trying the previous training state")
-    raise UsageError(f"{folder}: no readable training state to resume")
-
-
-def check_state_meta(path: Path, meta: dict) -> None:
+def check_state_meta(path: Path, meta: dict) -> TrainConfig:
     """The values a resume relies on, checked before any is used (a damaged or hand-edited state
     is refused, so the previous one is tried)."""
 
@@ -234,3 +293,4 @@ def check_state_meta(path: Path, meta: dict) -> None:
         raise ImgclfError(f"{path}: epoch {epoch} is past the run's {config.epochs} epochs")
     if len(meta["history"]) != epoch:
         raise ImgclfError(f"{path}: {len(meta['history'])} epoch records for epoch {epoch}")
+    return config

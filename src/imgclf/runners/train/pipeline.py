@@ -22,7 +22,7 @@ from rich.console import Console
 from imgclf.bundle import CENTROIDS_FILE, METRICS_FILE, MODEL_FILE, WEIGHTS_FILE
 from imgclf.config import TrainConfig
 from imgclf.distributed import init_from_environment, shutdown
-from imgclf.engine.checkpoint import PREVIOUS_STATE_FILE, STATE_FILE, has_training_state, load_latest_state
+from imgclf.engine.checkpoint import PREVIOUS_STATE_FILE, STATE_FILE, TrainingState, has_training_state
 from imgclf.engine.final import ModelOnData, final_evaluation
 from imgclf.engine.loop import StopRequested
 from imgclf.engine.observers import ProgressObserver, TrainObserver
@@ -82,10 +82,10 @@ def run_train(
         output = Path(output)
         check_output(output, overwrite, bool(resume))
         check_writable(output)
-    saved = load_latest_state(output, console.print) if resume else None
+    saved = TrainingState.latest(output, console.print) if resume else None
     advice, scanned = None, None
     if saved is not None:
-        config = TrainConfig.from_dict(saved["meta"]["config"])
+        config = saved.config
         console.print(f"resuming {output} (configuration from its training state)")
     elif choose_model:
         scanned = scan_training_data(data, config, data_dir)  # read once: choosing, then training
@@ -114,14 +114,14 @@ def _plan_and_train(run: TrainingRun, data: str, saved, observer, console: Conso
     if run.config.time_budget is not None and run.config.finetune not in ("linear-probe", "anytime"):
         run = replace(run, plan=plan_time_budget(run, started, console))
     if saved is not None:
-        check_same_data(run, saved["meta"], force)
+        check_same_data(run, saved, force)
     announce(run, console)
     with contextlib.ExitStack() as held:
         logs = Observers()  # only rank 0 logs
         if run.world.is_main:
             held.enter_context(output_lock(run.output))
             claim(run.output, RUN_FILES)
-            history = saved["meta"]["history"] if saved is not None else None
+            history = saved.fit.history if saved is not None else None
             logs = create_run_logs(run.config.log_kinds(), run.output, history)
             held.callback(logs.close)
             logs.on_run_start(run.config.to_dict())

@@ -20,6 +20,7 @@ from imgclf.data.dataset import Dataset
 from imgclf.data.prepare import DataProfile, PreparedSplits, Preprocess, TensorSplit, split_targets
 from imgclf.distributed import World
 from imgclf.engine.budget import measure_eval_speed, measure_train_speed, plan_epochs, training_state_bytes
+from imgclf.engine.checkpoint import TrainingState
 from imgclf.engine.final import CENTROID_IMAGES
 from imgclf.engine.plan import AUTO_EPOCH_IMAGES, AUTO_EPOCH_RANGE, RunPlan, auto_epochs, training_batch
 from imgclf.engine.recipe import trial_setup
@@ -148,7 +149,7 @@ def plan_time_budget(run: TrainingRun, started: float, console: Console, probe_d
     return RunPlan(plan.epochs, augmentation, plan, started + budget - plan.final_seconds)
 
 
-def check_world(config: TrainConfig, world: World, saved: dict | None, device: torch.device) -> None:
+def check_world(config: TrainConfig, world: World, saved: TrainingState | None, device: torch.device) -> None:
     """What several processes cannot do, refused before any data is read."""
     if not world.distributed:
         return
@@ -156,10 +157,9 @@ def check_world(config: TrainConfig, world: World, saved: dict | None, device: t
         raise UsageError("--finetune linear-probe runs in one process; start it without torchrun")
     if config.sync_batchnorm and device.type != "cuda":
         raise UsageError("--sync-batchnorm needs GPUs (NCCL); on CPUs leave it out")
-    meta = saved["meta"] if saved else {}
-    if meta.get("epoch_progress") and meta.get("world_size", 1) != world.size:
+    if saved is not None and saved.inside_epoch and saved.world_size != world.size:
         raise UsageError(
-            f"--resume: the training state was written inside an epoch by {meta.get('world_size', 1)} process(es); "
+            f"--resume: the training state was written inside an epoch by {saved.world_size} process(es); "
             f"resume it with that many, or from an epoch end"
         )
 

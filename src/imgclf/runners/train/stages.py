@@ -17,7 +17,7 @@ from imgclf.data.augment import choose_augmentation
 from imgclf.data.batches import MirroredBatches, eval_batch_size, make_batches
 from imgclf.data.prepare import split_targets
 from imgclf.engine.budget import MAX_EPOCHS, BudgetPlan
-from imgclf.engine.checkpoint import fit_state_from, save_fit_state
+from imgclf.engine.checkpoint import StateOrigin, TrainingState
 from imgclf.engine.final import ModelOnData
 from imgclf.engine.loop import FitSetup, FitState, Replan, fit
 from imgclf.engine.observers import TrainObserver
@@ -84,9 +84,9 @@ def data_identity(run: TrainingRun) -> dict:
             "fingerprints": run.dataset.split_info.get("fingerprints", {})}  # fmt: skip
 
 
-def check_same_data(run: TrainingRun, meta: dict, force: bool) -> None:
+def check_same_data(run: TrainingRun, state: TrainingState, force: bool) -> None:
     """A run resumes on the data it started with: the same classes and the same split files."""
-    saved, now = meta.get("data"), data_identity(run)
+    saved, now = state.data, data_identity(run)
     if saved is None or force:
         return
     if saved["classes"] != now["classes"]:
@@ -104,33 +104,27 @@ def _stage_setup(run: TrainingRun, stage: Stage) -> FitSetup:
                      run.plan.stop_at)  # fmt: skip
 
 
-def _resume_stage(run: TrainingRun, saved: dict, setup: FitSetup, stage_index: int, stage: Stage) -> FitState:
+def _resume_stage(run: TrainingRun, saved: TrainingState, setup: FitSetup, stage_index: int, stage: Stage) -> FitState:
     """Restore weights, best epoch and RNG states; the optimizer and schedule only when the
     checkpoint was written inside this stage (at a stage boundary the new stage starts fresh,
     exactly as it does in an uninterrupted run)."""
-    meta = saved["meta"]
-    run.model.load_state_dict(saved["model"])
-    state = fit_state_from(saved)
-    torch.set_rng_state(saved["rng"]["torch"])
-    run.augment_generator.set_state(saved["rng"]["augment"])
+    state = saved.restore(run.model, run.augment_generator)
     batches_done = int(state.epoch_progress.get("batches_done", 0))
-    if meta.get("stage", 0) == stage_index and (meta["epoch"] > stage.start_epoch or batches_done):
-        setup.optimizer.load_state_dict(saved["optimizer"])
-        if setup.ema is not None and saved.get("ema"):
-            setup.ema.load_state_dict(saved["ema"])
+    if saved.stage == stage_index and (saved.epoch > stage.start_epoch or batches_done):
+        saved.restore_optimizer(setup.optimizer, setup.ema)
         steps_per_epoch = len(run.train_batches)
-        steps_done = (meta["epoch"] - stage.start_epoch) * steps_per_epoch + batches_done
+        steps_done = (saved.epoch - stage.start_epoch) * steps_per_epoch + batches_done
         setup.scheduler = create_schedule(setup.optimizer, stage.epochs * steps_per_epoch, run.config.schedule,
                                           run.config.resolved_warmup_fraction(), last_step=steps_done - 1)  # fmt: skip
     return state
 
 
-def _finished_state(run: TrainingRun, saved: dict, console: Console) -> FitState:
+def _finished_state(run: TrainingRun, saved: TrainingState, console: Console) -> FitState:
     """The state was written after the last epoch (the run died in its final evaluation or while
     writing the bundle): no epoch is left to train, so the run ends as the uninterrupted one did,
     with the weights it chose (the best epoch's), not the freshly initialised model."""
-    run.model.load_state_dict(saved["model"])
-    state = fit_state_from(saved)
+    run.model.load_state_dict(saved.weights)
+    state = saved.fit
     if state.best_weights is not None:
         run.model.load_state_dict(state.best_weights)
     console.print(f"every epoch was already trained ({state.epoch}); finishing the run from its saved weights")
@@ -140,16 +134,12 @@ def _finished_state(run: TrainingRun, saved: dict, console: Console) -> FitState
 def _checkpoint_saver(run: TrainingRun, setup: FitSetup, stage_index: int, replanner: BudgetReplanner | None):
     def save_checkpoint(state: FitState) -> None:
         epochs = replanner.plan.epochs if replanner is not None else run.plan.epochs
-        run_meta = {
-            "stage": stage_index,
-            "world_size": run.world.size,
-            # A resumed run finishes the planned epochs; the budget was this process's to keep.
-            "config": {**run.config.to_dict(), "epochs": epochs, "time_budget": None},
-            "data": data_identity(run),
-        }
+        # A resumed run finishes the planned epochs; the budget was this process's to keep.
+        config = {**run.config.to_dict(), "epochs": epochs, "time_budget": None}
+        origin = StateOrigin(stage_index, run.world.size, config, data_identity(run))
         rng = {"torch": torch.get_rng_state(), "augment": run.augment_generator.get_state()}
         ema_state = setup.ema.state_dict() if setup.ema is not None else None
-        save_fit_state(run.output, run.model, setup.optimizer, state, rng, run_meta, ema_state)
+        TrainingState.write(run.output, run.model, setup.optimizer, state, rng, origin, ema_state)
 
     return save_checkpoint
 
@@ -192,7 +182,11 @@ class BudgetReplanner:
 
 
 def train_stages(
-    run: TrainingRun, saved: dict | None, observer: TrainObserver, console: Console, started: float | None = None
+    run: TrainingRun,
+    saved: TrainingState | None,
+    observer: TrainObserver,
+    console: Console,
+    started: float | None = None,
 ) -> Trained:
     """Run each stage in turn; ``saved`` is the training state to resume from, if any.
     ``started``: the run's start (``time.perf_counter()``), from which an anytime run's budget counts.
@@ -212,12 +206,11 @@ def train_stages(
     return choose_better(run, probe, trained, console) if probe is not None else trained
 
 
-def _train_epochs(run: TrainingRun, saved: dict | None, observer: TrainObserver, console: Console,
+def _train_epochs(run: TrainingRun, saved: TrainingState | None, observer: TrainObserver, console: Console,
                   probe: ProbeStart | None) -> Trained:  # fmt: skip
     stages = plan_stages(run.config, run.plan.epochs, run.world.size)
-    meta = saved["meta"] if saved is not None else {}
-    resume_epoch = meta.get("epoch", 0)
-    ended_early = bool(meta.get("stopped_early")) and meta.get("stage", 0) == len(stages) - 1
+    resume_epoch = saved.epoch if saved is not None else 0
+    ended_early = saved is not None and saved.fit.stopped_early and saved.stage == len(stages) - 1
     if saved is not None and (resume_epoch >= stages[-1].end_epoch or ended_early):
         return Trained(_finished_state(run, saved, console), run.plan)
     state = FitState()
@@ -228,7 +221,7 @@ def _train_epochs(run: TrainingRun, saved: dict | None, observer: TrainObserver,
         if stage.probe or resume_epoch >= stage.end_epoch:  # the probe: fitted by train_stages
             continue
         setup = _stage_setup(run, stage)
-        resumed_inside = saved is not None and saved["meta"].get("stage", 0) == index
+        resumed_inside = saved is not None and saved.stage == index
         if saved is not None:
             state, saved = _resume_stage(run, saved, setup, index, stage), None
         if len(stages) > 1 or run.weights is not None:
