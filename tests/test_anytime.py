@@ -18,7 +18,7 @@ from imgclf.data.augment import Augmentation
 from imgclf.data.batches import make_batches
 from imgclf.data.prepare import Preprocess, TensorSplit
 from imgclf.engine.budget import plan_epochs
-from imgclf.engine.loop import ROLLBACK_LR_FACTOR, FitSetup, diverged, fit
+from imgclf.engine.loop import ROLLBACK_LR_FACTOR, FitSetup, Recipe, Runtime, diverged, fit
 from imgclf.engine.observers import NullObserver
 from imgclf.engine.optim import create_optimizer, create_schedule, stretch_schedule
 from imgclf.models import create_model
@@ -69,10 +69,10 @@ def _separable_problem(seed: int = 0):
 def _setup(model: nn.Module, lr: float, steps: int, schedule: str = "constant") -> FitSetup:
     optimizer = create_optimizer(model, "sgd", lr, 0.0)
     warmup = 0.25 if schedule == "onecycle" else 0.0
-    return FitSetup(model, optimizer, create_schedule(optimizer, steps, schedule, warmup),
-                    nn.CrossEntropyLoss(),
-                    Preprocess(8, 1, (0.5,), (0.25,)), Augmentation(), torch.device("cpu"),
-                    torch.Generator().manual_seed(0))  # fmt: skip
+    recipe = Recipe(optimizer, create_schedule(optimizer, steps, schedule, warmup), nn.CrossEntropyLoss(),
+                    Augmentation())  # fmt: skip
+    runtime = Runtime(model, Preprocess(8, 1, (0.5,), (0.25,)), torch.device("cpu"), torch.Generator().manual_seed(0))
+    return FitSetup(recipe, runtime)
 
 
 def test_an_epoch_that_diverges_is_rolled_back_to_the_last_good_weights_at_a_lower_rate():

@@ -199,6 +199,6 @@ def test_the_speed_trial_of_a_two_stage_run_trains_the_backbone_as_its_epochs_wi
     config = TrainConfig(model="simple_cnn", pretrained="default", finetune="two-stage", batch_size=6)
     setup = trial_setup(config, model, Preprocess.unnormalized(16, 3), Augmentation(), torch.tensor([0, 1] * 3), 2,
                         torch.device("cpu"), 1)  # fmt: skip
-    backbone = [p for module in setup.model.group_modules()["stages"] for p in module.parameters()]
+    backbone = [p for module in setup.runtime.model.group_modules()["stages"] for p in module.parameters()]
     assert backbone and all(p.requires_grad for p in backbone)
-    assert setup.scheduler.lr_lambdas[0].total_steps >= 1
+    assert setup.recipe.scheduler.lr_lambdas[0].total_steps >= 1

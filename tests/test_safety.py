@@ -262,3 +262,16 @@ def test_explain_never_replaces_the_users_images_and_updates_its_own(tmp_path: P
     (tmp_path / "file").write_text("not a folder")
     code = main(["explain", str(digits_bundle), str(folder), "--output", str(tmp_path / "file")])
     assert code == 2 and "exists and is not a folder" in capsys.readouterr().err
+
+
+def test_with_no_model_and_no_output_the_runs_folder_is_checked_before_any_data_is_read(tmp_path: Path, capsys,
+                                                                                         monkeypatch):  # fmt: skip
+    """imgclf names the folder after the model it chooses, from the data; the folder it goes in
+    must take it before the data is read (here DATA does not even exist)."""
+    from imgclf.cli.main import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").write_text("a file where the runs folder would be\n")
+    assert main(["train", str(tmp_path / "no-such-photos")]) == 2
+    error = capsys.readouterr().err
+    assert "runs: cannot write there" in error and "no-such-photos" not in error

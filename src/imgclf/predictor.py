@@ -11,7 +11,6 @@ from PIL import Image
 
 from imgclf.bundle import Bundle, BundleDescription, load_bundle
 from imgclf.data.decode import convert_channels, decode_image
-from imgclf.data.prepare import Preprocess
 from imgclf.errors import BadImageError, ImgclfError
 from imgclf.explain.calibration import centroid_distance
 from imgclf.models.inference import folded_for_inference
@@ -185,9 +184,7 @@ def load_pretrained_classifier(model_name: str, source: str | None = None, devic
     fresh = load_weights_into(model, weights)
     if fresh:
         raise ImgclfError(f"{weights.source}: does not hold a complete {model_name} (missing {fresh[0]})")
-    preprocess = Preprocess(
-        weights.input_size, 3, tuple(weights.mean), tuple(weights.std), resize_size=weights.resize_size
-    )
+    preprocess = weights.preprocess()
     description = BundleDescription({"architecture": model_name, "pretrained": weights.describe()})
     bundle = Bundle(
         Path(weights.source), model.eval(), preprocess, weights.classes or imagenet_class_names(), description, {}

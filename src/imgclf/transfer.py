@@ -21,6 +21,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
+from imgclf.data.prepare import Preprocess
 from imgclf.errors import UsageError
 from imgclf.models import ImageClassifier, get_model_spec
 
@@ -54,6 +55,13 @@ class PretrainedWeights:
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
     classes: list[str] = field(default_factory=list)  # empty: not the 1000 ImageNet classes
+
+    def preprocess(self, input_size: int | None = None) -> Preprocess:
+        """The preprocessing these weights were trained with, at ``input_size`` (default: theirs):
+        3 channels, their mean and std, and their resize-then-crop ratio kept."""
+        size = input_size or self.input_size
+        resize = round(size * self.resize_size / self.input_size)
+        return Preprocess(size, 3, tuple(self.mean), tuple(self.std), resize_size=resize)
 
     def describe(self) -> dict:
         return {

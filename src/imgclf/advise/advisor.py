@@ -161,8 +161,7 @@ def _probe(candidate: Candidate, probe_data: _ProbeData, data: DataFacts, second
     dataset = probe_data.dataset
     if candidate.pretrained:
         weights = load_pretrained(candidate.name)
-        resize = round(candidate.input_size * weights.resize_size / weights.input_size)
-        preprocess = Preprocess(candidate.input_size, 3, tuple(weights.mean), tuple(weights.std), resize_size=resize)
+        preprocess = weights.preprocess(candidate.input_size)
         train, val = probe_data.get(preprocess)
         accuracy = probe_pretrained(candidate, weights, train, val, preprocess, data.classes, device, seed)
     else:

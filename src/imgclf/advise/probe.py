@@ -66,8 +66,8 @@ def probe_scratch(
     augmentation = choose_augmentation("auto", data_kind, channels, size, epochs)
     stage = first_training_stage(config, epochs)
     setup = fit_setup(config, model, stage, len(train_batches), preprocess, augmentation, train.targets, len(classes),
-                      device, torch.Generator().manual_seed(seed + 1), stop_at=started + seconds)  # fmt: skip
-    state = fit(setup, train_batches, val_batches, epochs, classes, NullObserver())
+                      device, torch.Generator().manual_seed(seed + 1))  # fmt: skip
+    state = fit(setup, train_batches, val_batches, epochs, classes, NullObserver(), stop_at=started + seconds)
     return max(0.0, state.best_val_accuracy)
 
 

@@ -108,16 +108,16 @@ def measure_train_speed(setup: FitSetup, batches: Batches, seconds: float) -> fl
     its own generator: the steps change the weights): the run's own ``training_step``, timed after
     one untimed step. A training set of one or a few batches is gone through again until a timed
     step has run (a folder of a few dozen photos is one batch)."""
-    setup.model.train()
-    for module in setup.frozen_modules:
+    setup.runtime.model.train()
+    for module in setup.recipe.frozen_modules:
         module.eval()
     rng_state = torch.get_rng_state()  # dropout draws from it: leave the run's random numbers alone
     seen, started = 0, None
     try:
         for images, targets in repeat_batches(batches):
             targets = training_step(setup, images, targets)[2]
-            if setup.device.type == "cuda":
-                torch.cuda.synchronize(setup.device)
+            if setup.runtime.device.type == "cuda":
+                torch.cuda.synchronize(setup.runtime.device)
             if started is None:  # the first step pays for allocation and kernel selection
                 started = time.perf_counter()
                 continue

@@ -28,7 +28,9 @@ from imgclf.engine.optim import stretch_schedule
 __all__ = [
     "FitSetup",
     "FitState",
+    "Recipe",
     "Replan",
+    "Runtime",
     "StopRequested",
     "fit",
     "train_one_epoch",
@@ -69,32 +71,47 @@ class StopRequested(Exception):  # noqa: N818 - a request, not an error
 
 
 @dataclass
-class FitSetup:
-    """Everything a training step uses; built once by the runner."""
+class Recipe:
+    """How a stage trains: what the configuration made for it (``engine.recipe.fit_setup``)."""
 
-    model: nn.Module
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     loss_fn: nn.Module
-    preprocess: Preprocess
     augmentation: Augmentation
-    device: torch.device
-    augment_generator: torch.Generator
-    amp: bool = False  # bf16 autocast, CUDA only
     grad_clip: float = 0.0
     frozen_modules: list[nn.Module] = field(default_factory=list)  # batch norms kept in eval mode
-    # The module the training step calls: a DistributedDataParallel wrapper of ``model`` when
-    # several processes train together (None: ``model`` itself). Everything else uses ``model``.
-    forward_model: nn.Module | None = None
-    world: World = field(default_factory=World)
-    stop_at: float | None = None  # time.perf_counter() value: a time budget's hard end for training
     # An exponential moving average of the weights (``weight_average``), updated after every step;
     # validation, the best epoch and the final weights use it. None: the raw weights.
     ema: torch.optim.swa_utils.AveragedModel | None = None
 
+
+@dataclass
+class Runtime:
+    """Where and on what a stage trains: the model, its input's preprocessing, the device and the
+    processes, and the random stream augmentation draws from."""
+
+    model: nn.Module
+    preprocess: Preprocess
+    device: torch.device
+    augment_generator: torch.Generator
+    amp: bool = False  # bf16 autocast, CUDA only
+    # The module the training step calls: a DistributedDataParallel wrapper of ``model`` when
+    # several processes train together (None: ``model`` itself). Everything else uses ``model``.
+    forward_model: nn.Module | None = None
+    world: World = field(default_factory=World)
+
+
+@dataclass
+class FitSetup:
+    """Everything a training step uses, built once per stage: the recipe and the runtime. The time
+    a run may train is not here: ``fit`` takes it (``stop_at``), and a re-plan hands it a new one."""
+
+    recipe: Recipe
+    runtime: Runtime
+
     @property
     def evaluated_model(self) -> nn.Module:
-        return self.ema.module if self.ema is not None else self.model
+        return self.recipe.ema.module if self.recipe.ema is not None else self.runtime.model
 
 
 @dataclass
@@ -130,33 +147,36 @@ def training_step(
     """One optimizer step on a batch of uint8 ``images``: augment, normalize, forward, loss,
     backward, clip, step, schedule, weight average. Returns the loss, the logits and the targets
     accuracy counts against (with mixup: the label with the larger share of each picture)."""
-    device = setup.device
+    recipe, runtime = setup.recipe, setup.runtime
+    device = runtime.device
     images = images.to(device, non_blocking=True)
     targets = targets.to(device, non_blocking=True)
-    inputs = setup.preprocess.normalize(setup.augmentation.on_pixels(images, setup.augment_generator))
-    if setup.augmentation.enabled:
-        inputs = setup.augmentation(inputs, setup.augment_generator)
-    mixed = setup.augmentation.mix_batch(inputs, targets, setup.augment_generator) if setup.augmentation.mixes else None
+    inputs = runtime.preprocess.normalize(recipe.augmentation.on_pixels(images, runtime.augment_generator))
+    if recipe.augmentation.enabled:
+        inputs = recipe.augmentation(inputs, runtime.augment_generator)
+    mixed = (
+        recipe.augmentation.mix_batch(inputs, targets, runtime.augment_generator) if recipe.augmentation.mixes else None
+    )
     if mixed is not None:
         inputs = mixed.images
     # "is not None", not "or": a compiled module raises when asked for its truth value (its len())
-    forward = setup.forward_model if setup.forward_model is not None else setup.model
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=setup.amp and device.type == "cuda"):
+    forward = runtime.forward_model if runtime.forward_model is not None else runtime.model
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=runtime.amp and device.type == "cuda"):
         logits = forward(inputs)
     if mixed is None:
-        loss = setup.loss_fn(logits.float(), targets)
+        loss = recipe.loss_fn(logits.float(), targets)
     else:  # mixup / cutmix: the loss of each label, weighted by its share of the picture
-        loss = mixed.lam * setup.loss_fn(logits.float(), mixed.targets_a)
-        loss = loss + (1 - mixed.lam) * setup.loss_fn(logits.float(), mixed.targets_b)
+        loss = mixed.lam * recipe.loss_fn(logits.float(), mixed.targets_a)
+        loss = loss + (1 - mixed.lam) * recipe.loss_fn(logits.float(), mixed.targets_b)
         targets = mixed.targets_a if mixed.lam >= 0.5 else mixed.targets_b
-    setup.optimizer.zero_grad(set_to_none=True)
+    recipe.optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    if setup.grad_clip > 0:
-        nn.utils.clip_grad_norm_(setup.model.parameters(), setup.grad_clip)
-    setup.optimizer.step()
-    setup.scheduler.step()
-    if setup.ema is not None:
-        setup.ema.update_parameters(setup.model)
+    if recipe.grad_clip > 0:
+        nn.utils.clip_grad_norm_(runtime.model.parameters(), recipe.grad_clip)
+    recipe.optimizer.step()
+    recipe.scheduler.step()
+    if recipe.ema is not None:
+        recipe.ema.update_parameters(runtime.model)
     return loss, logits, targets
 
 
@@ -168,13 +188,14 @@ def train_one_epoch(
     progress: dict | None = None,
     save_progress: Callable[[dict], None] | None = None,
     interval_s: float = 0.0,
+    stop_at: float | None = None,
 ) -> dict:
     """One pass over ``batches`` (set to the epoch by the caller). ``progress``: where a resumed
     epoch stands; ``save_progress`` is called with the new one every ``interval_s`` seconds."""
-    model, device = setup.model, setup.device
+    model, device = setup.runtime.model, setup.runtime.device
     progress = progress or {}
     model.train()
-    for module in setup.frozen_modules:  # a frozen backbone keeps its ImageNet statistics
+    for module in setup.recipe.frozen_modules:  # a frozen backbone keeps its ImageNet statistics
         module.eval()
     # Summed on the device: no sync per step.
     total_loss = torch.tensor(float(progress.get("loss_sum", 0.0)), device=device)
@@ -183,7 +204,7 @@ def train_one_epoch(
     started = last_saved = time.perf_counter()
     shown = (float("nan"), float("nan"), 0.0)  # loss, accuracy, images/s for the progress bar
     for step, (images, targets) in enumerate(batches, start=int(progress.get("batches_done", 0))):
-        if setup.stop_at is not None and time.perf_counter() > setup.stop_at:
+        if stop_at is not None and time.perf_counter() > stop_at:
             break  # the time budget is spent: validate what there is and finish
         if len(images) == 0:
             continue  # every file of this batch failed to decode (streaming data)
@@ -209,9 +230,9 @@ def train_one_epoch(
             )
             last_saved = time.perf_counter()
     seconds = earlier_seconds + time.perf_counter() - started
-    if setup.world.distributed:  # the epoch's record covers every rank's images
+    if setup.runtime.world.distributed:  # the epoch's record covers every rank's images
         seen_total = torch.tensor(seen, device=device, dtype=torch.int64)
-        all_reduce_sum(setup.world, total_loss, total_correct, seen_total)
+        all_reduce_sum(setup.runtime.world, total_loss, total_correct, seen_total)
         seen = int(seen_total)
     seen = max(seen, 1)
     return {
@@ -298,11 +319,11 @@ def _roll_back(setup: FitSetup, weights: dict[str, torch.Tensor]) -> None:
     """Back to ``weights`` (the kept epoch's, or the start's), weight average included, with no
     momentum and every rate times ``ROLLBACK_LR_FACTOR`` (the schedule keeps its shape, at the
     lower peak)."""
-    setup.model.load_state_dict(weights)
-    if setup.ema is not None:
-        setup.ema.module.load_state_dict(weights)
-    setup.optimizer.state.clear()  # the momentum holds the step that blew up
-    _scale_learning_rate(setup.optimizer, setup.scheduler, ROLLBACK_LR_FACTOR)
+    setup.runtime.model.load_state_dict(weights)
+    if setup.recipe.ema is not None:
+        setup.recipe.ema.module.load_state_dict(weights)
+    setup.recipe.optimizer.state.clear()  # the momentum holds the step that blew up
+    _scale_learning_rate(setup.recipe.optimizer, setup.recipe.scheduler, ROLLBACK_LR_FACTOR)
 
 
 def _scale_learning_rate(optimizer: torch.optim.Optimizer, scheduler, factor: float) -> None:
@@ -336,15 +357,10 @@ class Replan:
 
 def _validate(setup: FitSetup, val_batches: Batches, classes: list[str]) -> tuple[dict, float]:
     started = time.perf_counter()
-    logits, targets = predict_logits(setup.evaluated_model, val_batches, setup.preprocess, setup.device, setup.amp)
+    logits, targets = predict_logits(
+        setup.evaluated_model, val_batches, setup.runtime.preprocess, setup.runtime.device, setup.runtime.amp
+    )
     return classification_metrics(logits, targets, classes), time.perf_counter() - started
-
-
-def _apply(setup: FitSetup, plan: Replan) -> int:
-    """The loop's own objects follow a re-plan: the deadline, and the schedule stretched over it."""
-    setup.stop_at = plan.stop_at
-    stretch_schedule(setup.scheduler, plan.schedule_steps)
-    return plan.epochs
 
 
 def fit(
@@ -361,6 +377,7 @@ def fit(
     replan: Callable[[FitState, float, float], Replan | None] | None = None,
     choose_epoch: bool = True,
     start: tuple[float, float] | None = None,
+    stop_at: float | None = None,
 ) -> FitState:
     """Train until ``epochs`` are done (or early stopping), then load the kept epoch's weights
     (the last one unless an earlier one was clearly better on validation: ``_update_best``).
@@ -374,11 +391,12 @@ def fit(
     and can still judge the result against another (the anytime run's probe).
     ``start``: the validation accuracy and loss of the weights training starts from, if known
     (a fall far below them is a divergence too: ``diverged``). ``StopRequested`` (Ctrl-C, SIGTERM) ends
-    training at once, with the kept epoch's weights."""
+    training at once, with the kept epoch's weights. ``stop_at`` (``time.perf_counter()``): no step
+    starts after it (a time budget's end; a ``Replan`` moves it)."""
     state = state or FitState()
     epoch = _Epochs(setup, train_batches, val_batches, classes, observer, early_stopping, save_checkpoint,
                     checkpoint_interval, replan, choose_epoch, start, epochs,
-                    cpu_copy(setup.evaluated_model) if state.best_weights is None else None)  # fmt: skip
+                    cpu_copy(setup.evaluated_model) if state.best_weights is None else None, stop_at)  # fmt: skip
     observer.on_fit_start(epochs, len(train_batches), state.epoch)
     started, interrupted = time.perf_counter(), False
     while state.epoch < epoch.planned and not state.stopped_early:
@@ -387,7 +405,7 @@ def fit(
         except StopRequested:  # the epoch under way is dropped; the kept weights are a finished epoch's
             state.epoch_progress, state.stopped_early, interrupted = {}, True, True
     if state.best_weights is not None:
-        setup.model.load_state_dict(state.best_weights)
+        setup.runtime.model.load_state_dict(state.best_weights)
     observer.on_fit_end({"best_epoch": state.best_epoch, "best_val_accuracy": state.best_val_accuracy,
                          "highest_val_accuracy": state.highest_val_accuracy, "val_images": epoch.val_images,
                          "stopped_early": state.stopped_early, "interrupted": interrupted,
@@ -414,6 +432,7 @@ class _Epochs:
     planned: int
     # Where a rollback goes before any epoch was kept: the weights training started from.
     start_weights: dict[str, torch.Tensor] | None
+    stop_at: float | None = None  # no step starts after this time.perf_counter() value
     save_seconds: float = 0.0
     val_images: int | None = None
 
@@ -423,7 +442,7 @@ class _Epochs:
         epoch_start_step = state.step - int(progress.get("batches_done", 0))
         self.train_batches.set_epoch(state.epoch, skip=int(progress.get("batches_done", 0)))
         # The highest group's rate (the head's, with per-group rates): on the scale of the stage's peak.
-        lr = progress.get("lr", max(group["lr"] for group in setup.optimizer.param_groups))
+        lr = progress.get("lr", max(group["lr"] for group in setup.recipe.optimizer.param_groups))
         save_checkpoint = self.save_checkpoint
 
         def save_progress(new_progress: dict) -> None:
@@ -433,7 +452,7 @@ class _Epochs:
 
         saver = save_progress if save_checkpoint is not None else None
         record = train_one_epoch(setup, self.train_batches, state.epoch, self.observer, progress, saver,
-                                 self.checkpoint_interval)  # fmt: skip
+                                 self.checkpoint_interval, self.stop_at)  # fmt: skip
         val, record["val_seconds"] = _validate(setup, self.val_batches, self.classes)
         state.step, state.epoch, state.epoch_progress = epoch_start_step + len(self.train_batches), state.epoch + 1, {}
         is_best = self._keep_or_roll_back(state, record, val, lr)
@@ -443,17 +462,23 @@ class _Epochs:
         state.stopped_early = 0 < self.early_stopping <= state.epochs_without_improvement
         if state.rollbacks >= MAX_ROLLBACKS:
             state.stopped_early = True  # the rate is not the problem: keep what there is
-        if setup.stop_at is not None and time.perf_counter() > setup.stop_at:
+        if self.stop_at is not None and time.perf_counter() > self.stop_at:
             state.stopped_early = True  # out of time
         if self.replan is not None and not state.stopped_early:  # an epoch costs its time and its checkpoint's
             new_plan = self.replan(state, time.perf_counter() - epoch_started + self.save_seconds, self.save_seconds)
-            self.planned = _apply(setup, new_plan) if new_plan is not None else self.planned
+            if new_plan is not None:
+                self._follow(new_plan)
         record["epochs"] = self.planned  # the run's length as now planned: "epoch 2/3" after a re-plan to 3
         self.observer.on_epoch_end(record)
         if save_checkpoint is not None:
             save_started = time.perf_counter()
             save_checkpoint(state)
             self.save_seconds = time.perf_counter() - save_started
+
+    def _follow(self, plan: Replan) -> None:
+        """A re-plan's new plan: the epochs, the deadline, and the schedule stretched over them."""
+        self.planned, self.stop_at = plan.epochs, plan.stop_at
+        stretch_schedule(self.setup.recipe.scheduler, plan.schedule_steps)
 
     def _keep_or_roll_back(self, state: FitState, record: dict, val: dict, lr: float) -> bool:
         """Roll a diverged epoch back; otherwise keep it by the fit's rule. Whether it is kept."""

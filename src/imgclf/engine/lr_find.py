@@ -47,11 +47,11 @@ def lr_range_test(
     share of the peak (lower rates for earlier layers in two-stage fine-tuning)."""
     if not 0 < start < end:
         raise ValueError(f"the range test needs 0 < start < end, not {start} and {end}")
-    peak = max(group["lr"] for group in setup.optimizer.param_groups) or 1.0
-    shares = [group["lr"] / peak for group in setup.optimizer.param_groups]
-    setup.scheduler = _NoSchedule()  # the test sets the rates itself
-    setup.model.train()
-    for module in setup.frozen_modules:
+    peak = max(group["lr"] for group in setup.recipe.optimizer.param_groups) or 1.0
+    shares = [group["lr"] / peak for group in setup.recipe.optimizer.param_groups]
+    setup.recipe.scheduler = _NoSchedule()  # the test sets the rates itself
+    setup.runtime.model.train()
+    for module in setup.recipe.frozen_modules:
         module.eval()
     finding, average, lowest = LrFinding(), 0.0, math.inf
     rng_state = torch.get_rng_state()  # dropout draws from it: leave the caller's random numbers alone
@@ -60,7 +60,7 @@ def lr_range_test(
             if step >= steps:
                 break
             rate = start * (end / start) ** (step / max(1, steps - 1))
-            for group, share in zip(setup.optimizer.param_groups, shares):
+            for group, share in zip(setup.recipe.optimizer.param_groups, shares):
                 group["lr"] = rate * share
             loss = float(training_step(setup, images, targets)[0].detach())
             if not math.isfinite(loss):

@@ -16,7 +16,7 @@ from imgclf.config import TrainConfig
 from imgclf.data.augment import Augmentation
 from imgclf.data.prepare import Preprocess
 from imgclf.distributed import World
-from imgclf.engine.loop import FitSetup, weight_average
+from imgclf.engine.loop import FitSetup, Recipe, Runtime, weight_average
 from imgclf.engine.optim import create_optimizer, create_schedule
 from imgclf.engine.plan import Stage, first_training_stage
 from imgclf.models import ImageClassifier
@@ -47,7 +47,6 @@ def fit_setup(
     device: torch.device,
     generator: torch.Generator,
     world: World | None = None,
-    stop_at: float | None = None,
 ) -> FitSetup:
     """The optimizer, schedule, loss and wrappers of ``stage`` for ``model``. A pretrained model
     (``config.pretrained``) has its backbone frozen or not as the stage says, and its backbone's
@@ -66,23 +65,17 @@ def fit_setup(
         forward_model = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
     if config.compile:  # the training step only; evaluation and the bundle use the plain module
         forward_model = torch.compile(forward_model if forward_model is not None else model)
-    return FitSetup(
-        model,
+    recipe = Recipe(
         optimizer,
         scheduler,
         loss_function(config, train_targets, num_classes, device),
-        preprocess,
         augmentation,
-        device,
-        generator,
-        amp=config.amp,
         grad_clip=config.grad_clip,
         frozen_modules=frozen,
-        forward_model=forward_model,
-        world=world,
-        stop_at=stop_at,
         ema=weight_average(model, config.ema) if config.ema > 0 else None,
     )
+    runtime = Runtime(model, preprocess, device, generator, amp=config.amp, forward_model=forward_model, world=world)
+    return FitSetup(recipe, runtime)
 
 
 def trial_setup(

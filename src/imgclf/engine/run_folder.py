@@ -30,7 +30,7 @@ __all__ = ["LOCK_FILE", "OWNED_FILE", "check_output", "check_targets", "check_wr
 LOCK_FILE = ".imgclf.lock"
 OWNED_FILE = ".imgclf-files.json"  # {"files": [names imgclf wrote in this folder]}
 # A write killed between creating its temporary file and renaming it leaves ".<name>.<random>.tmp"
-# (checkpoint._atomic_write): imgclf's own, removed when the folder is next claimed.
+# (files._atomic_write): imgclf's own, removed when the folder is next claimed.
 _TEMPORARY = re.compile(r"^\.(?P<name>.+)\.[^.]+\.tmp$")
 # A run killed a moment ago can hold the lock a little longer, through processes it forked (data
 # loader workers, the other ranks) that are still exiting: wait this long before giving up.

@@ -59,9 +59,7 @@ def _choose_preprocess(profile: DataProfile, config: TrainConfig, weights: Pretr
     """Input size and channels from the data and model; pretrained weights bring their own
     preprocessing (3 channels, their mean/std, their resize-then-crop ratio)."""
     if weights is not None:
-        size = config.input_size or weights.input_size
-        resize = round(size * weights.resize_size / weights.input_size)
-        return Preprocess(size, 3, tuple(weights.mean), tuple(weights.std), resize_size=resize)
+        return weights.preprocess(config.input_size)
     size = config.input_size or choose_input_size(get_model_spec(config.model), profile.native_size)
     channels = profile.channels
     return Preprocess.unnormalized(size, channels)

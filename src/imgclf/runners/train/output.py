@@ -62,13 +62,7 @@ def _description(
             "augmentation": trained.plan.augmentation.to_dict(),
             "calibration": evaluation.calibration,
             "pretrained": {**run.weights.describe(), "finetune": config.finetune} if run.weights else None,
-            "training": {
-                **config.to_dict(),
-                "epochs": trained.plan.epochs,
-                "lr": config.resolved_lr(world.size),
-                "weight_decay": config.resolved_weight_decay(),
-                "device": str(run.device),
-            },  # fmt: skip
+            "training": run.what_ran(trained.plan.epochs).described(),
             "data": describe_data(run.dataset, run.profile, run.prepared),
             "time_budget": None if trained.plan.budget is None else trained.plan.budget.to_dict(),
             "advisor": run.advice,
@@ -92,7 +86,7 @@ def write_run_bundle(run: TrainingRun, trained: Trained, evaluation: FinalEvalua
     description = _description(run, trained, evaluation, summary, seconds)
     metrics = {**evaluation.metrics, "summary": summary, "history": trained.state.history}
     save_bundle(run.output, run.model.cpu(), description, metrics, evaluation.centroids)
-    write_config_yaml(run.output / CONFIG_FILE, run.config)
+    write_config_yaml(run.output / CONFIG_FILE, run.what_ran(trained.plan.epochs).recipe())
     return Bundle(run.output, run.model.eval(), run.preprocess, run.dataset.classes, description, metrics,
                   evaluation.centroids)  # fmt: skip
 

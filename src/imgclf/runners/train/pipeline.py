@@ -82,6 +82,8 @@ def run_train(
         output = Path(output)
         check_output(output, overwrite, bool(resume))
         check_writable(output)
+    else:  # the advisor names the folder after its choice: its parent must take it, checked before any data is read
+        check_writable(default_output(data, "model").parent)
     saved = TrainingState.latest(output, console.print) if resume else None
     advice, scanned = None, None
     if saved is not None:
@@ -91,7 +93,9 @@ def run_train(
         scanned = scan_training_data(data, config, data_dir)  # read once: choosing, then training
         check_trainable(data, *scanned)
         config, advice = automatic_config(data, config, data_dir, console, scanned, started)
-    output = output if output is not None else default_output(data, config.model)
+    if output is None:
+        output = default_output(data, config.model)
+        check_output(output, overwrite, False)
     get_model_spec(config.model)  # an unknown model fails before any data is read
     device = resolve_device(config.device)
     world = init_from_environment(device)

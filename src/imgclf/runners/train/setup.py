@@ -30,7 +30,16 @@ from imgclf.models import ImageClassifier, count_parameters, create_model, famil
 from imgclf.runners.train.data import load_training_data
 from imgclf.transfer import PretrainedWeights, load_pretrained, load_weights_into
 
-__all__ = ["TrainingRun", "announce", "assemble", "check_preset", "check_world", "plan_time_budget", "set_threads"]
+__all__ = [
+    "TrainingRun",
+    "WhatRan",
+    "announce",
+    "assemble",
+    "check_preset",
+    "check_world",
+    "plan_time_budget",
+    "set_threads",
+]
 
 
 @dataclass(frozen=True)
@@ -53,6 +62,40 @@ class TrainingRun:
     plan: RunPlan
     world: World = field(default_factory=World)
     advice: dict | None = None  # the advisor's recommendation, when it chose the model
+
+    def what_ran(self, epochs: int | None = None) -> WhatRan:
+        """The record of what this run trains with (``epochs``: as now planned; default the plan's)."""
+        config = self.config
+        planned = self.plan.epochs if epochs is None else epochs
+        return WhatRan(config, planned, config.resolved_lr(self.world.size), config.resolved_weight_decay(),
+                       str(self.device))  # fmt: skip
+
+
+@dataclass(frozen=True)
+class WhatRan:
+    """What was asked (``asked``: the resolved options) kept apart from what it came to (the epochs
+    planned, the rates resolved, the device): the one record the bundle's ``config.yaml``, its
+    training state and model.json take their configuration from."""
+
+    asked: TrainConfig
+    epochs: int | None
+    lr: float
+    weight_decay: float
+    device: str
+
+    def recipe(self) -> TrainConfig:
+        """config.yaml: the run as asked, so ``--config`` repeats it (a time budget stays a budget)."""
+        return self.asked
+
+    def to_finish(self) -> dict:
+        """The training state's: the planned epochs and no budget (the budget was the interrupted
+        process's to keep; a resumed run finishes what was planned)."""
+        return {**self.asked.to_dict(), "epochs": self.epochs, "time_budget": None}
+
+    def described(self) -> dict:
+        """model.json's ``training``: the options with the epochs, rates and device that ran."""
+        return {**self.asked.to_dict(), "epochs": self.epochs, "lr": self.lr, "weight_decay": self.weight_decay,
+                "device": self.device}  # fmt: skip
 
 
 def _create_model(config: TrainConfig, dataset: Dataset, preprocess: Preprocess, weights, device, console):

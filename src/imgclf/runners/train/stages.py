@@ -100,8 +100,7 @@ def check_same_data(run: TrainingRun, state: TrainingState, force: bool) -> None
 def _stage_setup(run: TrainingRun, stage: Stage) -> FitSetup:
     train_targets = split_targets(run.prepared.splits["train"])
     return fit_setup(run.config, run.model, stage, len(run.train_batches), run.preprocess, run.plan.augmentation,
-                     train_targets, run.dataset.num_classes, run.device, run.augment_generator, run.world,
-                     run.plan.stop_at)  # fmt: skip
+                     train_targets, run.dataset.num_classes, run.device, run.augment_generator, run.world)  # fmt: skip
 
 
 def _resume_stage(run: TrainingRun, saved: TrainingState, setup: FitSetup, stage_index: int, stage: Stage) -> FitState:
@@ -111,11 +110,12 @@ def _resume_stage(run: TrainingRun, saved: TrainingState, setup: FitSetup, stage
     state = saved.restore(run.model, run.augment_generator)
     batches_done = int(state.epoch_progress.get("batches_done", 0))
     if saved.stage == stage_index and (saved.epoch > stage.start_epoch or batches_done):
-        saved.restore_optimizer(setup.optimizer, setup.ema)
+        saved.restore_optimizer(setup.recipe.optimizer, setup.recipe.ema)
         steps_per_epoch = len(run.train_batches)
         steps_done = (saved.epoch - stage.start_epoch) * steps_per_epoch + batches_done
-        setup.scheduler = create_schedule(setup.optimizer, stage.epochs * steps_per_epoch, run.config.schedule,
-                                          run.config.resolved_warmup_fraction(), last_step=steps_done - 1)  # fmt: skip
+        recipe = setup.recipe
+        recipe.scheduler = create_schedule(recipe.optimizer, stage.epochs * steps_per_epoch, run.config.schedule,
+                                           run.config.resolved_warmup_fraction(), last_step=steps_done - 1)  # fmt: skip
     return state
 
 
@@ -134,12 +134,10 @@ def _finished_state(run: TrainingRun, saved: TrainingState, console: Console) ->
 def _checkpoint_saver(run: TrainingRun, setup: FitSetup, stage_index: int, replanner: BudgetReplanner | None):
     def save_checkpoint(state: FitState) -> None:
         epochs = replanner.plan.epochs if replanner is not None else run.plan.epochs
-        # A resumed run finishes the planned epochs; the budget was this process's to keep.
-        config = {**run.config.to_dict(), "epochs": epochs, "time_budget": None}
-        origin = StateOrigin(stage_index, run.world.size, config, data_identity(run))
+        origin = StateOrigin(stage_index, run.world.size, run.what_ran(epochs).to_finish(), data_identity(run))
         rng = {"torch": torch.get_rng_state(), "augment": run.augment_generator.get_state()}
-        ema_state = setup.ema.state_dict() if setup.ema is not None else None
-        TrainingState.write(run.output, run.model, setup.optimizer, state, rng, origin, ema_state)
+        ema_state = setup.recipe.ema.state_dict() if setup.recipe.ema is not None else None
+        TrainingState.write(run.output, run.model, setup.recipe.optimizer, state, rng, origin, ema_state)
 
     return save_checkpoint
 
@@ -237,7 +235,8 @@ def _train_epochs(run: TrainingRun, saved: TrainingState | None, observer: Train
         state = fit(setup, run.train_batches, run.val_batches, stage.end_epoch, run.dataset.classes, observer,
                     state=state, early_stopping=run.config.early_stopping, save_checkpoint=saver,
                     checkpoint_interval=interval, replan=replanner, choose_epoch=probe is None,
-                    start=(probe.val_accuracy, probe.val_loss) if probe is not None else None)  # fmt: skip
+                    start=(probe.val_accuracy, probe.val_loss) if probe is not None else None,
+                    stop_at=run.plan.stop_at)  # fmt: skip
     return Trained(state, replanner.plan if replanner is not None else run.plan)
 
 
