@@ -169,13 +169,19 @@ def test_finetuning_at_a_rate_far_too_high_rolls_back_and_ships_at_least_the_pro
     assert result["kept"]["kept"] in ("probe", "fine-tuned") and "kept: the" in captured.err
 
 
-def test_an_anytime_run_says_what_it_kept_and_why(photo_folder, tmp_path, capsys):
-    output = tmp_path / "bundle"
+def _anytime_run(photo_folder, output, capsys):
+    """``train --finetune anytime`` with a 40 s budget on the small photo folder: its output."""
     code = main(["train", str(photo_folder), "--model", "efficientnet_lite0", "--pretrained", "--finetune",
                  "anytime", "--time-budget", "40s", "--input-size", "64", "--output", str(output),
                  "--json"])  # fmt: skip
     captured = capsys.readouterr()
     assert code == 0, captured.err
+    return captured
+
+
+def test_an_anytime_run_says_what_it_kept_and_why(photo_folder, tmp_path, capsys):
+    output = tmp_path / "bundle"
+    captured = _anytime_run(photo_folder, output, capsys)
     result = json.loads(captured.out)
     kept = json.loads((output / "model.json").read_text())["kept"]
     assert kept["kept"] == result["kept"]["kept"] and kept["why"] == result["kept"]["why"]
@@ -246,11 +252,7 @@ def test_an_anytime_run_fine_tunes_in_the_time_left_when_it_may_pay(photo_folder
     monkeypatch.setattr(train_stages, "SATURATED_PROBE_ACCURACY", 1.01)
     monkeypatch.setattr(train_stages, "MIN_FINETUNE_EPOCHS", 1)
     output = tmp_path / "bundle"
-    code = main(["train", str(photo_folder), "--model", "efficientnet_lite0", "--pretrained", "--finetune",
-                 "anytime", "--time-budget", "40s", "--input-size", "64", "--output", str(output),
-                 "--json"])  # fmt: skip
-    captured = capsys.readouterr()
-    assert code == 0, captured.err
+    captured = _anytime_run(photo_folder, output, capsys)
     kept = json.loads((output / "model.json").read_text())["kept"]
     assert kept["finetuned"]["epochs"] >= 1 and "time budget 40 s:" in captured.err
     assert "stage 2: all layers but the stem" in captured.err

@@ -107,13 +107,15 @@ class BundleDescription:
     @property
     def abstain_threshold(self) -> float | None:
         """The confidence below which a prediction withholds its label; None: always answer."""
-        value = self.calibration.get("abstain_threshold")
-        return None if value is None else float(value)
+        return self._calibration_number("abstain_threshold")
 
     @property
     def abstain_distance_threshold(self) -> float | None:
         """The embedding distance beyond which an image is flagged as unlike the training data."""
-        value = self.calibration.get("abstain_distance_threshold")
+        return self._calibration_number("abstain_distance_threshold")
+
+    def _calibration_number(self, key: str) -> float | None:
+        value = self.calibration.get(key)
         return None if value is None else float(value)
 
     # Where it came from.

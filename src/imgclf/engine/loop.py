@@ -219,15 +219,8 @@ def train_one_epoch(
                 break  # diverged: the weights are NaN from here on; fit rolls them back
         observer.on_step(epoch, step, *shown)
         if save_progress is not None and 0 < interval_s <= time.perf_counter() - last_saved:
-            save_progress(
-                {
-                    "batches_done": step + 1,
-                    "loss_sum": float(total_loss),
-                    "correct": int(total_correct),
-                    "seen": seen,
-                    "seconds": earlier_seconds + time.perf_counter() - started,
-                }
-            )
+            save_progress({"batches_done": step + 1, "loss_sum": float(total_loss), "correct": int(total_correct),
+                           "seen": seen, "seconds": earlier_seconds + time.perf_counter() - started})  # fmt: skip
             last_saved = time.perf_counter()
     seconds = earlier_seconds + time.perf_counter() - started
     if setup.runtime.world.distributed:  # the epoch's record covers every rank's images
