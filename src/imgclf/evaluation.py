@@ -45,6 +45,7 @@ def evaluate_split(
     (``tta="flip"``: averaged with the mirrored image)."""
     console = console or stderr_console()
     dataset = load_dataset(data, bundle.description.split_policy(), data_dir)
+    dataset.require_single_label("evaluation")
     if split not in dataset.splits:
         have = ", ".join(sorted(dataset.splits))
         raise DataError(f"{data}: has no {split!r} split (it has {have}); choose one with --split")

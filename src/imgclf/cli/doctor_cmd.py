@@ -19,6 +19,10 @@ def add_parser(commands) -> None:
     parser.add_argument("data", metavar="DATA")
     parser.add_argument("--seed", type=int, default=0, help="split seed, as for train (default: 0)")
     parser.add_argument("--data-dir", help="folder with the IDX files for fashion-mnist")
+    parser.add_argument("--task", choices=("multi-label",), default=None,
+                        help="multi-label: read every CSV label cell as a set of labels separated by ';' or "
+                        "spaces (default: a 'labels' or 'tags' column whose cells hold several labels is "
+                        "multi-label)")  # fmt: skip
     parser.add_argument("--labels", action="store_true",
                         help="also rank the training images whose label the data disagrees with (likely "
                         "mislabelled), from out-of-sample predictions and cleanlab; never moves a file")  # fmt: skip
@@ -49,11 +53,16 @@ def _print_label_issues(check: dict) -> None:
 def _print_report(report: dict) -> None:
     console = stdout_console()
     counts = report["counts"]
+    multi = report.get("multi_label")
+    kind = f"multi-label, {len(report['classes'])} labels" if multi else f"{len(report['classes'])} classes"
     console.print(
-        f"{report['data']}: {len(report['classes'])} classes; {counts['used']} files used, "
+        f"{report['data']}: {kind}; {counts['used']} files used, "
         f"{counts['converted']} converted, {counts['skipped']} skipped, {len(report['ignored'])} ignored"
     )
-    table = Table("class", *report["per_split"], title="images per class and split")
+    if multi:
+        _print_label_sets(console, multi)
+    table = Table("label" if multi else "class", *report["per_split"],
+                  title=f"images per {'label' if multi else 'class'} and split")  # fmt: skip
     for name in report["classes"]:
         table.add_row(name, *(str(report["per_split"][split].get(name, 0)) for split in report["per_split"]))
     console.print(table)
@@ -64,10 +73,20 @@ def _print_report(report: dict) -> None:
         console.print(f"warning: {warning}")
 
 
+def _print_label_sets(console, multi: dict) -> None:
+    per_image = multi["labels_per_image"]
+    without = ", ".join(f"{split} {count}" for split, count in multi["images_without_labels"].items())
+    console.print(f"labels per image: {per_image['mean']:.2f} on average, at most {per_image['max']}; "
+                  f"images with no label: {without}")  # fmt: skip
+    pairs = "; ".join(f"{' + '.join(pair['labels'])} ({pair['images']})" for pair in multi["co_occurrence"][:5])
+    if pairs:
+        console.print(f"most frequent together: {pairs}")
+
+
 def run(args: argparse.Namespace) -> int:
     from imgclf.runners.doctor import run_doctor
 
-    report = run_doctor(args.data, seed=args.seed, data_dir=args.data_dir)
+    report = run_doctor(args.data, seed=args.seed, data_dir=args.data_dir, task=args.task)
     if args.labels:
         from imgclf.engine.run_folder import default_output
         from imgclf.runners.label_issues import run_label_check

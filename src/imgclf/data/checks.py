@@ -10,7 +10,20 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 
-__all__ = ["IMBALANCE_WARNING_RATIO", "data_warnings", "find_duplicates", "imbalance_ratio", "label_leak_warnings"]
+__all__ = [
+    "IMBALANCE_WARNING_RATIO",
+    "data_warnings",
+    "find_duplicates",
+    "imbalance_ratio",
+    "label_leak_warnings",
+    "row_labels",
+]
+
+
+def row_labels(row: dict) -> list[str]:
+    """A file row's labels: its class, or on multi-label data its set of labels (maybe none)."""
+    return row["labels"] if "labels" in row else [row["class"]]
+
 
 IMBALANCE_WARNING_RATIO = 3.0  # largest class over smallest class
 LEAK_MIN_IMAGES = 5  # a mode or format must cover this many images before it counts as a signal
@@ -38,7 +51,7 @@ def label_leak_warnings(rows: list[dict]) -> list[str]:
         by_value = defaultdict(Counter)
         for row in rows:
             if row.get(field):
-                by_value[row[field]][row["class"]] += 1
+                by_value[row[field]].update(row_labels(row))
         if len(by_value) < 2:
             continue
         for value, classes in by_value.items():
@@ -53,7 +66,7 @@ def label_leak_warnings(rows: list[dict]) -> list[str]:
 
 def imbalance_ratio(rows: list[dict], classes: list[str]) -> float:
     """Usable images of the largest class over those of the smallest (0 when nothing is usable)."""
-    counts = Counter(row["class"] for row in rows if row.get("status") != "skipped")
+    counts = Counter(label for row in rows if row.get("status") != "skipped" for label in row_labels(row))
     if not counts:
         return 0.0
     return round(max(counts.values()) / max(1, min(counts.get(name, 0) for name in classes)), 2)
@@ -70,6 +83,8 @@ def data_warnings(rows: list[dict], classes: list[str]) -> tuple[dict[str, list[
             "test and validation scores will be too high (leakage)"
         )
     ratio = imbalance_ratio(rows, classes)
-    if ratio > IMBALANCE_WARNING_RATIO:
+    if ratio > IMBALANCE_WARNING_RATIO and any("labels" in row for row in rows):
+        warnings.append(f"the most common label is on {ratio}x the images of the rarest")
+    elif ratio > IMBALANCE_WARNING_RATIO:
         warnings.append(f"the largest class has {ratio}x the images of the smallest: consider --class-weights balanced")
     return duplicates, warnings

@@ -17,14 +17,32 @@ from imgclf.data.readers import FolderReader, ImageReader, open_reader
 from imgclf.data.split import fingerprint, stratified_split
 from imgclf.errors import DataError
 
-__all__ = ["ArraySplit", "BUILTIN_DATASETS", "Dataset", "FileSplit", "SplitPolicy", "load_dataset"]
+__all__ = [
+    "ArraySplit",
+    "BUILTIN_DATASETS",
+    "MULTI_LABEL",
+    "SINGLE_LABEL",
+    "TASKS",
+    "Dataset",
+    "FileSplit",
+    "SplitPolicy",
+    "load_dataset",
+    "split_labels",
+]
 
 BUILTIN_DATASETS = ("digits", "fashion-mnist")
+SINGLE_LABEL, MULTI_LABEL = "single-label", "multi-label"
+TASKS = (SINGLE_LABEL, MULTI_LABEL)
+# A CSV column of label sets (several labels per image, separated by ";" or by spaces); a column
+# named "label" or "class" holds one label per image, which may contain spaces ("golden retriever").
+LABEL_SET_COLUMNS = ("labels", "tags")
+PATH_COLUMNS = ("path", "file", "filename", "image", "filepath")
 
 
 @dataclass
 class FileSplit:
-    """Encoded image files (decoded later) with their integer targets."""
+    """Encoded image files (decoded later) with their targets: integer classes (N,), or for a
+    multi-label task one row of 0/1 per image, a column per label (N, labels)."""
 
     reader: ImageReader
     keys: list[str]
@@ -72,10 +90,18 @@ class Dataset:
     split_info: dict  # how each split was made, recorded in the bundle
     ignored: list[tuple[str, str]] = field(default_factory=list)  # (file, reason)
     kind: str = "files"  # "digits", "fashion-mnist", "folder", "archive", "csv"
+    task: str = SINGLE_LABEL  # MULTI_LABEL: ``classes`` are labels, an image carries any number of them
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    def require_single_label(self, purpose: str) -> None:
+        """A clear refusal where multi-label data is not handled (yet): ``purpose`` says what."""
+        if self.task == MULTI_LABEL:
+            raise DataError(f"{self.name}: multi-label data (images carry several labels, {len(self.classes)} labels "
+                            f"in all): {purpose} handles single-label data only for now; `imgclf doctor "
+                            f"{self.name}` describes the labels")  # fmt: skip
 
 
 def _finish_splits(given: dict[str, Split], policy: SplitPolicy) -> tuple[dict[str, Split], dict]:
@@ -179,39 +205,91 @@ def _load_folder_or_archive(path: Path, policy: SplitPolicy) -> Dataset:
     return Dataset(str(path), classes, splits, info, ignored=layout.ignored, kind=kind)
 
 
-def _read_csv_rows(path: Path) -> list[list[str]]:
+def _read_csv_table(path: Path) -> tuple[list[str] | None, list[list[str]]]:
+    """The header (lower case; None when the first row is data) and the data rows."""
     try:
         with open(path, newline="", encoding="utf-8-sig") as handle:
             rows = [row for row in csv.reader(handle) if row and any(cell.strip() for cell in row)]
     except (OSError, UnicodeDecodeError, csv.Error) as error:
         raise DataError(f"{path}: cannot read CSV ({error})") from None
-    if rows and rows[0][0].strip().lower() in ("path", "file", "filename", "image", "filepath"):
-        rows = rows[1:]
-    return rows
+    if rows and rows[0][0].strip().lower() in PATH_COLUMNS:
+        return [cell.strip().lower() for cell in rows[0]], rows[1:]
+    return None, rows
 
 
-def _load_csv(path: Path, policy: SplitPolicy) -> Dataset:
-    by_split: dict[str, list[tuple[str, str]]] = {}
-    for line, row in enumerate(_read_csv_rows(path), start=1):
-        if len(row) < 2 or not row[0].strip() or not row[1].strip():
+def split_labels(cell: str) -> list[str]:
+    """A cell of labels: separated by ";" when it holds one, else by spaces; each label once."""
+    parts = cell.split(";") if ";" in cell else cell.split()
+    return list(dict.fromkeys(part.strip() for part in parts if part.strip()))
+
+
+def _csv_rows(path: Path, task: str | None) -> tuple[dict[str, list[tuple[str, object]]], bool]:
+    """Rows by split ("pool" when the CSV gives none): (path, label) or, for label sets, (path,
+    [labels]); and whether the labels are sets (a "labels"/"tags" column, or ``task`` says so)."""
+    header, rows = _read_csv_table(path)
+    sets = task == MULTI_LABEL or (task is None and header is not None and len(header) > 1
+                                   and header[1] in LABEL_SET_COLUMNS)  # fmt: skip
+    by_split: dict[str, list[tuple[str, object]]] = {}
+    for line, row in enumerate(rows, start=2 if header else 1):
+        cell = row[1].strip() if len(row) >= 2 else ""
+        if not row[0].strip() or (not cell and not sets):
             raise DataError(f"{path}: row {line} needs 'path,label' (got {','.join(row)!r})")
         split = "pool"
         if len(row) >= 3 and row[2].strip():
             split = SPLIT_NAMES.get(row[2].strip().lower(), "")
             if not split:
                 raise DataError(f"{path}: row {line} has unknown split {row[2]!r} (train, val or test)")
-        by_split.setdefault(split, []).append((row[0].strip(), row[1].strip()))
+        by_split.setdefault(split, []).append((row[0].strip(), split_labels(cell) if sets else cell))
+    return by_split, sets
+
+
+def _load_csv(path: Path, policy: SplitPolicy, task: str | None = None) -> Dataset:
+    by_split, sets = _csv_rows(path, task)
     if not by_split:
         raise DataError(f"{path}: the CSV lists no images")
     if "pool" in by_split and len(by_split) > 1:
         raise DataError(f"{path}: give a split for every row or for none")
     reader = FolderReader(path.parent)
+    one_each = all(len(labels) == 1 for items in by_split.values() for _, labels in items)
+    if sets and (task == MULTI_LABEL or not one_each):
+        classes, splits, info = _label_set_files(str(path), reader, by_split, policy)
+        return Dataset(str(path), classes, splits, info, kind="csv", task=MULTI_LABEL)
+    if sets:  # a "labels" column with one label per image: single-label data
+        by_split = {split: [(key, labels[0]) for key, labels in items] for split, items in by_split.items()}
     classes, splits, info = _labelled_files(str(path), reader, by_split, policy)
     return Dataset(str(path), classes, splits, info, kind="csv")
 
 
-def load_dataset(data: str, policy: SplitPolicy = SplitPolicy(), data_dir: str | Path | None = None) -> Dataset:
-    """Resolve DATA: ``digits``, ``fashion-mnist``, a folder, an archive or a ``.csv`` file."""
+def _label_set_files(
+    name: str, reader: ImageReader, by_split: dict[str, list[tuple[str, list[str]]]], policy: SplitPolicy
+) -> tuple[list[str], dict[str, Split], dict]:
+    """Multi-label files: each split's targets one 0/1 row per image over the training labels."""
+    train_split = "train" if "train" in by_split else "pool"
+    classes = sorted({label for _, labels in by_split.get(train_split, []) for label in labels})
+    index = {label: i for i, label in enumerate(classes)}
+    given: dict[str, Split] = {}
+    for split, items in by_split.items():
+        unknown = sorted({label for _, labels in items for label in labels} - index.keys())
+        if unknown:
+            raise DataError(f"{name}: label {unknown[0]!r} is in {split} but on no training image")
+        targets = np.zeros((len(items), len(classes)), dtype=np.uint8)
+        for row, (_, labels) in enumerate(items):
+            targets[row, [index[label] for label in labels]] = 1
+        given[split] = FileSplit(reader, [key for key, _ in items], targets)
+    _check_classes(name, classes, given)
+    splits, info = _finish_splits(given, policy)
+    return classes, splits, info
+
+
+def load_dataset(
+    data: str, policy: SplitPolicy = SplitPolicy(), data_dir: str | Path | None = None, task: str | None = None
+) -> Dataset:
+    """Resolve DATA: ``digits``, ``fashion-mnist``, a folder, an archive or a ``.csv`` file.
+    ``task``: None finds out (a CSV column of label sets holding several labels on some image is
+    multi-label); ``MULTI_LABEL`` reads every CSV label cell as a set."""
+    if task == MULTI_LABEL and not str(data).lower().endswith(".csv"):
+        raise DataError(f"{data}: multi-label data comes as a CSV of path,labels (labels separated by ';' or "
+                        "spaces)")  # fmt: skip
     if data == "digits":
         return _load_digits(policy)
     if data == "fashion-mnist":
@@ -223,5 +301,5 @@ def load_dataset(data: str, policy: SplitPolicy = SplitPolicy(), data_dir: str |
             f"{data}: no such file or folder, and not a built-in dataset ({', '.join(BUILTIN_DATASETS)}){hint}"
         )
     if path.suffix.lower() == ".csv":
-        return _load_csv(path, policy)
+        return _load_csv(path, policy, task)
     return _load_folder_or_archive(path, policy)

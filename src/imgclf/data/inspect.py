@@ -9,12 +9,12 @@ from collections import Counter, defaultdict
 
 import numpy as np
 
-from imgclf.data.checks import imbalance_ratio
-from imgclf.data.dataset import Dataset
+from imgclf.data.checks import imbalance_ratio, row_labels
+from imgclf.data.dataset import MULTI_LABEL, Dataset
 from imgclf.data.decode import ImageInfo, decode_image, probe_image
 from imgclf.errors import BadImageError
 
-__all__ = ["array_rows", "scan_files", "summary"]
+__all__ = ["array_rows", "label_set_facts", "scan_files", "summary"]
 
 _EXTENSION_FORMATS = {
     ".jpg": "JPEG",
@@ -82,7 +82,7 @@ def scan_files(dataset: Dataset) -> list[dict]:
             row = {
                 "file": split.reader.describe(key),
                 "split": split_name,
-                "class": dataset.classes[int(target)],
+                **_label_fields(dataset, target),
                 "sha256": digest,
             }
             rows.append(row)
@@ -113,7 +113,7 @@ def array_rows(dataset: Dataset) -> list[dict]:
                 {
                     "file": key,
                     "split": split_name,
-                    "class": dataset.classes[int(target)],
+                    **_label_fields(dataset, target),
                     "status": "used",
                     "detail": None,
                     "sha256": hashlib.sha256(image.tobytes()).hexdigest(),
@@ -125,14 +125,22 @@ def array_rows(dataset: Dataset) -> list[dict]:
     return rows
 
 
+def _label_fields(dataset: Dataset, target) -> dict:
+    if dataset.task == MULTI_LABEL:
+        return {"labels": [dataset.classes[index] for index in np.flatnonzero(target)]}
+    return {"class": dataset.classes[int(target)]}
+
+
 def summary(dataset: Dataset, rows: list[dict]) -> dict:
     usable = [row for row in rows if row["status"] != "skipped"]
-    per_split = {name: dict(Counter(row["class"] for row in usable if row["split"] == name)) for name in dataset.splits}
+    per_split = {name: dict(Counter(label for row in usable if row["split"] == name for label in row_labels(row)))
+                 for name in dataset.splits}  # fmt: skip
     sizes = defaultdict(list)
     modes = defaultdict(Counter)
     for row in usable:
-        sizes[row["class"]].append(row["size"])
-        modes[row["class"]][row["mode"]] += 1
+        for label in row_labels(row):
+            sizes[label].append(row["size"])
+            modes[label][row["mode"]] += 1
     size_summary = {
         name: {
             "min": np.min(values, axis=0).tolist(),
@@ -147,3 +155,53 @@ def summary(dataset: Dataset, rows: list[dict]) -> dict:
         "modes": {k: dict(v) for k, v in modes.items()},
         "imbalance_ratio": imbalance_ratio(rows, dataset.classes),
     }
+
+
+# A label on fewer training images than this is too rare to learn; one missing from a held-out
+# split cannot be measured there.
+RARE_LABEL_TRAIN_IMAGES = 5
+COMMON_LABEL_SHARE = 0.9  # a label on more of the images than this says little about any of them
+CO_OCCURRING_PAIRS = 10  # pairs of labels listed, most frequent first
+
+
+def label_set_facts(dataset: Dataset, rows: list[dict]) -> tuple[dict, list[str]]:
+    """Multi-label data: labels per image, images with no label per split, the labels seen together
+    most often, and the labels too rare to learn or to measure; with the warnings they call for."""
+    usable = [row for row in rows if row["status"] != "skipped"]
+    per_image = [len(row["labels"]) for row in usable]
+    pairs = Counter((first, second) for row in usable for index, first in enumerate(sorted(row["labels"]))
+                    for second in sorted(row["labels"])[index + 1:])  # fmt: skip
+    counts = {split: Counter(label for row in usable if row["split"] == split for label in row["labels"])
+              for split in dataset.splits}  # fmt: skip
+    images = Counter(row["split"] for row in usable)
+    facts = {
+        "labels_per_image": {
+            "mean": round(float(np.mean(per_image)), 3) if per_image else 0.0,
+            "max": max(per_image, default=0),
+        },
+        "images_without_labels": {
+            split: sum(1 for row in usable if row["split"] == split and not row["labels"]) for split in dataset.splits
+        },
+        "co_occurrence": [
+            {"labels": list(pair), "images": count} for pair, count in pairs.most_common(CO_OCCURRING_PAIRS)
+        ],
+        "rare": [],
+    }
+    warnings = []
+    for label in dataset.classes:
+        train = counts.get("train", Counter())[label]
+        unmeasured = [split for split in dataset.splits if split != "train" and counts[split][label] == 0]
+        if train < RARE_LABEL_TRAIN_IMAGES or unmeasured:
+            facts["rare"].append({"label": label, "train": train, "missing_from": unmeasured})
+        if train < RARE_LABEL_TRAIN_IMAGES:
+            warnings.append(f"label {label!r} is on {train} training image(s): too few to learn it")
+        if unmeasured:
+            warnings.append(
+                f"label {label!r} is on no {' or '.join(unmeasured)} image: its score cannot be measured there"
+            )
+        total = sum(counts[split][label] for split in dataset.splits)
+        if usable and total / len(usable) > COMMON_LABEL_SHARE:
+            warnings.append(f"label {label!r} is on {total / len(usable):.0%} of the images: a model that always "
+                            "says it scores well on it, so judge it by the other labels")  # fmt: skip
+    facts["images"] = dict(images)
+    return facts, warnings

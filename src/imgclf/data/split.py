@@ -6,7 +6,7 @@ import hashlib
 
 import numpy as np
 
-__all__ = ["fingerprint", "stratified_split"]
+__all__ = ["fingerprint", "iterative_split", "stratified_split"]
 
 
 def stratified_split(targets: np.ndarray, fractions: dict[str, float], seed: int) -> dict[str, np.ndarray]:
@@ -16,6 +16,8 @@ def stratified_split(targets: np.ndarray, fractions: dict[str, float], seed: int
     Each class keeps at least one training image; a class with enough images gets at least one
     image in each named split. The same targets, fractions and seed always give the same split.
     """
+    if targets.ndim == 2:
+        return iterative_split(targets, fractions, seed)
     rng = np.random.default_rng(seed)
     parts: dict[str, list[np.ndarray]] = {"train": [], **{name: [] for name in fractions}}
     for label in np.unique(targets):
@@ -30,6 +32,52 @@ def stratified_split(targets: np.ndarray, fractions: dict[str, float], seed: int
             start += max(count, 0)
         parts["train"].append(indices[start:])
     return {name: np.sort(np.concatenate(chunks)).astype(np.int64) for name, chunks in parts.items()}
+
+
+def iterative_split(targets: np.ndarray, fractions: dict[str, float], seed: int) -> dict[str, np.ndarray]:
+    """Split multi-label data (``targets``: one 0/1 row per image) so that every split gets its share
+    of each label: iterative stratification (Sechidis, Tsoumakas and Vlahavas 2011). The rarest label
+    is placed first, each of its images going to the split that still wants that label most (ties:
+    the split that wants the most images, then chance); images with no label fill what is left.
+
+    Training keeps at least one image of every label; a label on at least as many images as there
+    are splits gets one in each split that wants any. Deterministic for the same seed."""
+    rng = np.random.default_rng(seed)
+    names = ["train", *fractions]
+    shares = np.array([1.0 - sum(fractions.values()), *fractions.values()])
+    count = len(targets)
+    wanted_images = shares * count
+    wanted_labels = np.outer(shares, targets.sum(axis=0).astype(float))  # (splits, labels)
+    # A label on at least as many images as there are splits (that want any) goes to each of them once first.
+    must_have = np.outer(shares > 0, targets.sum(axis=0) >= (shares > 0).sum())
+    assigned = np.full(count, -1)
+    order = rng.permutation(count)
+    while True:
+        left = targets[assigned < 0].sum(axis=0)
+        present = np.flatnonzero(left)
+        if len(present) == 0:
+            break
+        label = present[np.argmin(left[present])]  # the rarest label still unplaced
+        for image in order[(targets[order, label] == 1) & (assigned[order] < 0)]:
+            lacking = np.flatnonzero(must_have[:, label])
+            wants = wanted_labels[:, label] if len(lacking) == 0 else np.where(must_have[:, label], 1.0, -np.inf)
+            split = _most_wanting(wants, wanted_images, rng)
+            assigned[image] = split
+            wanted_labels[split] -= targets[image]
+            wanted_images[split] -= 1
+            must_have[split] &= targets[image] == 0  # this split has each of the image's labels now
+    for image in order[assigned[order] < 0]:  # no label at all
+        split = int(np.argmax(wanted_images + rng.random(len(names)) * 1e-6))
+        assigned[image] = split
+        wanted_images[split] -= 1
+    return {name: np.flatnonzero(assigned == index).astype(np.int64) for index, name in enumerate(names)}
+
+
+def _most_wanting(label_wants: np.ndarray, image_wants: np.ndarray, rng: np.random.Generator) -> int:
+    best = np.flatnonzero(label_wants == label_wants.max())
+    if len(best) > 1:
+        best = best[image_wants[best] == image_wants[best].max()]
+    return int(rng.choice(best))
 
 
 def fingerprint(keys: list[str]) -> str:

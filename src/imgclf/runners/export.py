@@ -80,6 +80,7 @@ def _raw_images(bundle: Bundle, data: str | None, data_dir, split: str, limit: i
     if data is None:
         return None
     dataset = load_dataset(data, bundle.description.split_policy(), data_dir)
+    dataset.require_single_label("the export's accuracy check")
     if split not in dataset.splits or len(dataset.splits[split]) == 0:
         return None
     chosen = dataset.splits[split]

@@ -99,6 +99,7 @@ def scan_training_data(data: str, config: TrainConfig, data_dir) -> tuple[Datase
     from one header scan of its files. The advisor and the training run share the result."""
     policy = SplitPolicy(config.seed, config.val_fraction, config.test_fraction)
     dataset = load_dataset(data, policy, data_dir)
+    dataset.require_single_label("training")
     _apply_train_cap(dataset, config)
     return dataset, profile_dataset(dataset)
 
