@@ -185,3 +185,66 @@ def test_avif_images_decode():
         pytest.skip("this Pillow has no AVIF support")
     pixels = decode_image(encode(Image.new("RGB", (30, 20), (10, 200, 10)), "AVIF"), "a.avif")
     assert pixels.shape == (20, 30, 3) and abs(int(pixels[10, 15, 1]) - 200) < 12
+
+
+FUZZ_SCRIPT = r"""
+import io, random, sys
+import numpy as np
+from PIL import Image
+from imgclf.data.decode import decode_image, probe_image
+from imgclf.errors import BadImageError
+
+pixels = np.random.default_rng(0).integers(0, 255, (48, 64, 3), dtype=np.uint8)
+samples = {}
+for name in ("JPEG", "PNG", "BMP", "TIFF", "WEBP", "PPM", "AVIF", "GIF"):
+    buffer = io.BytesIO()
+    frames = [Image.fromarray(np.roll(pixels, shift, axis=1)) for shift in range(4)]
+    try:
+        frames[0].save(buffer, format=name, save_all=name in ("GIF", "WEBP", "TIFF"), append_images=frames[1:])
+    except (KeyError, OSError):  # a Pillow built without this writer
+        continue
+    samples[name] = buffer.getvalue()
+rng = random.Random(int(sys.argv[1]))
+escaped = []
+for name, data in samples.items():
+    for _ in range(int(sys.argv[2])):
+        mutated = bytearray(data)
+        kind = rng.choice(("flip", "truncate", "zero", "insert"))
+        if kind == "flip":
+            for _ in range(rng.randint(1, 20)):
+                mutated[rng.randrange(len(mutated))] = rng.randrange(256)
+        elif kind == "truncate":
+            mutated = mutated[: rng.randrange(1, len(mutated))]
+        elif kind == "zero":
+            start = rng.randrange(len(mutated))
+            mutated[start : start + 64] = bytes(len(mutated[start : start + 64]))
+        else:
+            at = rng.randrange(len(mutated))
+            mutated[at:at] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 32)))
+        for read in (probe_image, decode_image):
+            try:
+                read(bytes(mutated), "fuzzed." + name.lower())
+            except BadImageError:
+                pass
+            except Exception as error:
+                escaped.append(f"{name} {kind}: {type(error).__name__}: {error}")
+print(len(samples), "formats")
+print("\n".join(escaped[:10]) or "ok")
+"""
+
+
+def test_damaged_files_of_every_format_are_the_files_own_error(tmp_path):
+    """Mutated copies (bytes flipped, zeroed, inserted, cut short) of a valid file in each allowed
+    format: reading one raises the clear bad-image error naming it, or decodes; never another
+    exception, a crash or a hang (each batch runs in a child process with a time limit)."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "fuzz.py"
+    script.write_text(FUZZ_SCRIPT)
+    for seed in (0, 1):
+        finished = subprocess.run([sys.executable, "-W", "ignore", str(script), str(seed), "40"], capture_output=True,
+                                  text=True, timeout=300, check=False)  # fmt: skip
+        assert finished.returncode == 0, finished.stderr[-2000:]
+        formats, verdict = finished.stdout.strip().split("\n", 1)
+        assert int(formats.split()[0]) >= 7 and verdict == "ok", verdict

@@ -275,3 +275,26 @@ def test_with_no_model_and_no_output_the_runs_folder_is_checked_before_any_data_
     assert main(["train", str(tmp_path / "no-such-photos")]) == 2
     error = capsys.readouterr().err
     assert "runs: cannot write there" in error and "no-such-photos" not in error
+
+
+def test_a_fifo_and_a_link_to_a_device_are_skipped_not_read(tmp_path: Path):
+    """A FIFO named like an image would block every reader forever; a link to /dev/zero would
+    fill memory. Both are listed as skipped with the reason, and the commands finish (run as child
+    processes with a time limit, so a regression fails instead of hanging the suite)."""
+    import subprocess
+    import sys
+
+    data = write_class_folder(tmp_path / "data", ["a", "b"], per_class=14, size=16)  # 2 of 30: under 10% unusable
+    os.mkfifo(data / "a" / "trap.png")
+    (data / "b" / "zero.png").symlink_to("/dev/zero")
+    command = [sys.executable, "-m", "imgclf", "doctor", str(data), "--json"]
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+    assert finished.returncode == 0, finished.stderr
+    skipped = {Path(item["file"]).name: item["reason"] for item in json.loads(finished.stdout)["skipped"]}
+    assert "a FIFO" in skipped["trap.png"] and "a character device" in skipped["zero.png"]
+    command = [sys.executable, "-m", "imgclf", "train", str(data), "--model", "simple_cnn", "--epochs", "1",
+               "--threads", "1", "--output", str(tmp_path / "run")]  # fmt: skip
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+    assert finished.returncode == 0, finished.stderr
+    recorded = json.loads((tmp_path / "run" / "model.json").read_text())["data"]["skipped"]
+    assert {Path(item["file"]).name for item in recorded} == {"trap.png", "zero.png"}

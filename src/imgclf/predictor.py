@@ -11,6 +11,7 @@ from PIL import Image
 
 from imgclf.bundle import Bundle, BundleDescription, load_bundle
 from imgclf.data.decode import convert_channels, decode_image
+from imgclf.data.readers import read_image_file
 from imgclf.errors import BadImageError, ImgclfError
 from imgclf.explain.calibration import centroid_distance
 from imgclf.models.inference import folded_for_inference
@@ -25,13 +26,7 @@ def image_pixels(image: ImageInput, channels: int, min_side: int | None = None) 
     see ``decode_image``)."""
     if isinstance(image, str | Path):
         path = Path(image)
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            raise BadImageError(str(path), "no such file") from None
-        except OSError as error:
-            raise BadImageError(str(path), f"cannot read file ({error.strerror})") from None
-        return decode_image(data, str(path), channels, min_side=min_side)
+        return decode_image(read_image_file(path), str(path), channels, min_side=min_side)
     if isinstance(image, bytes):
         return decode_image(image, "<bytes>", channels, min_side=min_side)
     if isinstance(image, Image.Image):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import io
+import struct
 import warnings
 from dataclasses import dataclass
 
@@ -72,6 +73,20 @@ class ImageInfo:
         return self.mode in GRAYSCALE_MODES
 
 
+# What a decoder raises on a damaged file. Beyond OSError and its kin, Pillow's plugins raise
+# whatever their parsing meets: found by mutating valid files of every allowed format
+# (tests/test_decode.py): a damaged AVIF raises RuntimeError, a truncated GIF IndexError, a TIFF
+# without dimensions TypeError, others KeyError, struct.error, ZeroDivisionError. Each is the
+# file's own error; MemoryError and the like are not caught.
+DECODER_ERRORS = (OSError, SyntaxError, ValueError, EOFError, RuntimeError, IndexError, TypeError, KeyError,
+                  AttributeError, ArithmeticError, struct.error)  # fmt: skip
+
+
+def _described(error: Exception) -> str:
+    text = str(error).strip()
+    return text if isinstance(error, OSError | SyntaxError | ValueError) and text else f"{type(error).__name__}: {text}"
+
+
 def _open(data: bytes, source: str, max_pixels: int) -> Image.Image:
     if len(data) == 0:
         raise BadImageError(source, "empty file (0 bytes)")
@@ -85,8 +100,8 @@ def _open(data: bytes, source: str, max_pixels: int) -> Image.Image:
         raise BadImageError(source, f"refused: {error}") from None
     except UnidentifiedImageError:
         raise BadImageError(source, _unidentified_reason(data)) from None
-    except (OSError, SyntaxError, ValueError) as error:
-        raise BadImageError(source, f"unreadable image header ({error})") from None
+    except DECODER_ERRORS as error:
+        raise BadImageError(source, f"unreadable image header ({_described(error)})") from None
     pixels = image.width * image.height
     if pixels > max_pixels:
         raise BadImageError(
@@ -132,7 +147,7 @@ def probe_image(data: bytes, source: str, max_pixels: int = DEFAULT_MAX_PIXELS) 
     image = _open(data, source, max_pixels)
     try:
         orientation = image.getexif().get(0x0112, 1)
-    except (OSError, SyntaxError, ValueError):
+    except DECODER_ERRORS:
         orientation = 1
     return ImageInfo(
         width=image.width,
@@ -140,9 +155,32 @@ def probe_image(data: bytes, source: str, max_pixels: int = DEFAULT_MAX_PIXELS) 
         mode=image.mode,
         format=image.format,
         exif_rotated=orientation not in (1, None),
-        frames=getattr(image, "n_frames", 1),
+        frames=_frames(image),
         transparency="transparency" in image.info,
     )
+
+
+MAX_COUNTED_FRAMES = 100  # an animation's frames are counted up to here ("100+"): only the first is used
+
+
+def _frames(image: Image.Image) -> int:
+    """How many frames the file holds, counted up to ``MAX_COUNTED_FRAMES``: Pillow's ``n_frames``
+    walks every frame (a 9.6 MB GIF of 440,000 frames took seconds), and a damaged frame
+    table is the file's problem only if the first frame is damaged too."""
+    if not getattr(image, "is_animated", False):
+        return 1
+    count = 1
+    try:
+        while count < MAX_COUNTED_FRAMES:
+            image.seek(count)
+            count += 1
+    except EOFError:
+        pass
+    except DECODER_ERRORS:
+        pass  # a damaged later frame: the first one is what is used
+    finally:
+        image.seek(0)
+    return count
 
 
 def _composite_on_white(image: Image.Image) -> Image.Image:
@@ -228,8 +266,8 @@ def decode_image(
         image.seek(0)  # animated GIF/WEBP/TIFF: the first frame
         image = ImageOps.exif_transpose(image)
         pixels = _to_array(image)
-    except (OSError, SyntaxError, ValueError, EOFError) as error:
-        raise BadImageError(source, f"cannot decode ({error})") from None
+    except DECODER_ERRORS as error:
+        raise BadImageError(source, f"cannot decode ({_described(error)})") from None
     if channels is not None:
         pixels = convert_channels(pixels, channels)
     return np.array(pixels, dtype=np.uint8, copy=True)

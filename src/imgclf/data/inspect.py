@@ -11,7 +11,7 @@ import numpy as np
 
 from imgclf.data.checks import imbalance_ratio, row_labels
 from imgclf.data.dataset import MULTI_LABEL, Dataset
-from imgclf.data.decode import ImageInfo, decode_image, probe_image
+from imgclf.data.decode import MAX_COUNTED_FRAMES, ImageInfo, decode_image, probe_image
 from imgclf.errors import BadImageError
 
 __all__ = ["array_rows", "label_set_facts", "scan_files", "summary"]
@@ -50,7 +50,8 @@ def _conversions(info: ImageInfo, key: str, dataset_channels: int) -> list[str]:
     if info.is_grayscale and dataset_channels == 3:
         notes.append("grayscale repeated to 3 channels")
     if info.frames > 1:
-        notes.append(f"animated ({info.frames} frames): the first frame is used")
+        frames = f"{info.frames}+" if info.frames >= MAX_COUNTED_FRAMES else str(info.frames)
+        notes.append(f"animated ({frames} frames): the first frame is used")
     suffix = "." + key.rsplit(".", 1)[-1].lower() if "." in key else ""
     expected = _EXTENSION_FORMATS.get(suffix)
     if expected and info.format not in (expected, "MPO"):

@@ -7,6 +7,7 @@ folder layout rules (classes, splits, junk) live in ``layout.py`` and work the s
 from __future__ import annotations
 
 import os
+import stat
 import tarfile
 import zipfile
 from pathlib import Path, PurePosixPath
@@ -14,7 +15,15 @@ from typing import Protocol
 
 from imgclf.errors import BadImageError, DataError
 
-__all__ = ["ARCHIVE_SUFFIXES", "FolderReader", "ImageReader", "TarReader", "ZipReader", "open_reader"]
+__all__ = [
+    "read_image_file",
+    "ARCHIVE_SUFFIXES",
+    "FolderReader",
+    "ImageReader",
+    "TarReader",
+    "ZipReader",
+    "open_reader",
+]
 
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
 # A tar archive (no random access once compressed) is read into memory in one pass; above this
@@ -75,16 +84,42 @@ class FolderReader:
         return keys
 
     def read(self, key: str) -> bytes:
-        path = self.root / key
-        try:
-            return path.read_bytes()
-        except FileNotFoundError:
-            raise BadImageError(str(path), "file not found (moved or deleted?)") from None
-        except OSError as error:
-            raise BadImageError(str(path), f"cannot read file ({error.strerror})") from None
+        return read_image_file(self.root / key)
 
     def describe(self, key: str) -> str:
         return str(self.root / key)
+
+
+def read_image_file(path: Path, limit: int = MAX_MEMBER_BYTES) -> bytes:
+    """The bytes of one image file, or a BadImageError naming it. Only a regular file is read, and
+    only when it is within ``limit`` bytes: a FIFO named ``x.png`` would block the reader forever and
+    ``/dev/zero`` (or a link to it) would fill memory. Opened without blocking, and checked on the
+    open file itself, so a file swapped after a check cannot slip through."""
+    try:
+        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise BadImageError(str(path), "file not found (moved or deleted?)") from None
+    except OSError as error:
+        raise BadImageError(str(path), f"cannot read file ({error.strerror})") from None
+    with os.fdopen(descriptor, "rb") as handle:
+        status = os.fstat(handle.fileno())
+        if not stat.S_ISREG(status.st_mode):
+            raise BadImageError(str(path), f"not a regular file ({_file_kind(status.st_mode)}): not read")
+        if status.st_size > limit:
+            raise BadImageError(str(path), f"{status.st_size:,} bytes: over the {limit:,}-byte limit for one image")
+        try:
+            data = handle.read(limit + 1)
+        except OSError as error:
+            raise BadImageError(str(path), f"cannot read file ({error.strerror})") from None
+    if len(data) > limit:  # grew while being read
+        raise BadImageError(str(path), f"over the {limit:,}-byte limit for one image")
+    return data
+
+
+def _file_kind(mode: int) -> str:
+    kinds = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+             (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a folder"))  # fmt: skip
+    return next((name for test, name in kinds if test(mode)), "not a plain file")
 
 
 def _identity(folder: Path) -> tuple[int, int] | None:
