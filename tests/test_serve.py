@@ -231,3 +231,51 @@ def test_serve_refuses_bad_options_and_sources_by_name(digits_bundle, tmp_path, 
     pickle.write_bytes(b"not loaded")
     assert main(["serve", str(pickle)]) == 2
     assert f"{pickle}: not a bundle folder or an .onnx file" in capsys.readouterr().err
+
+
+class _SlowDecodeEngine(_SlowEngine):
+    """Decoding takes 0.6 s; records when each decode starts and ends."""
+
+    def __init__(self):
+        self.decodes: list[tuple[float, float]] = []
+
+    def decode(self, data, source):
+        started = time.monotonic()
+        time.sleep(0.6)
+        self.decodes.append((started, time.monotonic()))
+        return np.zeros((4, 4, 3), np.uint8)
+
+
+def test_a_timed_out_request_keeps_its_decoding_budget_until_its_decode_ends():
+    """The first request times out after 0.4 s while its decode runs on for 0.6 s; the budget
+    (one image) must not let the second request's decode start before the first one's ended."""
+    from imgclf.serve.app import create_app
+    from imgclf.serve.settings import ServeSettings
+
+    engine = _SlowDecodeEngine()
+    png = digit_png(0)[0]
+    guard = create_app(engine, ServeSettings(timeout_s=0.4, max_decoding_pixels=64))  # one 8x8 digit at a time
+
+    async def scenario():
+        async with guard.app.router.lifespan_context(guard.app):
+            first = await _asgi_call(guard, "POST", "/v1/predict", png)
+            second = await _asgi_call(guard, "POST", "/v1/predict", png)
+            await asyncio.sleep(1.5)  # let the second decode finish too
+            return first, second
+
+    (first_status, _, _), (second_status, _, _) = asyncio.run(scenario())
+    assert first_status == 504 and second_status == 504
+    (first_start, first_end), (second_start, _) = sorted(engine.decodes)
+    assert second_start >= first_end - 0.01  # never two decodes over the budget at once
+
+
+def test_an_open_host_or_an_empty_token_is_said_out_loud(monkeypatch, capsys):
+    from imgclf.cli.main import main
+    from imgclf.cli.serve_cmd import open_host_warning
+
+    assert open_host_warning("127.0.0.1", None, None) is None
+    warning = open_host_warning("0.0.0.0", None, None)
+    assert "every machine on its networks" in warning and "no token" in warning and "no Host check" in warning
+    assert "no token" not in open_host_warning("0.0.0.0", ["model.example"], "secret")
+    assert main(["serve", "runs/none", "--token", " "]) == 2
+    assert "--token is empty" in capsys.readouterr().err

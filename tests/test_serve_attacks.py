@@ -7,6 +7,8 @@ import io
 import socket
 import threading
 import time
+import urllib.error
+import urllib.request
 
 import pytest
 from PIL import Image
@@ -17,10 +19,14 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 READ_TIMEOUT_S = 2.0
 
 
+HEAD_TIMEOUT_S = 2.0
+
+
 @pytest.fixture(scope="module")
 def server(digits_bundle):
     running = Server(digits_bundle, "--token", TOKEN, "--max-body-mb", "0.05", "--max-in-flight", "4",
-                     "--read-timeout", str(READ_TIMEOUT_S), "--no-access-log")  # fmt: skip
+                     "--read-timeout", str(READ_TIMEOUT_S), "--head-timeout", str(HEAD_TIMEOUT_S),
+                     "--no-access-log")  # fmt: skip
     yield running
     running.stop()
 
@@ -155,3 +161,55 @@ def test_serve_refuses_a_port_out_of_range(digits_bundle, capsys):
 
     assert main(["serve", str(digits_bundle), "--port", "99999"]) == 2
     assert "--port must be 0-65535" in capsys.readouterr().err
+
+
+def _read_all(connection: socket.socket, seconds: float) -> bytes | None:
+    """Everything the server sends until it closes the connection; None if it is still open after
+    ``seconds``."""
+    connection.settimeout(seconds)
+    received = b""
+    try:
+        while chunk := connection.recv(65536):
+            received += chunk
+    except ConnectionResetError:
+        pass
+    except TimeoutError:
+        return None
+    return received
+
+
+def test_connections_that_send_no_request_head_are_closed(server):
+    """Silent sockets and a header trickled in slowly used to be held open for ever (100 of them
+    used up the server's file limit); they are closed after --head-timeout."""
+    silent = [socket.create_connection(("127.0.0.1", server.port), timeout=10) for _ in range(20)]
+    trickle = _open(server, "GET /v1/health HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+    started = time.monotonic()
+    for connection in [*silent, trickle]:
+        assert _read_all(connection, HEAD_TIMEOUT_S + 8) == b""  # closed without an answer
+        connection.close()
+    assert time.monotonic() - started < HEAD_TIMEOUT_S + 8
+    assert _predict_ok(server)
+
+
+def test_a_request_framed_two_ways_is_refused_and_its_connection_closed(server):
+    """Content-Length and Transfer-Encoding together (a request-smuggling shape): one 400, the
+    connection closed, and the request hidden in the body never answered."""
+    hidden = "GET /v1/health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    head = ("POST /v1/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer " + TOKEN +
+            "\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n" + hidden)  # fmt: skip
+    answer = _read_all(_open(server, head), 10)
+    assert answer is not None, "the connection was kept open"
+    assert answer.startswith(b"HTTP/1.1 400") and answer.count(b"HTTP/1.1 ") == 1, answer[:300]
+    assert _predict_ok(server)
+
+
+def test_every_answer_carries_the_protective_headers(server):
+    for path, headers in (("/v1/health", {}), ("/v1/metadata", {}), ("/v1/metadata", AUTH)):
+        request = urllib.request.Request(server.url + path, headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                received = response.headers
+        except urllib.error.HTTPError as error:  # the refusal without a token
+            received = error.headers
+        assert received["X-Frame-Options"] == "DENY" and received["X-Content-Type-Options"] == "nosniff"
+        assert received["Cache-Control"] == "no-store"

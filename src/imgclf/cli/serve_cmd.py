@@ -50,6 +50,13 @@ def add_parser(commands) -> None:
     )
     parser.add_argument("--no-access-log", action="store_true", help="do not log every request")
     parser.add_argument(
+        "--head-timeout",
+        type=float,
+        default=HEAD_TIMEOUT_S,
+        help="close a connection whose request head has not arrived this many seconds after it opened (or "
+        f"after the previous answer): idle and slow-header clients (default: {HEAD_TIMEOUT_S:g}; h11 only)",
+    )
+    parser.add_argument(
         "--http",
         choices=("h11", "httptools"),
         default="h11",
@@ -60,6 +67,7 @@ def add_parser(commands) -> None:
     parser.set_defaults(run=run)
 
 
+HEAD_TIMEOUT_S = 10.0  # seconds; serve.connections says why
 HEADER_LIMIT_BYTES = 16 * 1024  # request line + headers; beyond it uvicorn answers 400 and closes the connection
 
 
@@ -68,10 +76,21 @@ def run(args: argparse.Namespace) -> int:
 
     from imgclf.errors import UsageError
     from imgclf.serve.app import create_app
+    from imgclf.serve.connections import head_timed_protocol
     from imgclf.serve.engines import open_engine
     from imgclf.serve.settings import ServeSettings, is_loopback, loopback_hosts
 
-    for name in ("max_body_mb", "timeout", "read_timeout", "max_in_flight", "max_batch", "workers", "threads"):
+    names = (
+        "max_body_mb",
+        "timeout",
+        "read_timeout",
+        "head_timeout",
+        "max_in_flight",
+        "max_batch",
+        "workers",
+        "threads",
+    )
+    for name in names:
         if getattr(args, name) is not None and not getattr(args, name) > 0:
             raise UsageError(f"--{name.replace('_', '-')} must be positive, not {getattr(args, name)}")
     if not 0 <= args.port <= 65535:
@@ -90,6 +109,9 @@ def run(args: argparse.Namespace) -> int:
         token=_token(args),
         allowed_hosts=allowed,
     )
+    warning = open_host_warning(args.host, args.allowed_host, settings.token)
+    if warning:
+        print(warning, file=sys.stderr)
     app = create_app(open_engine(args.model, threads=args.threads), settings)
     # h11, not httptools: httptools sets no limit on a header line, so one connection sending an
     # endless header held the server (predictions went from 7 ms to 10-19 s); h11 refuses a request
@@ -100,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
         port=args.port,
         log_level="info",
         access_log=not args.no_access_log,
-        http=args.http,
+        http=head_timed_protocol(args.head_timeout) if args.http == "h11" else args.http,
         h11_max_incomplete_event_size=HEADER_LIMIT_BYTES,
         log_config=server_log_config(),
     )
@@ -135,4 +157,24 @@ def _token(args: argparse.Namespace) -> str | None:
     if args.token:
         print("note: a --token is visible to other users of this machine (ps); --token-file or $IMGCLF_TOKEN keep "
               "it private", file=sys.stderr)  # fmt: skip
-    return args.token or os.environ.get("IMGCLF_TOKEN") or None
+    if args.token is not None and not args.token.strip():
+        raise UsageError("--token is empty: give a token, or leave --token out to serve without one")
+    from_environment = os.environ.get("IMGCLF_TOKEN")
+    if not args.token and from_environment is not None and not from_environment.strip():
+        print("warning: IMGCLF_TOKEN is set but empty: the server asks no client for a token", file=sys.stderr)
+    return args.token or (from_environment or "").strip() or None
+
+
+def open_host_warning(host: str, allowed_hosts, token: str | None) -> str | None:
+    """What to say when the server listens beyond this machine: every machine that reaches it may
+    use the model (the Host check guards loopback servers from web pages only)."""
+    from imgclf.serve.settings import is_loopback
+
+    if is_loopback(host):
+        return None
+    reach = f"every machine that can reach {host}" if host not in ("0.0.0.0", "::") else "every machine on its networks"
+    checks = [] if allowed_hosts else ["no Host check (--allowed-host)"]
+    if token is None:
+        checks.append("no token (--token-file or $IMGCLF_TOKEN)")
+    missing = f"; {' and '.join(checks)}" if checks else ""
+    return f"warning: serving on {host}: {reach} can send images to this model{missing}"

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import re
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -98,13 +99,17 @@ class Service:
         self.batcher = Batcher(engine, settings)
         self.trimmer = MemoryTrimmer()
         self.explain_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="imgclf-explain")
+        # Decoding threads, as many as asyncio's own pool has: the pixel budget releases an image's
+        # share when its thread is done (resources.PixelBudget.run).
+        self.decode_executor = ThreadPoolExecutor(max_workers=min(32, (os.cpu_count() or 1) + 4),
+                                                  thread_name_prefix="imgclf-decode")  # fmt: skip
         self.pixel_budget: PixelBudget | None = None  # made inside the running loop
         self.explain_gate: asyncio.Lock | None = None
         self.explain_rest_until = 0.0  # perf_counter() before which no Grad-CAM starts
 
     @contextlib.asynccontextmanager
     async def lifespan(self, _: FastAPI):
-        self.pixel_budget = PixelBudget(self.settings.max_decoding_pixels)
+        self.pixel_budget = PixelBudget(self.settings.max_decoding_pixels, self.decode_executor)
         self.explain_gate = asyncio.Lock()
         self.batcher.start()
         self.trimmer.start()
@@ -112,14 +117,14 @@ class Service:
         self.trimmer.stop()
         self.batcher.stop()
         self.explain_executor.shutdown(wait=False, cancel_futures=True)
+        self.decode_executor.shutdown(wait=False, cancel_futures=True)
 
     async def decoded(self, name: str, data: bytes) -> np.ndarray:
         """Decoded and prepared within the shared pixel budget; HttpError 413/415 for a bad image."""
         try:
             info = await asyncio.to_thread(probe_image, data, name)
             pixels = info.width * info.height
-            async with self.pixel_budget.reserve(pixels):
-                image = await asyncio.to_thread(self.engine.decode, data, name)
+            image = await self.pixel_budget.run(pixels, self.engine.decode, data, name)
         except BadImageError as error:
             raise _bad_image(name, error) from None
         self.trimmer.note(pixels)

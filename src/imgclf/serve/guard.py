@@ -18,6 +18,14 @@ from imgclf.serve.settings import ServeSettings
 __all__ = ["OPEN_PATHS", "Guard"]
 
 OPEN_PATHS = frozenset({"/", "/v1/health", "/v1/ready"})  # answered without the token
+# On every answer: no page may frame this one (clickjacking), no browser guesses a type other than
+# the one sent, nothing is cached (answers describe a user's images), no address leaks onward.
+PROTECTIVE_HEADERS = (
+    (b"x-frame-options", b"DENY"),
+    (b"x-content-type-options", b"nosniff"),
+    (b"cache-control", b"no-store"),
+    (b"referrer-policy", b"no-referrer"),
+)
 
 
 class Guard:
@@ -35,7 +43,11 @@ class Guard:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        return await self._guarded(scope, receive, _with_protective_headers(send))
+
+    async def _guarded(self, scope, receive, send):
         try:
+            self._check_framing(scope)
             self._check_host(scope)
             if scope["path"] not in OPEN_PATHS:
                 self._check_token(scope)
@@ -88,6 +100,15 @@ class Guard:
             await asyncio.sleep(seconds)
         finally:
             self.holding -= 1
+
+    def _check_framing(self, scope) -> None:
+        """A request with both Content-Length and Transfer-Encoding is framed two ways, and a
+        proxy in front may read it the other way (request smuggling): refused, and the connection
+        closed, rather than guessing."""
+        names = {name for name, _ in scope["headers"]}
+        if b"content-length" in names and b"transfer-encoding" in names:
+            raise HttpError(400, "both Content-Length and Transfer-Encoding: ambiguous framing refused",
+                            {"Connection": "close"})  # fmt: skip
 
     def _check_host(self, scope) -> None:
         allowed = self.settings.allowed_hosts
@@ -164,3 +185,14 @@ def _replay(body: bytes, receive):
         return await receive()
 
     return replayed
+
+
+def _with_protective_headers(send):
+    async def protected(message) -> None:
+        if message["type"] == "http.response.start":
+            present = {name.lower() for name, _ in message.get("headers", [])}
+            extra = [(name, value) for name, value in PROTECTIVE_HEADERS if name not in present]
+            message = {**message, "headers": [*message.get("headers", []), *extra]}
+        await send(message)
+
+    return protected

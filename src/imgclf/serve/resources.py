@@ -4,34 +4,48 @@ handed back to the system after a burst of large images."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ctypes
 import ctypes.util
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 __all__ = ["MemoryTrimmer", "PixelBudget"]
 
 
 class PixelBudget:
     """Pixels being decoded at once, all requests together: a request waits until its image's
-    pixels fit (an image over the whole budget waits until nothing else is decoding)."""
+    pixels fit (an image over the whole budget waits until nothing else is decoding).
 
-    def __init__(self, limit: int):
-        self.limit, self.used = limit, 0
+    ``run`` holds an image's share until its decoding *thread* ends, not until the request does:
+    a request that times out (or whose client leaves) stops waiting, but its decode runs on, and
+    giving its share back then let new decodes pile on top (3.7 GB from 13 MB of requests)."""
+
+    def __init__(self, limit: int, executor: ThreadPoolExecutor):
+        self.limit, self.used, self.executor = limit, 0, executor
         self.changed = asyncio.Condition()
 
-    @contextlib.asynccontextmanager
-    async def reserve(self, pixels: int):
+    async def run(self, pixels: int, function, *arguments):
+        """``function(*arguments)`` in a decoding thread once ``pixels`` fit in the budget."""
         pixels = min(pixels, self.limit)
         async with self.changed:
             await self.changed.wait_for(lambda: self.used + pixels <= self.limit)
             self.used += pixels
+        loop = asyncio.get_running_loop()
         try:
-            yield
-        finally:
-            async with self.changed:
-                self.used -= pixels
-                self.changed.notify_all()
+            work = self.executor.submit(function, *arguments)
+        except BaseException:
+            await self._give_back(pixels)
+            raise
+        work.add_done_callback(lambda _: loop.call_soon_threadsafe(self._give_back_soon, loop, pixels))
+        return await asyncio.wrap_future(work)
+
+    def _give_back_soon(self, loop: asyncio.AbstractEventLoop, pixels: int) -> None:
+        loop.create_task(self._give_back(pixels))
+
+    async def _give_back(self, pixels: int) -> None:
+        async with self.changed:
+            self.used -= pixels
+            self.changed.notify_all()
 
 
 class MemoryTrimmer:

@@ -1,0 +1,61 @@
+"""Connections the server closes on its own: one whose request head has not fully arrived within
+``HEAD_TIMEOUT_S`` of the connection opening (or of the previous answer on a kept-alive
+connection). uvicorn closes idle kept-alive connections but never one that has sent nothing yet:
+100 sockets opened and left silent used up the server's file limit and locked every other client
+out, no token needed; a client trickling its header in a byte at a time held a connection the
+same way. A request whose head has arrived is timed by the guard instead (its body must arrive
+within ``--read-timeout``)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+__all__ = ["HeadTimedH11Protocol", "head_timed_protocol"]
+
+
+class HeadTimedH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol, closing a connection that sends no complete request head in time."""
+
+    head_timeout_s = 10.0  # a browser or curl sends its request head within milliseconds of connecting
+    _head_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm_head_timer()
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self._answering():  # a whole request head has arrived
+            self._cancel_head_timer()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._arm_head_timer()  # the next request's head gets the same time
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_head_timer()
+        super().connection_lost(exc)
+
+    def _answering(self) -> bool:
+        return self.cycle is not None and not self.cycle.response_complete
+
+    def _arm_head_timer(self) -> None:
+        self._cancel_head_timer()
+        if not self.transport.is_closing():
+            self._head_timer = self.loop.call_later(self.head_timeout_s, self._close_without_head)
+
+    def _cancel_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _close_without_head(self) -> None:
+        if not self._answering() and not self.transport.is_closing():
+            self.transport.close()
+
+
+def head_timed_protocol(seconds: float) -> type[HeadTimedH11Protocol]:
+    """The protocol class uvicorn builds each connection from, with this head timeout."""
+    return type("HeadTimedH11Protocol", (HeadTimedH11Protocol,), {"head_timeout_s": float(seconds)})
