@@ -298,3 +298,40 @@ def test_a_fifo_and_a_link_to_a_device_are_skipped_not_read(tmp_path: Path):
     assert finished.returncode == 0, finished.stderr
     recorded = json.loads((tmp_path / "run" / "model.json").read_text())["data"]["skipped"]
     assert {Path(item["file"]).name for item in recorded} == {"trap.png", "zero.png"}
+
+
+def test_resume_auto_on_a_fresh_folder_is_the_run_the_plain_command_makes(tmp_path: Path, capsys):
+    """Nothing to resume: the same choices as without --resume (imgclf's label smoothing for the
+    model it picks), not a run with the choosing left out."""
+    import yaml
+
+    from imgclf.cli.main import main
+
+    assert main(["train", "digits", "--epochs", "1", "--output", str(tmp_path / "plain")]) == 0
+    assert main(["train", "digits", "--epochs", "1", "--resume", "auto", "--output", str(tmp_path / "auto")]) == 0
+    plain, auto = (yaml.safe_load((tmp_path / name / "config.yaml").read_text()) for name in ("plain", "auto"))
+    assert auto == plain and auto["label_smoothing"] == 0.1
+
+
+@pytest.mark.parametrize("planted", [".imgclf.lock", "tensorboard"])
+def test_a_link_planted_in_the_output_is_never_written_through(tmp_path: Path, capsys, planted):
+    from imgclf.cli.main import main
+
+    output, target = tmp_path / "run", tmp_path / "elsewhere"
+    arguments = ["train", "digits", "--epochs", "1", "--log", "tensorboard", "--output", str(output)]
+    assert main(arguments) == 0  # a run of imgclf's own, then a link where it writes
+    target.mkdir()
+    shutil.rmtree(output / planted, ignore_errors=True)
+    (output / planted).symlink_to(target if planted == "tensorboard" else target / "lock")
+    capsys.readouterr()
+    assert main([*arguments, "--overwrite"]) == 2
+    assert f"{planted} is a link" in capsys.readouterr().err
+    assert list(target.iterdir()) == []
+
+
+def test_a_write_to_a_place_that_takes_no_files_is_one_line(digits_bundle, tmp_path: Path, capsys):
+    from imgclf.cli.main import main
+
+    assert main(["export", str(digits_bundle), "--output", "/proc/imgclf-test.onnx"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "/proc/imgclf-test.onnx: cannot write there" in error

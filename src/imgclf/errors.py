@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["BadImageError", "DataError", "ImgclfError", "BundleError", "UsageError"]
+__all__ = ["BadImageError", "DataError", "ImgclfError", "BundleError", "OutputError", "UsageError"]
 
 
 class ImgclfError(Exception):
@@ -24,6 +24,10 @@ class BadImageError(ImgclfError):
         super().__init__(f"{source}: {reason}")
         self.source = source
         self.reason = reason
+
+
+class OutputError(ImgclfError):
+    """A place imgclf was asked to write that cannot take the file (no such folder, /proc...)."""
 
 
 class BundleError(ImgclfError):

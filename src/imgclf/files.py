@@ -11,7 +11,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file as save_tensors_to_file
 
-__all__ = ["atomic_write_bytes", "atomic_write_tensors", "file_sha256"]
+from imgclf.errors import OutputError
+
+__all__ = ["atomic_write_bytes", "atomic_write_tensors", "check_can_write", "file_sha256"]
 
 
 def _current_umask() -> int:
@@ -33,10 +35,27 @@ def atomic_write_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata:
     _atomic_write(path, lambda temporary: save_tensors_to_file(tensors, temporary, metadata=metadata))
 
 
+def check_can_write(path: Path) -> None:
+    """Before any work: the folder ``path`` goes in can take a new file (an OutputError naming it
+    otherwise: no such folder, /proc, a read-only mount, a file where the folder should be)."""
+    path = Path(path)
+    if path.is_dir():
+        raise OutputError(f"{path}: is a folder; name the file to write")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path.parent):
+            pass
+    except OSError as error:
+        raise OutputError(f"{path}: cannot write there ({error.strerror or error})") from None
+
+
 def _atomic_write(path: Path, write) -> None:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as error:  # nothing written yet: a place that cannot take files (a full disk comes later)
+        raise OutputError(f"{path}: cannot write there ({error.strerror or error})") from None
     try:
         os.close(handle)
         write(temporary)

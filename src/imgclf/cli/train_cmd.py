@@ -134,7 +134,9 @@ def run(args: argparse.Namespace) -> int:
         resume=args.resume,
         data_dir=args.data_dir,
         force=args.force,
-        choose_model=resolved.choose_model and not args.resume,
+        # A resumed run takes its configuration from its training state; with none to resume
+        # (--resume auto on a fresh folder) the run is the one the plain command makes.
+        choose_model=resolved.choose_model,
     )
     if args.json and "rank" not in result:  # under torchrun only rank 0 answers
         print_json(result)

@@ -12,7 +12,9 @@ there, never a file of the user's that happens to have the same name.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
+import os
 import re
 import tempfile
 import time
@@ -65,11 +67,21 @@ def claim(folder: Path, names: Iterable[str]) -> None:
     leaves only files it may replace), and remove the temporary files of earlier killed writes."""
     folder = Path(folder)
     owned = owned_names(folder) | set(names)
+    _refuse_links(folder, owned | {OWNED_FILE})
     for entry in folder.iterdir() if folder.is_dir() else ():
         match = _TEMPORARY.match(entry.name)
         if match and match["name"] in owned and entry.is_file() and not entry.is_symlink():
             entry.unlink(missing_ok=True)
     atomic_write_bytes(folder / OWNED_FILE, json.dumps({"files": sorted(owned)}, indent=1).encode())
+
+
+def _refuse_links(folder: Path, names: set[str]) -> None:
+    """imgclf never writes through a link: one planted under a name it writes (``tensorboard``
+    pointing at a system folder, say) would make it write the link's target."""
+    for name in sorted(names):
+        if (folder / name).is_symlink():
+            raise UsageError(f"--output {folder}: {name} is a link; imgclf never writes through links "
+                             "(remove it or choose another folder)")  # fmt: skip
 
 
 def _foreign(folder: Path, ours: set[str]) -> list[str]:
@@ -144,8 +156,12 @@ def output_lock(output: Path):
     advisory ``flock``, released by the system when the process ends, even by SIGKILL."""
     try:
         output.mkdir(parents=True, exist_ok=True)
-        handle = open(output / LOCK_FILE, "a+")  # noqa: SIM115 - held for the whole run
+        # O_NOFOLLOW: a link planted as the lock file would make imgclf create or write its target.
+        descriptor = os.open(output / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666)
+        handle = os.fdopen(descriptor, "a+")
     except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise UsageError(f"--output {output}: {LOCK_FILE} is a link; imgclf never writes through links") from None
         raise UsageError(f"--output {output}: cannot write there ({error.strerror or error})") from None
     try:
         _wait_for_lock(handle, output)

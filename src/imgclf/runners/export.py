@@ -22,7 +22,7 @@ from imgclf.errors import BadImageError, ImgclfError, UsageError
 from imgclf.explain.calibration import centroid_distance
 from imgclf.export.onnx_graph import OPSET, add_contract, network_proto, onnx_session, with_preprocessing
 from imgclf.export.quantize import quantized_network
-from imgclf.files import atomic_write_bytes
+from imgclf.files import atomic_write_bytes, check_can_write
 from imgclf.models.info import measure_latency
 from imgclf.text import stderr_console
 
@@ -250,6 +250,8 @@ def run_export(
     if quantize not in (None, "int8"):
         raise UsageError(f"--quantize must be int8, not {quantize!r}")
     bundle = load_bundle(bundle_dir)
+    target = Path(output) if output else Path(bundle_dir) / ("model.int8.onnx" if quantize == "int8" else "model.onnx")
+    check_can_write(target)  # before the export's minutes of work
     data = data or recorded_data(bundle)
     network = _network_proto(bundle)
     temperature = bundle.description.temperature
@@ -275,8 +277,6 @@ def run_export(
     if quantize == "int8":  # int8 kernels differ between CPUs: say where this file's accuracy was measured
         contract["int8_checked_on"] = {"cpu": cpu_description(), **result["int8"]}
     add_contract(final, contract)
-    default_name = "model.int8.onnx" if quantize == "int8" else "model.onnx"
-    target = Path(output) if output else Path(bundle_dir) / default_name
     atomic_write_bytes(target, final.SerializeToString())
     result["output"] = str(target)
     result["latency_ms"] = _latency_table(bundle, sessions, layout)
