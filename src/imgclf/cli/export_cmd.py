@@ -1,4 +1,4 @@
-"""imgclf export BUNDLE [--format onnx] [--quantize int8] [--output FILE] [--layout nhwc|nchw] [--json]"""
+"""imgclf export BUNDLE [--format onnx|openvino] [--quantize int8] [--output FILE] [--layout nhwc|nchw] [--json]"""
 
 from __future__ import annotations
 
@@ -18,9 +18,13 @@ def add_parser(commands) -> None:
         "onnxruntime agrees with PyTorch on at least 99.9%% of the validation images' top-1 labels.",
     )
     parser.add_argument("bundle", metavar="BUNDLE")
-    parser.add_argument("--format", default="onnx", choices=("onnx",), help="default: onnx")
+    parser.add_argument("--format", default="onnx", choices=("onnx", "openvino"),
+                        help="onnx, or openvino: the same graph as OpenVINO IR (model.xml + model.bin), "
+                        "checked against PyTorch the same way; needs pip install 'imgclf[openvino]' "
+                        "(default: onnx)")  # fmt: skip
     parser.add_argument("--quantize", choices=("int8",), help="int8 static quantization calibrated on training images")
-    parser.add_argument("--output", metavar="FILE", help="default: BUNDLE/model.onnx (BUNDLE/model.int8.onnx)")
+    parser.add_argument("--output", metavar="FILE",
+                        help="default: BUNDLE/model.onnx (BUNDLE/model.int8.onnx; .xml for openvino)")  # fmt: skip
     parser.add_argument("--layout", default="nhwc", choices=("nhwc", "nchw"), help="pixel layout (default: nhwc)")
     parser.add_argument("--data", metavar="DATA", help="validation and calibration images (default: the training data)")
     parser.add_argument("--data-dir", help="folder with the IDX files for fashion-mnist")
@@ -32,7 +36,13 @@ def run(args: argparse.Namespace) -> int:
     from imgclf.runners.export import run_export
 
     result = run_export(
-        args.bundle, args.output, quantize=args.quantize, layout=args.layout, data=args.data, data_dir=args.data_dir
+        args.bundle,
+        args.output,
+        quantize=args.quantize,
+        layout=args.layout,
+        data=args.data,
+        data_dir=args.data_dir,
+        format=args.format,
     )
     if args.json:
         print_json(result)

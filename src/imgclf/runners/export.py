@@ -21,10 +21,14 @@ from imgclf.engine.evaluate import predict_logits
 from imgclf.errors import BadImageError, ImgclfError, UsageError
 from imgclf.explain.calibration import centroid_distance
 from imgclf.export.onnx_graph import OPSET, add_contract, network_proto, onnx_session, with_preprocessing
+from imgclf.export.openvino_ir import OpenVinoSession, openvino_model, record_check, save_ir
 from imgclf.export.quantize import quantized_network
 from imgclf.files import atomic_write_bytes, check_can_write
 from imgclf.models.info import measure_latency
 from imgclf.text import stderr_console
+
+# --format: what the file is, by its suffix. OpenVINO IR is the ONNX graph converted by OpenVINO.
+FORMATS = {"onnx": ".onnx", "openvino": ".xml"}
 
 __all__ = ["MIN_FP32_AGREEMENT", "run_export"]
 
@@ -241,16 +245,21 @@ def run_export(
     data: str | None = None,
     data_dir=None,
     console: Console | None = None,
+    format: str = "onnx",
 ) -> dict:
-    """Export BUNDLE to ONNX; fails (writing nothing) when fp32 top-1 agreement with PyTorch on
-    the validation images is below MIN_FP32_AGREEMENT."""
+    """Export BUNDLE to ONNX, or through it to OpenVINO IR (``format="openvino"``); fails (writing
+    nothing) when fp32 top-1 agreement with PyTorch on the validation images is below
+    MIN_FP32_AGREEMENT, for the ONNX graph and for the IR alike."""
     console = console or stderr_console()
     if layout not in LAYOUTS:
         raise UsageError(f"--layout must be nhwc or nchw, not {layout!r}")
     if quantize not in (None, "int8"):
         raise UsageError(f"--quantize must be int8, not {quantize!r}")
+    if format not in FORMATS:
+        raise UsageError(f"--format must be one of {', '.join(FORMATS)}, not {format!r}")
     bundle = load_bundle(bundle_dir)
-    target = Path(output) if output else Path(bundle_dir) / ("model.int8.onnx" if quantize == "int8" else "model.onnx")
+    default_name = ("model.int8" if quantize == "int8" else "model") + FORMATS[format]
+    target = Path(output) if output else Path(bundle_dir) / default_name
     check_can_write(target)  # before the export's minutes of work
     data = data or recorded_data(bundle)
     network = _network_proto(bundle)
@@ -277,11 +286,41 @@ def run_export(
     if quantize == "int8":  # int8 kernels differ between CPUs: say where this file's accuracy was measured
         contract["int8_checked_on"] = {"cpu": cpu_description(), **result["int8"]}
     add_contract(final, contract)
-    atomic_write_bytes(target, final.SerializeToString())
+    if format == "openvino":
+        sessions["openvino"], result["openvino_parity"] = _write_openvino(bundle, final, contract, target, val,
+                                                                          layout, console)  # fmt: skip
+        result["format"] = "openvino"
+    else:
+        atomic_write_bytes(target, final.SerializeToString())
     result["output"] = str(target)
     result["latency_ms"] = _latency_table(bundle, sessions, layout)
     console.print(f"wrote {target}")
     return result
+
+
+def _write_openvino(
+    bundle: Bundle, final, contract: dict, target: Path, val, layout: str, console: Console
+) -> tuple[OpenVinoSession, dict]:
+    """The ONNX graph as OpenVINO IR at ``target``, written only when OpenVINO (computing in f32,
+    as exported) agrees with PyTorch on the validation images as closely as the ONNX file had to;
+    the agreement at this CPU's default precision (bf16 where the CPU has it) is measured and
+    recorded beside it. Returns the default-precision session and the parity."""
+    model, images = openvino_model(final, contract), val or _random_images(bundle)
+    parity = _parity(bundle, OpenVinoSession(model, "f32"), images, layout)
+    session = OpenVinoSession(model)
+    default = _parity(bundle, session, images, layout)
+    parity["default_precision"] = {"precision": session.precision, "top1_agreement": default["top1_agreement"],
+                                   "max_logit_diff": default["max_logit_diff"]}  # fmt: skip
+    agreement = parity["top1_agreement"]
+    console.print(f"OpenVINO parity with PyTorch on {parity['images']}: top-1 agreement {agreement:.4%}, largest "
+                  f"logit difference {parity['max_logit_diff']:.2e} (f32); {default['top1_agreement']:.4%} and "
+                  f"{default['max_logit_diff']:.2e} at this CPU's default precision, {session.precision}")  # fmt: skip
+    if agreement < MIN_FP32_AGREEMENT:
+        raise ImgclfError(f"export refused: the OpenVINO model agrees with PyTorch on only {agreement:.2%} of "
+                          f"{parity['images']} (at least {MIN_FP32_AGREEMENT:.1%} needed)")  # fmt: skip
+    record_check(model, {"cpu": cpu_description(), **parity})
+    save_ir(model, target)
+    return session, parity
 
 
 def _int8(
