@@ -251,3 +251,26 @@ def test_train_digits_writes_a_complete_self_contained_report(tmp_path, capsys):
     assert main(["evaluate", str(bundle), "digits", "--json"]) == 0
     result = json.loads(capsys.readouterr().out.split("report written to")[-1].split("\n", 1)[-1])
     assert {"ece", "ece_uncalibrated", "temperature", "most_confused"} <= set(result)
+
+
+def test_flip_test_time_augmentation_averages_each_image_with_its_mirror(tmp_path):
+    """predict --tta flip: the calibrated softmax of the mean of the image's and its mirror's
+    logits; a mirror-symmetric image gets what it gets without it."""
+    import imgclf
+    from conftest import write_class_folder
+    from imgclf.cli.main import main
+
+    data = write_class_folder(tmp_path / "data", ["left", "right"], per_class=12, size=16)
+    bundle = tmp_path / "bundle"
+    imgclf.train(str(data), output=bundle, model="simple_cnn", epochs=2, batch_size=8, threads=1)
+    plain, flipped = imgclf.load(bundle, abstain=False), imgclf.load(bundle, abstain=False, tta="flip")
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    mirror = image[:, ::-1].copy()
+    expected = torch.softmax(
+        torch.log(torch.from_numpy(plain.predict_proba([image, mirror])).double()).sum(0) / 2, dim=0
+    ).numpy()  # log-probabilities differ from logits/T by a per-image constant: the mean's softmax is the same
+    assert np.allclose(flipped.predict_proba([image])[0], expected, atol=1e-4)
+    symmetric = np.concatenate([image[:, :8], image[:, :8][:, ::-1]], axis=1)
+    assert np.allclose(flipped.predict_proba([symmetric]), plain.predict_proba([symmetric]), atol=1e-5)
+    assert main(["predict", str(bundle), str(data / "left" / "000.png"), "--tta", "flip", "--json"]) == 0

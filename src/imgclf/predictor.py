@@ -19,6 +19,7 @@ from imgclf.models.inference import folded_for_inference
 __all__ = ["Classifier", "ImageInput", "abstain_decision", "image_pixels", "load"]
 
 ImageInput = str | Path | bytes | Image.Image | np.ndarray
+TTA_MODES = ("none", "flip")
 
 
 def image_pixels(image: ImageInput, channels: int, min_side: int | None = None) -> np.ndarray:
@@ -44,8 +45,13 @@ def image_pixels(image: ImageInput, channels: int, min_side: int | None = None) 
 class Classifier:
     """A trained model with its preprocessing: ``imgclf.load(bundle).predict(images)``."""
 
-    def __init__(self, bundle: Bundle, device: str | torch.device = "cpu", abstain: bool = True):
+    def __init__(self, bundle: Bundle, device: str | torch.device = "cpu", abstain: bool = True, tta: str = "none"):
+        if tta not in TTA_MODES:
+            raise ImgclfError(f"tta must be one of {', '.join(TTA_MODES)}, not {tta!r}")
         self.bundle = bundle
+        # "flip": each image's logits averaged with its mirror image's (test-time augmentation);
+        # only for images whose class survives a mirror (photos, not text or digits).
+        self.flip = tta == "flip"
         self.device = torch.device(device)
         self.model = bundle.model.to(self.device, memory_format=torch.channels_last).eval()
         # Predictions run on a copy with the batch norms folded into the convolutions (faster);
@@ -73,12 +79,20 @@ class Classifier:
         model = self._inference_model
         features = model.forward_features(batch)
         if self.distance_threshold is None:
-            logits = model.forward_head(features).float()
+            logits = self._with_mirror(model.forward_head(features).float(), batch)
             return torch.softmax(logits / self.temperature, dim=1).cpu(), None
         logits, embeddings = model.forward_head_and_embedding(features)
-        probabilities = torch.softmax(logits.float() / self.temperature, dim=1).cpu()
+        logits = self._with_mirror(logits.float(), batch)
+        probabilities = torch.softmax(logits / self.temperature, dim=1).cpu()
         embeddings = torch.nn.functional.normalize(torch.flatten(embeddings, 1).float(), dim=1).cpu()
         return probabilities, centroid_distance(embeddings, self.centroids, probabilities.argmax(dim=1))
+
+    def _with_mirror(self, logits: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
+        """With flip test-time augmentation, the mean of the image's and its mirror's logits (the
+        embedding distance stays the image's own)."""
+        if not self.flip:
+            return logits
+        return (logits + self._inference_model(torch.flip(batch, dims=(3,))).float()) / 2
 
     def _probabilities(self, prepared: list[np.ndarray]) -> torch.Tensor:
         return self._forward(prepared)[0]
@@ -163,9 +177,12 @@ def abstain_decision(
     return {"label": classes[top_class]}
 
 
-def load(bundle_dir: str | Path, device: str | torch.device = "cpu", abstain: bool = True) -> Classifier:
-    """Load a bundle directory for prediction; ``abstain=False`` always names a label."""
-    return Classifier(load_bundle(bundle_dir), device=device, abstain=abstain)
+def load(
+    bundle_dir: str | Path, device: str | torch.device = "cpu", abstain: bool = True, tta: str = "none"
+) -> Classifier:
+    """Load a bundle directory for prediction; ``abstain=False`` always names a label;
+    ``tta="flip"`` averages each image with its mirror image (photos: BENCHMARKS.md)."""
+    return Classifier(load_bundle(bundle_dir), device=device, abstain=abstain, tta=tta)
 
 
 def load_pretrained_classifier(model_name: str, source: str | None = None, device: str = "cpu") -> Classifier:

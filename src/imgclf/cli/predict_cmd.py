@@ -32,6 +32,9 @@ def add_parser(commands) -> None:
         help="always name a label, even below the confidence threshold chosen on validation",
     )
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
+    parser.add_argument("--tta", default="none", choices=("none", "flip"),
+                        help="flip: average each image with its mirror image (twice the compute; for photos, whose "
+                        "class survives a mirror, not for text or digits) (default: none)")  # fmt: skip
     parser.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
     parser.set_defaults(run=run)
 
@@ -53,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
         bundle, inputs = args.paths[0], args.paths[1:]
     pretrained = (args.model, None if args.pretrained == "default" else args.pretrained) if args.model else None
     results = run_predict(
-        bundle, inputs, top_k=args.top_k, device=args.device, pretrained=pretrained, abstain=args.abstain
+        bundle, inputs, top_k=args.top_k, device=args.device, pretrained=pretrained, abstain=args.abstain, tta=args.tta
     )
     if args.json:
         print_json(results)

@@ -17,10 +17,13 @@ def run_predict(
     device: str = "cpu",
     pretrained: tuple[str, str | None] | None = None,
     abstain: bool = True,
+    tta: str = "none",
 ) -> list[dict]:
-    """Top-k labels from a bundle, or from ``pretrained`` = (model name, weights file or None)."""
+    """Top-k labels from a bundle, or from ``pretrained`` = (model name, weights file or None);
+    ``tta="flip"``: each image averaged with its mirror image."""
     if pretrained is not None:
         classifier = load_pretrained_classifier(*pretrained, device=device)
+        classifier.flip = tta == "flip"
     else:
-        classifier = load(bundle_dir, device=device, abstain=abstain)
+        classifier = load(bundle_dir, device=device, abstain=abstain, tta=tta)
     return classifier.predict([str(path) for path in expand_image_paths(inputs)], top_k=top_k)
