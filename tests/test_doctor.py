@@ -183,3 +183,16 @@ def test_a_file_that_vanishes_after_the_scan_is_skipped_and_named(tmp_path):
         else:  # streaming: the file is skipped in its batch when it is reached
             items = [prepared.splits[name][i] for name in prepared.splits for i in range(len(prepared.splits[name]))]
             assert sum(item is None for item in items) == 1
+
+
+def test_a_long_file_scan_says_how_far_it_has_come(image_folder, capsys, monkeypatch):
+    """A scan of many files prints a progress line every so often (every 10 s; here at once)."""
+    import imgclf.data.prepare
+    from imgclf.cli.main import main
+
+    monkeypatch.setattr(imgclf.data.prepare, "SCAN_REPORT_EVERY_S", 0.0)
+    assert main(["doctor", str(image_folder)]) == 0
+    assert "scanning files: 72 of 72" in capsys.readouterr().err
+    assert main(["train", str(image_folder), "--model", "simple_cnn", "--epochs", "1", "--threads", "1",
+                 "--output", str(image_folder.parent / "run")]) == 0  # fmt: skip
+    assert "scanning files: 72 of 72" in capsys.readouterr().err

@@ -12,6 +12,7 @@ import numpy as np
 from imgclf.data.checks import imbalance_ratio, row_labels
 from imgclf.data.dataset import MULTI_LABEL, Dataset
 from imgclf.data.decode import MAX_COUNTED_FRAMES, ImageInfo, decode_image, probe_image
+from imgclf.data.prepare import ScanProgress
 from imgclf.errors import BadImageError
 
 __all__ = ["array_rows", "label_set_facts", "scan_files", "summary"]
@@ -75,10 +76,14 @@ def _inspect_file(split, key: str) -> tuple[ImageInfo | None, str | None, str]:
     return info, None, digest
 
 
-def scan_files(dataset: Dataset) -> list[dict]:
+def scan_files(dataset: Dataset, report=None) -> list[dict]:
+    """A row per file: used, converted (how) or skipped (why); ``report`` is told how far a long
+    scan has come."""
     rows, infos = [], []
+    progress = ScanProgress(sum(len(split) for split in dataset.splits.values()), report)
     for split_name, split in dataset.splits.items():
         for key, target in zip(split.keys, split.targets):
+            progress.step()
             info, reason, digest = _inspect_file(split, key)
             row = {
                 "file": split.reader.describe(key),

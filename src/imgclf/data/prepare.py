@@ -9,6 +9,8 @@ one uint8 tensor; larger ones stream (decoded per batch by DataLoader workers).
 from __future__ import annotations
 
 import hashlib
+import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
@@ -20,6 +22,7 @@ from imgclf.data.decode import convert_channels, decode_image, probe_image, resi
 from imgclf.errors import BadImageError
 
 __all__ = [
+    "ScanProgress",
     "PreparedSplits",
     "prepare_splits",
     "DataProfile",
@@ -126,9 +129,33 @@ class _SplitScan:
     rows: list[dict] = field(default_factory=list)  # per file, for imgclf.data.checks
 
 
-def _scan_file_split(name: str, split: FileSplit, classes: list[str]) -> _SplitScan:
+SCAN_REPORT_EVERY_S = 10.0  # seconds between progress lines of a long file scan
+
+
+class ScanProgress:
+    """Says how far a long scan of the files has come, every ``every_s`` seconds: a quick scan says
+    nothing, a million-row CSV no longer runs for minutes without a word."""
+
+    def __init__(self, total: int, report: Callable[[str], None] | None, every_s: float | None = None):
+        self.total, self.report = total, report
+        self.every_s = SCAN_REPORT_EVERY_S if every_s is None else every_s
+        self.done, self.started = 0, time.perf_counter()
+        self.last = self.started
+
+    def step(self) -> None:
+        self.done += 1
+        now = time.perf_counter()
+        if self.report is not None and now - self.last >= self.every_s:
+            self.last = now
+            rate = self.done / max(now - self.started, 1e-9)
+            left = (self.total - self.done) / max(rate, 1e-9)
+            self.report(f"scanning files: {self.done:,} of {self.total:,} ({rate:,.0f}/s, about {left:.0f} s left)")
+
+
+def _scan_file_split(name: str, split: FileSplit, classes: list[str], progress: ScanProgress) -> _SplitScan:
     scan = _SplitScan()
     for index, (key, target) in enumerate(zip(split.keys, split.targets)):
+        progress.step()
         source = split.reader.describe(key)
         row = {"file": source, "split": name, "class": classes[int(target)], "status": "skipped"}
         scan.rows.append(row)
@@ -157,9 +184,10 @@ def _scan_array_split(name: str, split: ArraySplit, classes: list[str]) -> _Spli
     return scan
 
 
-def profile_dataset(dataset: Dataset) -> DataProfile:
+def profile_dataset(dataset: Dataset, report: Callable[[str], None] | None = None) -> DataProfile:
     """Scan every split's headers (and hash every file); drop unusable files from
-    ``dataset.splits`` (skip and report)."""
+    ``dataset.splits`` (skip and report). ``report``: told how far a long scan has come."""
+    progress = ScanProgress(sum(len(split) for split in dataset.splits.values()), report)
     skipped: list[tuple[str, str]] = []
     short_sides: list[int] = []
     rows: list[dict] = []
@@ -168,7 +196,7 @@ def profile_dataset(dataset: Dataset) -> DataProfile:
         if isinstance(split, ArraySplit):
             scan = _scan_array_split(name, split, dataset.classes)
         else:
-            scan = _scan_file_split(name, split, dataset.classes)
+            scan = _scan_file_split(name, split, dataset.classes, progress)
             if scan.bad:
                 dataset.splits[name] = split.subset(np.array(scan.valid, dtype=np.int64))
         skipped.extend(scan.bad)

@@ -13,6 +13,7 @@ from collections import Counter
 from imgclf.data.checks import data_warnings
 from imgclf.data.dataset import MULTI_LABEL, ArraySplit, SplitPolicy, load_dataset
 from imgclf.data.inspect import array_rows, label_set_facts, scan_files, summary
+from imgclf.text import stderr_console
 
 __all__ = ["run_doctor"]
 
@@ -24,7 +25,7 @@ def run_doctor(data: str, seed: int = 0, data_dir=None, task: str | None = None)
     if any(isinstance(split, ArraySplit) for split in dataset.splits.values()):
         rows = array_rows(dataset)
     else:
-        rows = scan_files(dataset)
+        rows = scan_files(dataset, stderr_console().print)
     duplicates, warnings = data_warnings(rows, dataset.classes)
     overview = summary(dataset, rows)
     if dataset.task == MULTI_LABEL:

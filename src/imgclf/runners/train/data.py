@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import replace
 
@@ -26,6 +27,7 @@ from imgclf.data.prepare import (
 )
 from imgclf.errors import DataError
 from imgclf.models import choose_input_size, get_model_spec
+from imgclf.text import stderr_console
 from imgclf.transfer import PretrainedWeights
 
 __all__ = ["describe_data", "load_training_data"]
@@ -101,7 +103,8 @@ def scan_training_data(data: str, config: TrainConfig, data_dir) -> tuple[Datase
     dataset = load_dataset(data, policy, data_dir)
     dataset.require_single_label("training")
     _apply_train_cap(dataset, config)
-    return dataset, profile_dataset(dataset)
+    report = stderr_console().print if int(os.environ.get("RANK", "0")) == 0 else None  # rank 0 speaks
+    return dataset, profile_dataset(dataset, report)
 
 
 def check_trainable(data: str, dataset: Dataset, profile: DataProfile) -> None:
