@@ -327,9 +327,7 @@ def test_train_with_a_budget_and_no_model_trains_the_advisors_choice_and_records
     scans = []  # a folder's header scan can take a while: the advisor and training share one
     for module in (imgclf.advise.advisor, imgclf.runners.train.data):
         counted = module.profile_dataset
-        monkeypatch.setattr(
-            module, "profile_dataset", lambda dataset, counted=counted: scans.append(1) or counted(dataset)
-        )
+        monkeypatch.setattr(module, "profile_dataset", lambda *args, counted=counted: scans.append(1) or counted(*args))
     output = tmp_path / "run"
     code = main(["train", "digits", "--time-budget", "20s", "-o", str(output), "--json"])
     result = json.loads(capsys.readouterr().out)
