@@ -112,19 +112,26 @@ def test_a_damaged_file_with_a_hostile_name_is_named_with_visible_escapes(tmp_pa
     assert main(["doctor", str(data)]) == 0
     shown = _shown_as_text(capsys)
     assert "[red]damaged\\x1b[0m.png" in shown  # the file is named, its escape visible
-    assert main(["predict", str(data / FOLDER_CLASSES[0]), "--model", "simple_cnn"]) in (0, 1, 2)
-    _shown_as_text(capsys)
+    bundle = tmp_path / "bundle"
+    assert main(_train(data, bundle)) == 0
+    capsys.readouterr()
+    # Both class folders: the hidden-text file is predicted, the damaged one is its own error (exit 1).
+    assert main(["predict", str(bundle), str(data / FOLDER_CLASSES[0]), str(data / FOLDER_CLASSES[1])]) == 1
+    captured = capsys.readouterr()
+    assert "\\x1b[8mhidden.png:" in captured.out and "[red]damaged\\x1b[0m.png:" in captured.err
+    assert not HIDDEN.findall(captured.out + captured.err)
 
 
 def test_the_label_check_shows_hostile_names_as_text(tmp_path: Path, capsys):
     from imgclf.cli.main import main
 
-    data = write_hostile_csv(tmp_path / "data")
+    data = write_hostile_folder(tmp_path / "data")
     output = tmp_path / "labels"
     assert main(["doctor", str(data), "--labels", "--output", str(output)]) == 0
     _shown_as_text(capsys)
     gallery = (output / "label_issues.html").read_text(encoding="utf-8")
-    assert "\x1b" not in gallery or "&" in gallery  # text in the page, never markup
+    # Every training image is ranked and the gallery shows them all here: each class name as text.
+    assert "<img src=x onerror" not in gallery and "&lt;img src=x onerror=window.__pwned=1&gt;" in gallery
 
 
 def test_each_surface_function_makes_its_own_syntax_inert():

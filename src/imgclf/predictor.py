@@ -185,7 +185,9 @@ def load(
     return Classifier(load_bundle(bundle_dir), device=device, abstain=abstain, tta=tta)
 
 
-def load_pretrained_classifier(model_name: str, source: str | None = None, device: str = "cpu") -> Classifier:
+def load_pretrained_classifier(
+    model_name: str, source: str | None = None, device: str = "cpu", tta: str = "none"
+) -> Classifier:
     """A zoo model with its ImageNet weights and their preprocessing, as a Classifier over the
     1000 ImageNet classes (no training, no bundle)."""
     from imgclf.models import create_model
@@ -201,4 +203,4 @@ def load_pretrained_classifier(model_name: str, source: str | None = None, devic
     bundle = Bundle(
         Path(weights.source), model.eval(), preprocess, weights.classes or imagenet_class_names(), description, {}
     )
-    return Classifier(bundle, device=device)
+    return Classifier(bundle, device=device, tta=tta)

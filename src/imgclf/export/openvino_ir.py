@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from imgclf.errors import UsageError
+from imgclf.errors import ImgclfError, UsageError
 from imgclf.files import check_can_write
 
 __all__ = ["OpenVinoSession", "openvino_model", "read_contract", "record_check", "save_ir"]
@@ -83,7 +83,12 @@ class OpenVinoSession:
     def __init__(self, model, precision: str | None = None):
         openvino = _openvino()
         config = {"INFERENCE_PRECISION_HINT": precision} if precision else {}
-        self.compiled = openvino.Core().compile_model(model, "CPU", config)
+        try:
+            self.compiled = openvino.Core().compile_model(model, "CPU", config)
+        except RuntimeError as error:  # e.g. ONEDNN_MAX_CPU_ISA below what OpenVINO detected: "bad combination"
+            reason = str(error).strip().splitlines()[-1] or "no reason given"
+            raise ImgclfError(f"OpenVINO cannot compile the model for this CPU at {precision or 'its default'} "
+                              f"precision ({reason})") from None  # fmt: skip
         self.precision = self.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
         self.input_name = model.inputs[0].get_any_name()
         self.output_names = [output.get_any_name() for output in model.outputs]

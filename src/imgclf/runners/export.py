@@ -304,23 +304,41 @@ def _write_openvino(
     """The ONNX graph as OpenVINO IR at ``target``, written only when OpenVINO (computing in f32,
     as exported) agrees with PyTorch on the validation images as closely as the ONNX file had to;
     the agreement at this CPU's default precision (bf16 where the CPU has it) is measured and
-    recorded beside it. Returns the default-precision session and the parity."""
+    recorded beside it. Returns the session a deployment gets (the f32 one where the default
+    cannot compile here) and the parity."""
     model, images = openvino_model(final, contract), val or _random_images(bundle)
-    parity = _parity(bundle, OpenVinoSession(model, "f32"), images, layout)
-    session = OpenVinoSession(model)
-    default = _parity(bundle, session, images, layout)
-    parity["default_precision"] = {"precision": session.precision, "top1_agreement": default["top1_agreement"],
-                                   "max_logit_diff": default["max_logit_diff"]}  # fmt: skip
+    exact = OpenVinoSession(model, "f32")
+    parity = _parity(bundle, exact, images, layout)
+    session, default = _openvino_default(bundle, model, images, layout)
+    parity["default_precision"] = default
     agreement = parity["top1_agreement"]
     console.print(f"OpenVINO parity with PyTorch on {parity['images']}: top-1 agreement {agreement:.4%}, largest "
-                  f"logit difference {parity['max_logit_diff']:.2e} (f32); {default['top1_agreement']:.4%} and "
-                  f"{default['max_logit_diff']:.2e} at this CPU's default precision, {session.precision}")  # fmt: skip
+                  f"logit difference {parity['max_logit_diff']:.2e} (f32); at this CPU's default precision: "
+                  f"{_default_text(default)}")  # fmt: skip
     if agreement < MIN_FP32_AGREEMENT:
         raise ImgclfError(f"export refused: the OpenVINO model agrees with PyTorch on only {agreement:.2%} of "
                           f"{parity['images']} (at least {MIN_FP32_AGREEMENT:.1%} needed)")  # fmt: skip
     record_check(model, {"cpu": cpu_description(), **parity})
     save_ir(model, target)
-    return session, parity
+    return session or exact, parity
+
+
+def _openvino_default(bundle: Bundle, model, images, layout: str) -> tuple[OpenVinoSession | None, dict]:
+    """The IR as a deployment compiles it (OpenVINO's default precision) and its agreement with
+    PyTorch; when that compile fails here (the f32 one worked), the reason instead."""
+    try:
+        session = OpenVinoSession(model)
+    except ImgclfError as error:
+        return None, {"precision": None, "unavailable": str(error)}
+    default = _parity(bundle, session, images, layout)
+    return session, {"precision": session.precision, "top1_agreement": default["top1_agreement"],
+                     "max_logit_diff": default["max_logit_diff"]}  # fmt: skip
+
+
+def _default_text(default: dict) -> str:
+    if default["precision"] is None:
+        return default["unavailable"]
+    return f"{default['precision']}, {default['top1_agreement']:.4%} and {default['max_logit_diff']:.2e}"
 
 
 def _int8(

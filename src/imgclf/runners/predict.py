@@ -22,8 +22,7 @@ def run_predict(
     """Top-k labels from a bundle, or from ``pretrained`` = (model name, weights file or None);
     ``tta="flip"``: each image averaged with its mirror image."""
     if pretrained is not None:
-        classifier = load_pretrained_classifier(*pretrained, device=device)
-        classifier.flip = tta == "flip"
+        classifier = load_pretrained_classifier(*pretrained, device=device, tta=tta)
     else:
         classifier = load(bundle_dir, device=device, abstain=abstain, tta=tta)
     return classifier.predict([str(path) for path in expand_image_paths(inputs)], top_k=top_k)

@@ -4,6 +4,7 @@ handed back to the system after a burst of large images."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import ctypes.util
 import time
@@ -36,11 +37,13 @@ class PixelBudget:
         except BaseException:
             await self._give_back(pixels)
             raise
-        work.add_done_callback(lambda _: loop.call_soon_threadsafe(self._give_back_soon, loop, pixels))
+        work.add_done_callback(lambda _: self._decoded(loop, pixels))
         return await asyncio.wrap_future(work)
 
-    def _give_back_soon(self, loop: asyncio.AbstractEventLoop, pixels: int) -> None:
-        loop.create_task(self._give_back(pixels))
+    def _decoded(self, loop: asyncio.AbstractEventLoop, pixels: int) -> None:
+        """In the decoding thread, when it is done: the share goes back on the server's loop."""
+        with contextlib.suppress(RuntimeError):  # the server stopped first: nothing to give back to
+            loop.call_soon_threadsafe(lambda: loop.create_task(self._give_back(pixels)))
 
     async def _give_back(self, pixels: int) -> None:
         async with self.changed:
