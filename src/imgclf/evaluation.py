@@ -12,14 +12,15 @@ from rich.console import Console
 
 from imgclf.bundle import Bundle
 from imgclf.data.batches import eval_batch_size, make_batches
-from imgclf.data.dataset import load_dataset
+from imgclf.data.dataset import MULTI_LABEL, load_dataset
 from imgclf.data.prepare import TensorSplit, prepare_splits
 from imgclf.engine.evaluate import calibrated_metrics, predict_logits
+from imgclf.engine.label_sets import label_set_metrics, logit_thresholds
 from imgclf.engine.runtime import resolve_device
 from imgclf.errors import DataError
 from imgclf.text import stderr_console
 
-__all__ = ["SplitEvaluation", "evaluate_split"]
+__all__ = ["SplitEvaluation", "bundle_metrics", "evaluate_split"]
 
 
 @dataclass
@@ -45,7 +46,8 @@ def evaluate_split(
     (``tta="flip"``: averaged with the mirrored image)."""
     console = console or stderr_console()
     dataset = load_dataset(data, bundle.description.split_policy(), data_dir)
-    dataset.require_single_label("evaluation")
+    if (dataset.task == MULTI_LABEL) != bundle.description.multi_label:
+        raise DataError(f"{data}: {dataset.task} data, but the model is {bundle.description.task}")
     if split not in dataset.splits:
         have = ", ".join(sorted(dataset.splits))
         raise DataError(f"{data}: has no {split!r} split (it has {have}); choose one with --split")
@@ -66,7 +68,7 @@ def evaluate_split(
     # Map the data's class indices onto the model's (the data may lack some classes).
     remap = torch.tensor([bundle.classes.index(name) for name in dataset.classes])
     target_split = prepared.splits[split]
-    target_split.targets = remap[target_split.targets]
+    target_split.targets = _remapped(target_split.targets, remap, len(bundle.classes))
     torch_device = resolve_device(device)
     logits, targets = predict_logits(
         bundle.model.to(torch_device, memory_format=torch.channels_last),
@@ -76,8 +78,29 @@ def evaluate_split(
         flip_tta=tta == "flip",
     )
     bundle.model.cpu()
-    metrics = calibrated_metrics(logits, targets, bundle.classes, bundle.description.temperature)
+    metrics = bundle_metrics(bundle, logits, targets)
     metrics["split"] = split
     metrics["tta"] = tta
     metrics["skipped"] = [{"file": file, "reason": reason} for file, reason in prepared.skipped]
     return SplitEvaluation(metrics, target_split, logits, targets)
+
+
+def _remapped(targets: torch.Tensor, remap: torch.Tensor, classes: int) -> torch.Tensor:
+    """The data's targets in the model's class (label) order."""
+    if targets.dim() == 1:
+        return remap[targets]
+    mapped = torch.zeros(len(targets), classes, dtype=targets.dtype)
+    mapped[:, remap] = targets
+    return mapped
+
+
+def bundle_metrics(bundle: Bundle, logits: torch.Tensor, targets: torch.Tensor) -> dict:
+    """The metrics of these logits as the bundle decides: calibrated metrics at its temperature,
+    or for a multi-label bundle the label-set metrics at its per-label thresholds."""
+    description = bundle.description
+    if not description.multi_label:
+        return calibrated_metrics(logits, targets, bundle.classes, description.temperature)
+    thresholds, temperatures = description.label_thresholds, description.label_temperatures
+    metrics = label_set_metrics(logits, targets, bundle.classes, logit_thresholds(thresholds, temperatures,
+                                                                                   len(bundle.classes)))  # fmt: skip
+    return {**metrics, "thresholds": thresholds, "temperatures": temperatures}

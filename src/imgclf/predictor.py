@@ -13,10 +13,11 @@ from imgclf.bundle import Bundle, BundleDescription, load_bundle
 from imgclf.data.decode import convert_channels, decode_image
 from imgclf.data.readers import read_image_file
 from imgclf.errors import BadImageError, ImgclfError
+from imgclf.engine.label_sets import nearest_centroid
 from imgclf.explain.calibration import centroid_distance
 from imgclf.models.inference import folded_for_inference
 
-__all__ = ["Classifier", "ImageInput", "abstain_decision", "image_pixels", "load"]
+__all__ = ["Classifier", "ImageInput", "abstain_decision", "image_pixels", "label_set_decision", "load"]
 
 ImageInput = str | Path | bytes | Image.Image | np.ndarray
 TTA_MODES = ("none", "flip")
@@ -66,6 +67,10 @@ class Classifier:
         self.centroids = bundle.centroids if abstain else None
         distance = bundle.description.abstain_distance_threshold
         self.distance_threshold = float(distance) if distance is not None and self.centroids is not None else None
+        # Multi-label bundles: a sigmoid per label, sigmoid(logit / T_label), and a threshold per label.
+        self.multi_label = bundle.description.multi_label
+        self.label_temperatures = torch.tensor(bundle.description.label_temperatures)
+        self.label_thresholds = bundle.description.label_thresholds
 
     def prepare(self, image: ImageInput) -> np.ndarray:
         pixels = image_pixels(image, self.preprocess.channels, self.preprocess.decode_side)
@@ -80,12 +85,18 @@ class Classifier:
         features = model.forward_features(batch)
         if self.distance_threshold is None:
             logits = self._with_mirror(model.forward_head(features).float(), batch)
-            return torch.softmax(logits / self.temperature, dim=1).cpu(), None
+            return self._calibrated(logits.cpu()), None
         logits, embeddings = model.forward_head_and_embedding(features)
-        logits = self._with_mirror(logits.float(), batch)
-        probabilities = torch.softmax(logits / self.temperature, dim=1).cpu()
+        probabilities = self._calibrated(self._with_mirror(logits.float(), batch).cpu())
         embeddings = torch.nn.functional.normalize(torch.flatten(embeddings, 1).float(), dim=1).cpu()
+        if self.multi_label:  # the nearest label's training images
+            return probabilities, nearest_centroid(embeddings, self.centroids)[1]
         return probabilities, centroid_distance(embeddings, self.centroids, probabilities.argmax(dim=1))
+
+    def _calibrated(self, logits: torch.Tensor) -> torch.Tensor:
+        if self.multi_label:
+            return torch.sigmoid(logits / self.label_temperatures)
+        return torch.softmax(logits / self.temperature, dim=1)
 
     def _with_mirror(self, logits: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
         """With flip test-time augmentation, the mean of the image's and its mirror's logits (the
@@ -98,7 +109,8 @@ class Classifier:
         return self._forward(prepared)[0]
 
     def predict_proba(self, images: list[ImageInput]) -> np.ndarray:
-        """Class probabilities, one row per image (raises BadImageError for a bad image)."""
+        """Class probabilities, one row per image (raises BadImageError for a bad image); on a
+        multi-label bundle each label's own probability (the row does not sum to 1)."""
         return self._probabilities([self.prepare(image) for image in images]).numpy()
 
     def predict(self, images: list[ImageInput], top_k: int = 5, batch_size: int = 64) -> list[dict]:
@@ -132,6 +144,9 @@ class Classifier:
         each request's image on its own, so one image that cannot be prepared fails only its request."""
         top_k = max(1, min(top_k, len(self.classes)))
         probs, distances = self._forward(prepared)
+        if self.multi_label:
+            return [self._label_set(probs[row], None if distances is None else float(distances[row]), top_k)
+                    for row in range(len(prepared))]  # fmt: skip
         values, indices = probs.topk(top_k, dim=1)
         answers = []
         for row in range(len(prepared)):
@@ -143,6 +158,16 @@ class Classifier:
             ]
             answers.append(answer)
         return answers
+
+    def _label_set(self, probabilities: torch.Tensor, distance: float | None, top_k: int) -> dict:
+        """A multi-label answer: ``labels`` (each label at or above its threshold, most probable
+        first; maybe none), every label's probability, the top k, and why it abstained."""
+        answer = label_set_decision(self.classes, probabilities.tolist(), self.label_thresholds, distance,
+                                    self.distance_threshold)  # fmt: skip
+        values, indices = probabilities.topk(top_k)
+        answer["top_k"] = [{"label": self.classes[int(i)], "probability": round(float(p), 6)}
+                           for p, i in zip(values, indices)]  # fmt: skip
+        return answer
 
     def _decision(self, confidence: float, top_class: int, distance: float | None) -> dict:
         return abstain_decision(
@@ -175,6 +200,27 @@ def abstain_decision(
         )
         return {"label": None, "abstained": reason}
     return {"label": classes[top_class]}
+
+
+def label_set_decision(
+    labels: list[str],
+    probabilities: list[float],
+    thresholds: list[float],
+    distance: float | None,
+    distance_threshold: float | None,
+) -> dict:
+    """``{"labels": [...], "probabilities": {label: p}}``: each label whose probability reaches its
+    threshold, most probable first (an empty set is an answer: none of the labels); with
+    ``"abstained"`` and no labels when the image is unlike every label's training images. The
+    bundle and an exported ONNX file apply this same function."""
+    answer = {"labels": [], "probabilities": {name: round(float(p), 6) for name, p in zip(labels, probabilities)}}
+    if distance is not None and distance_threshold is not None and distance > distance_threshold:
+        answer["abstained"] = (f"the image is unlike the training images of every label (embedding distance "
+                               f"{distance:.3f}, over the {distance_threshold:.3f} chosen on validation)")  # fmt: skip
+        return answer
+    chosen = [index for index, p in enumerate(probabilities) if p >= thresholds[index]]
+    answer["labels"] = [labels[index] for index in sorted(chosen, key=lambda index: -probabilities[index])]
+    return answer
 
 
 def load(

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from imgclf.data.dataset import Dataset
-from imgclf.data.prepare import Preprocess, decode_split
+from imgclf.data.prepare import Preprocess, decode_split, label_counts
 
 __all__ = [
     "DataFacts",
@@ -161,7 +161,7 @@ def data_facts(dataset: Dataset, native_size: int, channels: int, workers: int =
         dataset.name,
         len(train),
         dataset.num_classes,
-        np.bincount(targets, minlength=dataset.num_classes).tolist(),
+        label_counts(torch.from_numpy(targets), dataset.num_classes),  # per label on multi-label data
         native_size,
         channels,
         looks_like_photos(statistics, native_size),

@@ -20,7 +20,7 @@ import json
 import math
 from pathlib import Path
 
-from imgclf.data.dataset import SplitPolicy
+from imgclf.data.dataset import MULTI_LABEL, SINGLE_LABEL, TASKS, SplitPolicy
 from imgclf.data.prepare import Preprocess
 from imgclf.errors import BundleError
 
@@ -94,6 +94,26 @@ class BundleDescription:
         return self._values["preprocess"]["channels"], size, size
 
     # How it decides.
+    @property
+    def task(self) -> str:
+        """"single-label" (one class per image, softmax) or "multi-label" (any number of labels,
+        a sigmoid per label); bundles from before multi-label are single-label."""
+        return self._values.get("task", SINGLE_LABEL)
+
+    @property
+    def multi_label(self) -> bool:
+        return self.task == MULTI_LABEL
+
+    @property
+    def label_temperatures(self) -> list[float]:
+        """Multi-label: each label's temperature (probability = sigmoid(logit / T))."""
+        return [float(t) for t in self.calibration.get("temperatures") or [1.0] * len(self.classes)]
+
+    @property
+    def label_thresholds(self) -> list[float]:
+        """Multi-label: each label's probability threshold (a label is given at or above it)."""
+        return [float(p) for p in self.calibration.get("thresholds") or [0.5] * len(self.classes)]
+
     @property
     def calibration(self) -> dict:
         """The calibration record (temperature, the abstain rule and what they were fitted on); {}: none."""
@@ -270,9 +290,13 @@ def _check_description(path: Path, description: dict) -> None:
         if kwargs.get(key) is not None:
             check.number(f"model_kwargs.{key}", kwargs[key], 0.0, 0.99)
     _check_preprocess(check, check.mapping("preprocess", description.get("preprocess")), channels)
+    if description.get("task", SINGLE_LABEL) not in TASKS:
+        check.fail("task", " or ".join(TASKS), description.get("task"))
     calibration = description.get("calibration")
     if calibration is not None:
         _check_calibration(check, check.mapping("calibration", calibration))
+        if description.get("task") == MULTI_LABEL:
+            _check_label_calibration(check, calibration, len(classes))
     if description.get("sha256") is not None:
         check.mapping("sha256", description["sha256"])
 
@@ -299,3 +323,14 @@ def _check_calibration(check: _Checker, calibration: dict) -> None:
         check.number("calibration.abstain_threshold", calibration["abstain_threshold"], 0.0, 1.0)
     if calibration.get("abstain_distance_threshold") is not None:
         check.number("calibration.abstain_distance_threshold", calibration["abstain_distance_threshold"], 0.0, 4.0)
+
+
+def _check_label_calibration(check: _Checker, calibration: dict, labels: int) -> None:
+    for key, low, high in (("temperatures", 0.0, 1000.0), ("thresholds", 0.0, 1.0)):
+        values = calibration.get(key)
+        if values is None:
+            continue
+        if not isinstance(values, list) or len(values) != labels:
+            check.fail(f"calibration.{key}", f"a list of {labels} numbers (one per label)", values)
+        for value in values:
+            check.number(f"calibration.{key}", value, low, high, low_open=key == "temperatures")

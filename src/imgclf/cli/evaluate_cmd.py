@@ -27,8 +27,23 @@ def add_parser(commands) -> None:
     parser.set_defaults(run=run)
 
 
+def _print_label_sets(console, metrics: dict) -> None:
+    """A multi-label bundle's scores: overall, then per label at the bundle's thresholds."""
+    console.print(f"{metrics['split']} split: {metrics['num_images']:,} images; macro-F1 {metrics['macro_f1']:.4f}, "
+                  f"micro-F1 {metrics['micro_f1']:.4f}, mAP {metrics['map'] or 0:.4f}, exact label sets "
+                  f"{metrics['exact_match']:.4f}, Hamming loss {metrics['hamming_loss']:.4f}", highlight=False)  # fmt: skip
+    table = Table("label", "threshold", "precision", "recall", "f1", "AP", "support")
+    for (name, row), threshold in zip(metrics["per_class"].items(), metrics["thresholds"]):
+        ap = "n/a" if row["average_precision"] is None else f"{row['average_precision']:.3f}"
+        table.add_row(name, f"{threshold:.3f}", f"{row['precision']:.3f}", f"{row['recall']:.3f}", f"{row['f1']:.3f}",
+                      ap, str(row["support"]))  # fmt: skip
+    console.print(table)
+
+
 def _print_report(metrics: dict) -> None:
     console = stdout_console()
+    if metrics.get("task") == "multi-label":
+        return _print_label_sets(console, metrics)
     top5 = metrics["top5_accuracy"]
     console.print(
         f"{metrics['split']} split: {metrics['num_images']:,} images, accuracy "

@@ -39,6 +39,14 @@ def add_parser(commands) -> None:
     parser.set_defaults(run=run)
 
 
+def _verdict(result: dict) -> str:
+    if "labels" in result:  # a multi-label bundle: the set (maybe empty)
+        if result.get("abstained"):
+            return "no labels (abstained)"
+        return " + ".join(result["labels"]) if result["labels"] else "none of the labels"
+    return "no label (abstained)" if result["label"] is None else result["label"]
+
+
 def run(args: argparse.Namespace) -> int:
     from imgclf.errors import UsageError
     from imgclf.runners.predict import run_predict
@@ -65,6 +73,5 @@ def run(args: argparse.Namespace) -> int:
         for result in results:
             if "error" not in result:
                 labels = ", ".join(f"{item['label']} {item['probability']:.3f}" for item in result["top_k"])
-                verdict = "no label (abstained)" if result["label"] is None else result["label"]
-                console.print(f"{result.get('path', '?')}: {verdict} | {labels}")
+                console.print(f"{result.get('path', '?')}: {_verdict(result)} | {labels}")
     return per_file_exit_code("predict", results)

@@ -100,7 +100,10 @@ def collate_skipping_bad(items: list) -> Batch:
     if not good:
         return torch.empty(0, dtype=torch.uint8), torch.empty(0, dtype=torch.int64)
     images = torch.stack([image for image, _ in good])
-    targets = torch.tensor([target for _, target in good], dtype=torch.int64)
+    if isinstance(good[0][1], torch.Tensor):  # multi-label: a float row of 0/1 per image
+        targets = torch.stack([target for _, target in good])
+    else:
+        targets = torch.tensor([target for _, target in good], dtype=torch.int64)
     return images, targets
 
 

@@ -27,6 +27,7 @@ __all__ = [
     "FileSplit",
     "SplitPolicy",
     "load_dataset",
+    "label_fields",
     "split_labels",
 ]
 
@@ -217,6 +218,14 @@ def _read_csv_table(path: Path) -> tuple[list[str] | None, list[list[str]]]:
     return None, rows
 
 
+def label_fields(target, classes: list[str]) -> dict:
+    """A file row's label fields: ``class`` (one class index), or ``labels`` for a multi-label row
+    of 0/1 (the names of the labels it carries, maybe none)."""
+    if np.ndim(target):
+        return {"labels": [classes[index] for index in np.flatnonzero(np.asarray(target))]}
+    return {"class": classes[int(target)]}
+
+
 def split_labels(cell: str) -> list[str]:
     """A cell of labels: separated by ";" when it holds one, else by spaces; each label once."""
     parts = cell.split(";") if ";" in cell else cell.split()
@@ -272,7 +281,7 @@ def _label_set_files(
         unknown = sorted({label for _, labels in items for label in labels} - index.keys())
         if unknown:
             raise DataError(f"{name}: label {unknown[0]!r} is in {split} but on no training image")
-        targets = np.zeros((len(items), len(classes)), dtype=np.uint8)
+        targets = np.zeros((len(items), len(classes)), dtype=np.float32)  # BCE's targets
         for row, (_, labels) in enumerate(items):
             targets[row, [index[label] for label in labels]] = 1
         given[split] = FileSplit(reader, [key for key, _ in items], targets)

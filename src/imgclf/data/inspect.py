@@ -10,7 +10,7 @@ from collections import Counter, defaultdict
 import numpy as np
 
 from imgclf.data.checks import imbalance_ratio, row_labels
-from imgclf.data.dataset import MULTI_LABEL, Dataset
+from imgclf.data.dataset import MULTI_LABEL, Dataset, label_fields
 from imgclf.data.decode import MAX_COUNTED_FRAMES, ImageInfo, decode_image, probe_image
 from imgclf.data.prepare import ScanProgress
 from imgclf.errors import BadImageError
@@ -132,9 +132,7 @@ def array_rows(dataset: Dataset) -> list[dict]:
 
 
 def _label_fields(dataset: Dataset, target) -> dict:
-    if dataset.task == MULTI_LABEL:
-        return {"labels": [dataset.classes[index] for index in np.flatnonzero(target)]}
-    return {"class": dataset.classes[int(target)]}
+    return label_fields(target, dataset.classes)
 
 
 def summary(dataset: Dataset, rows: list[dict]) -> dict:

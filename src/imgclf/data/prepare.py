@@ -17,12 +17,13 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from imgclf.data.dataset import ArraySplit, Dataset, FileSplit, Split
+from imgclf.data.dataset import ArraySplit, Dataset, FileSplit, Split, label_fields
 from imgclf.data.decode import convert_channels, decode_image, probe_image, resize_shorter_center_crop
 from imgclf.errors import BadImageError
 
 __all__ = [
     "ScanProgress",
+    "label_counts",
     "PreparedSplits",
     "prepare_splits",
     "DataProfile",
@@ -157,7 +158,7 @@ def _scan_file_split(name: str, split: FileSplit, classes: list[str], progress: 
     for index, (key, target) in enumerate(zip(split.keys, split.targets)):
         progress.step()
         source = split.reader.describe(key)
-        row = {"file": source, "split": name, "class": classes[int(target)], "status": "skipped"}
+        row = {"file": source, "split": name, **label_fields(target, classes), "status": "skipped"}
         scan.rows.append(row)
         try:
             data = split.reader.read(key)
@@ -177,7 +178,7 @@ def _scan_array_split(name: str, split: ArraySplit, classes: list[str]) -> _Spli
     scan = _SplitScan(short_sides=[min(split.images.shape[1:3])] * len(split), all_gray=split.images.shape[3] == 1)
     mode = "L" if scan.all_gray else "RGB"
     scan.rows = [
-        {"file": key, "split": name, "class": classes[int(target)], "status": "used", "mode": mode,
+        {"file": key, "split": name, **label_fields(target, classes), "status": "used", "mode": mode,
          "format": "array", "sha256": hashlib.sha256(image.tobytes()).hexdigest()}
         for key, target, image in zip(split.keys, split.targets, split.images)
     ]  # fmt: skip
@@ -265,11 +266,20 @@ class StreamingSplit(torch.utils.data.Dataset):
         result = _decode_one(self.split, index, self.preprocess)
         if not isinstance(result, np.ndarray):
             return None
-        return torch.from_numpy(result), int(self.split.targets[index])
+        target = self.split.targets[index]
+        return torch.from_numpy(result), torch.from_numpy(target.copy()) if target.ndim else int(target)
+
+
+def label_counts(targets: torch.Tensor, num_classes: int) -> list[int]:
+    """Images per class (per label, on multi-label targets)."""
+    if targets.dim() == 2:
+        return targets.sum(dim=0).round().long().tolist()
+    return torch.bincount(targets, minlength=num_classes).tolist()
 
 
 def split_targets(split: TensorSplit | StreamingSplit) -> torch.Tensor:
-    """The class index of every image of a decoded or streaming split, on the CPU."""
+    """The class index of every image of a decoded or streaming split, on the CPU (on multi-label
+    data a float row of 0/1 per image, a column per label)."""
     return split.targets.cpu() if isinstance(split, TensorSplit) else torch.from_numpy(split.split.targets)
 
 

@@ -11,6 +11,7 @@ from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 from torch import nn
 
 from imgclf.data.prepare import Preprocess
+from imgclf.engine.label_sets import is_multi_label, label_set_metrics
 from imgclf.explain.calibration import expected_calibration_error, reliability_bins
 from imgclf.models.inference import folded_for_inference
 
@@ -18,6 +19,7 @@ __all__ = [
     "calibrated_metrics",
     "classification_metrics",
     "most_confused",
+    "output_loss",
     "predict_logits",
     "predict_outputs",
 ]
@@ -79,6 +81,13 @@ def predict_logits(
     return logits, targets
 
 
+def output_loss(logits: torch.Tensor, targets: torch.Tensor) -> float:
+    """The mean loss of these logits: cross-entropy, or binary cross-entropy on multi-label targets."""
+    if is_multi_label(targets):
+        return float(nn.functional.binary_cross_entropy_with_logits(logits.float(), targets.float()))
+    return float(nn.functional.cross_entropy(logits, targets))
+
+
 def _top_k_accuracy(logits: torch.Tensor, targets: torch.Tensor, k: int) -> float:
     top = logits.topk(k, dim=1).indices
     return float((top == targets.view(-1, 1)).any(dim=1).float().mean())
@@ -96,7 +105,10 @@ def most_confused(confusion: np.ndarray, classes: list[str], limit: int = MOST_C
 
 
 def classification_metrics(logits: torch.Tensor, targets: torch.Tensor, classes: list[str]) -> dict:
-    """Accuracy, top-5 (for more than 5 classes), loss, per-class P/R/F1 and the confusion matrix."""
+    """Accuracy, top-5 (for more than 5 classes), loss, per-class P/R/F1 and the confusion matrix;
+    on multi-label targets, ``label_sets.label_set_metrics`` at probability 0.5."""
+    if is_multi_label(targets):
+        return label_set_metrics(logits, targets, classes)
     if len(targets) == 0:
         return {
             "accuracy": None,

@@ -13,6 +13,13 @@ from torch import nn
 from imgclf.data.batches import eval_batch_size, make_batches
 from imgclf.data.prepare import Preprocess, StreamingSplit, TensorSplit
 from imgclf.engine.evaluate import calibrated_metrics, predict_outputs
+from imgclf.engine.label_sets import (
+    calibrate_label_sets,
+    is_multi_label,
+    label_centroids,
+    label_set_metrics,
+    logit_thresholds,
+)
 from imgclf.explain.calibration import calibrate, class_centroids
 from imgclf.models import ImageClassifier
 
@@ -46,6 +53,8 @@ class ModelOnData:
     amp: bool = False
     workers: int = 2
     embeddings: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
+    # A multi-label probe's out-of-fold logits of the training images: its thresholds are chosen on them.
+    held_out_logits: torch.Tensor | None = None
 
     def outputs(self, name: str, embeddings: bool, limit: int | None = None):
         """Logits, targets and (when asked) L2-normalized embeddings of one split, of at most
@@ -91,6 +100,8 @@ def _evenly_spaced(split: TensorSplit | StreamingSplit, limit: int) -> TensorSpl
 
 def final_evaluation(trained: ModelOnData, classes: list[str], seed: int) -> FinalEvaluation:
     _, train_targets, train_embeddings = trained.outputs("train", True, CENTROID_IMAGES)
+    if is_multi_label(train_targets):
+        return _label_set_evaluation(trained, classes, seed, train_targets, train_embeddings)
     centroids = class_centroids(train_embeddings, train_targets, len(classes))
     val_logits, val_targets, val_embeddings = trained.outputs("val", True)
     logits = {"val": (val_logits, val_targets)}
@@ -99,4 +110,26 @@ def final_evaluation(trained: ModelOnData, classes: list[str], seed: int) -> Fin
     calibration = calibrate(val_logits, val_targets, val_embeddings, centroids, trained.noise_outputs(seed))
     temperature = calibration["temperature"]
     metrics = {name: calibrated_metrics(*pair, classes, temperature) for name, pair in logits.items()}
+    return FinalEvaluation(calibration, metrics, logits, centroids)
+
+
+def _label_set_evaluation(trained: ModelOnData, classes: list[str], seed: int, train_targets, train_embeddings):
+    """``final_evaluation`` of a multi-label model: a temperature and a threshold per label
+    (``engine.label_sets``), then the label-set metrics of val and test at those thresholds."""
+    centroids = label_centroids(train_embeddings, train_targets)
+    val_logits, val_targets, val_embeddings = trained.outputs("val", True)
+    logits = {"val": (val_logits, val_targets)}
+    if "test" in trained.splits:
+        logits["test"] = trained.outputs("test", False)[:2]
+    held_out = None
+    if trained.held_out_logits is not None:  # the probe's out-of-fold logits, row for row of train
+        held_out = (trained.held_out_logits, trained.embeddings["train"][1])
+    calibration = calibrate_label_sets(val_logits, val_targets, held_out, val_embeddings, centroids,
+                                       trained.noise_outputs(seed)[1])  # fmt: skip
+    cut = logit_thresholds(calibration["thresholds"], calibration["temperatures"], len(classes))
+    metrics = {}
+    for name, (split_logits, split_targets) in logits.items():
+        metrics[name] = label_set_metrics(split_logits, split_targets, classes, cut)
+        metrics[name].update(thresholds=calibration["thresholds"], temperatures=calibration["temperatures"],
+                             thresholds_chosen_on=calibration["thresholds_chosen_on"])  # fmt: skip
     return FinalEvaluation(calibration, metrics, logits, centroids)

@@ -22,6 +22,7 @@ from imgclf.data.batches import Batches
 from imgclf.data.prepare import Preprocess
 from imgclf.distributed import World, all_reduce_sum
 from imgclf.engine.evaluate import classification_metrics, predict_logits
+from imgclf.engine.label_sets import correct_labels, is_multi_label
 from imgclf.engine.observers import TrainObserver
 from imgclf.engine.optim import stretch_schedule
 
@@ -199,7 +200,8 @@ def train_one_epoch(
         module.eval()
     # Summed on the device: no sync per step.
     total_loss = torch.tensor(float(progress.get("loss_sum", 0.0)), device=device)
-    total_correct = torch.tensor(int(progress.get("correct", 0)), device=device, dtype=torch.int64)
+    # Float: on multi-label data an image counts the share of its labels decided right.
+    total_correct = torch.tensor(float(progress.get("correct", 0)), device=device, dtype=torch.float64)
     seen, earlier_seconds = int(progress.get("seen", 0)), float(progress.get("seconds", 0.0))
     started = last_saved = time.perf_counter()
     shown = (float("nan"), float("nan"), 0.0)  # loss, accuracy, images/s for the progress bar
@@ -210,7 +212,7 @@ def train_one_epoch(
             continue  # every file of this batch failed to decode (streaming data)
         loss, logits, targets = training_step(setup, images, targets)
         total_loss += loss.detach() * len(targets)
-        total_correct += (logits.detach().argmax(dim=1) == targets).sum()
+        total_correct += _correct(logits.detach(), targets)
         seen += len(targets)
         if step % 10 == 0:  # reading the device totals syncs, so only every 10 steps
             elapsed = earlier_seconds + time.perf_counter() - started
@@ -219,7 +221,7 @@ def train_one_epoch(
                 break  # diverged: the weights are NaN from here on; fit rolls them back
         observer.on_step(epoch, step, *shown)
         if save_progress is not None and 0 < interval_s <= time.perf_counter() - last_saved:
-            save_progress({"batches_done": step + 1, "loss_sum": float(total_loss), "correct": int(total_correct),
+            save_progress({"batches_done": step + 1, "loss_sum": float(total_loss), "correct": float(total_correct),
                            "seen": seen, "seconds": earlier_seconds + time.perf_counter() - started})  # fmt: skip
             last_saved = time.perf_counter()
     seconds = earlier_seconds + time.perf_counter() - started
@@ -234,6 +236,12 @@ def train_one_epoch(
         "train_images_per_s": seen / seconds,
         "seconds": seconds,
     }
+
+
+def _correct(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    if is_multi_label(targets):
+        return correct_labels(logits, targets)
+    return (logits.argmax(dim=1) == targets).sum()
 
 
 def accuracy_noise(accuracy: float, images: int) -> float:
@@ -264,7 +272,10 @@ def _update_best(state: FitState, model: nn.Module, val_accuracy: float, val_ima
 
 
 def _chance_accuracy(val: dict) -> float:
-    """The accuracy of always answering the most common validation class."""
+    """The accuracy of always answering the most common validation class (on multi-label data,
+    each label's more common value: the metrics say)."""
+    if val.get("chance_accuracy") is not None:
+        return val["chance_accuracy"]
     supports = [row["support"] for row in val["per_class"].values()]
     return max(supports, default=0) / max(1, sum(supports))
 

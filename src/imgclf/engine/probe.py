@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import StratifiedKFold
+from sklearn.model_selection import KFold, StratifiedKFold
 from sklearn.preprocessing import StandardScaler
 from torch import nn
 
@@ -20,7 +20,7 @@ from imgclf.data.prepare import Preprocess
 from imgclf.models import ImageClassifier
 from imgclf.models.inference import folded_for_inference
 
-__all__ = ["LinearProbe", "extract_embeddings", "fit_linear_probe", "set_classifier"]
+__all__ = ["LinearProbe", "extract_embeddings", "fit_label_probe", "fit_linear_probe", "set_classifier"]
 
 # Inverse regularization strengths tried (the best by cross-validation on train wins).
 PROBE_C_VALUES = (0.001, 0.003, 0.01, 0.03, 0.1, 1.0)
@@ -69,6 +69,10 @@ class LinearProbe:
     flipped_views: bool = False
     scores: list[dict] = field(default_factory=list)
     folds: int = 0  # of the cross-validation that chose C (0: chosen on validation)
+    # Multi-label probes: C per label, and every training image's logits from the fold model that
+    # did not see it (the thresholds are chosen on them, not on validation).
+    label_c_values: list[float] | None = None
+    held_out_logits: torch.Tensor | None = None
 
 
 class _ProbeFitter:
@@ -160,6 +164,74 @@ def fit_linear_probe(
     val_accuracy = _accuracy(weight, bias, val_x, val_y)
     return LinearProbe(weight, bias, best["c"], val_accuracy, "cross-validation", best["cv_accuracy"],
                        best["flipped_views"], scores, folds)  # fmt: skip
+
+
+def _fit_label_regressions(x: torch.Tensor, y: torch.Tensor, c_values: torch.Tensor, start=None):
+    """Logistic regressions of every label at once, on standardized float64 features: mean binary
+    cross-entropy + |w_l|^2 / (2 C_l n), scikit-learn's objective divided by n (labels are
+    independent, so one joint L-BFGS run equals one fit per label). Returns (weight, bias)."""
+    labels, n = y.shape[1], len(y)
+    weight = torch.zeros(labels, x.shape[1], dtype=torch.float64) if start is None else start[0].clone()
+    bias = torch.zeros(labels, dtype=torch.float64) if start is None else start[1].clone()
+    weight.requires_grad_(True)
+    bias.requires_grad_(True)
+    optimizer = torch.optim.LBFGS([weight, bias], lr=1, max_iter=300, tolerance_grad=1e-6,
+                                  line_search_fn="strong_wolfe")  # fmt: skip
+    penalty = 1.0 / (2.0 * c_values * n)
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = nn.functional.binary_cross_entropy_with_logits(x @ weight.T + bias, y, reduction="sum") / n
+        loss = loss + (penalty * weight.pow(2).sum(dim=1)).sum()
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    return weight.detach(), bias.detach()
+
+
+def _label_accuracy(logits: torch.Tensor, targets: torch.Tensor) -> float:
+    return float(((logits > 0) == (targets > 0.5)).double().mean()) if len(targets) else 0.0
+
+
+def _out_of_fold_logits(x: torch.Tensor, y: torch.Tensor, folds: int, seed: int) -> torch.Tensor:
+    """(C values, images, labels): each training image's logits from the fold models that did not
+    see it, for each of PROBE_C_VALUES (warm-started along increasing C)."""
+    logits = torch.zeros(len(PROBE_C_VALUES), *y.shape, dtype=torch.float64)
+    for train_rows, held_rows in KFold(folds, shuffle=True, random_state=seed).split(x.numpy()):
+        start = None
+        for index, c_value in enumerate(PROBE_C_VALUES):
+            c_values = torch.full((y.shape[1],), c_value, dtype=torch.float64)
+            start = _fit_label_regressions(x[train_rows], y[train_rows], c_values, start)
+            logits[index, held_rows] = x[held_rows] @ start[0].T + start[1]
+    return logits
+
+
+def fit_label_probe(
+    train: tuple[torch.Tensor, torch.Tensor], val: tuple[torch.Tensor, torch.Tensor], seed: int = 0
+) -> LinearProbe:
+    """A multi-label probe: one logistic regression per label on standardized embeddings, each
+    label's C chosen by the cross-validated binary cross-entropy of its own out-of-fold logits
+    (ties to the stronger regularization), then refitted on all training embeddings."""
+    x, y = train[0].double(), (train[1] > 0.5).double()
+    mean, scale = x.mean(dim=0), x.std(dim=0).clamp_min(1e-6)
+    x = (x - mean) / scale
+    folds = max(2, min(PROBE_FOLDS, len(y) // 2))
+    out_of_fold = _out_of_fold_logits(x, y, folds, seed)
+    losses = torch.stack([nn.functional.binary_cross_entropy_with_logits(logits, y, reduction="none").mean(dim=0)
+                          for logits in out_of_fold])  # fmt: skip  (C values, labels)
+    chosen = losses.argmin(dim=0)  # the first (strongest regularization) of equal losses
+    label_c = torch.tensor([PROBE_C_VALUES[int(i)] for i in chosen], dtype=torch.float64)
+    weight, bias = _fit_label_regressions(x, y, label_c)
+    weight, bias = weight / scale, bias - (weight / scale) @ mean  # back to raw embeddings
+    held_out = out_of_fold.gather(0, chosen.expand(len(y), -1)[None]).squeeze(0)
+    val_logits = val[0].double() @ weight.T + bias
+    scores = [{"c": c, "labels_choosing_it": int((chosen == i).sum()), "cv_label_accuracy":
+               round(_label_accuracy(out_of_fold[i], y), 4)} for i, c in enumerate(PROBE_C_VALUES)]  # fmt: skip
+    most_chosen = PROBE_C_VALUES[int(torch.bincount(chosen, minlength=len(PROBE_C_VALUES)).argmax())]
+    return LinearProbe(weight.numpy(), bias.numpy(), most_chosen, _label_accuracy(val_logits, val[1]),
+                       "cross-validation", round(_label_accuracy(held_out, y), 4), False, scores, folds,
+                       label_c.tolist(), held_out.float())  # fmt: skip
 
 
 def set_classifier(model: ImageClassifier, probe: LinearProbe) -> None:

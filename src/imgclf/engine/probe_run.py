@@ -19,7 +19,8 @@ from imgclf import __version__
 from imgclf.data.batches import Batches
 from imgclf.data.prepare import Preprocess
 from imgclf.engine.loop import FitState
-from imgclf.engine.probe import LinearProbe, extract_embeddings, fit_linear_probe, set_classifier
+from imgclf.engine.label_sets import is_multi_label
+from imgclf.engine.probe import LinearProbe, extract_embeddings, fit_label_probe, fit_linear_probe, set_classifier
 from imgclf.files import atomic_write_tensors
 from imgclf.models import ImageClassifier
 
@@ -64,6 +65,22 @@ class ProbeRun:
     embeddings: dict[str, tuple[torch.Tensor, torch.Tensor]]
 
 
+def _describe(probe: LinearProbe, dimensions: int, had_flipped_views: bool) -> str:
+    views = " and their mirror images" if probe.flipped_views else ""
+    if probe.label_c_values is not None:
+        values = ", ".join(f"{c:g}" for c in sorted(set(probe.label_c_values)))
+        return (f"linear probe: a logistic regression per label on {dimensions}-number embeddings, C per label "
+                f"({values}) chosen by {probe.folds}-fold cross-validation on train (share of labels right: "
+                f"{probe.cv_accuracy:.4f})")  # fmt: skip
+    if probe.chosen_on == "cross-validation":
+        how = f"{probe.folds}-fold cross-validation on train: {probe.cv_accuracy:.4f}"
+        if had_flipped_views and not probe.flipped_views:
+            how += "; mirrored views did not help"
+    else:
+        how = "validation accuracy (a class has one training image; the validation score is optimistic)"
+    return f"linear probe: logistic regression on {dimensions}-number embeddings{views}, C = {probe.c_value} chosen by {how}"
+
+
 def run_linear_probe(
     model: ImageClassifier,
     splits: dict[str, Batches],
@@ -85,20 +102,12 @@ def run_linear_probe(
     if flipped_views is not None:
         key = {**cache_key, "split": "train", "view": "flipped", "imgclf": __version__}
         flipped = _embeddings(model, flipped_views, preprocess, device, key, console)[0]
-    probe = fit_linear_probe(features["train"], features["val"], num_classes, seed, flipped)
-    set_classifier(model, probe)
-    views = " and their mirror images" if probe.flipped_views else ""
-    if probe.chosen_on == "cross-validation":
-        how = f"{probe.folds}-fold cross-validation on train: {probe.cv_accuracy:.4f}"
-        if flipped is not None and not probe.flipped_views:
-            how += "; mirrored views did not help"
+    if is_multi_label(features["train"][1]):
+        probe = fit_label_probe(features["train"], features["val"], seed)
     else:
-        how = "validation accuracy (a class has one training image; the validation score is optimistic)"
-    console.print(
-        f"linear probe: logistic regression on {features['train'][0].shape[1]}-number embeddings{views}, "
-        f"C = {probe.c_value} chosen by {how}",
-        highlight=False,
-    )
+        probe = fit_linear_probe(features["train"], features["val"], num_classes, seed, flipped)
+    set_classifier(model, probe)
+    console.print(_describe(probe, features["train"][0].shape[1], flipped is not None), highlight=False)
     record = {"epoch": 1, "val_accuracy": probe.val_accuracy, "probe_c": probe.c_value,
               "probe_chosen_on": probe.chosen_on, "probe_cv_accuracy": probe.cv_accuracy,
               "probe_flipped_views": probe.flipped_views, "probe_scores": probe.scores,

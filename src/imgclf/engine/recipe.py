@@ -16,6 +16,7 @@ from imgclf.config import TrainConfig
 from imgclf.data.augment import Augmentation
 from imgclf.data.prepare import Preprocess
 from imgclf.distributed import World
+from imgclf.engine.label_sets import bce_loss, is_multi_label
 from imgclf.engine.loop import FitSetup, Recipe, Runtime, weight_average
 from imgclf.engine.optim import create_optimizer, create_schedule
 from imgclf.engine.plan import Stage, first_training_stage
@@ -27,7 +28,10 @@ __all__ = ["fit_setup", "loss_function", "trial_setup"]
 
 def loss_function(config: TrainConfig, targets: torch.Tensor, num_classes: int, device) -> nn.Module:
     """Cross-entropy with the configured label smoothing; with ``class_weights="balanced"`` each
-    class weighted by n / (classes x its count)."""
+    class weighted by n / (classes x its count). Multi-label targets (one 0/1 row per image):
+    binary cross-entropy, "balanced" weighting each label's positives (``engine.label_sets``)."""
+    if is_multi_label(targets):
+        return bce_loss(targets, config.resolved_label_smoothing(), config.class_weights == "balanced", device)
     weights = None
     if config.class_weights == "balanced":
         counts = torch.bincount(targets.cpu(), minlength=num_classes).float().clamp_min(1)

@@ -37,6 +37,7 @@ from torch import nn
 __all__ = [
     "ABSTAIN_KEEP_FRACTION",
     "calibrate",
+    "distance_threshold",
     "centroid_distance",
     "class_centroids",
     "choose_abstain_threshold",
@@ -141,7 +142,7 @@ def centroid_distance(embeddings: torch.Tensor, centroids: torch.Tensor, predict
     return 1.0 - (embeddings.float() * centroids[predicted]).sum(dim=1)
 
 
-def _distance_threshold(
+def distance_threshold(
     distances: torch.Tensor, correct: torch.Tensor, noise_distances: torch.Tensor | None = None
 ) -> float | None:
     """DISTANCE_MARGIN x the distance that keeps DISTANCE_KEEP_FRACTION of the correct answers,
@@ -168,22 +169,22 @@ def calibrate(
     """Everything calibration stores in the bundle, fitted on the validation split; the distance
     check only when the validation embeddings and the training classes' centroids are given.
     ``noise``: logits and embeddings of random-noise images, which the distance check should
-    refuse (see ``_distance_threshold``)."""
+    refuse (see ``distance_threshold``)."""
     temperature = fit_temperature(val_logits, val_targets)
     before = torch.softmax(val_logits.float(), dim=1)
     after = torch.softmax(val_logits.float() / temperature, dim=1)
     threshold = choose_abstain_threshold(after, val_targets)
     confidence, predicted = after.max(dim=1)
     kept = confidence >= threshold if threshold is not None else torch.ones_like(confidence, dtype=torch.bool)
-    distance_threshold = None
+    distance_limit = None
     if val_embeddings is not None and centroids is not None and len(val_targets):
         distances = centroid_distance(val_embeddings, centroids, predicted)
         noise_distances = None
         if noise is not None and len(noise[0]):
             noise_distances = centroid_distance(noise[1], centroids, noise[0].argmax(dim=1))
-        distance_threshold = _distance_threshold(distances, predicted == val_targets, noise_distances)
-        if distance_threshold is not None:
-            kept &= distances <= distance_threshold
+        distance_limit = distance_threshold(distances, predicted == val_targets, noise_distances)
+        if distance_limit is not None:
+            kept &= distances <= distance_limit
     return {
         "temperature": round(temperature, 6),
         "fitted_on": "val",
@@ -191,7 +192,7 @@ def calibrate(
         "val_ece_before": expected_calibration_error(before, val_targets),
         "val_ece_after": expected_calibration_error(after, val_targets),
         "abstain_threshold": threshold,
-        "abstain_distance_threshold": distance_threshold,
+        "abstain_distance_threshold": distance_limit,
         "abstain_rule": "withhold below the confidence of every correctly classified validation image, or "
         f"beyond {DISTANCE_MARGIN:g} x the embedding distance that keeps {DISTANCE_KEEP_FRACTION:.0%} of them",
         "val_coverage": float(kept.float().mean()) if len(kept) else None,

@@ -14,5 +14,5 @@ def run_evaluate(bundle_dir: str | Path, data: str, split: str = "test", **optio
     """Metrics of a bundle on one split of DATA (the test split by default); ``options``: those of
     ``evaluation.evaluate_split`` (``data_dir``, ``device``, ``console``, ``tta``)."""
     metrics = evaluate_split(load_bundle(bundle_dir), data, split, **options).metrics
-    metrics.pop("reliability")  # the diagram's bins: in the report, too detailed for the JSON result
+    metrics.pop("reliability", None)  # the diagram's bins: in the report, too detailed for the JSON result
     return metrics

@@ -21,6 +21,7 @@ from imgclf.data.prepare import (
     Preprocess,
     TensorSplit,
     estimate_mean_std,
+    label_counts,
     prepare_splits,
     profile_dataset,
     split_targets,
@@ -37,8 +38,24 @@ def _cap_per_class(dataset: Dataset, split: str, limit: int, seed: int) -> None:
     """Keep at most ``limit`` images of each class in ``split`` (a seeded random choice)."""
     targets = dataset.splits[split].targets
     rng = np.random.default_rng(seed)
-    keep = [rng.permutation(np.flatnonzero(targets == label))[:limit] for label in np.unique(targets)]
+    if targets.ndim == 2:
+        keep = [_cap_per_label(targets, limit, rng)]
+    else:
+        keep = [rng.permutation(np.flatnonzero(targets == label))[:limit] for label in np.unique(targets)]
     dataset.splits[split] = dataset.splits[split].subset(np.sort(np.concatenate(keep)))
+
+
+def _cap_per_label(targets: np.ndarray, limit: int, rng: np.random.Generator) -> np.ndarray:
+    """Multi-label rows in a seeded random order, each kept while one of its labels (or, for an
+    image without labels, the no-label group) has fewer than ``limit`` images kept."""
+    counts, without, keep = np.zeros(targets.shape[1], dtype=np.int64), 0, []
+    for index in rng.permutation(len(targets)):
+        labels = np.flatnonzero(targets[index])
+        if (len(labels) and (counts[labels] < limit).any()) or (not len(labels) and without < limit):
+            keep.append(index)
+            counts[labels] += 1
+            without += not len(labels)
+    return np.array(keep, dtype=np.int64)
 
 
 def _apply_train_cap(dataset: Dataset, config: TrainConfig) -> None:
@@ -101,7 +118,6 @@ def scan_training_data(data: str, config: TrainConfig, data_dir) -> tuple[Datase
     from one header scan of its files. The advisor and the training run share the result."""
     policy = SplitPolicy(config.seed, config.val_fraction, config.test_fraction)
     dataset = load_dataset(data, policy, data_dir)
-    dataset.require_single_label("training")
     _apply_train_cap(dataset, config)
     report = stderr_console().print if int(os.environ.get("RANK", "0")) == 0 else None  # rank 0 speaks
     return dataset, profile_dataset(dataset, report)
@@ -113,7 +129,7 @@ def check_trainable(data: str, dataset: Dataset, profile: DataProfile) -> None:
     if len(dataset.splits["train"]) == 0:
         raise DataError(f"{data}: no usable training images ({len(profile.skipped)} skipped)")
     if len(dataset.splits["val"]) == 0:
-        counts = np.bincount(np.asarray(dataset.splits["train"].targets), minlength=dataset.num_classes)
+        counts = label_counts(torch.from_numpy(np.asarray(dataset.splits["train"].targets)), dataset.num_classes)
         single = [name for name, count in zip(dataset.classes, counts) if count < 2]
         detail = f" ({', '.join(single[:5])} {'has' if len(single) == 1 else 'have'} one)" if single else ""
         raise DataError(f"{data}: no validation images: give each class at least 2 usable images, one to train "
@@ -170,7 +186,7 @@ def describe_data(dataset: Dataset, profile: DataProfile, prepared: PreparedSpli
         "split": dataset.split_info,
         "sizes": {name: len(split) for name, split in prepared.splits.items()},
         "class_counts": {
-            name: torch.bincount(split_targets(split), minlength=dataset.num_classes).tolist()
+            name: label_counts(split_targets(split), dataset.num_classes)
             for name, split in prepared.splits.items()
         },
         "native_size": profile.native_size,

@@ -21,6 +21,7 @@ from imgclf.runners.train.stages import Trained
 __all__ = ["CONFIG_FILE", "train_result", "write_config_yaml", "write_run_bundle", "write_run_report"]
 
 CONFIG_FILE = "config.yaml"
+LABEL_SET_SUMMARY = ("macro_f1", "micro_f1", "map", "exact_match")  # what a multi-label run reports
 
 
 def _validation_chose(state: FitState, decision: dict | None = None) -> str:
@@ -35,7 +36,12 @@ def _validation_chose(state: FitState, decision: dict | None = None) -> str:
 
 def _summary(state: FitState, final: dict, decision: dict | None = None) -> dict:
     cv_accuracy = state.history[0].get("probe_cv_accuracy") if state.history else None
-    return {
+    label_sets = {}
+    if final["val"].get("task") == "multi-label":  # accuracy: the share of labels decided right
+        label_sets = {f"{split}_{key}": final[split][key] if split in final else None
+                      for split in ("val", "test") for key in LABEL_SET_SUMMARY}  # fmt: skip
+        label_sets["thresholds_chosen_on"] = final["val"]["thresholds_chosen_on"]
+    return {**label_sets,
         "val_accuracy": final["val"]["accuracy"],
         "val_chose": _validation_chose(state, decision),
         "cv_accuracy": decision["probe"]["cv_accuracy"] if decision is not None else cv_accuracy,
@@ -56,6 +62,7 @@ def _description(
             "model_kwargs": run.model_kwargs,
             "params": count_parameters(run.model),
             "classes": run.dataset.classes,
+            "task": run.dataset.task,
             "input_size": preprocess.input_size,
             "in_chans": preprocess.channels,
             "preprocess": preprocess.to_dict(),
@@ -112,6 +119,20 @@ def write_run_report(run: TrainingRun, bundle: Bundle, evaluation: FinalEvaluati
     console.print(f"report: {path}")
 
 
+RESULT_KEYS = ("val_accuracy", "test_accuracy", "cv_accuracy", "val_chose", "thresholds_chosen_on")
+
+
+def _label_set_line(summary: dict, honesty: str) -> str:
+    """A multi-label run's scores: F1 at the chosen thresholds, mAP, and whole sets right."""
+    split = "test" if summary["test_macro_f1"] is not None else "val"
+    optimistic = " (optimistic: the thresholds were chosen on it)" if (
+        split == "val" and summary["thresholds_chosen_on"] == "val") else honesty  # fmt: skip
+    return (f"{split}: macro-F1 {summary[f'{split}_macro_f1']:.4f}, micro-F1 {summary[f'{split}_micro_f1']:.4f}, "
+            f"mAP {summary[f'{split}_map'] or 0:.4f}, exact label sets {summary[f'{split}_exact_match']:.4f}"
+            f"{optimistic}; thresholds per label chosen on {summary['thresholds_chosen_on']} (accuracy below: the "
+            "share of labels decided right)")
+
+
 def _format(value: float | None) -> str:
     return "n/a (no test split)" if value is None else f"{value:.4f}"
 
@@ -124,6 +145,8 @@ def train_result(run: TrainingRun, trained: Trained, summary: dict, seconds: flo
         chose = summary["val_chose"]
         honesty = f" (optimistic: it chose {chose})" if chose else " (nothing was chosen on it)"
     test, val = _format(summary["test_accuracy"]), _format(summary["val_accuracy"])
+    if "val_macro_f1" in summary:
+        console.print(_label_set_line(summary, honesty), highlight=False)
     console.print(f"test accuracy {test}, val accuracy {val}{honesty}; bundle written to {run.output} in "
                   f"{seconds:.1f}s")  # fmt: skip
     result = {
@@ -131,7 +154,7 @@ def train_result(run: TrainingRun, trained: Trained, summary: dict, seconds: flo
         "model": config.model,
         "epochs": trained.state.epoch,
         "seconds": round(seconds, 2),
-        "metrics": {key: summary[key] for key in ("val_accuracy", "test_accuracy", "cv_accuracy", "val_chose")},
+        "metrics": {key: value for key, value in summary.items() if key in RESULT_KEYS or key.endswith(LABEL_SET_SUMMARY)},
     }
     if trained.decision is not None:
         result["kept"] = {key: trained.decision[key] for key in ("kept", "why")}

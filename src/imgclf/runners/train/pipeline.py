@@ -154,7 +154,7 @@ def _train_until_stopped(run: TrainingRun, saved, observers: Observers, console:
 def _finish(run: TrainingRun, trained: Trained, console: Console, started: float, logs: Observers) -> dict:
     """Final evaluation, bundle, report, and the answer."""
     on_data = ModelOnData(run.model, run.prepared.splits, run.preprocess, run.device, run.config.amp,
-                          run.config.workers, trained.embeddings)  # fmt: skip
+                          run.config.workers, trained.embeddings, trained.held_out_logits)  # fmt: skip
     evaluation = final_evaluation(on_data, run.dataset.classes, run.config.seed)
     bundle = write_run_bundle(run, trained, evaluation, time.perf_counter() - started)
     write_run_report(run, bundle, evaluation, console)

@@ -18,6 +18,8 @@ from imgclf.data.batches import MirroredBatches, eval_batch_size, make_batches
 from imgclf.data.prepare import split_targets
 from imgclf.engine.budget import MAX_EPOCHS, BudgetPlan
 from imgclf.engine.checkpoint import StateOrigin, TrainingState
+from imgclf.data.dataset import SINGLE_LABEL
+from imgclf.engine.evaluate import output_loss
 from imgclf.engine.final import ModelOnData
 from imgclf.engine.loop import FitSetup, FitState, Replan, fit
 from imgclf.engine.observers import TrainObserver
@@ -56,6 +58,8 @@ class Trained:
     state: FitState
     plan: RunPlan  # as training ended: a time budget may have re-planned the epochs
     embeddings: dict | None = None  # a linear probe's embeddings and targets of each split (unnormalized)
+    # A multi-label probe's out-of-fold logits of the training images (its thresholds are chosen on them).
+    held_out_logits: torch.Tensor | None = None
     # A run that started from a linear probe (two-stage, anytime): the probe's and the fine-tuned
     # model's validation accuracy, which one was kept and why (``choose_better``).
     decision: dict | None = None
@@ -247,7 +251,7 @@ def probe_start(run: TrainingRun, console: Console) -> ProbeStart:
     weights = {k: v.detach().to("cpu", copy=True) for k, v in run.model.state_dict().items()}
     on_data = ModelOnData(run.model, run.prepared.splits, run.preprocess, run.device, embeddings=trained.embeddings)
     logits, targets, _ = on_data.outputs("val", embeddings=False)  # from the cached embeddings: no pass
-    return ProbeStart(trained, weights, float(torch.nn.functional.cross_entropy(logits, targets)))
+    return ProbeStart(trained, weights, output_loss(logits, targets))
 
 
 def plan_anytime(
@@ -335,7 +339,9 @@ def linear_probe(run: TrainingRun, console: Console, splits: tuple[str, ...] = (
     flips_keep_class = choose_augmentation(
         run.config.augment, run.dataset.kind, run.preprocess.channels, run.preprocess.input_size
     ).flip  # as augmentation decides it for a run long enough to augment
-    flipped = MirroredBatches(splits["train"]) if flips_keep_class and run.config.probe_mirror else None
+    # Multi-label probes take no extra views: a regression per label is fitted on the images themselves.
+    mirror = flips_keep_class and run.config.probe_mirror and run.dataset.task == SINGLE_LABEL
+    flipped = MirroredBatches(splits["train"]) if mirror else None
     probe_run = run_linear_probe(run.model, splits, run.preprocess, run.device, key, run.dataset.num_classes,
                                  run.config.seed, console, flipped)  # fmt: skip
-    return Trained(probe_run.state, run.plan, probe_run.embeddings)
+    return Trained(probe_run.state, run.plan, probe_run.embeddings, probe_run.probe.held_out_logits)
