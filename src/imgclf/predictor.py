@@ -69,8 +69,9 @@ class Classifier:
         self.distance_threshold = float(distance) if distance is not None and self.centroids is not None else None
         # Multi-label bundles: a sigmoid per label, sigmoid(logit / T_label), and a threshold per label.
         self.multi_label = bundle.description.multi_label
-        self.label_temperatures = torch.tensor(bundle.description.label_temperatures)
-        self.label_thresholds = bundle.description.label_thresholds
+        if self.multi_label:
+            self.label_temperatures = torch.tensor(bundle.description.label_temperatures)
+            self.label_thresholds = bundle.description.label_thresholds
 
     def prepare(self, image: ImageInput) -> np.ndarray:
         pixels = image_pixels(image, self.preprocess.channels, self.preprocess.decode_side)

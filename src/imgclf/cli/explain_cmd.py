@@ -32,7 +32,10 @@ def run(args: argparse.Namespace) -> int:
     else:
         console = stdout_console()
         for result in results:
-            if "error" not in result:
+            if "labels" in result:  # a multi-label bundle: the labels given, one Grad-CAM each
+                given = " + ".join(result["labels"]) or "none of the labels"
+                console.print(f"{result['path']}: {given} -> {result['output']}")
+            elif "error" not in result:
                 truth = f", true {result['true_label']}" if result["true_label"] else ""
                 console.print(
                     f"{result['path']}: {result['label']} ({result['probability']:.3f}{truth}) -> {result['output']}"

@@ -21,7 +21,12 @@ import math
 
 import numpy as np
 import torch
-from sklearn.metrics import average_precision_score, f1_score, precision_recall_fscore_support
+from sklearn.metrics import (
+    average_precision_score,
+    f1_score,
+    precision_recall_curve,
+    precision_recall_fscore_support,
+)
 from torch import nn
 
 from imgclf.explain.calibration import TEMPERATURE_RANGE, centroid_distance, distance_threshold
@@ -98,7 +103,8 @@ def label_set_metrics(
     if len(targets) == 0:
         return {"task": "multi-label", "accuracy": None, "loss": None, "num_images": 0, "per_class": {},
                 "classes": list(labels), "macro_f1": None, "micro_f1": None, "map": None,
-                "exact_match": None, "hamming_loss": None, "chance_accuracy": None}  # fmt: skip
+                "exact_match": None, "hamming_loss": None, "chance_accuracy": None, "pr_curves": {},
+                "error_pairs": []}  # fmt: skip
     cut = torch.zeros(len(labels)) if thresholds is None else thresholds
     truth = (targets > 0.5).numpy().astype(np.int64)
     predicted = (logits >= cut).numpy().astype(np.int64)
@@ -125,7 +131,29 @@ def label_set_metrics(
         "hamming_loss": float((truth != predicted).mean()),
         # Answering each label's majority value for every image.
         "chance_accuracy": float(np.maximum(prevalence, 1 - prevalence).mean()),
+        "pr_curves": {name: _pr_curve(truth[:, i], scores[:, i]) for i, name in enumerate(labels) if truth[:, i].any()},
+        "error_pairs": _error_pairs(truth, predicted, labels),
     }
+
+
+PR_CURVE_POINTS = 60  # points kept of each label's precision-recall curve (the report draws them)
+
+
+def _pr_curve(truth: np.ndarray, scores: np.ndarray) -> dict:
+    precision, recall, _ = precision_recall_curve(truth, scores)
+    keep = np.unique(np.linspace(0, len(recall) - 1, min(PR_CURVE_POINTS, len(recall))).astype(np.int64))
+    return {"precision": [round(float(v), 4) for v in precision[keep]],
+            "recall": [round(float(v), 4) for v in recall[keep]]}  # fmt: skip
+
+
+def _error_pairs(truth: np.ndarray, predicted: np.ndarray, labels: list[str], limit: int = 10) -> list[dict]:
+    """How errors co-occur: the pairs (label missed, label given instead) on the same images, most
+    frequent first (for example haze missed where clear was given)."""
+    missed, invented = (truth == 1) & (predicted == 0), (truth == 0) & (predicted == 1)
+    counts = missed.T.astype(np.int64) @ invented.astype(np.int64)  # (missed label, invented label)
+    pairs = [{"missed": labels[a], "given_instead": labels[b], "images": int(counts[a, b])}
+             for a in range(len(labels)) for b in range(len(labels)) if counts[a, b] > 0]  # fmt: skip
+    return sorted(pairs, key=lambda pair: -pair["images"])[:limit]
 
 
 def fit_label_temperatures(logits: torch.Tensor, targets: torch.Tensor) -> list[float]:

@@ -226,7 +226,7 @@ def fit_label_probe(
     weight, bias = weight / scale, bias - (weight / scale) @ mean  # back to raw embeddings
     held_out = out_of_fold.gather(0, chosen.expand(len(y), -1)[None]).squeeze(0)
     val_logits = val[0].double() @ weight.T + bias
-    scores = [{"c": c, "labels_choosing_it": int((chosen == i).sum()), "cv_label_accuracy":
+    scores = [{"c": c, "labels_choosing_it": int((chosen == i).sum()), "cv_accuracy":
                round(_label_accuracy(out_of_fold[i], y), 4)} for i, c in enumerate(PROBE_C_VALUES)]  # fmt: skip
     most_chosen = PROBE_C_VALUES[int(torch.bincount(chosen, minlength=len(PROBE_C_VALUES)).argmax())]
     return LinearProbe(weight.numpy(), bias.numpy(), most_chosen, _label_accuracy(val_logits, val[1]),

@@ -111,6 +111,6 @@ def run_linear_probe(
     record = {"epoch": 1, "val_accuracy": probe.val_accuracy, "probe_c": probe.c_value,
               "probe_chosen_on": probe.chosen_on, "probe_cv_accuracy": probe.cv_accuracy,
               "probe_flipped_views": probe.flipped_views, "probe_scores": probe.scores,
-              "probe_folds": probe.folds}  # fmt: skip
+              "probe_folds": probe.folds, "probe_label_c": probe.label_c_values}  # fmt: skip
     state = FitState(epoch=1, best_epoch=1, best_val_accuracy=probe.val_accuracy, history=[record])
     return ProbeRun(state, probe, features)

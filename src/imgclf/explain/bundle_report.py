@@ -40,6 +40,8 @@ def mistakes_gallery(
     """The ``limit`` wrong predictions made with the highest confidence, each explained."""
     if len(targets) == 0:
         return []
+    if bundle.description.multi_label:
+        return _label_set_mistakes(bundle, split, logits, targets, limit)
     temperature = bundle.description.temperature
     confidence, predicted = torch.softmax(logits / temperature, dim=1).max(dim=1)
     wrong = torch.nonzero(predicted != targets).flatten()
@@ -55,6 +57,35 @@ def mistakes_gallery(
         predicted_name, true_name = bundle.classes[explanation.predicted], bundle.classes[int(targets[index])]
         caption = f"{name}: a {true_name} taken for {predicted_name} ({explanation.probability:.2f})"
         gallery.append(GalleryItem(explanation_png(explanation, predicted_name, true_name), caption))
+    return gallery
+
+
+def _label_set_mistakes(bundle: Bundle, split, logits: torch.Tensor, targets: torch.Tensor, limit: int):
+    """The images whose label sets are most wrong (each wrong decision weighted by how sure it
+    was), each with Grad-CAM of its worst label: the one missed or invented most confidently."""
+    description = bundle.description
+    probabilities = torch.sigmoid(logits / torch.tensor(description.label_temperatures))
+    given = probabilities >= torch.tensor(description.label_thresholds)
+    truth = targets > 0.5
+    wrong = given != truth
+    cost = ((probabilities - truth.float()).abs() * wrong).sum(dim=1)
+    worst = [i for i in cost.argsort(descending=True)[:limit].tolist() if cost[i] > 0]
+    if not worst:
+        return []
+    images, names = _split_images(split, worst)
+    if len(images) == 0:
+        return []
+    focus = ((probabilities - truth.float()).abs() * wrong)[worst].argmax(dim=1)
+    explanations = explain_batch(bundle.model, images, bundle.preprocess.normalize, classes=focus)
+    gallery = []
+    for explanation, index, name, label in zip(explanations, worst, names, focus.tolist()):
+        carried = [bundle.classes[i] for i in torch.nonzero(truth[index]).flatten().tolist()]
+        chosen = [bundle.classes[i] for i in torch.nonzero(given[index]).flatten().tolist()]
+        missed, invented = sorted(set(carried) - set(chosen)), sorted(set(chosen) - set(carried))
+        caption = (f"{name}: missed {', '.join(missed) or 'none'}; invented {', '.join(invented) or 'none'} "
+                   f"(Grad-CAM of {bundle.classes[label]}, p = {float(probabilities[index, label]):.2f})")  # fmt: skip
+        picture = explanation_png(explanation, ", ".join(chosen) or "no label", ", ".join(carried) or "no label")
+        gallery.append(GalleryItem(picture, caption))
     return gallery
 
 

@@ -147,6 +147,26 @@ def reliability_png(bins: list[dict], ece: float | None, ece_uncalibrated: float
     return _png(figure)
 
 
+def pr_curves_png(curves: dict[str, dict], operating: dict[str, dict]) -> bytes:
+    """Precision against recall for each label (``curves``: label -> {"precision", "recall"}),
+    with a dot where the label's threshold puts it (``operating``: label -> precision, recall)."""
+    figure = Figure(figsize=(6.4, 4.6))
+    axes = figure.subplots()
+    colours = [f"C{index % 10}" for index in range(len(curves))]
+    for colour, (label, curve) in zip(colours, curves.items()):
+        axes.plot(curve["recall"], curve["precision"], color=colour, linewidth=1.2, label=for_plot(label))
+        point = operating.get(label)
+        if point is not None:
+            axes.plot([point["recall"]], [point["precision"]], "o", color=colour, markersize=5)
+    axes.set_xlabel("recall")
+    axes.set_ylabel("precision")
+    axes.set_xlim(0, 1.01)
+    axes.set_ylim(0, 1.01)
+    axes.set_title("precision-recall per label (dots: the chosen thresholds)", fontsize=10)
+    axes.legend(loc="lower left", fontsize=7, ncol=2)
+    return _png(figure)
+
+
 def class_counts_png(class_counts: dict[str, list[int]], classes: list[str]) -> bytes:
     """Images per class, one bar per split."""
     figure = Figure(figsize=(min(14.0, 3 + 0.4 * len(classes)), 3.4))
@@ -162,6 +182,21 @@ def class_counts_png(class_counts: dict[str, list[int]], classes: list[str]) -> 
     axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))
     axes.grid(axis="y", alpha=0.3)
     return _png(figure)
+
+
+def stacked_png(pictures: list[bytes]) -> bytes:
+    """PNG pictures one under the other, as one PNG."""
+    from PIL import Image
+
+    images = [Image.open(io.BytesIO(picture)).convert("RGB") for picture in pictures]
+    canvas = Image.new("RGB", (max(image.width for image in images), sum(image.height for image in images)), "white")
+    top = 0
+    for image in images:
+        canvas.paste(image, (0, top))
+        top += image.height
+    buffer = io.BytesIO()
+    canvas.save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def explanation_png(explanation: Explanation, predicted: str, true: str | None, source: str = "") -> bytes:

@@ -16,6 +16,7 @@ from imgclf.explain.figures import (
     reliability_png,
     training_curves_png,
 )
+from imgclf.explain.label_set_report import LABEL_SET_HEADINGS, label_set_bodies
 from imgclf.text import for_html
 
 __all__ = ["REPORT_FILE", "REPORT_SECTIONS", "GalleryItem", "render_report"]
@@ -73,8 +74,8 @@ def _percent(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.1f}%"
 
 
-def _section(section_id: str, body: str) -> str:
-    heading = dict(REPORT_SECTIONS)[section_id]
+def _section(section_id: str, body: str, multi_label: bool = False) -> str:
+    heading = (LABEL_SET_HEADINGS if multi_label else {}).get(section_id) or dict(REPORT_SECTIONS)[section_id]
     return f'<section id="{section_id}"><h2>{for_html(heading)}</h2>\n{body}\n</section>'
 
 
@@ -228,6 +229,11 @@ def _probe_training(description: BundleDescription, record: dict) -> str:
     views = " Mirror images of the training images were added as views." if record.get("probe_flipped_views") else ""
     note = (f"A linear probe: a logistic regression on the frozen network's embeddings, its regularization "
             f"C = {record.get('probe_c')} chosen {how}.{views}")  # fmt: skip
+    if record.get("probe_label_c"):  # multi-label: a regression per label, each with its own C
+        note = (f"A linear probe: a logistic regression per label on the frozen network's embeddings, each label's "
+                f"regularization C chosen {how} (C per label: "
+                f"{', '.join(f'{c:g}' for c in record['probe_label_c'])}; the figure: the share of labels right "
+                "at probability 0.5 for each C).")  # fmt: skip
     if description.seconds is not None:
         note += f" Whole run: {description.seconds:.1f} s on {description.training_device}."
     return f"<p>{for_html(note)}</p>" + _image(
@@ -344,19 +350,23 @@ def render_report(description: BundleDescription, metrics: dict, gallery: list[G
     to show; ``card``: measured model facts (``flops``, ``latency``, ``latency_device``, ``layers``)."""
     split, evaluated = _evaluated(metrics)
     classes = description.classes
+    multi = description.multi_label  # its own summary, curves, metrics and calibration (label_set_report)
     bodies = {
-        "summary": _summary(description, metrics),
+        "summary": "" if multi else _summary(description, metrics),
         "dataset": _dataset(description),
         "training": _training(description, metrics),
-        "confusion": _confusion(split, evaluated, classes),
-        "per-class": _per_class(evaluated),
-        "calibration": _calibration(description, evaluated),
+        "confusion": "" if multi else _confusion(split, evaluated, classes),
+        "per-class": "" if multi else _per_class(evaluated),
+        "calibration": "" if multi else _calibration(description, evaluated),
         "mistakes": _mistakes(gallery),
         "model-card": _model_card(description, card),
         "choice": _choice(description),
         "configuration": _configuration(description),
     }
-    sections = "\n".join(_section(section_id, bodies[section_id]) for section_id, _ in REPORT_SECTIONS)
+    if description.multi_label:
+        bodies.update(label_set_bodies(split, evaluated, description, _table, _image))
+    sections = "\n".join(_section(section_id, bodies[section_id], description.multi_label)
+                         for section_id, _ in REPORT_SECTIONS)  # fmt: skip
     title = f"{description.architecture} on {description.data_source}"
     return (
         f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><title>imgclf report: {for_html(title)}</title>'

@@ -14,7 +14,7 @@ from imgclf.data.layout import expand_image_paths
 from imgclf.engine.run_folder import check_targets, claim
 from imgclf.engine.runtime import resolve_device
 from imgclf.errors import BadImageError
-from imgclf.explain.figures import explanation_png
+from imgclf.explain.figures import explanation_png, stacked_png
 from imgclf.explain.gradcam import explain_batch
 from imgclf.files import atomic_write_bytes
 from imgclf.predictor import image_pixels
@@ -32,9 +32,30 @@ def _output_name(path: Path, used: set[str]) -> str:
     return name
 
 
+def _explain_label_set(bundle, model, images: torch.Tensor, path: Path, target: Path) -> dict:
+    """A multi-label image: one row of pictures per label the model gives (the most probable
+    label when it gives none), stacked into one PNG, each row's Grad-CAM for its own label."""
+    description = bundle.description
+    with torch.no_grad():
+        logits = model(bundle.preprocess.normalize(images)).float().cpu()[0]
+    probabilities = torch.sigmoid(logits / torch.tensor(description.label_temperatures))
+    given = [i for i in probabilities.argsort(descending=True).tolist()
+             if probabilities[i] >= description.label_thresholds[i]]  # fmt: skip
+    shown = given or [int(probabilities.argmax())]
+    rows = []
+    for label in shown:
+        (explanation,) = explain_batch(model, images, bundle.preprocess.normalize, classes=torch.tensor([label]))
+        title = f"{bundle.classes[label]} ({float(probabilities[label]):.2f})" + ("" if given else ", not given")
+        rows.append(explanation_png(explanation, title, None, source=path.name))
+    atomic_write_bytes(target, stacked_png(rows))
+    return {"path": str(path), "output": str(target), "labels": [bundle.classes[i] for i in given],
+            "probabilities": {name: round(float(p), 6) for name, p in zip(bundle.classes, probabilities)}}  # fmt: skip
+
+
 def run_explain(bundle_dir: str | Path, inputs: list[str], output: str | Path, device: str = "cpu") -> list[dict]:
     """Explain each image; per image ``{"path", "output", "label", "probability", "true_label"}``
-    or ``{"path", "error"}`` for a file that cannot be used."""
+    (multi-label bundles: ``{"path", "output", "labels", "probabilities"}``, a Grad-CAM per label
+    given) or ``{"path", "error"}`` for a file that cannot be used."""
     bundle = load_bundle(bundle_dir)
     torch_device = resolve_device(device)
     model = bundle.model.to(torch_device, memory_format=torch.channels_last)
@@ -53,6 +74,9 @@ def run_explain(bundle_dir: str | Path, inputs: list[str], output: str | Path, d
             results.append({"path": str(path), "error": error.reason})
             continue
         images = torch.from_numpy(np.array(pixels[None])).to(torch_device)  # a writable copy
+        if bundle.description.multi_label:
+            results.append(_explain_label_set(bundle, model, images, path, output / name))
+            continue
         (explanation,) = explain_batch(model, images, bundle.preprocess.normalize, temperature)
         predicted = bundle.classes[explanation.predicted]
         # The parent folder names the true class in the usual root/<class>/<image> layout.

@@ -258,6 +258,9 @@ def run_export(
     if format not in FORMATS:
         raise UsageError(f"--format must be one of {', '.join(FORMATS)}, not {format!r}")
     bundle = load_bundle(bundle_dir)
+    if bundle.description.multi_label:
+        raise UsageError(f"{bundle_dir}: a multi-label bundle (a sigmoid per label): export handles single-label "
+                         "bundles only for now; predict, evaluate and the Python API use it as it is")  # fmt: skip
     default_name = ("model.int8" if quantize == "int8" else "model") + FORMATS[format]
     target = Path(output) if output else Path(bundle_dir) / default_name
     check_can_write(target)  # before the export's minutes of work
