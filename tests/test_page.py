@@ -227,3 +227,34 @@ def test_class_names_from_data_are_text_on_the_page(browser, tmp_path):
         )
     finally:
         server.stop()
+
+
+def test_a_multi_label_model_shows_every_label_it_gives(browser, tmp_path):
+    """An image with two bars, on a model trained on label sets: the card names both labels and
+    draws a bar for each label's own probability."""
+    from selenium.webdriver.common.by import By
+
+    import numpy as np
+    from imgclf.cli.main import main
+    from test_multilabel import bars_image, write_bars_csv
+
+    data = write_bars_csv(tmp_path / "data", 240)
+    bundle = tmp_path / "bundle"
+    assert main(["train", str(data), "--model", "simple_cnn", "--epochs", "15", "--batch-size", "16",
+                 "--augment", "translate", "--output", str(bundle)]) == 0  # fmt: skip
+    image = tmp_path / "two.png"
+    bars_image(["left", "top"], np.random.default_rng(5)).save(image)
+    server = Server(bundle)
+    try:
+        browser.set_window_size(WIDTHS[0], 1000)
+        browser.get(server.url + "/")
+        _wait(browser, lambda d: "labels (several per image)" in d.find_element(By.ID, "model").text)
+        assert "macro-F1" in browser.find_element(By.ID, "facts").text
+        _send_by_event(browser, "drop", image)
+        _wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, ".result .bar"))
+        shown = browser.find_element(By.CSS_SELECTOR, ".result .label").text
+        assert sorted(shown.split(" + ")) == ["left", "top"]
+        assert len(browser.find_elements(By.CSS_SELECTOR, ".result .bar")) == 4  # top-k: every label here
+        _screenshot(browser, "multi-label.png")
+    finally:
+        server.stop()

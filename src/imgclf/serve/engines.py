@@ -63,6 +63,7 @@ class BundleEngine:
             "kind": "bundle",
             "architecture": description.architecture,
             "classes": self.classes,
+            "task": description.task,
             "params": description.params,
             "input": {"size": classifier.preprocess.input_size, "channels": self.channels},
             "metrics": description.summary or None,

@@ -105,12 +105,16 @@ function explainError(status, body, file) {
 function words(m) {
   const facts = [["model", m.architecture + (m.pretrained ? ", started from " + m.pretrained : "")]];
   if (m.finetune) facts.push(["training", m.finetune === "linear-probe" ? "a linear probe on its ImageNet features" : m.finetune + " fine-tuning"]);
-  facts.push(["classes", m.classes.length + ": " + m.classes.join(", ")]);
+  const multi = m.task === "multi-label";  // several labels per image: F1 and mAP, not accuracy
+  facts.push([multi ? "labels" : "classes", m.classes.length + ": " + m.classes.join(", ")]);
   const size = m.input.size ? m.input.size + " x " + m.input.size + " px" : "any size (resized inside)";
   facts.push(["input", size + ", " + (m.input.channels === 1 ? "grayscale" : "colour")]);
   if (m.params) facts.push(["parameters", Number(m.params).toLocaleString("en-US")]);
   const s = m.metrics || {};
-  if (s.test_accuracy !== null && s.test_accuracy !== undefined) facts.push(["accuracy", percent(s.test_accuracy) + " on its test split"]);
+  if (multi && s.val_macro_f1 !== undefined) {
+    const split = s.test_macro_f1 !== null && s.test_macro_f1 !== undefined ? "test" : "val";
+    facts.push(["macro-F1", percent(s[split + "_macro_f1"]) + " on its " + (split === "test" ? "test" : "validation") + " split; mAP " + percent(s[split + "_map"])]);
+  } else if (s.test_accuracy !== null && s.test_accuracy !== undefined) facts.push(["accuracy", percent(s.test_accuracy) + " on its test split"]);
   else if (s.val_accuracy !== null && s.val_accuracy !== undefined) facts.push(["accuracy", percent(s.val_accuracy) + " on its validation split (no test split" + (s.val_chose ? "; optimistic: it chose " + s.val_chose : "") + ")"]);
   const c = m.calibration;
   if (c && c.temperature) {
@@ -123,7 +127,8 @@ function words(m) {
   return facts;
 }
 function showCard(m) {
-  $("model").textContent = m.architecture + " - " + m.classes.length + " classes" + (m.kind === "onnx" ? " (ONNX)" : "");
+  const kind = m.task === "multi-label" ? " labels (several per image)" : " classes";
+  $("model").textContent = m.architecture + " - " + m.classes.length + kind + (m.kind === "onnx" ? " (ONNX)" : "");
   const list = $("facts"); list.textContent = "";
   for (const [key, value] of words(m)) list.append(element("dt", "", key), element("dd", "", value));
   const auth = m.auth_required ? ' -H "Authorization: Bearer $IMGCLF_TOKEN"' : "";
@@ -167,7 +172,11 @@ function resultCard(file) {
 function showAnswer(card, answer) {
   const label = card.querySelector(".label");
   if (answer.error) { label.textContent = ""; card.append(element("p", "error", answer.error)); return false; }
-  if (answer.label === null) {
+  if (answer.labels !== undefined) {  // a multi-label model: the set it gives, maybe empty
+    label.textContent = answer.labels.length ? answer.labels.join(" + ") : "None of the labels";
+    if (answer.abstained) card.append(element("p", "why", "The model gives no labels (" + answer.abstained + ")."));
+    else card.append(element("p", "why", "Each label is given at or above its own threshold; the bars show every label's probability."));
+  } else if (answer.label === null) {
     label.textContent = "No label";
     card.append(element("p", "why", "The model is not sure enough to name a class (" + answer.abstained + "). The bars show what it would have guessed."));
   } else label.textContent = answer.label;
