@@ -237,6 +237,14 @@ def cpu_description() -> str:
     return f"{name} ({', '.join(extensions) or 'no AVX2'})" if flags else name
 
 
+def _single_label_bundle(bundle_dir: str | Path):
+    bundle = load_bundle(bundle_dir)
+    if bundle.description.multi_label:
+        raise UsageError(f"{bundle_dir}: a multi-label bundle (a sigmoid per label): export handles single-label "
+                         "bundles only for now; predict, evaluate and the Python API use it as it is")  # fmt: skip
+    return bundle
+
+
 def run_export(
     bundle_dir: str | Path,
     output: str | Path | None = None,
@@ -257,10 +265,7 @@ def run_export(
         raise UsageError(f"--quantize must be int8, not {quantize!r}")
     if format not in FORMATS:
         raise UsageError(f"--format must be one of {', '.join(FORMATS)}, not {format!r}")
-    bundle = load_bundle(bundle_dir)
-    if bundle.description.multi_label:
-        raise UsageError(f"{bundle_dir}: a multi-label bundle (a sigmoid per label): export handles single-label "
-                         "bundles only for now; predict, evaluate and the Python API use it as it is")  # fmt: skip
+    bundle = _single_label_bundle(bundle_dir)
     default_name = ("model.int8" if quantize == "int8" else "model") + FORMATS[format]
     target = Path(output) if output else Path(bundle_dir) / default_name
     check_can_write(target)  # before the export's minutes of work
