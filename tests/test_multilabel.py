@@ -235,11 +235,27 @@ def test_label_set_metrics_and_thresholds_on_known_logits():
     assert choose_thresholds(scores[:2], truth[:2]) == [0.5, 0.5]  # too few positives to choose
 
 
-def test_training_checks_refuse_label_sets_where_they_are_not_handled_yet(scratch_bundle, tmp_path, capsys):
+def test_the_onnx_export_carries_sigmoids_and_thresholds_and_answers_as_the_bundle(scratch_bundle, bars, tmp_path,
+                                                                                   capsys):  # fmt: skip
+    from imgclf.serve.engines import OnnxEngine
+
     output, _ = scratch_bundle
-    assert main(["export", str(output), "--output", str(tmp_path / "m.onnx")]) == 2
-    error = capsys.readouterr().err.strip()
-    assert len(error.splitlines()) == 1 and "multi-label" in error
+    target = tmp_path / "model.onnx"
+    assert main(["export", str(output), "--data", str(bars), "--output", str(target), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["parity"]["top1_agreement"] == 1.0  # every validation image: the same label set
+    engine = OnnxEngine(target)
+    model = json.loads((output / "model.json").read_text())
+    assert engine.task == MULTI_LABEL and engine.thresholds == model["calibration"]["thresholds"]
+    rng = np.random.default_rng(11)
+    sets = [["left", "top"], [], ["right", "bottom"]]
+    images = [np.asarray(bars_image(labels, rng)) for labels in sets]
+    answers = engine.predict(images, top_k=4)
+    bundle_answers = imgclf.load(output).predict([Image.fromarray(image) for image in images], top_k=4)
+    for answer, expected, labels in zip(answers, bundle_answers, sets):
+        assert sorted(answer["labels"]) == sorted(expected["labels"]) == sorted(labels)
+        for label, probability in expected["probabilities"].items():
+            assert answer["probabilities"][label] == pytest.approx(probability, abs=1e-3)
 
 
 def test_explain_draws_a_grad_cam_for_each_label_given(scratch_bundle, tmp_path, capsys):

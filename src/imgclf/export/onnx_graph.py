@@ -144,8 +144,9 @@ def preprocessing_graph(preprocess: Preprocess, layout: str, ir_version: int) ->
     return model
 
 
-def _with_probabilities(network: onnx.ModelProto, temperature: float) -> onnx.ModelProto:
-    """A copy of the network with its output named ``logits`` and calibrated ``probabilities`` added."""
+def _with_probabilities(network: onnx.ModelProto, temperature: float | list[float]) -> onnx.ModelProto:
+    """A copy of the network with its output named ``logits`` and calibrated ``probabilities`` added:
+    softmax(logits / T), or for a multi-label model (a list, one T per label) sigmoid(logits / T)."""
     copy = onnx.ModelProto()
     copy.CopyFrom(network)
     network = copy
@@ -160,16 +161,20 @@ def _with_probabilities(network: onnx.ModelProto, temperature: float) -> onnx.Mo
         output.name = renames.get(output.name, output.name)
     graph.initializer.append(numpy_helper.from_array(np.array(temperature, dtype=np.float32), "temperature"))
     graph.node.append(helper.make_node("Div", [LOGITS, "temperature"], ["scaled_logits"]))
-    graph.node.append(helper.make_node("Softmax", ["scaled_logits"], [PROBABILITIES], axis=1))
+    if isinstance(temperature, list):  # multi-label: each label's own probability
+        graph.node.append(helper.make_node("Sigmoid", ["scaled_logits"], [PROBABILITIES]))
+    else:
+        graph.node.append(helper.make_node("Softmax", ["scaled_logits"], [PROBABILITIES], axis=1))
     classes = graph.output[0].type.tensor_type.shape.dim[1].dim_value or None
     graph.output.append(helper.make_tensor_value_info(PROBABILITIES, TensorProto.FLOAT, ["batch", classes]))
     return network
 
 
 def with_preprocessing(
-    network: onnx.ModelProto, preprocess: Preprocess, layout: str, temperature: float
+    network: onnx.ModelProto, preprocess: Preprocess, layout: str, temperature: float | list[float]
 ) -> onnx.ModelProto:
-    """The whole graph: pixels in, logits and probabilities out."""
+    """The whole graph: pixels in, logits and probabilities out (``temperature``: one, or a list
+    of one per label for a multi-label model's sigmoids)."""
     network = _with_probabilities(network, temperature)
     pre = preprocessing_graph(preprocess, layout, network.ir_version)
     merged = compose.merge_models(pre, network, io_map=[(NORMALIZED, network.graph.input[0].name)])

@@ -19,6 +19,7 @@ from imgclf.data.decode import convert_channels, decode_image
 from imgclf.data.prepare import TensorSplit
 from imgclf.engine.evaluate import predict_logits
 from imgclf.errors import BadImageError, ImgclfError, UsageError
+from imgclf.engine.label_sets import logit_thresholds, nearest_centroid
 from imgclf.explain.calibration import centroid_distance
 from imgclf.export.onnx_graph import OPSET, add_contract, network_proto, onnx_session, with_preprocessing
 from imgclf.export.openvino_ir import OpenVinoSession, openvino_model, record_check, save_ir
@@ -46,14 +47,16 @@ class _LogitsAndDistance(torch.nn.Module):
     """The network plus the bundle's distance rule: the cosine distance of each image's embedding
     to its predicted class's centroid, so the exported graph abstains where the bundle does."""
 
-    def __init__(self, model: torch.nn.Module, centroids: torch.Tensor):
+    def __init__(self, model: torch.nn.Module, centroids: torch.Tensor, multi_label: bool = False):
         super().__init__()
-        self.model = model
+        self.model, self.multi_label = model, multi_label
         self.register_buffer("centroids", centroids.float())
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits, embedding = self.model.forward_head_and_embedding(self.model.forward_features(images))
         embedding = torch.nn.functional.normalize(torch.flatten(embedding, 1).float(), dim=1)
+        if self.multi_label:  # the nearest label's centroid
+            return logits, nearest_centroid(embedding, self.centroids)[1]
         return logits, centroid_distance(embedding, self.centroids, logits.argmax(dim=1))
 
 
@@ -65,7 +68,7 @@ def _distance_threshold(bundle: Bundle) -> float | None:
 def _network_proto(bundle: Bundle) -> onnx.ModelProto:
     model = bundle.model
     if _distance_threshold(bundle) is not None:
-        model = _LogitsAndDistance(bundle.model, bundle.centroids).eval()
+        model = _LogitsAndDistance(bundle.model, bundle.centroids, bundle.description.multi_label).eval()
     return network_proto(model, bundle.preprocess.channels, bundle.preprocess.input_size)
 
 
@@ -84,7 +87,6 @@ def _raw_images(bundle: Bundle, data: str | None, data_dir, split: str, limit: i
     if data is None:
         return None
     dataset = load_dataset(data, bundle.description.split_policy(), data_dir)
-    dataset.require_single_label("the export's accuracy check")
     if split not in dataset.splits or len(dataset.splits[split]) == 0:
         return None
     chosen = dataset.splits[split]
@@ -101,8 +103,46 @@ def _raw_images(bundle: Bundle, data: str | None, data_dir, split: str, limit: i
         except BadImageError:
             continue  # imgclf skips it too
         pixels.append(image)
-        targets.append(remap[int(chosen.targets[index])])
-    return RawImages(pixels, np.array(targets, dtype=np.int64), f"{len(pixels)} {split} images of {data}")
+        targets.append(_target(chosen.targets[index], remap, len(bundle.classes)))
+    return RawImages(pixels, np.array(targets), f"{len(pixels)} {split} images of {data}")
+
+
+def _target(target: np.ndarray, remap: list[int], classes: int):
+    """A data target in the bundle's class order (a multi-label row: its labels' columns)."""
+    if np.ndim(target) == 0:
+        return remap[int(target)]
+    row = np.zeros(classes, dtype=np.int64)
+    row[remap] = np.asarray(target) > 0.5
+    return row
+
+
+def decisions(bundle: Bundle, logits: np.ndarray) -> np.ndarray:
+    """What the bundle answers from these logits: the top class, or for a multi-label bundle the
+    row of labels at or above their thresholds. Parity and int8 checks compare these."""
+    if not bundle.description.multi_label:
+        return logits.argmax(1)
+    description = bundle.description
+    cut = logit_thresholds(description.label_thresholds, description.label_temperatures, len(bundle.classes))
+    return (logits >= cut.numpy()).astype(np.int64)
+
+
+def _agreeing(bundle: Bundle) -> str:
+    return "same label sets" if bundle.description.multi_label else "top-1 agreement"
+
+
+def _scored(bundle: Bundle) -> str:
+    return "share of labels right" if bundle.description.multi_label else "accuracy"
+
+
+def _agreement(first: np.ndarray, second: np.ndarray) -> float:
+    """The share of images answered the same (a multi-label answer: the whole label set)."""
+    same = first == second
+    return float((same.all(axis=1) if same.ndim == 2 else same).mean())
+
+
+def _score(answers: np.ndarray, targets: np.ndarray) -> float:
+    """Accuracy; on label sets the share of (image, label) decisions that are right."""
+    return float((answers == targets).mean())
 
 
 def _random_images(bundle: Bundle, count: int = 256) -> RawImages:
@@ -146,7 +186,8 @@ def _parity(bundle: Bundle, session, images: RawImages, layout: str) -> dict:
     torch_logits, onnx_logits = _torch_logits(bundle, images), _onnx_outputs(session, images, layout)
     return {
         "images": images.source,
-        "top1_agreement": float((onnx_logits.argmax(1) == torch_logits.argmax(1)).mean()),
+        # Multi-label: the share of images given exactly the same label set.
+        "top1_agreement": _agreement(decisions(bundle, onnx_logits), decisions(bundle, torch_logits)),
         "max_logit_diff": float(np.abs(onnx_logits - torch_logits).max()),
     }
 
@@ -196,25 +237,30 @@ def _contract(bundle: Bundle, layout: str, quantized: bool) -> dict:
             f"(bilinear, antialiased) and the centre {pre.input_size} x {pre.input_size} is cropped",
             "shorter_side": pre.decode_side,  # what a caller may shrink an image to first, and no further
         },
-        "outputs": {
-            "logits": "N x classes",
-            "probabilities": "N x classes, softmax(logits / temperature)",
-            **(
-                {"centroid_distance": "N, the embedding's cosine distance to its predicted class's centroid"}
-                if _distance_threshold(bundle) is not None
-                else {}
-            ),  # fmt: skip
-        },
         "preprocess": pre.to_dict(),
-        "temperature": bundle.description.temperature,
-        # The bundle's abstain rule; the distance is the graph's "centroid_distance" output.
-        "abstain": {
-            "confidence_threshold": bundle.description.abstain_threshold,
-            "distance_threshold": _distance_threshold(bundle),
-        },
+        **_decision_contract(bundle),
         "architecture": bundle.description.architecture,
         "quantization": INT8_DESCRIPTION if quantized else "none (fp32)",
     }
+
+
+def _decision_contract(bundle: Bundle) -> dict:
+    """The outputs and how the bundle decides from them: its temperature(s), its abstain rule and,
+    for a multi-label bundle, the threshold of each label."""
+    description, distance = bundle.description, _distance_threshold(bundle)
+    multi = description.multi_label
+    what = "N x labels, sigmoid(logits / temperature of each label)" if multi else "N x classes, softmax(logits / temperature)"
+    outputs = {"logits": "N x classes", "probabilities": what}
+    if distance is not None:
+        outputs["centroid_distance"] = ("N, the embedding's cosine distance to the nearest label's centroid" if multi
+                                        else "N, the embedding's cosine distance to its predicted class's centroid")  # fmt: skip
+    contract = {"task": description.task, "outputs": outputs,
+                "temperature": description.label_temperatures if multi else description.temperature,
+                # The bundle's abstain rule; the distance is the graph's "centroid_distance" output.
+                "abstain": {"confidence_threshold": description.abstain_threshold, "distance_threshold": distance}}  # fmt: skip
+    if multi:  # a label is given when its probability reaches its threshold
+        contract["thresholds"] = description.label_thresholds
+    return contract
 
 
 def cpu_description() -> str:
@@ -237,14 +283,6 @@ def cpu_description() -> str:
     return f"{name} ({', '.join(extensions) or 'no AVX2'})" if flags else name
 
 
-def _single_label_bundle(bundle_dir: str | Path):
-    bundle = load_bundle(bundle_dir)
-    if bundle.description.multi_label:
-        raise UsageError(f"{bundle_dir}: a multi-label bundle (a sigmoid per label): export handles single-label "
-                         "bundles only for now; predict, evaluate and the Python API use it as it is")  # fmt: skip
-    return bundle
-
-
 def run_export(
     bundle_dir: str | Path,
     output: str | Path | None = None,
@@ -265,19 +303,20 @@ def run_export(
         raise UsageError(f"--quantize must be int8, not {quantize!r}")
     if format not in FORMATS:
         raise UsageError(f"--format must be one of {', '.join(FORMATS)}, not {format!r}")
-    bundle = _single_label_bundle(bundle_dir)
+    bundle = load_bundle(bundle_dir)
     default_name = ("model.int8" if quantize == "int8" else "model") + FORMATS[format]
     target = Path(output) if output else Path(bundle_dir) / default_name
     check_can_write(target)  # before the export's minutes of work
     data = data or recorded_data(bundle)
     network = _network_proto(bundle)
-    temperature = bundle.description.temperature
+    description = bundle.description
+    temperature = description.label_temperatures if description.multi_label else description.temperature
     fp32 = with_preprocessing(network, bundle.preprocess, layout, temperature)
     fp32_session = onnx_session(fp32)
     val = _raw_images(bundle, data, data_dir, "val", PARITY_IMAGES)
     parity = _parity(bundle, fp32_session, val or _random_images(bundle), layout)
     console.print(
-        f"parity with PyTorch on {parity['images']}: top-1 agreement {parity['top1_agreement']:.4%}, "
+        f"parity with PyTorch on {parity['images']}: {_agreeing(bundle)} {parity['top1_agreement']:.4%}, "
         f"largest logit difference {parity['max_logit_diff']:.2e}"
     )
     if parity["top1_agreement"] < MIN_FP32_AGREEMENT:
@@ -320,7 +359,7 @@ def _write_openvino(
     session, default = _openvino_default(bundle, model, images, layout)
     parity["default_precision"] = default
     agreement = parity["top1_agreement"]
-    console.print(f"OpenVINO parity with PyTorch on {parity['images']}: top-1 agreement {agreement:.4%}, largest "
+    console.print(f"OpenVINO parity with PyTorch on {parity['images']}: {_agreeing(bundle)} {agreement:.4%}, largest "
                   f"logit difference {parity['max_logit_diff']:.2e} (f32); at this CPU's default precision: "
                   f"{_default_text(default)}")  # fmt: skip
     if agreement < MIN_FP32_AGREEMENT:
@@ -360,15 +399,15 @@ def _int8(
     quantized = with_preprocessing(quantized_network(network, calibration), bundle.preprocess, layout, temperature)
     report = {"calibration_images": len(train.pixels)}
     if val is not None:
-        fp32_predictions = _onnx_outputs(fp32_session, val, layout).argmax(1)
-        int8_predictions = _onnx_outputs(onnx_session(quantized), val, layout).argmax(1)
+        fp32_predictions = decisions(bundle, _onnx_outputs(fp32_session, val, layout))
+        int8_predictions = decisions(bundle, _onnx_outputs(onnx_session(quantized), val, layout))
         report.update(
-            fp32_accuracy=float((fp32_predictions == val.targets).mean()),
-            int8_accuracy=float((int8_predictions == val.targets).mean()),
-            top1_agreement=float((fp32_predictions == int8_predictions).mean()),
+            fp32_accuracy=_score(fp32_predictions, val.targets),
+            int8_accuracy=_score(int8_predictions, val.targets),
+            top1_agreement=_agreement(fp32_predictions, int8_predictions),
         )
         console.print(
-            f"int8: validation accuracy {report['int8_accuracy']:.4f} (fp32 {report['fp32_accuracy']:.4f}), "
-            f"top-1 agreement with fp32 {report['top1_agreement']:.2%}"
+            f"int8: validation {_scored(bundle)} {report['int8_accuracy']:.4f} (fp32 {report['fp32_accuracy']:.4f}), "
+            f"{_agreeing(bundle)} with fp32 {report['top1_agreement']:.2%}"
         )
     return quantized, report

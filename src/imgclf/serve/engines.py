@@ -16,7 +16,7 @@ import torch
 from imgclf.bundle import is_bundle
 from imgclf.data.decode import bound_aspect_ratio, decode_image
 from imgclf.errors import UsageError
-from imgclf.predictor import Classifier, abstain_decision, load
+from imgclf.predictor import Classifier, abstain_decision, label_set_decision, load
 
 __all__ = ["BundleEngine", "Engine", "OnnxEngine", "open_engine"]
 
@@ -118,10 +118,14 @@ class OnnxEngine:
         self.confidence_threshold = abstain.get("confidence_threshold")
         self.distance_threshold = abstain.get("distance_threshold")
         self.outputs = ["probabilities"] + (["centroid_distance"] if self.distance_threshold is not None else [])
+        # Multi-label files: a sigmoid per label and each label's threshold (older files: single-label).
+        self.task = json.loads(metadata.get("imgclf.task", '"single-label"'))
+        self.thresholds = json.loads(metadata.get("imgclf.thresholds", "null"))
         self.metadata = {
             "kind": "onnx",
             "architecture": json.loads(metadata.get("imgclf.architecture", "null")),
             "classes": self.classes,
+            "task": self.task,
             "input": self.contract,
             "quantization": json.loads(metadata.get("imgclf.quantization", "null")),
             "explain": False,
@@ -154,6 +158,10 @@ class OnnxEngine:
     def _row(self, probabilities: np.ndarray, distance: float | None, top_k: int) -> dict:
         order = np.argsort(-probabilities)[: max(1, top_k)]
         top = [{"label": self.classes[i], "probability": round(float(probabilities[i]), 6)} for i in order]
+        if self.task == "multi-label":
+            answer = label_set_decision(self.classes, probabilities.tolist(), self.thresholds, distance,
+                                        self.distance_threshold)  # fmt: skip
+            return {**answer, "top_k": top}
         decision = abstain_decision(self.classes, float(probabilities[order[0]]), int(order[0]), distance,
                                     self.confidence_threshold, self.distance_threshold)  # fmt: skip
         return {**decision, "top_k": top}
