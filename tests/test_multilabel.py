@@ -107,13 +107,14 @@ def test_doctor_describes_label_sets_and_warns_of_labels_too_rare(tmp_path: Path
     assert "multi-label, 5 labels" in shown and "most frequent together" in shown
 
 
-BARS = {"left": (slice(None), slice(0, 6)), "right": (slice(None), slice(18, 24)),
-        "top": (slice(0, 6), slice(None)), "bottom": (slice(18, 24), slice(None))}
+BARS = {"top": (slice(0, 6), slice(None)), "bottom": (slice(18, 24), slice(None)),
+        "middle": (slice(9, 15), slice(None)), "column": (slice(None), slice(9, 15))}  # each survives a mirror
 
 
 def bars_image(labels: list[str], rng: np.random.Generator) -> Image.Image:
-    """24 px, noise with a bright bar along each labelled edge: any set of the four labels,
-    none included, can be drawn, and a small network learns each bar on its own."""
+    """24 px, noise with a bright bar for each label (top, bottom and middle rows, a centre
+    column): any set of the four, none included, can be drawn, a small network learns each bar on
+    its own, and a left-right mirror keeps every label (as flip augmentation assumes)."""
     pixels = rng.integers(0, 70, size=(24, 24, 3), dtype=np.uint8)
     for label in labels:
         region = BARS[label]
@@ -145,7 +146,7 @@ def bars(tmp_path_factory) -> Path:
 def scratch_bundle(bars, tmp_path_factory) -> tuple[Path, dict]:
     output = tmp_path_factory.mktemp("runs") / "scratch"
     code = main(["train", str(bars), "--model", "simple_cnn", "--epochs", "15", "--batch-size", "16",
-                 "--augment", "translate", "--output", str(output), "--json"])  # a mirror swaps left and right
+                 "--output", str(output), "--json"])
     assert code == 0
     return output, json.loads((output / "metrics.json").read_text())
 
@@ -162,7 +163,7 @@ def test_a_network_trained_on_label_sets_learns_each_label_and_says_how_it_chose
         assert 0.0 <= val[key] <= 1.0
     # Data seeds 0-4 (240 images, 15 epochs): macro-F1 and mAP 1.00 each time.
     assert val["macro_f1"] >= 0.85 and val["map"] >= 0.9
-    assert set(val["per_class"]["left"]) >= {"precision", "recall", "f1", "average_precision", "support"}
+    assert set(val["per_class"]["top"]) >= {"precision", "recall", "f1", "average_precision", "support"}
     report = (output / "report.html").read_text()
     assert "Per-label metrics" in report and "macro-F1" in report
 
@@ -170,7 +171,7 @@ def test_a_network_trained_on_label_sets_learns_each_label_and_says_how_it_chose
 def test_predict_gives_each_image_its_label_set_and_every_probability(scratch_bundle, tmp_path, capsys):
     output, _ = scratch_bundle
     rng = np.random.default_rng(7)
-    sets = [["left", "top"], ["right"], ["bottom", "left", "right"], []]
+    sets = [["column", "top"], ["middle"], ["bottom", "column", "top"], []]
     paths = []
     for index, labels in enumerate(sets):
         paths.append(tmp_path / f"new{index}.png")
@@ -183,7 +184,7 @@ def test_predict_gives_each_image_its_label_set_and_every_probability(scratch_bu
         chosen = [answer["probabilities"][label] for label in answer["labels"]]
         assert chosen == sorted(chosen, reverse=True)  # most probable first
     classifier = imgclf.load(output, abstain=False)
-    assert sorted(classifier.predict([paths[0]])[0]["labels"]) == ["left", "top"]
+    assert sorted(classifier.predict([paths[0]])[0]["labels"]) == ["column", "top"]
     assert classifier.predict_proba([paths[0]]).shape == (1, 4)
 
 
@@ -248,7 +249,7 @@ def test_the_onnx_export_carries_sigmoids_and_thresholds_and_answers_as_the_bund
     model = json.loads((output / "model.json").read_text())
     assert engine.task == MULTI_LABEL and engine.thresholds == model["calibration"]["thresholds"]
     rng = np.random.default_rng(11)
-    sets = [["left", "top"], [], ["right", "bottom"]]
+    sets = [["column", "top"], [], ["middle", "bottom"]]
     images = [np.asarray(bars_image(labels, rng)) for labels in sets]
     answers = engine.predict(images, top_k=4)
     bundle_answers = imgclf.load(output).predict([Image.fromarray(image) for image in images], top_k=4)
@@ -261,11 +262,37 @@ def test_the_onnx_export_carries_sigmoids_and_thresholds_and_answers_as_the_bund
 def test_explain_draws_a_grad_cam_for_each_label_given(scratch_bundle, tmp_path, capsys):
     output, _ = scratch_bundle
     rng = np.random.default_rng(3)
-    bars_image(["left", "bottom"], rng).save(tmp_path / "two.png")
-    bars_image(["right"], rng).save(tmp_path / "one.png")
+    bars_image(["column", "bottom"], rng).save(tmp_path / "two.png")
+    bars_image(["middle"], rng).save(tmp_path / "one.png")
     paths = [str(tmp_path / "two.png"), str(tmp_path / "one.png")]
     assert main(["explain", str(output), *paths, "--output", str(tmp_path / "cams"), "--json"]) == 0
     two, one = json.loads(capsys.readouterr().out)
-    assert sorted(two["labels"]) == ["bottom", "left"] and one["labels"] == ["right"]
+    assert sorted(two["labels"]) == ["bottom", "column"] and one["labels"] == ["middle"]
     with Image.open(two["output"]) as stacked, Image.open(one["output"]) as single:
         assert stacked.height == 2 * single.height  # one row of pictures per label given
+
+
+def test_doctor_labels_finds_missing_and_wrong_labels_in_label_sets(tmp_path, capsys):
+    """Six images whose label sets were damaged (a bar's label dropped, a label for no bar added)
+    come first, each with the dropped label as likely missing and the added one as likely wrong."""
+    data = write_bars_csv(tmp_path / "data", 200)
+    rows = list(csv.reader(data.open()))
+    damaged = {}
+    for row in rows[1:]:
+        labels = row[1].split(";") if row[1] else []
+        absent = [name for name in BARS if name not in labels]
+        if row[2] == "train" and len(labels) == 2 and absent and len(damaged) < 6:
+            damaged[row[0]] = (labels[0], absent[0])  # (dropped, added)
+            row[1] = ";".join([*labels[1:], absent[0]])
+    with data.open("w", newline="") as handle:
+        csv.writer(handle).writerows(rows)
+    assert main(["doctor", str(data), "--labels", "--output", str(tmp_path / "check"), "--json"]) == 0
+    issues = json.loads(capsys.readouterr().out)["label_issues"]["issues"]
+    top = {Path(row["file"]).name: row for row in issues[:12]}
+    found = [name for name in damaged if Path(name).name in top]
+    assert len(found) >= 5, [row["file"] for row in issues[:12]]
+    for name in found:
+        dropped, added = damaged[name]
+        row = top[Path(name).name]
+        assert dropped in row["likely_missing"] and added in row["likely_wrong"]
+    assert (tmp_path / "check" / "label_issues.html").is_file()

@@ -36,16 +36,30 @@ def add_parser(commands) -> None:
 LABEL_ROWS_SHOWN = 15
 
 
-def _print_label_issues(check: dict) -> None:
-    console = stdout_console()
-    console.print(f"labels: {check['images']} training images checked ({check['method']}) in {check['seconds']:.0f} s; "
-                  f"{check['flagged']} flagged as likely mislabelled")  # fmt: skip
+def _class_table(check: dict) -> Table:
     table = Table("rank", "file", "label", "looks like", "confidence", title="least trustworthy labels first")
     for row in check["issues"][:LABEL_ROWS_SHOWN]:
         mark = " *" if row["flagged"] else ""
         table.add_row(str(row["rank"]), row["file"], f"{row['label']} ({row['label_probability']:.0%})",
                       row["suggested"] + mark, f"{row['suggested_probability']:.0%}")  # fmt: skip
-    console.print(table)
+    return table
+
+
+def _label_set_table(check: dict) -> Table:
+    table = Table("rank", "file", "labels", "likely missing", "likely wrong", title="least trustworthy label sets first")
+    for row in check["issues"][:LABEL_ROWS_SHOWN]:
+        mark = " *" if row["flagged"] else ""
+        table.add_row(str(row["rank"]) + mark, row["file"], row["labels"].replace(";", " "),
+                      row["likely_missing"].replace(";", ", ") or "-", row["likely_wrong"].replace(";", ", ") or "-")
+    return table
+
+
+def _print_label_issues(check: dict) -> None:
+    console = stdout_console()
+    console.print(f"labels: {check['images']} training images checked ({check['method']}) in {check['seconds']:.0f} s; "
+                  f"{check['flagged']} flagged as likely mislabelled")  # fmt: skip
+    console.print(_label_set_table(check) if check["issues"] and "labels" in check["issues"][0] else
+                  _class_table(check))  # fmt: skip
     files = check.get("files", {})
     console.print(f"* flagged by cleanlab. Full list: {files.get('csv')}; gallery: {files.get('html')}")
 

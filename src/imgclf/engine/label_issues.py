@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from sklearn.model_selection import StratifiedKFold
+from sklearn.model_selection import KFold, StratifiedKFold
 
 from imgclf.config import TrainConfig
 from imgclf.data.augment import choose_augmentation
@@ -23,13 +23,20 @@ from imgclf.engine.evaluate import predict_logits
 from imgclf.engine.loop import fit
 from imgclf.engine.observers import NullObserver
 from imgclf.engine.plan import first_training_stage
-from imgclf.engine.probe import PROBE_FOLDS, fit_linear_probe
+from imgclf.engine.probe import PROBE_FOLDS, fit_label_probe, fit_linear_probe
 from imgclf.engine.recipe import fit_setup
 from imgclf.engine.runtime import seed_everything
 from imgclf.errors import UsageError
 from imgclf.models import create_model
 
-__all__ = ["LabelCheck", "cross_validated_probe", "cross_validated_training", "rank_label_issues"]
+__all__ = [
+    "LabelCheck",
+    "cross_validated_label_probe",
+    "cross_validated_probe",
+    "cross_validated_training",
+    "rank_label_issues",
+    "rank_label_set_issues",
+]
 
 # Short training runs for the k-fold probabilities: about this many images seen per fold.
 FOLD_TRAINING_IMAGES = 6_000
@@ -51,6 +58,8 @@ class LabelCheck:
 
 
 def _folds(targets: np.ndarray) -> int:
+    if targets.ndim == 2:  # label sets: plain folds (every fold sees images of most labels)
+        return min(PROBE_FOLDS, len(targets) // 2)
     smallest = int(np.bincount(targets)[np.unique(targets)].min())
     if smallest < 2:
         raise UsageError("checking labels needs at least 2 training images of every class")
@@ -62,8 +71,7 @@ def cross_validated_probe(features: torch.Tensor, targets: torch.Tensor, num_cla
     a probe fitted on the other folds (its regularization chosen by cross-validation inside them)."""
     y = targets.numpy()
     probabilities = np.zeros((len(y), num_classes))
-    splitter = StratifiedKFold(_folds(y), shuffle=True, random_state=seed)
-    for fit_rows, held_rows in splitter.split(np.zeros(len(y)), y):
+    for fit_rows, held_rows in _splitter(y, seed):
         held = (features[held_rows], targets[held_rows])
         probe = fit_linear_probe((features[fit_rows], targets[fit_rows]), held, num_classes, seed)
         logits = features[held_rows].numpy().astype(np.float64) @ probe.weight.T + probe.bias
@@ -71,20 +79,34 @@ def cross_validated_probe(features: torch.Tensor, targets: torch.Tensor, num_cla
     return probabilities
 
 
+def cross_validated_label_probe(features: torch.Tensor, targets: torch.Tensor, seed: int) -> np.ndarray:
+    """Out-of-sample probabilities of every label (label sets): the multi-label probe's own
+    out-of-fold predictions, each from a regression that never saw the image."""
+    probe = fit_label_probe((features, targets), (features[:1], targets[:1]), seed)
+    return torch.sigmoid(probe.held_out_logits).numpy()
+
+
+def _splitter(targets: np.ndarray, seed: int):
+    folds = _folds(targets)
+    splitter = KFold(folds, shuffle=True, random_state=seed) if targets.ndim == 2 else StratifiedKFold(
+        folds, shuffle=True, random_state=seed)  # fmt: skip
+    return splitter.split(np.zeros(len(targets)), targets if targets.ndim == 1 else None)
+
+
 def cross_validated_training(
     split: TensorSplit, preprocess: Preprocess, data_kind: str, num_classes: int, device: torch.device, seed: int
 ) -> np.ndarray:
     """Out-of-sample class probabilities from short runs of the default small network, one per
-    fold, each trained on the other folds as ``imgclf train`` trains it (same recipe)."""
+    fold, each trained on the other folds as ``imgclf train`` trains it (same recipe); for label
+    sets, each label's own probability."""
     y = split.targets.numpy()
     config = TrainConfig(model="simple_cnn", seed=seed, label_smoothing=0.1)
     probabilities = np.zeros((len(y), num_classes))
-    splitter = StratifiedKFold(_folds(y), shuffle=True, random_state=seed)
-    for fit_rows, held_rows in splitter.split(np.zeros(len(y)), y):
+    for fit_rows, held_rows in _splitter(y, seed):
         fit_split = TensorSplit(split.images[fit_rows], split.targets[fit_rows], [split.keys[i] for i in fit_rows])
         held_split = TensorSplit(split.images[held_rows], split.targets[held_rows], [split.keys[i] for i in held_rows])
-        logits = _train_fold(config, fit_split, held_split, preprocess, data_kind, num_classes, device)
-        probabilities[held_rows] = torch.softmax(logits.float(), dim=1).numpy()
+        logits = _train_fold(config, fit_split, held_split, preprocess, data_kind, num_classes, device).float()
+        probabilities[held_rows] = (torch.sigmoid(logits) if y.ndim == 2 else torch.softmax(logits, dim=1)).numpy()
     return probabilities
 
 
@@ -120,4 +142,18 @@ def rank_label_issues(targets: np.ndarray, probabilities: np.ndarray) -> LabelCh
     labels = np.asarray(targets, dtype=np.int64)
     quality = get_label_quality_scores(labels, probabilities, method="self_confidence")
     flagged = find_label_issues(labels, probabilities, filter_by="prune_by_noise_rate")
+    return LabelCheck(np.asarray(quality), np.asarray(flagged, dtype=bool), probabilities)
+
+
+def rank_label_set_issues(targets: np.ndarray, probabilities: np.ndarray) -> LabelCheck:
+    """Label sets: cleanlab's multi-label quality (each label's self-confidence, the worst labels
+    weighing most) and its issue flags. ``targets``: one 0/1 row per image."""
+    try:
+        from cleanlab.multilabel_classification import get_label_quality_scores
+        from cleanlab.multilabel_classification.filter import find_label_issues
+    except ImportError:
+        raise UsageError("checking labels needs cleanlab: pip install cleanlab") from None
+    labels = [np.flatnonzero(row > 0.5).tolist() for row in targets]
+    quality = get_label_quality_scores(labels, probabilities)
+    flagged = find_label_issues(labels, probabilities)
     return LabelCheck(np.asarray(quality), np.asarray(flagged, dtype=bool), probabilities)

@@ -26,7 +26,13 @@ from imgclf.advise.rules import transfer_is_promising
 from imgclf.config import TrainConfig
 from imgclf.data.batches import eval_batch_size, make_batches
 from imgclf.data.prepare import TensorSplit
-from imgclf.engine.label_issues import cross_validated_probe, cross_validated_training, rank_label_issues
+from imgclf.engine.label_issues import (
+    cross_validated_label_probe,
+    cross_validated_probe,
+    cross_validated_training,
+    rank_label_issues,
+    rank_label_set_issues,
+)
 from imgclf.engine.probe import extract_embeddings
 from imgclf.engine.runtime import resolve_device
 from imgclf.errors import UsageError
@@ -43,6 +49,7 @@ GALLERY_IMAGES = 60  # the most doubtful images shown in label_issues.html
 THUMBNAIL_PX = 112
 CSV_COLUMNS = ("rank", "file", "label", "suggested", "suggested_probability", "label_probability", "quality",
                "flagged")  # fmt: skip
+LABEL_SET_COLUMNS = ("rank", "file", "labels", "likely_missing", "likely_wrong", "quality", "flagged")
 
 
 def _probabilities(data: str, config: TrainConfig, data_dir, console: Console):
@@ -62,6 +69,8 @@ def _probabilities(data: str, config: TrainConfig, data_dir, console: Console):
         batches = make_batches(train, eval_batch_size(preprocess.input_size), workers=config.workers)
         features, targets = extract_embeddings(model.to(device), batches, preprocess, device)
         method = f"logistic regression on {BACKBONE} ImageNet embeddings, 5-fold out-of-sample"
+        if targets.dim() == 2:  # label sets: a regression per label
+            return dataset, train, cross_validated_label_probe(features, targets, config.seed), method + ", per label"
         return dataset, train, cross_validated_probe(features, targets, dataset.num_classes, config.seed), method
     dataset, _, preprocess, prepared = load_training_data(data, config, data_dir, None, console, (dataset, profile))
     train = prepared.splits["train"]
@@ -85,8 +94,21 @@ def run_label_check(data: str, seed: int = 0, data_dir=None, output: str | Path 
     config = TrainConfig(model="simple_cnn", seed=seed)
     dataset, train, probabilities, method = _probabilities(data, config, data_dir, console)
     targets = train.targets.numpy()
-    check = rank_label_issues(targets, probabilities)
-    rows = []
+    if targets.ndim == 2:
+        check = rank_label_set_issues(targets, probabilities)
+        rows = _label_set_rows(dataset, train, targets, check)
+    else:
+        check = rank_label_issues(targets, probabilities)
+        rows = _class_rows(dataset, train, targets, check)
+    result = {"data": dataset.name, "method": method, "images": len(rows), "flagged": int(check.flagged.sum()),
+              "issues": rows, "seconds": round(time.perf_counter() - started, 2)}  # fmt: skip
+    if output is not None:
+        result["files"] = _write(Path(output), result, train, check.ranking())
+    return result
+
+
+def _class_rows(dataset, train, targets: np.ndarray, check) -> list[dict]:
+    probabilities, rows = check.probabilities, []
     for rank, index in enumerate(check.ranking(), start=1):
         suggested = int(np.argmax(probabilities[index]))
         rows.append({
@@ -99,16 +121,33 @@ def run_label_check(data: str, seed: int = 0, data_dir=None, output: str | Path 
             "quality": round(float(check.quality[index]), 4),
             "flagged": bool(check.flagged[index]),
         })  # fmt: skip
-    result = {"data": dataset.name, "method": method, "images": len(rows), "flagged": int(check.flagged.sum()),
-              "issues": rows, "seconds": round(time.perf_counter() - started, 2)}  # fmt: skip
-    if output is not None:
-        result["files"] = _write(Path(output), result, train, check.ranking())
-    return result
+    return rows
+
+
+def _label_set_rows(dataset, train, targets: np.ndarray, check) -> list[dict]:
+    """Label sets: per image the labels it carries, the labels likely missing (not given, but
+    probable from images like it) and likely wrong (given, but improbable), most doubtful first."""
+    probabilities, rows = check.probabilities, []
+    for rank, index in enumerate(check.ranking(), start=1):
+        given, p = targets[index] > 0.5, probabilities[index]
+        missing = [i for i in np.argsort(-p) if not given[i] and p[i] >= 0.5]
+        wrong = [i for i in np.argsort(p) if given[i] and p[i] < 0.5]
+        rows.append({
+            "rank": rank,
+            "file": _file_name(dataset, train.keys[index]),
+            "labels": ";".join(dataset.classes[i] for i in np.flatnonzero(given)),
+            "likely_missing": ";".join(f"{dataset.classes[i]} ({p[i]:.2f})" for i in missing),
+            "likely_wrong": ";".join(f"{dataset.classes[i]} ({p[i]:.2f})" for i in wrong),
+            "quality": round(float(check.quality[index]), 4),
+            "flagged": bool(check.flagged[index]),
+        })  # fmt: skip
+    return rows
 
 
 def _write(folder: Path, result: dict, train: TensorSplit, ranking: np.ndarray) -> dict[str, str]:
     text = io.StringIO()
-    writer = csv.DictWriter(text, CSV_COLUMNS, lineterminator="\n")
+    columns = LABEL_SET_COLUMNS if result["issues"] and "labels" in result["issues"][0] else CSV_COLUMNS
+    writer = csv.DictWriter(text, columns, lineterminator="\n")
     writer.writeheader()
     writer.writerows(result["issues"])
     paths = {kind: folder / f"label_issues.{kind}" for kind in ("csv", "json", "html")}
@@ -127,6 +166,15 @@ def _thumbnail(image: torch.Tensor) -> str:
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
+def _caption(row: dict) -> str:
+    if "labels" in row:  # label sets
+        return (f"labelled <b>{for_html(row['labels'] or '(none)')}</b><br>likely missing: "
+                f"<b>{for_html(row['likely_missing'] or '-')}</b><br>likely wrong: "
+                f"<b>{for_html(row['likely_wrong'] or '-')}</b>")  # fmt: skip
+    return (f"labelled <b>{for_html(row['label'])}</b> ({row['label_probability']:.0%})<br>looks like "
+            f"<b>{for_html(row['suggested'])}</b> ({row['suggested_probability']:.0%})")
+
+
 def _gallery(result: dict, train: TensorSplit, ranking: np.ndarray) -> str:
     """The most doubtful images with their label, the suggested one and the confidence."""
     cards = []
@@ -134,9 +182,7 @@ def _gallery(result: dict, train: TensorSplit, ranking: np.ndarray) -> str:
         flag = ' class="flagged"' if row["flagged"] else ""
         cards.append(
             f'<figure{flag}><img alt="{for_html(row["file"])}" src="data:image/png;base64,'
-            f'{_thumbnail(train.images[index].cpu())}"><figcaption><b>#{row["rank"]}</b> labelled '
-            f"<b>{for_html(row['label'])}</b> ({row['label_probability']:.0%})<br>looks like "
-            f"<b>{for_html(row['suggested'])}</b> ({row['suggested_probability']:.0%})<br>"
+            f'{_thumbnail(train.images[index].cpu())}"><figcaption><b>#{row["rank"]}</b> {_caption(row)}<br>'
             f"<small>{for_html(row['file'])}</small></figcaption></figure>"
         )
     return f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
