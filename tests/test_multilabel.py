@@ -296,3 +296,11 @@ def test_doctor_labels_finds_missing_and_wrong_labels_in_label_sets(tmp_path, ca
         row = top[Path(name).name]
         assert dropped in row["likely_missing"] and added in row["likely_wrong"]
     assert (tmp_path / "check" / "label_issues.html").is_file()
+
+
+def test_the_advisor_measures_and_recommends_on_label_sets(bars, capsys):
+    code = main(["advise", str(bars), "--models", "simple_cnn,lenet5", "--time-budget", "30s", "--json"])
+    advice = json.loads(capsys.readouterr().out)
+    assert code == 0 and advice["recommended"] in ("simple_cnn", "lenet5")
+    probed = [row for row in advice["candidates"] if row.get("probe_accuracy") is not None]
+    assert probed and all(0.0 <= row["probe_accuracy"] <= 1.0 for row in probed)  # the share of labels right

@@ -230,7 +230,6 @@ def run_advise(
     device = resolve_device(options.device)
     if scanned is None:
         dataset = load_dataset(data, SplitPolicy(options.seed), data_dir)
-        dataset.require_single_label("the advisor")
         profile = profile_dataset(dataset)
     else:
         dataset, profile = scanned

@@ -18,7 +18,8 @@ from imgclf.data.prepare import Preprocess, TensorSplit, estimate_mean_std
 from imgclf.engine.loop import fit
 from imgclf.engine.observers import NullObserver
 from imgclf.engine.plan import first_training_stage
-from imgclf.engine.probe import extract_embeddings, fit_linear_probe
+from imgclf.data.split import cap_per_label
+from imgclf.engine.probe import extract_embeddings, fit_label_probe, fit_linear_probe
 from imgclf.engine.recipe import fit_setup
 from imgclf.engine.runtime import seed_everything
 from imgclf.models import create_model
@@ -31,8 +32,11 @@ PROBE_BATCH = 128  # the default training batch; smaller for subsets under 8 bat
 
 
 def stratified_indices(targets: np.ndarray, per_class: int, seed: int) -> np.ndarray:
-    """At most ``per_class`` seeded-random indices of each class, sorted."""
+    """At most ``per_class`` seeded-random indices of each class (label sets: while a label has
+    fewer), sorted."""
     rng = np.random.default_rng(seed)
+    if targets.ndim == 2:
+        return np.sort(cap_per_label(targets, per_class, rng))
     keep = [rng.permutation(np.flatnonzero(targets == label))[:per_class] for label in np.unique(targets)]
     return np.sort(np.concatenate(keep)) if keep else np.zeros(0, dtype=np.int64)
 
@@ -81,7 +85,8 @@ def probe_pretrained(
     device: torch.device,
     seed: int = 0,
 ) -> float:
-    """Validation accuracy of a logistic regression on the frozen pretrained embeddings."""
+    """Validation accuracy of a logistic regression on the frozen pretrained embeddings (label
+    sets: one per label, and the share of labels right)."""
     model = create_model(candidate.name, num_classes=num_classes, in_chans=3, input_size=candidate.input_size)
     load_weights_into(model, weights)
     model = model.to(device, memory_format=torch.channels_last)
@@ -90,4 +95,6 @@ def probe_pretrained(
         name: extract_embeddings(model, make_batches(split, batch, workers=0), preprocess, device)
         for name, split in (("train", train), ("val", val))
     }
+    if features["train"][1].dim() == 2:
+        return fit_label_probe(features["train"], features["val"], seed).val_accuracy
     return fit_linear_probe(features["train"], features["val"], num_classes, seed).val_accuracy

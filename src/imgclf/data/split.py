@@ -6,7 +6,7 @@ import hashlib
 
 import numpy as np
 
-__all__ = ["fingerprint", "iterative_split", "stratified_split"]
+__all__ = ["cap_per_label", "fingerprint", "iterative_split", "stratified_split"]
 
 
 def stratified_split(targets: np.ndarray, fractions: dict[str, float], seed: int) -> dict[str, np.ndarray]:
@@ -84,3 +84,16 @@ def fingerprint(keys: list[str]) -> str:
     """A short, order-independent hash of a split's file keys (sha256, first 16 hex digits)."""
     digest = hashlib.sha256("\n".join(sorted(keys)).encode("utf-8"))
     return digest.hexdigest()[:16]
+
+
+def cap_per_label(targets: np.ndarray, limit: int, rng: np.random.Generator) -> np.ndarray:
+    """Multi-label rows in a seeded random order, each kept while one of its labels (or, for an
+    image without labels, the no-label group) has fewer than ``limit`` images kept."""
+    counts, without, keep = np.zeros(targets.shape[1], dtype=np.int64), 0, []
+    for index in rng.permutation(len(targets)):
+        labels = np.flatnonzero(targets[index])
+        if (len(labels) and (counts[labels] < limit).any()) or (not len(labels) and without < limit):
+            keep.append(index)
+            counts[labels] += 1
+            without += not len(labels)
+    return np.array(keep, dtype=np.int64)

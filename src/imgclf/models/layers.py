@@ -225,12 +225,14 @@ def init_weights(model: nn.Module, linear_std: float | None = 0.01) -> None:
             nn.init.zeros_(module.bias)
 
 
-def plan_downsampling(size: int, count: int) -> list[bool]:
+def plan_downsampling(size: int, count: int, ceil: bool = True) -> list[bool]:
     """Which of ``count`` 2x downsampling steps to keep for a ``size`` px map: each is kept
-    while the map is at least 2 px, so an 8 px input ends at 1x1 instead of failing."""
+    while the map is at least 2 px, so an 8 px input ends at 1x1 instead of failing. ``ceil``:
+    how a step rounds an odd size (a padded stride-2 convolution or a ``ceil_mode`` pool round up;
+    a plain 2x2 max-pool rounds down: 24 px goes 12, 6, 3, 1)."""
     keep = []
     for _ in range(count):
         keep.append(size >= 2)
         if size >= 2:
-            size = math.ceil(size / 2)
+            size = math.ceil(size / 2) if ceil else size // 2
     return keep

@@ -28,7 +28,7 @@ CONFIGS = {
 
 
 def _features(config: list, in_chans: int, batch_norm: bool, input_size: int) -> nn.Sequential:
-    keep = iter(plan_downsampling(input_size, config.count("M")))
+    keep = iter(plan_downsampling(input_size, config.count("M"), ceil=False))  # nn.MaxPool2d(2, 2) rounds down
     layers: list[nn.Module] = []
     for item in config:
         if item == "M":

@@ -14,7 +14,7 @@ from rich.text import Text
 
 from imgclf.config import TrainConfig
 from imgclf.data.checks import data_warnings
-from imgclf.data.dataset import Dataset, SplitPolicy, load_dataset
+from imgclf.data.dataset import MULTI_LABEL, Dataset, SplitPolicy, load_dataset
 from imgclf.data.prepare import (
     DataProfile,
     PreparedSplits,
@@ -26,6 +26,7 @@ from imgclf.data.prepare import (
     profile_dataset,
     split_targets,
 )
+from imgclf.data.split import cap_per_label
 from imgclf.errors import DataError
 from imgclf.models import choose_input_size, get_model_spec
 from imgclf.text import stderr_console
@@ -39,23 +40,10 @@ def _cap_per_class(dataset: Dataset, split: str, limit: int, seed: int) -> None:
     targets = dataset.splits[split].targets
     rng = np.random.default_rng(seed)
     if targets.ndim == 2:
-        keep = [_cap_per_label(targets, limit, rng)]
+        keep = [cap_per_label(targets, limit, rng)]
     else:
         keep = [rng.permutation(np.flatnonzero(targets == label))[:limit] for label in np.unique(targets)]
     dataset.splits[split] = dataset.splits[split].subset(np.sort(np.concatenate(keep)))
-
-
-def _cap_per_label(targets: np.ndarray, limit: int, rng: np.random.Generator) -> np.ndarray:
-    """Multi-label rows in a seeded random order, each kept while one of its labels (or, for an
-    image without labels, the no-label group) has fewer than ``limit`` images kept."""
-    counts, without, keep = np.zeros(targets.shape[1], dtype=np.int64), 0, []
-    for index in rng.permutation(len(targets)):
-        labels = np.flatnonzero(targets[index])
-        if (len(labels) and (counts[labels] < limit).any()) or (not len(labels) and without < limit):
-            keep.append(index)
-            counts[labels] += 1
-            without += not len(labels)
-    return np.array(keep, dtype=np.int64)
 
 
 def _apply_train_cap(dataset: Dataset, config: TrainConfig) -> None:
@@ -149,7 +137,8 @@ def load_training_data(
     check_trainable(data, dataset, profile)
     sizes = ", ".join(f"{name} {count:,}" for name, count in profile.sizes.items())
     skipped = f", {len(profile.skipped)} unusable files skipped" if profile.skipped else ""
-    console.print(f"data: {dataset.name}: {dataset.num_classes} classes, {sizes} images{skipped}")
+    kinds = "labels (several per image)" if dataset.task == MULTI_LABEL else "classes"
+    console.print(f"data: {dataset.name}: {dataset.num_classes} {kinds}, {sizes} images{skipped}")
     total_files = sum(profile.sizes.values()) + len(profile.skipped)
     _check_bad_files(data, profile.skipped, total_files, config)
     # imgclf doctor's dataset checks, from the scan just made: nothing is read again.
