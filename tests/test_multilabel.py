@@ -19,7 +19,7 @@ from conftest import pattern_image
 from imgclf.cli.main import main
 from imgclf.data.dataset import MULTI_LABEL, SINGLE_LABEL, load_dataset, split_labels
 from imgclf.data.split import iterative_split
-from imgclf.engine.label_sets import choose_thresholds, label_set_metrics
+from imgclf.engine.label_sets import choose_thresholds, label_calibration_error, label_set_metrics
 
 LABELS = ("left", "right", "top", "bottom")
 
@@ -157,6 +157,7 @@ def test_a_network_trained_on_label_sets_learns_each_label_and_says_how_it_chose
     assert model["task"] == MULTI_LABEL and model["classes"] == sorted(BARS)
     calibration = model["calibration"]
     assert len(calibration["thresholds"]) == 4 and len(calibration["temperatures"]) == 4
+    assert 0.0 <= calibration["val_ece_after"] <= 1.0 and 0.0 <= calibration["val_ece_before"] <= 1.0
     assert calibration["thresholds_chosen_on"] == "val"  # a trained network: val chose, and says so
     val = metrics["val"]
     for key in ("macro_f1", "micro_f1", "map", "exact_match", "hamming_loss"):
@@ -234,6 +235,9 @@ def test_label_set_metrics_and_thresholds_on_known_logits():
     thresholds = choose_thresholds(scores, truth)
     assert thresholds[1] == pytest.approx((0.35 + 0.3) / 2) and thresholds[0] == pytest.approx((0.6 + 0.3) / 2)
     assert choose_thresholds(scores[:2], truth[:2]) == [0.5, 0.5]  # too few positives to choose
+    half = torch.full((4, 2), 0.5)  # p = 0.5 where half the images carry the label: calibrated
+    assert label_calibration_error(half, targets) == 0.0
+    assert label_calibration_error(torch.ones(4, 2), torch.zeros(4, 2)) == 1.0
 
 
 def test_the_onnx_export_carries_sigmoids_and_thresholds_and_answers_as_the_bundle(scratch_bundle, bars, tmp_path,

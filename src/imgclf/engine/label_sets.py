@@ -29,7 +29,7 @@ from sklearn.metrics import (
 )
 from torch import nn
 
-from imgclf.explain.calibration import TEMPERATURE_RANGE, centroid_distance, distance_threshold
+from imgclf.explain.calibration import ECE_BINS, TEMPERATURE_RANGE, centroid_distance, distance_threshold
 
 __all__ = [
     "MIN_POSITIVES_FOR_THRESHOLD",
@@ -39,6 +39,7 @@ __all__ = [
     "correct_labels",
     "fit_label_temperatures",
     "is_multi_label",
+    "label_calibration_error",
     "label_centroids",
     "label_set_metrics",
     "logit_thresholds",
@@ -180,6 +181,24 @@ def fit_label_temperatures(logits: torch.Tensor, targets: torch.Tensor) -> list[
     return [round(min(high, max(low, t)), 6) if mix and math.isfinite(t) else 1.0 for t, mix in zip(values, mixed)]
 
 
+def label_calibration_error(probabilities: torch.Tensor, targets: torch.Tensor, bins: int = ECE_BINS) -> float | None:
+    """The mean over labels of each label's calibration error: 15 equal-width bins of its
+    probability, the share-weighted |mean probability - share of images carrying it| (0 is
+    perfect); labels are sigmoids, so a label's probability is judged on its own."""
+    if len(targets) == 0:
+        return None
+    p, y = probabilities.double().numpy(), (targets > 0.5).numpy().astype(np.float64)
+    bin_of = np.minimum((p * bins).astype(np.int64), bins - 1)
+    errors = []
+    for label in range(p.shape[1]):
+        error = 0.0
+        for index in np.unique(bin_of[:, label]):
+            rows = bin_of[:, label] == index
+            error += rows.mean() * abs(p[rows, label].mean() - y[rows, label].mean())
+        errors.append(error)
+    return float(np.mean(errors))
+
+
 def _best_f1_threshold(scores: np.ndarray, truth: np.ndarray) -> float | None:
     """The probability threshold maximizing F1 on these scores (midway between neighbouring
     scores, so it does not sit on one image); None with too few positives to choose."""
@@ -231,6 +250,8 @@ def calibrate_label_sets(
     training images (as for single-label data, ``explain.calibration``)."""
     temperatures = fit_label_temperatures(val_logits, val_targets)
     scale = torch.tensor(temperatures, dtype=torch.float32)
+    before = label_calibration_error(torch.sigmoid(val_logits.float()), val_targets)
+    after = label_calibration_error(torch.sigmoid(val_logits.float() / scale), val_targets)
     chooser = threshold_logits if threshold_logits is not None else (val_logits, val_targets)
     thresholds = choose_thresholds(torch.sigmoid(chooser[0].float() / scale), chooser[1])
     limit = None
@@ -245,6 +266,8 @@ def calibrate_label_sets(
         "thresholds_chosen_on": "cross-validation on train" if threshold_logits is not None else "val",
         "fitted_on": "val",
         "val_images": int(len(val_targets)),
+        "val_ece_before": before,  # the mean of every label's calibration error
+        "val_ece_after": after,
         "abstain_threshold": None,
         "abstain_distance_threshold": limit,
         "abstain_rule": "give each label whose calibrated probability reaches its threshold (maybe none); withhold "

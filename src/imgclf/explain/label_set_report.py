@@ -101,6 +101,9 @@ def _calibration(description: BundleDescription, table) -> str:
     text = (f"A temperature per label fitted on {calibration.get('val_images', 0)} validation images (probability = "
             f"sigmoid(logit / T)); thresholds chosen on {calibration.get('thresholds_chosen_on', 'val')}. "
             f"The rule: {calibration.get('abstain_rule', '')}.")  # fmt: skip
+    if calibration.get("val_ece_after") is not None:
+        text += (f" Mean calibration error of the labels on validation: {calibration['val_ece_before']:.3f} before the "
+                 f"temperatures, {calibration['val_ece_after']:.3f} after (fitted there: optimistic).")  # fmt: skip
     return f"<p>{for_html(text)}</p>" + table(["label", "temperature T", "threshold"], rows)
 
 
