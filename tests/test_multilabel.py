@@ -214,6 +214,11 @@ def test_the_probe_on_label_sets_chooses_c_and_thresholds_on_the_training_images
     # Data seeds 0-4: macro-F1 0.98-1.00 and mAP 0.96-1.00 on val; val chose nothing, and the summary says so.
     assert metrics["val"]["macro_f1"] >= 0.75 and metrics["val"]["map"] >= 0.75
     assert metrics["summary"]["val_chose"] == ""
+    from sklearn.datasets import load_sample_image
+
+    photo = load_sample_image("china.jpg")  # a temple: unlike every label's training images
+    (answer,) = imgclf.load(output).predict([photo])
+    assert answer["labels"] == [] and "unlike the training images of every label" in answer["abstained"]
 
 
 def test_label_set_metrics_and_thresholds_on_known_logits():
