@@ -3,6 +3,7 @@ measured here, and the gallery of the worst mistakes with their Grad-CAM."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -84,6 +85,7 @@ def _label_set_mistakes(bundle: Bundle, split, logits: torch.Tensor, targets: to
         missed, invented = sorted(set(carried) - set(chosen)), sorted(set(chosen) - set(carried))
         caption = (f"{name}: missed {', '.join(missed) or 'none'}; invented {', '.join(invented) or 'none'} "
                    f"(Grad-CAM of {bundle.classes[label]}, p = {float(probabilities[index, label]):.2f})")  # fmt: skip
+        explanation = replace(explanation, probability=float(probabilities[index, label]))  # its sigmoid, not a softmax
         picture = explanation_png(explanation, ", ".join(chosen) or "no label", ", ".join(carried) or "no label")
         gallery.append(GalleryItem(picture, caption))
     return gallery

@@ -164,7 +164,7 @@ def _dataset(description: BundleDescription) -> str:
         split_text += f" (seed {split.get('seed')}, val {split.get('val_fraction')}, test {split.get('test_fraction')})"
     parts = [
         f"<p>Source <code>{for_html(str(data.get('source')))}</code> ({for_html(str(data.get('kind')))}): "
-        f"{len(classes)} classes; images per split: {for_html(sizes)}; split: {for_html(split_text)}. "
+        f"{len(classes)} {'labels' if description.multi_label else 'classes'}; images per split: {for_html(sizes)}; split: {for_html(split_text)}. "
         f"Shorter image side {for_html(side)}, {'grayscale' if data.get('channels') == 1 else 'colour'}; "
         f"the model sees {size} x {size} px.</p>"
     ]
@@ -196,7 +196,8 @@ def _kept(description: BundleDescription) -> str:
         epochs = f"fine-tuned ({tuned['epochs']} epochs"
         epochs += f", {tuned['rollbacks']} rolled back)" if tuned.get("rollbacks") else ")"
         rows.append([epochs, _percent(tuned.get("val_accuracy")), "-", "kept" if kept["kept"] == "fine-tuned" else ""])
-    table = _table(["model", "validation accuracy", "cross-validated on train", ""], rows)
+    score = "labels right at p = 0.5, val" if description.multi_label else "validation accuracy"
+    table = _table(["model", score, "cross-validated on train", ""], rows)
     return (f"<p>Kept: the {'fine-tuned model' if kept['kept'] == 'fine-tuned' else 'linear probe'} "
             f"({for_html(kept['why'])}).</p>{table}")  # fmt: skip
 
@@ -285,7 +286,7 @@ def _calibration(description: BundleDescription, evaluated: dict) -> str:
     return "\n".join(parts)
 
 
-def _mistakes(gallery: list[GalleryItem] | str) -> str:
+def _mistakes(gallery: list[GalleryItem] | str, multi_label: bool = False) -> str:
     if isinstance(gallery, str):
         return f'<p class="note">{for_html(gallery)}</p>'
     if not gallery:
@@ -298,6 +299,10 @@ def _mistakes(gallery: list[GalleryItem] | str) -> str:
         "<p>The wrong predictions the model was most confident about. Grad-CAM shows the regions that raised "
         "the predicted class (red is strongest); saliency shows the pixels it is most sensitive to.</p>"
     )
+    if multi_label:
+        intro = ("<p>The images whose label sets are most wrong (each wrong label weighted by how sure the model "
+                 "was). Grad-CAM shows the regions that raised the label missed or invented most confidently (red "
+                 "is strongest); saliency shows the pixels it is most sensitive to.</p>")  # fmt: skip
     return intro + f'<div class="gallery">{figures}</div>'
 
 
@@ -358,7 +363,7 @@ def render_report(description: BundleDescription, metrics: dict, gallery: list[G
         "confusion": "" if multi else _confusion(split, evaluated, classes),
         "per-class": "" if multi else _per_class(evaluated),
         "calibration": "" if multi else _calibration(description, evaluated),
-        "mistakes": _mistakes(gallery),
+        "mistakes": _mistakes(gallery, description.multi_label),
         "model-card": _model_card(description, card),
         "choice": _choice(description),
         "configuration": _configuration(description),

@@ -4,6 +4,7 @@ map, titled with the predicted label and (when the image sits in a class folder)
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -45,7 +46,8 @@ def _explain_label_set(bundle, model, images: torch.Tensor, path: Path, target: 
     rows = []
     for label in shown:
         (explanation,) = explain_batch(model, images, bundle.preprocess.normalize, classes=torch.tensor([label]))
-        title = f"{bundle.classes[label]} ({float(probabilities[label]):.2f})" + ("" if given else ", not given")
+        explanation = replace(explanation, probability=float(probabilities[label]))  # the label's sigmoid
+        title = bundle.classes[label] + ("" if given else " (not given: the most probable label)")
         rows.append(explanation_png(explanation, title, None, source=path.name))
     atomic_write_bytes(target, stacked_png(rows))
     return {"path": str(path), "output": str(target), "labels": [bundle.classes[i] for i in given],
