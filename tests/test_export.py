@@ -162,3 +162,49 @@ def test_openvino_ir_carries_the_preprocessing_and_the_contract_and_agrees_with_
                            capture_output=True, text=True, timeout=600, check=False)  # fmt: skip
     assert check.returncode == 0, check.stderr[-2000:]
     assert float(check.stdout.strip().splitlines()[-1]) >= 0.98
+
+
+def test_a_flip_averaged_export_answers_as_predict_tta_flip(given_split_bundle, tmp_path, capsys):
+    """``export --tta flip``: the graph averages each image with its mirror image, and its logits
+    match ``imgclf.load(bundle, tta="flip")``'s (without the flip they differ on these
+    left/right images)."""
+    import imgclf
+
+    bundle, data = given_split_bundle
+    capsys.readouterr()
+    assert main(["export", str(bundle), "--tta", "flip", "--output", str(tmp_path / "flip.onnx"), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["tta"] == "flip" and result["parity"]["top1_agreement"] >= 0.999
+    session = onnxruntime.InferenceSession(str(tmp_path / "flip.onnx"), providers=["CPUExecutionProvider"])
+    contract = json.loads(session.get_modelmeta().custom_metadata_map["imgclf.input"])
+    assert json.loads(session.get_modelmeta().custom_metadata_map["imgclf.tta"]) == "flip"
+    files = sorted((data / "val").rglob("*.png"))[:6]
+    with_flip, without = imgclf.load(bundle, tta="flip"), imgclf.load(bundle)
+    for file in files:
+        with Image.open(file) as image:
+            pixels = np.asarray(image.convert("RGB"))
+        (probabilities,) = session.run(["probabilities"], {contract["name"]: pixels[None]})
+        assert probabilities[0] == pytest.approx(with_flip.predict_proba([file])[0], abs=1e-3)
+    plain = np.array([without.predict_proba([file])[0] for file in files])
+    flipped = np.array([with_flip.predict_proba([file])[0] for file in files])
+    assert np.abs(plain - flipped).max() > 0.01  # the mirror changes these images' answers
+
+
+def test_the_server_averages_with_the_mirror_when_asked(given_split_bundle, tmp_path):
+    """``serve --tta flip`` on a bundle: the same probabilities as ``imgclf.load(bundle, tta="flip")``;
+    on an ONNX file the flag is refused (the file does what it was exported with)."""
+    import imgclf
+    from imgclf.errors import UsageError
+    from imgclf.serve.engines import open_engine
+
+    bundle, data = given_split_bundle
+    engine = open_engine(bundle, tta="flip")
+    assert engine.metadata["tta"] == "flip"
+    file = sorted((data / "val").rglob("*.png"))[0]
+    prepared = engine.decode(file.read_bytes(), file.name)
+    (answer,) = engine.predict([prepared], top_k=3)
+    expected = imgclf.load(bundle, tta="flip").predict([file], top_k=3)[0]
+    assert answer["top_k"] == expected["top_k"]
+    assert main(["export", str(bundle), "--output", str(tmp_path / "m.onnx")]) == 0
+    with pytest.raises(UsageError, match="export the ONNX file with --tta flip"):
+        open_engine(tmp_path / "m.onnx", tta="flip")

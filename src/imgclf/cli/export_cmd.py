@@ -28,6 +28,9 @@ def add_parser(commands) -> None:
     parser.add_argument("--layout", default="nhwc", choices=("nhwc", "nchw"), help="pixel layout (default: nhwc)")
     parser.add_argument("--data", metavar="DATA", help="validation and calibration images (default: the training data)")
     parser.add_argument("--data-dir", help="folder with the IDX files for fashion-mnist")
+    parser.add_argument("--tta", default="none", choices=("none", "flip"),
+                        help="flip: the graph averages each image with its mirror image, as predict --tta flip "
+                        "(twice the compute; for photos) (default: none)")  # fmt: skip
     parser.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
     parser.set_defaults(run=run)
 
@@ -43,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
         data=args.data,
         data_dir=args.data_dir,
         format=args.format,
+        tta=args.tta,
     )
     if args.json:
         print_json(result)

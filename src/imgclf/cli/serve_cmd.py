@@ -7,6 +7,9 @@ import os
 import sys
 
 
+TTA_HELP = "a bundle: flip averages each image with its mirror image (twice the compute; for photos) (default: none)"
+
+
 def add_parser(commands) -> None:
     parser = commands.add_parser(
         "serve",
@@ -49,6 +52,7 @@ def add_parser(commands) -> None:
         "--threads", type=int, default=1, help="onnxruntime threads per model call, .onnx files only (default: 1)"
     )
     parser.add_argument("--no-access-log", action="store_true", help="do not log every request")
+    parser.add_argument("--tta", default="none", choices=("none", "flip"), help=TTA_HELP)
     parser.add_argument(
         "--head-timeout",
         type=float,
@@ -112,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
     warning = open_host_warning(args.host, args.allowed_host, settings.token)
     if warning:
         print(warning, file=sys.stderr)
-    app = create_app(open_engine(args.model, threads=args.threads), settings)
+    app = create_app(open_engine(args.model, threads=args.threads, tta=args.tta), settings)
     # h11, not httptools: httptools sets no limit on a header line, so one connection sending an
     # endless header held the server (predictions went from 7 ms to 10-19 s); h11 refuses a request
     # whose head is over HEADER_LIMIT_BYTES. Throughput cost: BENCHMARKS.md (serving).

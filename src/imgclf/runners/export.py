@@ -43,19 +43,26 @@ CALIBRATION_IMAGES = 256  # training images for int8 calibration (evenly spaced)
 LAYOUTS = ("nhwc", "nchw")
 
 
-class _LogitsAndDistance(torch.nn.Module):
-    """The network plus the bundle's distance rule: the cosine distance of each image's embedding
-    to its predicted class's centroid, so the exported graph abstains where the bundle does."""
+class _ExportedNetwork(torch.nn.Module):
+    """The network as exported: with ``flip``, the logits are the mean of the image's and its
+    mirror image's (test-time augmentation, as ``predict --tta flip``); with ``centroids``, the
+    bundle's distance rule too: the cosine distance of each image's own embedding to its predicted
+    class's centroid (a multi-label bundle: to the nearest label's), so the graph abstains where
+    the bundle does."""
 
-    def __init__(self, model: torch.nn.Module, centroids: torch.Tensor, multi_label: bool = False):
+    def __init__(self, model: torch.nn.Module, centroids: torch.Tensor | None, multi_label: bool, flip: bool):
         super().__init__()
-        self.model, self.multi_label = model, multi_label
-        self.register_buffer("centroids", centroids.float())
+        self.model, self.multi_label, self.flip = model, multi_label, flip
+        self.register_buffer("centroids", None if centroids is None else centroids.float())
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, images: torch.Tensor):
         logits, embedding = self.model.forward_head_and_embedding(self.model.forward_features(images))
+        if self.flip:
+            logits = (logits + self.model(torch.flip(images, dims=(3,)))) / 2
+        if self.centroids is None:
+            return logits
         embedding = torch.nn.functional.normalize(torch.flatten(embedding, 1).float(), dim=1)
-        if self.multi_label:  # the nearest label's centroid
+        if self.multi_label:
             return logits, nearest_centroid(embedding, self.centroids)[1]
         return logits, centroid_distance(embedding, self.centroids, logits.argmax(dim=1))
 
@@ -65,10 +72,11 @@ def _distance_threshold(bundle: Bundle) -> float | None:
     return float(value) if value is not None and bundle.centroids is not None else None
 
 
-def _network_proto(bundle: Bundle) -> onnx.ModelProto:
+def _network_proto(bundle: Bundle, flip: bool = False) -> onnx.ModelProto:
+    centroids = bundle.centroids if _distance_threshold(bundle) is not None else None
     model = bundle.model
-    if _distance_threshold(bundle) is not None:
-        model = _LogitsAndDistance(bundle.model, bundle.centroids, bundle.description.multi_label).eval()
+    if centroids is not None or flip:
+        model = _ExportedNetwork(bundle.model, centroids, bundle.description.multi_label, flip).eval()
     return network_proto(model, bundle.preprocess.channels, bundle.preprocess.input_size)
 
 
@@ -174,16 +182,17 @@ def _onnx_outputs(session, images: RawImages, layout: str, output: str = "logits
     return np.stack(results)
 
 
-def _torch_logits(bundle: Bundle, images: RawImages) -> np.ndarray:
-    """What imgclf itself computes: Pillow resize and crop, then the PyTorch model."""
+def _torch_logits(bundle: Bundle, images: RawImages, flip: bool = False) -> np.ndarray:
+    """What imgclf itself computes: Pillow resize and crop, then the PyTorch model (``flip``:
+    averaged with the mirror image, as ``predict --tta flip``)."""
     prepared = torch.from_numpy(np.stack([bundle.preprocess.prepare_pixels(p) for p in images.pixels]))
     batches = make_batches(_as_split(prepared), eval_batch_size(bundle.preprocess.input_size))
-    return predict_logits(bundle.model, batches, bundle.preprocess, torch.device("cpu"))[0].numpy()
+    return predict_logits(bundle.model, batches, bundle.preprocess, torch.device("cpu"), flip_tta=flip)[0].numpy()
 
 
-def _parity(bundle: Bundle, session, images: RawImages, layout: str) -> dict:
+def _parity(bundle: Bundle, session, images: RawImages, layout: str, flip: bool = False) -> dict:
     """Top-1 agreement and largest logit difference between onnxruntime and PyTorch."""
-    torch_logits, onnx_logits = _torch_logits(bundle, images), _onnx_outputs(session, images, layout)
+    torch_logits, onnx_logits = _torch_logits(bundle, images, flip), _onnx_outputs(session, images, layout)
     return {
         "images": images.source,
         # Multi-label: the share of images given exactly the same label set.
@@ -283,6 +292,33 @@ def cpu_description() -> str:
     return f"{name} ({', '.join(extensions) or 'no AVX2'})" if flags else name
 
 
+def _check_options(layout: str, quantize: str | None, format: str, tta: str) -> None:
+    if layout not in LAYOUTS:
+        raise UsageError(f"--layout must be nhwc or nchw, not {layout!r}")
+    if quantize not in (None, "int8"):
+        raise UsageError(f"--quantize must be int8, not {quantize!r}")
+    if format not in FORMATS:
+        raise UsageError(f"--format must be one of {', '.join(FORMATS)}, not {format!r}")
+    if tta not in ("none", "flip"):
+        raise UsageError(f"--tta must be none or flip, not {tta!r}")
+
+
+def _checked_fp32(bundle: Bundle, network, layout: str, val, flip: bool, console: Console):
+    """The fp32 graph with its preprocessing, its session and its parity with PyTorch; refused
+    (nothing written) below MIN_FP32_AGREEMENT."""
+    description = bundle.description
+    temperature = description.label_temperatures if description.multi_label else description.temperature
+    fp32 = with_preprocessing(network, bundle.preprocess, layout, temperature)
+    session = onnx_session(fp32)
+    parity = _parity(bundle, session, val or _random_images(bundle), layout, flip)
+    console.print(f"parity with PyTorch on {parity['images']}: {_agreeing(bundle)} {parity['top1_agreement']:.4%}, "
+                  f"largest logit difference {parity['max_logit_diff']:.2e}")  # fmt: skip
+    if parity["top1_agreement"] < MIN_FP32_AGREEMENT:
+        raise ImgclfError(f"export refused: the ONNX model agrees with PyTorch on only {parity['top1_agreement']:.2%} "
+                          f"of {parity['images']} (at least {MIN_FP32_AGREEMENT:.1%} needed)")  # fmt: skip
+    return fp32, session, parity, temperature
+
+
 def run_export(
     bundle_dir: str | Path,
     output: str | Path | None = None,
@@ -292,44 +328,28 @@ def run_export(
     data_dir=None,
     console: Console | None = None,
     format: str = "onnx",
+    tta: str = "none",
 ) -> dict:
     """Export BUNDLE to ONNX, or through it to OpenVINO IR (``format="openvino"``); fails (writing
     nothing) when fp32 top-1 agreement with PyTorch on the validation images is below
-    MIN_FP32_AGREEMENT, for the ONNX graph and for the IR alike."""
+    MIN_FP32_AGREEMENT, for the ONNX graph and for the IR alike. ``tta="flip"``: the graph
+    averages each image with its mirror image, as ``predict --tta flip`` does."""
     console = console or stderr_console()
-    if layout not in LAYOUTS:
-        raise UsageError(f"--layout must be nhwc or nchw, not {layout!r}")
-    if quantize not in (None, "int8"):
-        raise UsageError(f"--quantize must be int8, not {quantize!r}")
-    if format not in FORMATS:
-        raise UsageError(f"--format must be one of {', '.join(FORMATS)}, not {format!r}")
+    _check_options(layout, quantize, format, tta)
     bundle = load_bundle(bundle_dir)
     default_name = ("model.int8" if quantize == "int8" else "model") + FORMATS[format]
     target = Path(output) if output else Path(bundle_dir) / default_name
     check_can_write(target)  # before the export's minutes of work
     data = data or recorded_data(bundle)
-    network = _network_proto(bundle)
-    description = bundle.description
-    temperature = description.label_temperatures if description.multi_label else description.temperature
-    fp32 = with_preprocessing(network, bundle.preprocess, layout, temperature)
-    fp32_session = onnx_session(fp32)
+    network = _network_proto(bundle, flip=tta == "flip")
     val = _raw_images(bundle, data, data_dir, "val", PARITY_IMAGES)
-    parity = _parity(bundle, fp32_session, val or _random_images(bundle), layout)
-    console.print(
-        f"parity with PyTorch on {parity['images']}: {_agreeing(bundle)} {parity['top1_agreement']:.4%}, "
-        f"largest logit difference {parity['max_logit_diff']:.2e}"
-    )
-    if parity["top1_agreement"] < MIN_FP32_AGREEMENT:
-        raise ImgclfError(
-            f"export refused: the ONNX model agrees with PyTorch on only {parity['top1_agreement']:.2%} of "
-            f"{parity['images']} (at least {MIN_FP32_AGREEMENT:.1%} needed)"
-        )
-    result = {"format": "onnx", "opset": OPSET, "layout": layout, "parity": parity}
+    fp32, fp32_session, parity, temperature = _checked_fp32(bundle, network, layout, val, tta == "flip", console)
+    result = {"format": "onnx", "opset": OPSET, "layout": layout, "tta": tta, "parity": parity}
     sessions, final = {"onnxruntime_fp32": fp32_session}, fp32
     if quantize == "int8":
         final, result["int8"] = _int8(bundle, network, data, data_dir, layout, temperature, val, fp32_session, console)
         sessions["onnxruntime_int8"] = onnx_session(final)
-    contract = _contract(bundle, layout, quantize == "int8")
+    contract = {**_contract(bundle, layout, quantize == "int8"), "tta": tta}
     if quantize == "int8":  # int8 kernels differ between CPUs: say where this file's accuracy was measured
         contract["int8_checked_on"] = {"cpu": cpu_description(), **result["int8"]}
     add_contract(final, contract)
@@ -354,9 +374,9 @@ def _write_openvino(
     recorded beside it. Returns the session a deployment gets (the f32 one where the default
     cannot compile here) and the parity."""
     model, images = openvino_model(final, contract), val or _random_images(bundle)
-    exact = OpenVinoSession(model, "f32")
-    parity = _parity(bundle, exact, images, layout)
-    session, default = _openvino_default(bundle, model, images, layout)
+    exact, flip = OpenVinoSession(model, "f32"), contract.get("tta") == "flip"
+    parity = _parity(bundle, exact, images, layout, flip)
+    session, default = _openvino_default(bundle, model, images, layout, flip)
     parity["default_precision"] = default
     agreement = parity["top1_agreement"]
     console.print(f"OpenVINO parity with PyTorch on {parity['images']}: {_agreeing(bundle)} {agreement:.4%}, largest "
@@ -370,14 +390,14 @@ def _write_openvino(
     return session or exact, parity
 
 
-def _openvino_default(bundle: Bundle, model, images, layout: str) -> tuple[OpenVinoSession | None, dict]:
+def _openvino_default(bundle: Bundle, model, images, layout: str, flip: bool) -> tuple[OpenVinoSession | None, dict]:
     """The IR as a deployment compiles it (OpenVINO's default precision) and its agreement with
     PyTorch; when that compile fails here (the f32 one worked), the reason instead."""
     try:
         session = OpenVinoSession(model)
     except ImgclfError as error:
         return None, {"precision": None, "unavailable": str(error)}
-    default = _parity(bundle, session, images, layout)
+    default = _parity(bundle, session, images, layout, flip)
     return session, {"precision": session.precision, "top1_agreement": default["top1_agreement"],
                      "max_logit_diff": default["max_logit_diff"]}  # fmt: skip
 

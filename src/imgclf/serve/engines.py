@@ -72,6 +72,7 @@ class BundleEngine:
             "finetune": description.finetune,
             "trained": description.created or _modified(classifier.bundle.path / "model.json"),
             "explain": True,
+            "tta": "flip" if classifier.flip else "none",
         }
 
     def decode(self, data: bytes, source: str) -> np.ndarray:
@@ -175,13 +176,17 @@ def usable_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def open_engine(source: str | Path, threads: int = 1) -> BundleEngine | OnnxEngine:
+def open_engine(source: str | Path, threads: int = 1, tta: str = "none") -> BundleEngine | OnnxEngine:
     """A bundle folder or an .onnx file; nothing else is ever loaded (no pickles, no URLs).
-    ``threads``: onnxruntime threads per model call (ONNX files only)."""
+    ``threads``: onnxruntime threads per model call (ONNX files only). ``tta="flip"``: a bundle
+    averages each image with its mirror (an ONNX file does what it was exported with:
+    ``imgclf export --tta flip``)."""
     path = Path(source)
     if path.is_dir() and is_bundle(path):
-        return BundleEngine(load(path))
+        return BundleEngine(load(path, tta=tta))
     if path.is_file() and path.suffix.lower() == ".onnx":
+        if tta != "none":
+            raise UsageError(f"{source}: --tta applies to a bundle; export the ONNX file with --tta {tta} instead")
         return OnnxEngine(path, threads)
     raise UsageError(f"{source}: not a bundle folder or an .onnx file from imgclf export")
 
