@@ -6,7 +6,7 @@ STAMP := $(VENV)/.imgclf-installed
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-all lint fashion-mnist debian-packages clean
+.PHONY: install demo test test-all lint fashion-mnist debian-packages web-runtime clean
 
 install: $(STAMP)
 
@@ -34,11 +34,23 @@ debian-packages:
 
 fashion-mnist: debian-packages
 
-test: install debian-packages
-	$(BIN)/python -m pytest -m "not gpu and not slow" $(PYTEST_ARGS)
+# The web export's test runs onnxruntime-web (from npm) in Chromium: npm installs it into .web/
+# (Debian's npm when there is none, as root). Its version is pinned: the page is tested with it.
+ONNXRUNTIME_WEB_VERSION := 1.20.1
+ORT_WEB := $(CURDIR)/.web/node_modules/onnxruntime-web/dist
+web-runtime:
+	@if [ ! -f $(ORT_WEB)/ort.wasm.min.js ]; then \
+		if ! command -v npm >/dev/null && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm; fi; \
+		if command -v npm >/dev/null; then \
+			npm install --silent --no-audit --no-fund --prefix .web onnxruntime-web@$(ONNXRUNTIME_WEB_VERSION); fi; \
+	fi
 
-test-all: install debian-packages
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+test: install debian-packages web-runtime
+	IMGCLF_ONNXRUNTIME_WEB=$(ORT_WEB) $(BIN)/python -m pytest -m "not gpu and not slow" $(PYTEST_ARGS)
+
+test-all: install debian-packages web-runtime
+	IMGCLF_ONNXRUNTIME_WEB=$(ORT_WEB) $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check src tests

@@ -258,3 +258,51 @@ def test_a_multi_label_model_shows_every_label_it_gives(browser, tmp_path):
         _screenshot(browser, "multi-label.png")
     finally:
         server.stop()
+
+
+def _onnxruntime_web() -> Path | None:
+    from imgclf.errors import UsageError
+    from imgclf.export.web import find_onnxruntime_web
+
+    try:
+        return find_onnxruntime_web()
+    except UsageError:
+        return None
+
+
+@pytest.mark.skipif(_onnxruntime_web() is None, reason="needs onnxruntime-web from npm (make test installs it)")
+def test_the_web_export_classifies_in_the_browser_as_imgclf_does(browser, tmp_path):
+    """``export --format web``: the folder, served by a plain static server, classifies images
+    dropped on its page in headless Chromium (onnxruntime-web, offline), with imgclf's answers."""
+    import functools
+    import http.server
+    import json
+    import threading
+
+    from selenium.webdriver.common.by import By
+
+    import imgclf
+    from conftest import write_class_folder
+    from imgclf.cli.main import main
+
+    data = write_class_folder(tmp_path / "data", ["left", "right", "top"], per_class=20, size=20)
+    bundle, web = tmp_path / "bundle", tmp_path / "web"
+    assert main(["train", str(data), "--model", "simple_cnn", "--epochs", "15", "--batch-size", "16", "--output",
+                 str(bundle)]) == 0  # fmt: skip
+    assert main(["export", str(bundle), "--format", "web", "--output", str(web)]) == 0
+    assert json.loads((web / "contract.json").read_text())["classes"] == ["left", "right", "top"]
+    files = sorted(data.rglob("*.png"))[::10][:6]
+    expected = [answer["label"] for answer in imgclf.load(bundle).predict(files)]
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(web))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        browser.get(f"http://127.0.0.1:{server.server_port}/index.html")
+        _wait(browser, lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready") == "yes", 60)
+        browser.find_element(By.ID, "file").send_keys("\n".join(str(file) for file in files))
+        _wait(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, ".result[data-done=yes]")) == len(files), 60)
+        shown = [card.find_element(By.CSS_SELECTOR, ".label").text  # in the order given (one at a time)
+                 for card in browser.find_elements(By.CSS_SELECTOR, ".result")]  # fmt: skip
+        assert shown == [label or "No label" for label in expected]
+    finally:
+        server.shutdown()

@@ -18,13 +18,18 @@ def add_parser(commands) -> None:
         "onnxruntime agrees with PyTorch on at least 99.9%% of the validation images' top-1 labels.",
     )
     parser.add_argument("bundle", metavar="BUNDLE")
-    parser.add_argument("--format", default="onnx", choices=("onnx", "openvino"),
-                        help="onnx, or openvino: the same graph as OpenVINO IR (model.xml + model.bin), "
-                        "checked against PyTorch the same way; needs pip install 'imgclf[openvino]' "
+    parser.add_argument("--format", default="onnx", choices=("onnx", "openvino", "web"),
+                        help="onnx; openvino: the same graph as OpenVINO IR (model.xml + model.bin), "
+                        "checked against PyTorch the same way, needs pip install 'imgclf[openvino]'; web: a folder "
+                        "with a page that classifies images in the browser, offline (onnxruntime-web from npm) "
                         "(default: onnx)")  # fmt: skip
+    parser.add_argument("--onnxruntime-web", metavar="DIR",
+                        help="--format web: onnxruntime-web's dist folder (default: $IMGCLF_ONNXRUNTIME_WEB, or "
+                        "node_modules/onnxruntime-web/dist here or above)")  # fmt: skip
     parser.add_argument("--quantize", choices=("int8",), help="int8 static quantization calibrated on training images")
     parser.add_argument("--output", metavar="FILE",
-                        help="default: BUNDLE/model.onnx (BUNDLE/model.int8.onnx; .xml for openvino)")  # fmt: skip
+                        help="default: BUNDLE/model.onnx (BUNDLE/model.int8.onnx; .xml for openvino; the folder "
+                        "BUNDLE/web for web)")  # fmt: skip
     parser.add_argument("--layout", default="nhwc", choices=("nhwc", "nchw"), help="pixel layout (default: nhwc)")
     parser.add_argument("--data", metavar="DATA", help="validation and calibration images (default: the training data)")
     parser.add_argument("--data-dir", help="folder with the IDX files for fashion-mnist")
@@ -47,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
         data_dir=args.data_dir,
         format=args.format,
         tta=args.tta,
+        onnxruntime_web=args.onnxruntime_web,
     )
     if args.json:
         print_json(result)

@@ -24,12 +24,13 @@ from imgclf.explain.calibration import centroid_distance
 from imgclf.export.onnx_graph import OPSET, add_contract, network_proto, onnx_session, with_preprocessing
 from imgclf.export.openvino_ir import OpenVinoSession, openvino_model, record_check, save_ir
 from imgclf.export.quantize import quantized_network
+from imgclf.export.web import check_web_target, find_onnxruntime_web, write_web_folder
 from imgclf.files import atomic_write_bytes, check_can_write
 from imgclf.models.info import measure_latency
 from imgclf.text import stderr_console
 
 # --format: what the file is, by its suffix. OpenVINO IR is the ONNX graph converted by OpenVINO.
-FORMATS = {"onnx": ".onnx", "openvino": ".xml"}
+FORMATS = {"onnx": ".onnx", "openvino": ".xml", "web": ""}  # web: a folder (export/web.py)
 
 __all__ = ["MIN_FP32_AGREEMENT", "run_export"]
 
@@ -303,6 +304,20 @@ def _check_options(layout: str, quantize: str | None, format: str, tta: str) -> 
         raise UsageError(f"--tta must be none or flip, not {tta!r}")
 
 
+def _checked_target(bundle_dir, output, quantize: str | None, format: str, onnxruntime_web) -> tuple[Path, Path | None]:
+    """Where the export goes, checked before the export's minutes of work (and for the web page,
+    the onnxruntime-web files it copies)."""
+    if format == "web":
+        target = Path(output) if output else Path(bundle_dir) / ("web.int8" if quantize == "int8" else "web")
+        ort_web = find_onnxruntime_web(onnxruntime_web)
+        check_web_target(target)
+        return target, ort_web
+    default_name = ("model.int8" if quantize == "int8" else "model") + FORMATS[format]
+    target = Path(output) if output else Path(bundle_dir) / default_name
+    check_can_write(target)
+    return target, None
+
+
 def _checked_fp32(bundle: Bundle, network, layout: str, val, flip: bool, console: Console):
     """The fp32 graph with its preprocessing, its session and its parity with PyTorch; refused
     (nothing written) below MIN_FP32_AGREEMENT."""
@@ -329,6 +344,7 @@ def run_export(
     console: Console | None = None,
     format: str = "onnx",
     tta: str = "none",
+    onnxruntime_web: str | Path | None = None,
 ) -> dict:
     """Export BUNDLE to ONNX, or through it to OpenVINO IR (``format="openvino"``); fails (writing
     nothing) when fp32 top-1 agreement with PyTorch on the validation images is below
@@ -337,9 +353,7 @@ def run_export(
     console = console or stderr_console()
     _check_options(layout, quantize, format, tta)
     bundle = load_bundle(bundle_dir)
-    default_name = ("model.int8" if quantize == "int8" else "model") + FORMATS[format]
-    target = Path(output) if output else Path(bundle_dir) / default_name
-    check_can_write(target)  # before the export's minutes of work
+    target, ort_web = _checked_target(bundle_dir, output, quantize, format, onnxruntime_web)
     data = data or recorded_data(bundle)
     network = _network_proto(bundle, flip=tta == "flip")
     val = _raw_images(bundle, data, data_dir, "val", PARITY_IMAGES)
@@ -356,9 +370,11 @@ def run_export(
     if format == "openvino":
         sessions["openvino"], result["openvino_parity"] = _write_openvino(bundle, final, contract, target, val,
                                                                           layout, console)  # fmt: skip
-        result["format"] = "openvino"
+    elif format == "web":
+        write_web_folder(target, final.SerializeToString(), contract, ort_web)
     else:
         atomic_write_bytes(target, final.SerializeToString())
+    result["format"] = format
     result["output"] = str(target)
     result["latency_ms"] = _latency_table(bundle, sessions, layout)
     console.print(f"wrote {target}")
