@@ -4,6 +4,7 @@ Every wait is bounded; each test fails on a server without the protection it nam
 from __future__ import annotations
 
 import io
+import json
 import socket
 import threading
 import time
@@ -213,3 +214,21 @@ def test_every_answer_carries_the_protective_headers(server):
             received = error.headers
         assert received["X-Frame-Options"] == "DENY" and received["X-Content-Type-Options"] == "nosniff"
         assert received["Cache-Control"] == "no-store"
+
+
+def test_one_client_holding_many_connections_cannot_lock_the_others_out(server):
+    """A client (here 127.0.0.2) may hold 32 connections; the next is answered 503 in the JSON
+    error shape and closed at once, and another client (127.0.0.1) is served meanwhile."""
+    def connect() -> socket.socket:
+        return socket.create_connection(("127.0.0.1", server.port), timeout=10, source_address=("127.0.0.2", 0))
+
+    held = [connect() for _ in range(32)]
+    try:
+        answer = _read_all(connect(), 5)
+        assert answer is not None and answer.startswith(b"HTTP/1.1 503"), answer
+        body = json.loads(answer.split(b"\r\n\r\n", 1)[1])
+        assert body["error"]["status"] == 503 and "32 connections" in body["error"]["message"]
+        assert _predict_ok(server)
+    finally:
+        for connection in held:
+            connection.close()

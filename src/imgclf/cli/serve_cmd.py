@@ -61,6 +61,13 @@ def add_parser(commands) -> None:
         f"after the previous answer): idle and slow-header clients (default: {HEAD_TIMEOUT_S:g}; h11 only)",
     )
     parser.add_argument(
+        "--max-connections-per-client",
+        type=int,
+        default=MAX_CONNECTIONS_PER_CLIENT,
+        help="connections one client address may hold at once; more are answered 503 and closed "
+        f"(default: {MAX_CONNECTIONS_PER_CLIENT}; h11 only; behind a proxy every client is the proxy: raise it)",
+    )
+    parser.add_argument(
         "--http",
         choices=("h11", "httptools"),
         default="h11",
@@ -72,6 +79,7 @@ def add_parser(commands) -> None:
 
 
 HEAD_TIMEOUT_S = 10.0  # seconds; serve.connections says why
+MAX_CONNECTIONS_PER_CLIENT = 32  # a browser opens 6 per server
 HEADER_LIMIT_BYTES = 16 * 1024  # request line + headers; beyond it uvicorn answers 400 and closes the connection
 
 
@@ -89,6 +97,7 @@ def run(args: argparse.Namespace) -> int:
         "timeout",
         "read_timeout",
         "head_timeout",
+        "max_connections_per_client",
         "max_in_flight",
         "max_batch",
         "workers",
@@ -126,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
         port=args.port,
         log_level="info",
         access_log=not args.no_access_log,
-        http=head_timed_protocol(args.head_timeout) if args.http == "h11" else args.http,
+        http=head_timed_protocol(args.head_timeout, args.max_connections_per_client) if args.http == "h11" else args.http,
         h11_max_incomplete_event_size=HEADER_LIMIT_BYTES,
         log_config=server_log_config(),
     )
