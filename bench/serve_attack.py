@@ -9,6 +9,9 @@ Without --bundle, a digits bundle is trained first (a few seconds). The server r
 2. under attack, the same clients while at once: 10 connections sending one endless header line,
    64 slow uploads (1 byte every 3 s), 20 clients looping on /v1/explain, and 3 clients looping on
    "poison" images (a 4,000,000 x 1 px PNG of a few kB, and 64 of them in one batch request);
+   and (``--attacks`` names them) 100 idle sockets reopened as soon as they are closed ("idle"),
+   3 clients looping on a 6.6 MB GIF of 440,000 one-pixel frames ("gif"), and 3 clients looping on
+   damaged files, a truncated PNG and a truncated GIF ("damaged");
 3. a minute after the attack ends: the server's resident memory against its size before.
 
 Reports requests, errors, p50/p95 latency for each phase, the CPU seconds the server and the
@@ -19,6 +22,7 @@ of the attack and a minute after.
 from __future__ import annotations
 
 import argparse
+import http.client
 import io
 import json
 import socket
@@ -29,6 +33,7 @@ import tempfile
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 from pathlib import Path
@@ -39,6 +44,8 @@ from PIL import Image
 NORMAL_CLIENTS = 4
 NORMAL_INTERVAL_S = 0.1  # each normal client sends a request every 100 ms (10 per second)
 ATTACKS = ("header", "slow", "explain", "poison")
+MORE_ATTACKS = ("idle", "gif", "damaged")
+GIF_FRAMES = 440_000
 
 
 def free_port() -> int:
@@ -60,16 +67,25 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def post(url: str, body: bytes, headers: dict | None = None, timeout: float = 60) -> int:
-    request = urllib.request.Request(url, data=body, headers=headers or {}, method="POST")
+# The attackers connect from another loopback address than the normal clients: the server limits
+# connections per client address, and attackers and users do not share one.
+ATTACKER_ADDRESS = "127.0.0.2"
+
+
+def post(url: str, body: bytes, headers: dict | None = None, timeout: float = 60, source: str | None = None) -> int:
+    """POST ``body``; the answer's status, or 0 when no answer came (``source``: the local address)."""
+    parsed = urllib.parse.urlsplit(url)
+    connection = http.client.HTTPConnection(parsed.hostname, parsed.port, timeout=timeout,
+                                            source_address=(source, 0) if source else None)  # fmt: skip
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            response.read()
-            return response.status
-    except urllib.error.HTTPError as error:
-        return error.code
+        connection.request("POST", parsed.path, body=body, headers=headers or {})
+        response = connection.getresponse()
+        response.read()
+        return response.status
     except OSError:
         return 0  # no answer at all
+    finally:
+        connection.close()
 
 
 def multipart(files: list[tuple[str, bytes]]) -> tuple[bytes, dict]:
@@ -113,7 +129,8 @@ class Attack:
     def __init__(self, port: int, image: bytes, kinds: tuple[str, ...] = ATTACKS):
         self.port, self.image, self.kinds, self.stop = port, image, kinds, threading.Event()
         self.threads: list[threading.Thread] = []
-        self.counts = {"explain": {}, "poison": {}, "header_refused": 0, "slow_answered": {}}
+        self.counts = {"explain": {}, "poison": {}, "header_refused": 0, "slow_answered": {}, "gif": {}, "damaged": {},
+                       "idle_closed_by_server": 0, "idle_refused": 0}  # fmt: skip
         self.lock = threading.Lock()
 
     def count(self, kind: str, status: int) -> None:
@@ -123,7 +140,8 @@ class Attack:
     def endless_header(self) -> None:
         while not self.stop.is_set():
             try:
-                connection = socket.create_connection(("127.0.0.1", self.port), timeout=5)
+                connection = socket.create_connection(("127.0.0.1", self.port), timeout=5,
+                                                      source_address=(ATTACKER_ADDRESS, 0))
                 connection.sendall(b"GET /v1/health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Endless: ")
                 while not self.stop.is_set():
                     connection.sendall(b"a" * 4096)
@@ -134,7 +152,8 @@ class Attack:
 
     def slow_upload(self) -> None:
         try:
-            connection = socket.create_connection(("127.0.0.1", self.port), timeout=60)
+            connection = socket.create_connection(("127.0.0.1", self.port), timeout=60,
+                                                  source_address=(ATTACKER_ADDRESS, 0))
             connection.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100000\r\n\r\n")
             while not self.stop.is_set():
                 connection.sendall(b"x")
@@ -146,13 +165,41 @@ class Attack:
         except OSError:
             self.count("slow_answered", 0)
 
+    def idle(self) -> None:
+        """A silent socket, opened again each time the server closes it (or refuses it)."""
+        while not self.stop.is_set():
+            try:
+                connection = socket.create_connection(("127.0.0.1", self.port), timeout=1,
+                                                      source_address=(ATTACKER_ADDRESS, 0))
+            except OSError:
+                with self.lock:
+                    self.counts["idle_refused"] += 1
+                self.stop.wait(0.2)
+                continue
+            while not self.stop.is_set():
+                try:
+                    if connection.recv(1024) == b"":
+                        with self.lock:
+                            self.counts["idle_closed_by_server"] += 1
+                        break
+                except TimeoutError:
+                    continue
+                except OSError:
+                    break
+            connection.close()
+
+    def loop_on(self, kind: str, bodies: list[bytes]) -> None:
+        while not self.stop.is_set():
+            for body in bodies:
+                self.count(kind, post(f"http://127.0.0.1:{self.port}/v1/predict", body, source=ATTACKER_ADDRESS))
+
     def explain(self) -> None:
         while not self.stop.is_set():
-            self.count("explain", post(f"http://127.0.0.1:{self.port}/v1/explain", self.image))
+            self.count("explain", post(f"http://127.0.0.1:{self.port}/v1/explain", self.image, source=ATTACKER_ADDRESS))
 
     def poison(self, body: bytes, headers: dict, path: str) -> None:
         while not self.stop.is_set():
-            self.count("poison", post(f"http://127.0.0.1:{self.port}{path}", body, headers))
+            self.count("poison", post(f"http://127.0.0.1:{self.port}{path}", body, headers, source=ATTACKER_ADDRESS))
 
     def start(self) -> None:
         strip = io.BytesIO()
@@ -162,6 +209,13 @@ class Attack:
                    "explain": [self.explain] * 20}  # fmt: skip
         self.threads = [threading.Thread(target=target, daemon=True) for kind in self.kinds
                         for target in targets.get(kind, [])]  # fmt: skip
+        if "gif" in self.kinds:
+            self.threads += [threading.Thread(target=self.loop_on, args=("gif", [frame_heavy_gif()]), daemon=True)
+                             for _ in range(3)]  # fmt: skip
+        if "damaged" in self.kinds:
+            self.threads += [threading.Thread(target=self.loop_on, args=("damaged", damaged_files()), daemon=True)
+                             for _ in range(3)]  # fmt: skip
+        self.threads += [threading.Thread(target=self.idle, daemon=True) for _ in range(100) if "idle" in self.kinds]
         if "poison" in self.kinds:
             self.threads += [threading.Thread(target=self.poison, args=(strip.getvalue(), {}, "/v1/predict"),
                                               daemon=True) for _ in range(2)]  # fmt: skip
@@ -175,6 +229,23 @@ class Attack:
         for thread in self.threads:
             thread.join(30)
         return self.counts
+
+
+def frame_heavy_gif(frames: int = GIF_FRAMES) -> bytes:
+    """A GIF of ``frames`` 1 x 1 frames, 15 bytes each: counting them is the server's work."""
+    header = b"GIF89a" + bytes([1, 0, 1, 0, 0x80, 0, 0]) + bytes([0, 0, 0, 255, 255, 255])
+    frame = bytes([0x2C, 0, 0, 0, 0, 1, 0, 1, 0, 0, 0x02, 0x02, 0x44, 0x01, 0x00])
+    return header + frame * frames + b"\x3b"
+
+
+def damaged_files() -> list[bytes]:
+    """A photo-sized PNG and a GIF, each cut off halfway."""
+    files = []
+    for kind in ("PNG", "GIF"):
+        buffer = io.BytesIO()
+        Image.fromarray(np.random.default_rng(0).integers(0, 256, (300, 300, 3), dtype=np.uint8)).save(buffer, kind)
+        files.append(buffer.getvalue()[: buffer.tell() // 2])
+    return files
 
 
 def normal_image() -> bytes:
@@ -198,7 +269,9 @@ def main() -> None:
     parser.add_argument("--image", help="an image for the normal clients (default: a digit)")
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--settle-seconds", type=float, default=60.0, help="wait before the last memory reading")
-    parser.add_argument("--attacks", default=",".join(ATTACKS), help="which attacks, comma-separated (default: all)")
+    parser.add_argument("--attacks", default=",".join(ATTACKS),
+                        help=f"which attacks, comma-separated, of {', '.join(ATTACKS + MORE_ATTACKS)} "
+                        f"(default: {','.join(ATTACKS)})")  # fmt: skip
     parser.add_argument("--attack-port", type=int, help=argparse.SUPPRESS)  # the attackers' own process
     parser.add_argument("--attack-seconds", type=float, help=argparse.SUPPRESS)
     args = parser.parse_args()
