@@ -53,6 +53,12 @@ def add_parser(commands) -> None:
     )
     parser.add_argument("--no-access-log", action="store_true", help="do not log every request")
     parser.add_argument("--tta", default="none", choices=("none", "flip"), help=TTA_HELP)
+    _add_connection_options(parser)
+    parser.set_defaults(run=run)
+
+
+def _add_connection_options(parser) -> None:
+    """How connections are parsed, timed and counted (serve.connections)."""
     parser.add_argument(
         "--head-timeout",
         type=float,
@@ -75,7 +81,6 @@ def add_parser(commands) -> None:
         "so one client sending an endless header line can stall the server: only behind a proxy that limits "
         "headers)",
     )
-    parser.set_defaults(run=run)
 
 
 HEAD_TIMEOUT_S = 10.0  # seconds; serve.connections says why
