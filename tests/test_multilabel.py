@@ -19,6 +19,7 @@ from conftest import pattern_image
 from imgclf.cli.main import main
 from imgclf.data.dataset import MULTI_LABEL, SINGLE_LABEL, load_dataset, split_labels
 from imgclf.data.split import iterative_split
+from imgclf.errors import DataError
 from imgclf.engine.label_sets import bce_loss, choose_thresholds, label_calibration_error, label_set_metrics
 
 LABELS = ("left", "right", "top", "bottom")
@@ -342,3 +343,21 @@ def test_label_smoothing_and_mixing_act_on_each_label():
     targets = torch.tensor([[1.0, 0.0], [0.0, 0.0], [0.0, 0.0], [0.0, 1.0]])
     balanced = bce_loss(targets, 0.0, True, "cpu")  # label 0: 3 negatives per positive
     assert balanced.pos_weight.tolist() == [3.0, 3.0]
+
+
+def test_json_lines_list_label_sets_as_a_csv_does(tmp_path: Path):
+    """``labels.jsonl``: one object per line, labels as a list (or a cell like the CSV's), the
+    split optional; the same dataset as the CSV of the same rows; a broken line is named."""
+    csv_file = write_bars_csv(tmp_path, 60)
+    rows = list(csv.DictReader(csv_file.open()))
+    lines = [json.dumps({"path": row["path"], "labels": row["labels"].split(";") if row["labels"] else [],
+                         "split": row["split"]}) for row in rows]  # fmt: skip
+    (tmp_path / "labels.jsonl").write_text("\n".join(lines) + "\n")
+    from_csv, from_json = load_dataset(str(csv_file)), load_dataset(str(tmp_path / "labels.jsonl"))
+    assert from_json.task == MULTI_LABEL and from_json.classes == from_csv.classes
+    for split in ("train", "val"):
+        assert from_json.splits[split].keys == from_csv.splits[split].keys
+        assert (from_json.splits[split].targets == from_csv.splits[split].targets).all()
+    (tmp_path / "broken.jsonl").write_text(lines[0] + "\n{not json\n")
+    with pytest.raises(DataError, match=r"broken.jsonl: line 2 is not JSON"):
+        load_dataset(str(tmp_path / "broken.jsonl"))

@@ -6,6 +6,7 @@ Nothing here decodes pixels of files (see ``prepare.py``); built-ins arrive alre
 from __future__ import annotations
 
 import csv
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,6 +39,7 @@ TASKS = (SINGLE_LABEL, MULTI_LABEL)
 # named "label" or "class" holds one label per image, which may contain spaces ("golden retriever").
 LABEL_SET_COLUMNS = ("labels", "tags")
 PATH_COLUMNS = ("path", "file", "filename", "image", "filepath")
+JSON_LINES = (".jsonl", ".ndjson")  # one JSON object per line: {"path": ..., "labels": [...], "split": ...}
 
 
 @dataclass
@@ -243,19 +245,58 @@ def _csv_rows(path: Path, task: str | None) -> tuple[dict[str, list[tuple[str, o
         cell = row[1].strip() if len(row) >= 2 else ""
         if not row[0].strip() or (not cell and not sets):
             raise DataError(f"{path}: row {line} needs 'path,label' (got {','.join(row)!r})")
-        split = "pool"
-        if len(row) >= 3 and row[2].strip():
-            split = SPLIT_NAMES.get(row[2].strip().lower(), "")
-            if not split:
-                raise DataError(f"{path}: row {line} has unknown split {row[2]!r} (train, val or test)")
+        split = _split_of(path, line, row[2]) if len(row) >= 3 and row[2].strip() else "pool"
         by_split.setdefault(split, []).append((row[0].strip(), split_labels(cell) if sets else cell))
     return by_split, sets
 
 
+def _split_of(path: Path, line: int, value: str) -> str:
+    split = SPLIT_NAMES.get(value.strip().lower(), "")
+    if not split:
+        raise DataError(f"{path}: row {line} has unknown split {value!r} (train, val or test)")
+    return split
+
+
+def _jsonl_rows(path: Path, task: str | None) -> tuple[dict[str, list[tuple[str, object]]], bool]:
+    """JSON lines, one image per line: ``{"path": ..., "labels": [...] or "a;b", "split": ...}``
+    (or ``"label"`` for one class); the same rows ``_csv_rows`` gives."""
+    try:
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise DataError(f"{path}: cannot be read ({error})") from None
+    records = []
+    for number, text in enumerate(lines, start=1):
+        if not text.strip():
+            continue
+        try:
+            record = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise DataError(f"{path}: line {number} is not JSON ({error.msg})") from None
+        key = next((name for name in PATH_COLUMNS if isinstance(record, dict) and name in record), None)
+        if key is None or not isinstance(record[key], str):
+            raise DataError(f"{path}: line {number} needs a \"path\" (got {text[:80]!r})")
+        records.append((number, record, key))
+    sets = task == MULTI_LABEL or any(name in record for _, record, _ in records for name in LABEL_SET_COLUMNS)
+    by_split: dict[str, list[tuple[str, object]]] = {}
+    for number, record, key in records:
+        value = next((record[name] for name in (*LABEL_SET_COLUMNS, "label", "class") if name in record), None)
+        labels = list(dict.fromkeys(str(v) for v in value)) if isinstance(value, list) else split_labels(str(value or ""))
+        if not sets and len(labels) != 1:
+            raise DataError(f"{path}: line {number} needs one \"label\" (got {_shown(record)})")
+        split = _split_of(path, number, str(record["split"])) if record.get("split") else "pool"
+        by_split.setdefault(split, []).append((record[key].strip(), labels if sets else labels[0]))
+    return by_split, sets
+
+
+def _shown(record: dict) -> str:
+    return json.dumps(record)[:80]
+
+
 def _load_csv(path: Path, policy: SplitPolicy, task: str | None = None) -> Dataset:
-    by_split, sets = _csv_rows(path, task)
+    """A CSV (or JSON lines) listing of images, labels and maybe splits."""
+    by_split, sets = _jsonl_rows(path, task) if path.suffix.lower() in JSON_LINES else _csv_rows(path, task)
     if not by_split:
-        raise DataError(f"{path}: the CSV lists no images")
+        raise DataError(f"{path}: the listing names no images")
     if "pool" in by_split and len(by_split) > 1:
         raise DataError(f"{path}: give a split for every row or for none")
     reader = FolderReader(path.parent)
@@ -296,9 +337,9 @@ def load_dataset(
     """Resolve DATA: ``digits``, ``fashion-mnist``, a folder, an archive or a ``.csv`` file.
     ``task``: None finds out (a CSV column of label sets holding several labels on some image is
     multi-label); ``MULTI_LABEL`` reads every CSV label cell as a set."""
-    if task == MULTI_LABEL and not str(data).lower().endswith(".csv"):
+    if task == MULTI_LABEL and not str(data).lower().endswith((".csv", *JSON_LINES)):
         raise DataError(f"{data}: multi-label data comes as a CSV of path,labels (labels separated by ';' or "
-                        "spaces)")  # fmt: skip
+                        "spaces) or as JSON lines")  # fmt: skip
     if data == "digits":
         return _load_digits(policy)
     if data == "fashion-mnist":
@@ -309,6 +350,6 @@ def load_dataset(
         raise DataError(
             f"{data}: no such file or folder, and not a built-in dataset ({', '.join(BUILTIN_DATASETS)}){hint}"
         )
-    if path.suffix.lower() == ".csv":
+    if path.suffix.lower() in (".csv", *JSON_LINES):
         return _load_csv(path, policy, task)
     return _load_folder_or_archive(path, policy)
