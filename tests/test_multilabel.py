@@ -14,13 +14,12 @@ import torch
 from PIL import Image
 
 import imgclf
-
 from conftest import pattern_image
 from imgclf.cli.main import main
 from imgclf.data.dataset import MULTI_LABEL, SINGLE_LABEL, load_dataset, split_labels
 from imgclf.data.split import iterative_split
-from imgclf.errors import DataError
 from imgclf.engine.label_sets import bce_loss, choose_thresholds, label_calibration_error, label_set_metrics
+from imgclf.errors import DataError
 
 LABELS = ("left", "right", "top", "bottom")
 

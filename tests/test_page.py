@@ -232,9 +232,9 @@ def test_class_names_from_data_are_text_on_the_page(browser, tmp_path):
 def test_a_multi_label_model_shows_every_label_it_gives(browser, tmp_path):
     """An image with two bars, on a model trained on label sets: the card names both labels and
     draws a bar for each label's own probability."""
+    import numpy as np
     from selenium.webdriver.common.by import By
 
-    import numpy as np
     from imgclf.cli.main import main
     from test_multilabel import bars_image, write_bars_csv
 

@@ -13,10 +13,10 @@ from safetensors.torch import save_file as save_tensors_to_file
 
 from imgclf.errors import OutputError
 
-__all__ = ["atomic_write_bytes", "atomic_write_tensors", "check_can_write", "file_sha256"]
+__all__ = ["atomic_write_bytes", "atomic_write_tensors", "check_can_write", "current_umask", "file_sha256"]
 
 
-def _current_umask() -> int:
+def current_umask() -> int:
     mask = os.umask(0)  # reading the umask means setting it; put it straight back
     os.umask(mask)
     return mask
@@ -61,7 +61,7 @@ def _atomic_write(path: Path, write) -> None:
         write(temporary)
         # mkstemp creates the file 0600 (and safetensors makes its own file anew): give it the mode
         # a plain open() would, 0666 less the umask, as the other files of a bundle have.
-        os.chmod(temporary, 0o666 & ~_current_umask())
+        os.chmod(temporary, 0o666 & ~current_umask())
         _fsync(temporary, os.O_RDONLY)
         os.replace(temporary, path)
     except BaseException:

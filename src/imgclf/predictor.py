@@ -12,8 +12,8 @@ from PIL import Image
 from imgclf.bundle import Bundle, BundleDescription, load_bundle
 from imgclf.data.decode import convert_channels, decode_image
 from imgclf.data.readers import read_image_file
-from imgclf.errors import BadImageError, ImgclfError
 from imgclf.engine.label_sets import nearest_centroid
+from imgclf.errors import BadImageError, ImgclfError
 from imgclf.explain.calibration import centroid_distance
 from imgclf.models.inference import folded_for_inference
 

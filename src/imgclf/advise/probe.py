@@ -15,10 +15,10 @@ from imgclf.config import TrainConfig
 from imgclf.data.augment import choose_augmentation
 from imgclf.data.batches import eval_batch_size, make_batches
 from imgclf.data.prepare import Preprocess, TensorSplit, estimate_mean_std
+from imgclf.data.split import cap_per_label
 from imgclf.engine.loop import fit
 from imgclf.engine.observers import NullObserver
 from imgclf.engine.plan import first_training_stage
-from imgclf.data.split import cap_per_label
 from imgclf.engine.probe import extract_embeddings, fit_label_probe, fit_linear_probe
 from imgclf.engine.recipe import fit_setup
 from imgclf.engine.runtime import seed_everything

@@ -31,7 +31,8 @@ def _print_label_sets(console, metrics: dict) -> None:
     """A multi-label bundle's scores: overall, then per label at the bundle's thresholds."""
     console.print(f"{metrics['split']} split: {metrics['num_images']:,} images; macro-F1 {metrics['macro_f1']:.4f}, "
                   f"micro-F1 {metrics['micro_f1']:.4f}, mAP {metrics['map'] or 0:.4f}, exact label sets "
-                  f"{metrics['exact_match']:.4f}, Hamming loss {metrics['hamming_loss']:.4f}", highlight=False)  # fmt: skip
+                  f"{metrics['exact_match']:.4f}, Hamming loss {metrics['hamming_loss']:.4f}",
+                  highlight=False)  # fmt: skip
     table = Table("label", "threshold", "precision", "recall", "f1", "AP", "support")
     for (name, row), threshold in zip(metrics["per_class"].items(), metrics["thresholds"]):
         ap = "n/a" if row["average_precision"] is None else f"{row['average_precision']:.3f}"

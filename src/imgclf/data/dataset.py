@@ -280,7 +280,10 @@ def _jsonl_rows(path: Path, task: str | None) -> tuple[dict[str, list[tuple[str,
     by_split: dict[str, list[tuple[str, object]]] = {}
     for number, record, key in records:
         value = next((record[name] for name in (*LABEL_SET_COLUMNS, "label", "class") if name in record), None)
-        labels = list(dict.fromkeys(str(v) for v in value)) if isinstance(value, list) else split_labels(str(value or ""))
+        if isinstance(value, list):
+            labels = list(dict.fromkeys(str(v) for v in value))
+        else:
+            labels = split_labels(str(value or ""))
         if not sets and len(labels) != 1:
             raise DataError(f"{path}: line {number} needs one \"label\" (got {_shown(record)})")
         split = _split_of(path, number, str(record["split"])) if record.get("split") else "pool"

@@ -10,7 +10,7 @@ from collections import Counter, defaultdict
 import numpy as np
 
 from imgclf.data.checks import imbalance_ratio, row_labels
-from imgclf.data.dataset import MULTI_LABEL, Dataset, label_fields
+from imgclf.data.dataset import Dataset, label_fields
 from imgclf.data.decode import MAX_COUNTED_FRAMES, ImageInfo, decode_image, probe_image
 from imgclf.data.prepare import ScanProgress
 from imgclf.errors import BadImageError

@@ -17,6 +17,7 @@ from sklearn.preprocessing import StandardScaler
 from torch import nn
 
 from imgclf.data.prepare import Preprocess
+from imgclf.engine.label_sets import correct_labels
 from imgclf.models import ImageClassifier
 from imgclf.models.inference import folded_for_inference
 
@@ -191,7 +192,7 @@ def _fit_label_regressions(x: torch.Tensor, y: torch.Tensor, c_values: torch.Ten
 
 
 def _label_accuracy(logits: torch.Tensor, targets: torch.Tensor) -> float:
-    return float(((logits > 0) == (targets > 0.5)).double().mean()) if len(targets) else 0.0
+    return float(correct_labels(logits, targets)) / len(targets) if len(targets) else 0.0
 
 
 def _out_of_fold_logits(x: torch.Tensor, y: torch.Tensor, folds: int, seed: int) -> torch.Tensor:

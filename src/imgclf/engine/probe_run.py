@@ -18,8 +18,8 @@ from safetensors.torch import load_file
 from imgclf import __version__
 from imgclf.data.batches import Batches
 from imgclf.data.prepare import Preprocess
-from imgclf.engine.loop import FitState
 from imgclf.engine.label_sets import is_multi_label
+from imgclf.engine.loop import FitState
 from imgclf.engine.probe import LinearProbe, extract_embeddings, fit_label_probe, fit_linear_probe, set_classifier
 from imgclf.files import atomic_write_tensors
 from imgclf.models import ImageClassifier
@@ -78,7 +78,8 @@ def _describe(probe: LinearProbe, dimensions: int, had_flipped_views: bool) -> s
             how += "; mirrored views did not help"
     else:
         how = "validation accuracy (a class has one training image; the validation score is optimistic)"
-    return f"linear probe: logistic regression on {dimensions}-number embeddings{views}, C = {probe.c_value} chosen by {how}"
+    return (f"linear probe: logistic regression on {dimensions}-number embeddings{views}, C = {probe.c_value} "
+            f"chosen by {how}")
 
 
 def run_linear_probe(

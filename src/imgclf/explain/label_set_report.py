@@ -48,7 +48,8 @@ def _findings(split: str, evaluated: dict, description: BundleDescription) -> li
                         f"recall {low['recall']:.2f} on {low['support']} images).")  # fmt: skip
     pairs = evaluated.get("error_pairs", [])
     if pairs:
-        shown = "; ".join(f"{p['missed']} missed where {p['given_instead']} was given ({p['images']}x)" for p in pairs[:3])
+        shown = "; ".join(f"{p['missed']} missed where {p['given_instead']} was given ({p['images']}x)"
+                          for p in pairs[:3])  # fmt: skip
         findings.append(f"Errors that come together on the {split} split: {shown}.")
     if evaluated.get("hamming_loss") is not None:
         findings.append(f"{_percent(1 - evaluated['hamming_loss'])} of all (image, label) decisions are right "

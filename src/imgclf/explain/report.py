@@ -160,11 +160,12 @@ def _dataset(description: BundleDescription) -> str:
     side = f"{low}-{high} px" if low is not None and low != high else f"{data.get('native_size')} px"
     split = data.get("split", {})
     split_text = split.get("method", "given")
+    kinds = "labels" if description.multi_label else "classes"
     if split.get("method") == "stratified":
         split_text += f" (seed {split.get('seed')}, val {split.get('val_fraction')}, test {split.get('test_fraction')})"
     parts = [
         f"<p>Source <code>{for_html(str(data.get('source')))}</code> ({for_html(str(data.get('kind')))}): "
-        f"{len(classes)} {'labels' if description.multi_label else 'classes'}; images per split: {for_html(sizes)}; split: {for_html(split_text)}. "
+        f"{len(classes)} {kinds}; images per split: {for_html(sizes)}; split: {for_html(split_text)}. "
         f"Shorter image side {for_html(side)}, {'grayscale' if data.get('channels') == 1 else 'colour'}; "
         f"the model sees {size} x {size} px.</p>"
     ]

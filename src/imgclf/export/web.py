@@ -19,6 +19,7 @@ import tempfile
 from pathlib import Path
 
 from imgclf.errors import OutputError, UsageError
+from imgclf.files import current_umask
 
 __all__ = ["ORT_WEB_FILES", "check_web_target", "find_onnxruntime_web", "write_web_folder"]
 
@@ -58,10 +59,8 @@ def write_web_folder(target: Path, model_bytes: bytes, contract: dict, ort_web: 
     """Write the page's folder next to ``target`` and rename it into place once complete."""
     check_web_target(target)
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
-    mask = os.umask(0)  # reading the umask means setting it; put it straight back
-    os.umask(mask)
     try:
-        staging.chmod(0o777 & ~mask)  # mkdtemp's folder is private; the page's folder is served to browsers
+        staging.chmod(0o777 & ~current_umask())  # mkdtemp's folder is private; the page's folder is served to browsers
         (staging / "model.onnx").write_bytes(model_bytes)
         (staging / "contract.json").write_text(json.dumps(contract, indent=1), encoding="utf-8")
         (staging / "index.html").write_text(PAGE, encoding="utf-8")
@@ -112,7 +111,8 @@ async function start() {
   contract = await (await fetch("contract.json")).json();
   session = await ort.InferenceSession.create("model.onnx", {executionProviders: ["wasm"]});
   const kind = contract.task === "multi-label" ? " labels (several per image)" : " classes";
-  $("model").textContent = contract.architecture + " - " + contract.classes.length + kind + ", running here in your browser";
+  $("model").textContent = contract.architecture + " - " + contract.classes.length + kind
+    + ", running here in your browser";
   document.body.dataset.ready = "yes";
 }
 async function pixelsOf(file) {
@@ -151,7 +151,9 @@ function decide(probabilities, distance) {
   }
   if (far) return {label: null, top_k: top, abstained: "unlike the training images of " + classes[order[0]]};
   if (abstain.confidence_threshold !== null && abstain.confidence_threshold !== undefined
-      && probabilities[order[0]] < abstain.confidence_threshold) return {label: null, top_k: top, abstained: "not sure enough"};
+      && probabilities[order[0]] < abstain.confidence_threshold) {
+    return {label: null, top_k: top, abstained: "not sure enough"};
+  }
   return {label: classes[order[0]], top_k: top, abstained: null};
 }
 async function classify(file) {
@@ -172,7 +174,9 @@ async function classify(file) {
 }
 function show(card, answer) {
   const label = card.querySelector(".label");
-  if (answer.labels !== undefined) label.textContent = answer.labels.length ? answer.labels.join(" + ") : "None of the labels";
+  if (answer.labels !== undefined) {
+    label.textContent = answer.labels.length ? answer.labels.join(" + ") : "None of the labels";
+  }
   else label.textContent = answer.label === null ? "No label" : answer.label;
   if (answer.abstained) card.append(element("p", "why", "No answer: " + answer.abstained));
   for (const item of answer.top_k) {

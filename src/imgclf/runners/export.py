@@ -18,8 +18,8 @@ from imgclf.data.dataset import ArraySplit, load_dataset
 from imgclf.data.decode import convert_channels, decode_image
 from imgclf.data.prepare import TensorSplit
 from imgclf.engine.evaluate import predict_logits
-from imgclf.errors import BadImageError, ImgclfError, UsageError
 from imgclf.engine.label_sets import logit_thresholds, nearest_centroid
+from imgclf.errors import BadImageError, ImgclfError, UsageError
 from imgclf.explain.calibration import centroid_distance
 from imgclf.export.onnx_graph import OPSET, add_contract, network_proto, onnx_session, with_preprocessing
 from imgclf.export.openvino_ir import OpenVinoSession, openvino_model, record_check, save_ir
@@ -259,15 +259,17 @@ def _decision_contract(bundle: Bundle) -> dict:
     for a multi-label bundle, the threshold of each label."""
     description, distance = bundle.description, _distance_threshold(bundle)
     multi = description.multi_label
-    what = "N x labels, sigmoid(logits / temperature of each label)" if multi else "N x classes, softmax(logits / temperature)"
+    what = ("N x labels, sigmoid(logits / temperature of each label)" if multi
+            else "N x classes, softmax(logits / temperature)")  # fmt: skip
     outputs = {"logits": "N x classes", "probabilities": what}
     if distance is not None:
-        outputs["centroid_distance"] = ("N, the embedding's cosine distance to the nearest label's centroid" if multi
-                                        else "N, the embedding's cosine distance to its predicted class's centroid")  # fmt: skip
+        nearest = "the nearest label's centroid" if multi else "its predicted class's centroid"
+        outputs["centroid_distance"] = f"N, the embedding's cosine distance to {nearest}"
     contract = {"task": description.task, "outputs": outputs,
                 "temperature": description.label_temperatures if multi else description.temperature,
                 # The bundle's abstain rule; the distance is the graph's "centroid_distance" output.
-                "abstain": {"confidence_threshold": description.abstain_threshold, "distance_threshold": distance}}  # fmt: skip
+                "abstain": {"confidence_threshold": description.abstain_threshold,
+                            "distance_threshold": distance}}  # fmt: skip
     if multi:  # a label is given when its probability reaches its threshold
         contract["thresholds"] = description.label_thresholds
     return contract

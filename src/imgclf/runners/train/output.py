@@ -154,7 +154,8 @@ def train_result(run: TrainingRun, trained: Trained, summary: dict, seconds: flo
         "model": config.model,
         "epochs": trained.state.epoch,
         "seconds": round(seconds, 2),
-        "metrics": {key: value for key, value in summary.items() if key in RESULT_KEYS or key.endswith(LABEL_SET_SUMMARY)},
+        "metrics": {key: value for key, value in summary.items()
+                    if key in RESULT_KEYS or key.endswith(LABEL_SET_SUMMARY)},  # fmt: skip
     }
     if trained.decision is not None:
         result["kept"] = {key: trained.decision[key] for key in ("kept", "why")}

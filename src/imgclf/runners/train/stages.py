@@ -15,10 +15,10 @@ from rich.console import Console
 from imgclf.advise.photos import DEFAULT_RUN_SECONDS
 from imgclf.data.augment import choose_augmentation
 from imgclf.data.batches import MirroredBatches, eval_batch_size, make_batches
+from imgclf.data.dataset import SINGLE_LABEL
 from imgclf.data.prepare import split_targets
 from imgclf.engine.budget import MAX_EPOCHS, BudgetPlan
 from imgclf.engine.checkpoint import StateOrigin, TrainingState
-from imgclf.data.dataset import SINGLE_LABEL
 from imgclf.engine.evaluate import output_loss
 from imgclf.engine.final import ModelOnData
 from imgclf.engine.loop import FitSetup, FitState, Replan, fit
