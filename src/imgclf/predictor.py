@@ -86,15 +86,16 @@ class Classifier:
         features = model.forward_features(batch)
         if self.distance_threshold is None:
             logits = self._with_mirror(model.forward_head(features).float(), batch)
-            return self._calibrated(logits.cpu()), None
+            return self.calibrated(logits.cpu()), None
         logits, embeddings = model.forward_head_and_embedding(features)
-        probabilities = self._calibrated(self._with_mirror(logits.float(), batch).cpu())
+        probabilities = self.calibrated(self._with_mirror(logits.float(), batch).cpu())
         embeddings = torch.nn.functional.normalize(torch.flatten(embeddings, 1).float(), dim=1).cpu()
         if self.multi_label:  # the nearest label's training images
             return probabilities, nearest_centroid(embeddings, self.centroids)[1]
         return probabilities, centroid_distance(embeddings, self.centroids, probabilities.argmax(dim=1))
 
-    def _calibrated(self, logits: torch.Tensor) -> torch.Tensor:
+    def calibrated(self, logits: torch.Tensor) -> torch.Tensor:
+        """Probabilities from logits: softmax(logits / T), or for label sets sigmoid(logit / T_label)."""
         if self.multi_label:
             return torch.sigmoid(logits / self.label_temperatures)
         return torch.softmax(logits / self.temperature, dim=1)

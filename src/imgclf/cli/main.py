@@ -23,7 +23,9 @@ from imgclf.cli import (
     predict_cmd,
     report_cmd,
     serve_cmd,
+    suggest_cmd,
     train_cmd,
+    update_cmd,
 )
 from imgclf.errors import ImgclfError
 from imgclf.text import for_terminal
@@ -43,6 +45,8 @@ COMMANDS = (
     advise_cmd,
     compare_cmd,
     doctor_cmd,
+    update_cmd,
+    suggest_cmd,
 )
 
 

