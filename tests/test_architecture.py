@@ -12,7 +12,7 @@ SOURCE = Path(imgclf.__file__).parent
 LAYERS = (
     ("errors", "text", "files", "config", "models"),
     ("data",),
-    ("engine", "distributed", "transfer", "bundle", "evaluation", "predictor", "explain", "export"),
+    ("engine", "distributed", "transfer", "bundle", "evaluation", "predictor", "explain", "export", "review"),
     ("advise",),
     ("runners",),
     ("cli", "api", "serve", "__main__", "__init__"),
@@ -61,7 +61,8 @@ def test_the_command_line_starts_without_the_library():
 
 # The training pipeline is the one runner others may import: lr-find, compare and doctor --labels
 # run parts of training (its data checks, its set-up, the probe, or a whole run).
-SHARED_RUNNERS = ("runners.train",)
+# Runners other commands build on: training (the advisor, lr-find), the label finder (doctor, review).
+SHARED_RUNNERS = ("runners.train", "runners.label_issues")
 
 
 def test_runners_do_not_import_each_other():

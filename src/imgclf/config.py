@@ -43,6 +43,10 @@ PRESETS = ("none", "fast")
 DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d{1,3})?")
 
 
+# How ``imgclf suggest`` chooses images to label (engine.active; measured in BENCHMARKS.md).
+SUGGEST_STRATEGIES = ("typical", "typical-unsure", "weighted", "uncertainty", "diverse", "random")
+
+
 @dataclass(frozen=True)
 class Option:
     """What one training option is: its type, the values it may take, and its help text.

@@ -22,6 +22,7 @@ from imgclf.cli import (
     models_cmd,
     predict_cmd,
     report_cmd,
+    review_cmd,
     serve_cmd,
     suggest_cmd,
     train_cmd,
@@ -47,6 +48,7 @@ COMMANDS = (
     doctor_cmd,
     update_cmd,
     suggest_cmd,
+    review_cmd,
 )
 
 

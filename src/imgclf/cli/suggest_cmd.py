@@ -7,7 +7,7 @@ import argparse
 from rich.table import Table
 
 from imgclf.cli.output import print_json, stdout_console
-from imgclf.engine.active import STRATEGIES
+from imgclf.config import SUGGEST_STRATEGIES
 
 ROWS_SHOWN = 30
 
@@ -25,7 +25,7 @@ def add_parser(commands) -> None:
     parser.add_argument("bundle", metavar="BUNDLE")
     parser.add_argument("sources", metavar="UNLABELLED", nargs="+", help="image files or folders (searched below)")
     parser.add_argument("--n", type=int, default=100, help="how many images to suggest (default: 100)")
-    parser.add_argument("--strategy", choices=STRATEGIES, default="typical",
+    parser.add_argument("--strategy", choices=SUGGEST_STRATEGIES, default="typical",
                         help="typical (default), typical-unsure, weighted (uncertainty x distance), uncertainty, "
                         "diverse (core-set), random; measured against each other in BENCHMARKS.md")  # fmt: skip
     parser.add_argument("--labelled", metavar="DATA", help="the images labelled already (default: the data the "

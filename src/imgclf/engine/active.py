@@ -15,11 +15,12 @@ import numpy as np
 from sklearn.cluster import KMeans
 from sklearn.exceptions import ConvergenceWarning
 
+from imgclf.config import SUGGEST_STRATEGIES as STRATEGIES
+
 __all__ = ["STRATEGIES", "choose_for_labelling", "uncertainty"]
 
 # k-means groups at most (when many images are labelled already): k-means costs images x groups.
 MAX_GROUPS = 500
-STRATEGIES = ("typical", "typical-unsure", "weighted", "uncertainty", "diverse", "random")
 
 
 def uncertainty(probabilities: np.ndarray, multi_label: bool = False) -> np.ndarray:

@@ -1,0 +1,1 @@
+"""The review page and the journal of its changes (``imgclf review``)."""
