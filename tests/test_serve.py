@@ -279,3 +279,35 @@ def test_an_open_host_or_an_empty_token_is_said_out_loud(monkeypatch, capsys):
     assert "no token" not in open_host_warning("0.0.0.0", ["model.example"], "secret")
     assert main(["serve", "runs/none", "--token", " "]) == 2
     assert "--token is empty" in capsys.readouterr().err
+
+
+def test_capture_keeps_doubted_images_within_its_limits(digits_bundle, tmp_path):
+    """Every answer counts as unsure under a threshold above 1; three images, two kept a minute."""
+    folder = tmp_path / "captured"
+    running = Server(digits_bundle, "--capture", str(folder), "--capture-unsure-below", "1.01",
+                     "--capture-per-minute", "2")  # fmt: skip
+    try:
+        for index in range(3):
+            status, _, _ = running.request("/v1/predict", digit_png(index)[0])
+            assert status == 200
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and len(list(folder.glob("unsure/*.png"))) < 2:
+            time.sleep(0.1)
+    finally:
+        running.stop()
+    kept = sorted(folder.glob("unsure/*.png"))
+    assert len(kept) == 2
+    assert {path.read_bytes() for path in kept} <= {digit_png(index)[0] for index in range(3)}
+    records = [json.loads(line) for line in (folder / "captured.jsonl").read_text().splitlines()]
+    assert len(records) == 2 and all(record["reason"] == "unsure" and record["answer"]["top_k"] for record in records)
+
+
+def test_capture_keeps_nothing_the_model_is_sure_of_and_stops_when_full(tmp_path):
+    from imgclf.serve.capture import Capture, CaptureLimits
+
+    capture = Capture(tmp_path, CaptureLimits(unsure_below=0.6, per_minute=100, max_files=1))
+    sure = {"label": "cat", "top_k": [{"label": "cat", "probability": 0.95}]}
+    assert capture.offer(b"\x89PNG sure", sure) is None
+    assert capture.offer(b"\x89PNG odd", {"label": None, "abstained": "unlike", "top_k": []}).suffix == ".png"
+    assert capture.offer(b"\x89PNG odd 2", {"label": None, "abstained": "unlike", "top_k": []}) is None  # full
+    assert capture.skipped["full"] == 1 and capture.offer(b"x", {"error": "unreadable"}) is None

@@ -53,7 +53,24 @@ def add_parser(commands) -> None:
     parser.add_argument("--no-access-log", action="store_true", help="do not log every request")
     parser.add_argument("--tta", default="none", choices=("none", "flip"), help=TTA_HELP)
     _add_connection_options(parser)
+    _add_capture_options(parser)
     parser.set_defaults(run=run)
+
+
+def _add_capture_options(parser) -> None:
+    """What ``--capture`` keeps (serve.capture)."""
+    parser.add_argument("--capture", metavar="DIR", help="keep the images the model abstained on or was "
+                        "unsure about in DIR (with DIR/captured.jsonl), for imgclf review and update; off by "
+                        "default")  # fmt: skip
+    parser.add_argument("--capture-unsure-below", type=float, default=0.6, metavar="P",
+                        help="with --capture: keep answers whose top probability is under P "
+                        "(default: 0.6)")  # fmt: skip
+    parser.add_argument("--capture-per-minute", type=int, default=30, help="with --capture: images kept per "
+                        "minute at most (default: 30)")  # fmt: skip
+    parser.add_argument("--capture-max-files", type=int, default=1000, help="with --capture: files in DIR at "
+                        "most (default: 1000)")  # fmt: skip
+    parser.add_argument("--capture-max-mb", type=float, default=500.0, help="with --capture: megabytes in DIR "
+                        "at most (default: 500)")  # fmt: skip
 
 
 def _add_connection_options(parser) -> None:
@@ -106,6 +123,9 @@ def run(args: argparse.Namespace) -> int:
         "max_batch",
         "workers",
         "threads",
+        "capture_per_minute",
+        "capture_max_files",
+        "capture_max_mb",
     )
     for name in names:
         if getattr(args, name) is not None and not getattr(args, name) > 0:
@@ -129,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
     warning = open_host_warning(args.host, args.allowed_host, settings.token)
     if warning:
         print(warning, file=sys.stderr)
-    app = create_app(open_engine(args.model, threads=args.threads, tta=args.tta), settings)
+    app = create_app(open_engine(args.model, threads=args.threads, tta=args.tta), settings, _capture(args))
     # h11, not httptools: httptools sets no limit on a header line, so one connection sending an
     # endless header held the server (predictions went from 7 ms to 10-19 s); h11 refuses a request
     # whose head is over HEADER_LIMIT_BYTES. Throughput cost: BENCHMARKS.md (serving).
@@ -145,6 +165,16 @@ def run(args: argparse.Namespace) -> int:
         log_config=server_log_config(),
     )
     return 0
+
+
+def _capture(args: argparse.Namespace):
+    if args.capture is None:
+        return None
+    from imgclf.serve.capture import Capture, CaptureLimits
+
+    limits = CaptureLimits(args.capture_unsure_below, args.capture_per_minute, args.capture_max_files,
+                           args.capture_max_mb)  # fmt: skip
+    return Capture(args.capture, limits)
 
 
 def server_log_config() -> dict:

@@ -47,6 +47,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from imgclf.data.decode import probe_image
 from imgclf.errors import BadImageError, UsageError
 from imgclf.serve.batcher import Batcher
+from imgclf.serve.capture import Capture
 from imgclf.serve.engines import Engine, png_data_url
 from imgclf.serve.guard import Guard
 from imgclf.serve.page import PAGE
@@ -94,8 +95,8 @@ class Service:
     """What the routes share: the engine, the micro-batcher, the decoding budget, the memory
     trimmer and the single Grad-CAM thread. Started and stopped with the app."""
 
-    def __init__(self, engine: Engine, settings: ServeSettings):
-        self.engine, self.settings = engine, settings
+    def __init__(self, engine: Engine, settings: ServeSettings, capture: Capture | None = None):
+        self.engine, self.settings, self.capture = engine, settings, capture
         self.batcher = Batcher(engine, settings)
         self.trimmer = MemoryTrimmer()
         self.explain_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="imgclf-explain")
@@ -146,8 +147,13 @@ class Service:
             *(self.batcher.predict(image, top_k) for image in images if not isinstance(image, dict))
         )
         answers = iter(rows)
-        return [{"file": name, **(image if isinstance(image, dict) else next(answers))}
-                for (name, _), image in zip(files, images)]  # fmt: skip
+        answered = [{"file": name, **(image if isinstance(image, dict) else next(answers))}
+                    for (name, _), image in zip(files, images)]  # fmt: skip
+        if self.capture is not None:  # written in a thread of its own; the answer does not wait for it
+            loop = asyncio.get_running_loop()
+            for (name, data), answer in zip(files, answered):
+                loop.run_in_executor(None, self.capture.offer, data, answer, name)
+        return answered
 
     async def predict_files(self, request: Request, many: bool) -> list[dict]:
         settings = self.settings
@@ -248,9 +254,14 @@ def _add_status_routes(app: FastAPI, service: Service) -> None:
         return HTMLResponse(PAGE)
 
 
-def create_app(engine: Engine, settings: ServeSettings = ServeSettings()) -> FastAPI:  # noqa: B008 - frozen
-    """The FastAPI app for ``engine``, behind the guard (host, token, body limits, pacing)."""
-    service = Service(engine, settings)
+def create_app(
+    engine: Engine,
+    settings: ServeSettings = ServeSettings(),  # noqa: B008 - frozen
+    capture: Capture | None = None,
+) -> FastAPI:
+    """The FastAPI app for ``engine``, behind the guard (host, token, body limits, pacing);
+    ``capture``: where the images the model doubts are kept (``serve --capture``)."""
+    service = Service(engine, settings, capture)
     app = FastAPI(title="imgclf", description="Image classification with an imgclf model.", version="1",
                   lifespan=service.lifespan)  # fmt: skip
     _add_error_handlers(app)
