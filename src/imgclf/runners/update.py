@@ -84,12 +84,16 @@ def _embed_splits(bundle: Bundle, dataset: Dataset, classes: list[str], cache, d
     return splits, counts, skipped
 
 
-def _fit(splits: dict[str, _Split], num_classes: int, multi_label: bool, seed: int) -> LinearProbe:
+def _fit(splits: dict[str, _Split], bundle: Bundle, num_classes: int, seed: int, full_search: bool) -> LinearProbe:
+    """The last layer, fitted as train's probe is; C searched from the one the bundle's probe chose
+    (``full_search``: over the whole grid, as train does)."""
     train, val = splits["train"], splits["val"]
     pairs = [(split.embeddings, torch.as_tensor(split.files.targets)) for split in (train, val)]
-    if multi_label:
+    if bundle.description.multi_label:
         return fit_label_probe(pairs[0], pairs[1], seed)
-    return fit_linear_probe(pairs[0], pairs[1], num_classes, seed)
+    history = bundle.metrics.get("history") or [{}]
+    near_c = None if full_search else history[0].get("probe_c")
+    return fit_linear_probe(pairs[0], pairs[1], num_classes, seed, near_c=near_c)
 
 
 def _new_logits(probe: LinearProbe, embeddings: torch.Tensor) -> torch.Tensor:
@@ -179,6 +183,7 @@ def run_update(
     workers: int = 2,
     console: Console | None = None,
     report: bool = False,
+    full_search: bool = False,
 ) -> dict:
     """Refit BUNDLE's last layer (and its calibration and abstain rule) on DATA, adding DATA's new
     classes; write the new bundle to ``output`` (with ``report``: its report.html too, 2-3 s more
@@ -194,7 +199,7 @@ def run_update(
     splits, counts, skipped = _embed_splits(bundle, dataset, classes, cache, run_device, workers, console)
     before = classifier_logits(bundle.model, splits["val"].embeddings)  # the old last layer, before it is replaced
     seed = int(description.training.get("seed", 0))
-    probe = _fit(splits, len(classes), description.multi_label, seed)
+    probe = _fit(splits, bundle, len(classes), seed, full_search)
     model = bundle.model
     model.reset_classifier(len(classes))
     set_classifier(model, probe)
