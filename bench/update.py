@@ -62,17 +62,22 @@ def main() -> None:
     environment = {**os.environ, "IMGCLF_CACHE_DIR": str(work / "cache")}
     base, plus = make_folders(args.folder, work, args.add, args.drop)
     trained, train_s = run(["train", str(base), *TRAIN, "--output", str(work / "base-bundle")], environment)
-    updated, update_s = run(["update", str(work / "base-bundle"), str(plus), "--output", str(work / "updated"),
-                             "--json"], environment)  # fmt: skip
-    scratch, scratch_s = run(["train", str(plus), *TRAIN, "--output", str(work / "scratch")], environment)
-    old = updated["old_classes_val"]
-    classes = len(updated["classes"]) - 1
+    shutil.copytree(work / "cache", work / "cache-after-train")
+    classes = len(list((base / "train").iterdir()))
     print(f"{args.folder.name}: {classes}-class probe bundle ({train_s:.0f} s to train) + {args.add} "
           f"({NEW_CLASS_IMAGES} training images)")
-    print(f"update: {update_s:.1f} s wall clock ({updated['images_embedded']} images embedded, "
-          f"{updated['images_from_cache']} from the cache); old classes' val accuracy {old['before']:.4f} -> "
-          f"{old['after']:.4f}; new class {updated['new_classes_val_accuracy'][args.add]:.4f}; "
-          f"all classes {updated['val_accuracy']:.4f}")
+    for name, options in (("update", []), ("update --full-search", ["--full-search"])):
+        shutil.rmtree(work / "cache")  # each variant starts from the cache as train left it
+        shutil.copytree(work / "cache-after-train", work / "cache")
+        output = work / name.replace(" --", "-")
+        updated, update_s = run(["update", str(work / "base-bundle"), str(plus), "--output", str(output), "--json",
+                                 *options], environment)  # fmt: skip
+        old = updated["old_classes_val"]
+        print(f"{name}: {update_s:.1f} s wall clock ({updated['images_embedded']} images embedded, "
+              f"{updated['images_from_cache']} from the cache); old classes' val accuracy {old['before']:.4f} -> "
+              f"{old['after']:.4f}; new class {updated['new_classes_val_accuracy'][args.add]:.4f}; "
+              f"all classes {updated['val_accuracy']:.4f}")
+    scratch, scratch_s = run(["train", str(plus), *TRAIN, "--output", str(work / "scratch")], environment)
     print(f"from scratch: {scratch_s:.1f} s, all classes {scratch['metrics']['val_accuracy']:.4f}")
 
 

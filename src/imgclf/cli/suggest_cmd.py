@@ -46,8 +46,9 @@ def _print(result: dict) -> None:
                       f"{row['uncertainty']:.2f}")  # fmt: skip
     console.print(table)
     if result["copied_to"]:
-        console.print(f"copied into {result['copied_to']}/<class>/ (listing: suggested.csv); "
-                      f"check them with: imgclf review {result['copied_to']}", highlight=False)  # fmt: skip
+        console.print(f"copied into {result['copied_to']}/<class>/ (listing: suggested.csv); confirm or relabel "
+                      f"them with: imgclf review {result['copied_to']} --bundle {result['bundle']} --all",
+                      highlight=False)  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:

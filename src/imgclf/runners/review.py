@@ -21,7 +21,7 @@ from rich.console import Console
 
 from imgclf.bundle import load_bundle
 from imgclf.data.dataset import SINGLE_LABEL, FileSplit, load_dataset
-from imgclf.errors import UsageError
+from imgclf.errors import ImgclfError, UsageError
 from imgclf.predictor import Classifier
 from imgclf.review.journal import ReviewJournal, open_journal
 from imgclf.runners.label_issues import run_label_check
@@ -48,7 +48,11 @@ class ReviewItem:
 
 
 def _label_finder(data: str, root: Path, seed: int, console: Console) -> list[dict]:
-    check = run_label_check(data, seed=seed, console=console)
+    try:
+        check = run_label_check(data, seed=seed, console=console)
+    except ImgclfError as error:  # too few images to cross-validate: the other sources still apply
+        console.print(f"label finder: {error}; not used", highlight=False)
+        return []
     rows = [row for row in check["issues"] if "label" in row]  # label sets: no single label to change
     shown = [row for rank, row in enumerate(rows) if row["flagged"] or rank < LABEL_FINDER_AT_LEAST]
     return [{"path": row["file"], "label": row["label"], "suggested": row["suggested"],
@@ -84,12 +88,26 @@ def _bundle_doubts(bundle_dir: str, data: str, journal_root: Path) -> list[dict]
     return sorted(found, key=lambda row: row["confidence"] or 0.0)
 
 
+def _every_image(data: str) -> list[dict]:
+    """Every image of DATA, to confirm (``review --all``: the images ``suggest`` copied out)."""
+    dataset, rows = load_dataset(data), []
+    for split in dataset.splits.values():
+        if isinstance(split, FileSplit):
+            rows += [{"path": split.reader.describe(key), "label": dataset.classes[int(target)], "suggested": None,
+                      "confidence": None, "reason": "to confirm"}
+                     for key, target in zip(split.keys, split.targets)]  # fmt: skip
+    return rows
+
+
 def build_queue(data: str, journal: ReviewJournal, bundle: str | None = None, seed: int = 0,
-                console: Console | None = None) -> list[ReviewItem]:  # fmt: skip
-    """The images to review, the label finder's first, then the bundle's doubts; each file once."""
-    rows = _label_finder(data, journal.root, seed, console)
+                console: Console | None = None, every_image: bool = False) -> list[ReviewItem]:  # fmt: skip
+    """The images to review, the label finder's first, then the bundle's doubts, then (with
+    ``every_image``) all the others; each file once."""
+    rows = _label_finder(data, journal.root, seed, console or stderr_console())
     if bundle is not None:
         rows += _bundle_doubts(bundle, data, journal.root)
+    if every_image:
+        rows += _every_image(data)
     decided, items, seen = journal.decided(), [], set()
     for row in rows:
         file = os.path.relpath(row["path"], journal.root)
@@ -123,7 +141,8 @@ def _explainer(bundle_dir: str):
     return explain
 
 
-def review_queue(data: str, bundle: str | None = None, seed: int = 0, console: Console | None = None):
+def review_queue(data: str, bundle: str | None = None, seed: int = 0, console: Console | None = None,
+                 every_image: bool = False):  # fmt: skip
     """What the review page needs: the items, the classes, the journal and the Grad-CAM maker."""
     console = console or stderr_console()
     journal = open_journal(data)
@@ -131,5 +150,5 @@ def review_queue(data: str, bundle: str | None = None, seed: int = 0, console: C
     if dataset.task != SINGLE_LABEL:
         raise UsageError(f"{data}: review relabels images of one class each; for label sets, imgclf doctor "
                          f"{data} --labels lists the likely missing and wrong labels")  # fmt: skip
-    items = build_queue(data, journal, bundle, seed, console)
+    items = build_queue(data, journal, bundle, seed, console, every_image)
     return items, dataset.classes, journal, _explainer(bundle) if bundle else None

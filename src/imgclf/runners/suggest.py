@@ -110,7 +110,7 @@ def run_suggest(
     if copy_to is not None and Path(copy_to).exists() and not Path(copy_to).is_dir():
         raise OutputError(f"{copy_to}: is a file; --copy-to names a folder")
     bundle = load_bundle(bundle_dir)
-    paths = [str(path.resolve()) for path in expand_image_paths(sources)]
+    paths = [str(path) for path in expand_image_paths(sources)]  # as given: relative ones stay relative
     if not paths:
         raise DataError(f"{' '.join(sources)}: no image files found")
     run_device = resolve_device(device)

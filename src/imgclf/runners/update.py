@@ -141,7 +141,7 @@ def _output_folder(bundle_path: Path, output: str | Path | None) -> Path:
         if output.exists() and (not output.is_dir() or any(output.iterdir())):
             raise OutputError(f"{output}: already exists; name a new folder with --output (nothing is overwritten)")
         return output
-    base = bundle_path.resolve()
+    base = bundle_path if bundle_path.name else bundle_path.resolve()  # "." has no name to extend
     candidates = (base.with_name(f"{base.name}-updated" + (f"-{n}" if n > 1 else "")) for n in range(1, 10_000))
     return next(path for path in candidates if not path.exists())
 

@@ -31,11 +31,16 @@ class Decision(BaseModel):
     label: str | None = None
 
 
+def _class_name(name: str | None) -> bool:
+    """A name a class folder can have: not empty, hidden, a path or a parent reference."""
+    return bool(name) and name.strip() == name and not name.startswith(".") and "/" not in name and "\\" not in name
+
+
 class _Review:
     """The page's state: the items, the decisions made on this page, the journal that applies them."""
 
     def __init__(self, items: list, classes: list[str], journal: ReviewJournal):
-        self.items, self.classes, self.journal = items, classes, journal
+        self.items, self.classes, self.journal = items, list(classes), journal
         self.decisions: dict[int, dict] = {}
         self.lock = threading.Lock()  # one change to the data at a time
 
@@ -61,8 +66,10 @@ class _Review:
                     done = self.journal.keep(entry.file)
                 elif decision.action == "remove":
                     done = self.journal.remove(entry.file)
-                elif decision.action == "relabel" and decision.label in self.classes:
+                elif decision.action == "relabel" and _class_name(decision.label):
                     done = self.journal.relabel(entry.file, decision.label)
+                    if decision.label not in self.classes:  # a new class, made on the page
+                        self.classes.append(decision.label)
                 else:
                     raise HTTPException(422, f"unknown action {decision.action!r} or class {decision.label!r}")
             except ImgclfError as error:
@@ -94,7 +101,7 @@ def create_review_app(items: list, classes: list[str], journal: ReviewJournal, e
     @app.get("/api/items")
     def list_items() -> dict:
         shown = [{**entry.to_dict(), "decision": review.decisions.get(entry.id)} for entry in items]
-        return {"data": str(journal.data), "classes": classes, "explain": explain is not None, "items": shown}
+        return {"data": str(journal.data), "classes": review.classes, "explain": explain is not None, "items": shown}
 
     @app.get("/api/image/{identifier}")
     def image(identifier: int) -> Response:

@@ -43,6 +43,7 @@ li .state{color:var(--muted);font-size:.85em;margin-left:.3em}
 <button id="accept">Accept suggestion<kbd>S</kbd></button>
 <button id="remove">Remove<kbd>R</kbd></button>
 <button id="undo">Undo<kbd>U</kbd></button>
+<button id="new-class">New class<kbd>N</kbd></button>
 <button id="previous">Previous<kbd>&larr;</kbd></button><button id="next">Next<kbd>&rarr;</kbd></button>
 </div>
 <p>Relabel as:</p><div class="actions" id="classes"></div>
@@ -127,6 +128,12 @@ $("keep").onclick = () => decide("keep");
 $("remove").onclick = () => decide("remove");
 $("accept").onclick = () => decide("relabel", state.items[current].suggested);
 $("undo").onclick = undo;
+$("new-class").onclick = async () => {
+  const name = (window.prompt("New class name") || "").trim();
+  if (!name) return;
+  await decide("relabel", name);
+  if (!state.classes.includes(name)) { state.classes.push(name); relabelButtons(); }
+};
 $("previous").onclick = () => { current = Math.max(0, current - 1); render(); };
 $("next").onclick = () => { current = Math.min(state.items.length - 1, current + 1); render(); };
 document.addEventListener("keydown", (event) => {
@@ -136,6 +143,7 @@ document.addEventListener("keydown", (event) => {
   else if (key === "r") decide("remove");
   else if (key === "s" && !$("accept").disabled) $("accept").click();
   else if (key === "u") undo();
+  else if (key === "n") $("new-class").click();
   else if (key === "arrowleft") $("previous").click();
   else if (key === "arrowright") $("next").click();
   else if (/^[1-9]$/.test(key) && state.classes[Number(key) - 1]) decide("relabel", state.classes[Number(key) - 1]);
