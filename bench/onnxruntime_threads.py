@@ -5,7 +5,7 @@
 MODEL.onnx: a file from `imgclf export` (uint8 pixels in; its metadata gives the layout). Each
 row runs for --seconds with random 32 x 32 pixels (the graph resizes them) and prints images/s.
 This is the measurement behind the server's default of one onnxruntime thread per model call
-(serve/engines.py, BENCHMARKS.md).
+(imgclf/engines.py, BENCHMARKS.md).
 """
 
 from __future__ import annotations

@@ -194,8 +194,8 @@ def test_the_server_averages_with_the_mirror_when_asked(given_split_bundle, tmp_
     """``serve --tta flip`` on a bundle: the same probabilities as ``imgclf.load(bundle, tta="flip")``;
     on an ONNX file the flag is refused (the file does what it was exported with)."""
     import imgclf
+    from imgclf.engines import open_engine
     from imgclf.errors import UsageError
-    from imgclf.serve.engines import open_engine
 
     bundle, data = given_split_bundle
     engine = open_engine(bundle, tta="flip")

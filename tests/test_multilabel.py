@@ -247,7 +247,7 @@ def test_label_set_metrics_and_thresholds_on_known_logits():
 
 def test_the_onnx_export_carries_sigmoids_and_thresholds_and_answers_as_the_bundle(scratch_bundle, bars, tmp_path,
                                                                                    capsys):  # fmt: skip
-    from imgclf.serve.engines import OnnxEngine
+    from imgclf.engines import OnnxEngine
 
     output, _ = scratch_bundle
     target = tmp_path / "model.onnx"

@@ -156,7 +156,7 @@ def test_an_exported_onnx_file_is_served_the_same_way(digits_bundle, tmp_path):
 
 def test_an_exported_onnx_file_abstains_where_the_bundle_does(digits_bundle, tmp_path):
     from imgclf.cli.main import main
-    from imgclf.serve.engines import open_engine
+    from imgclf.engines import open_engine
 
     assert main(["export", str(digits_bundle), "--output", str(tmp_path / "m.onnx")]) == 0
     bundle_engine, onnx_engine = open_engine(digits_bundle), open_engine(tmp_path / "m.onnx")

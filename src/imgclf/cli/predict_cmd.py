@@ -36,7 +36,24 @@ def add_parser(commands) -> None:
                         help="flip: average each image with its mirror image (twice the compute; for photos, whose "
                         "class survives a mirror, not for text or digits) (default: none)")  # fmt: skip
     parser.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+    _add_at_scale_options(parser)
     parser.set_defaults(run=run)
+
+
+def _add_at_scale_options(parser) -> None:
+    """Many images: rows written to a file as they come (runners.predict.run_predict_to_file)."""
+    parser.add_argument("--output", metavar="FILE", help="write one row per image to FILE (.parquet, .csv or "
+                        ".jsonl) as the run goes, instead of printing; BUNDLE may then be an exported .onnx file, "
+                        "and sources may be folders, archives, CSV listings or .txt lists of paths")  # fmt: skip
+    parser.add_argument("--shard", metavar="I/N", help="with --output: this job's share of the images (by a hash of "
+                        "each path: N jobs with I = 0 ... N-1 cover every image once)")  # fmt: skip
+    parser.add_argument("--resume", action="store_true", help="with --output: go on from the rows an interrupted "
+                        "run wrote (none twice, none missing)")  # fmt: skip
+    parser.add_argument("--batch-size", type=int, default=64, help="with --output: images per model call "
+                        "(default: 64)")  # fmt: skip
+    parser.add_argument("--workers", type=int, default=2, help="with --output: decoding threads (default: 2)")
+    parser.add_argument("--rows-per-part", type=int, default=512, help="with --output: images decoded, predicted "
+                        "and saved together; a crash loses at most one part (default: 512)")  # fmt: skip
 
 
 def _verdict(result: dict) -> str:
@@ -47,12 +64,37 @@ def _verdict(result: dict) -> str:
     return "no label (abstained)" if result["label"] is None else result["label"]
 
 
+def _predict_to_file(args: argparse.Namespace) -> int:
+    from imgclf.errors import UsageError
+    from imgclf.runners.predict import run_predict_to_file
+    from imgclf.scale import parse_shard
+
+    if args.model is not None or len(args.paths) < 2:
+        raise UsageError("with --output, give a BUNDLE or an exported .onnx file and at least one source")
+    for name in ("batch_size", "workers", "rows_per_part"):
+        if getattr(args, name) < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be at least 1, not {getattr(args, name)}")
+    shard = parse_shard(args.shard) if args.shard else None
+    result = run_predict_to_file(args.paths[0], args.paths[1:], args.output, top_k=args.top_k, shard=shard,
+                                 resume=args.resume, workers=args.workers, batch_size=args.batch_size,
+                                 tta=args.tta, rows_per_part=args.rows_per_part)  # fmt: skip
+    if args.json:
+        print_json(result)
+    else:
+        stdout_console().print(f"{result['predicted_now']:,} images predicted in {result['seconds']:.1f} s "
+                               f"({result['images_per_s']} images/s); rows: {result['output']}",
+                               highlight=False)  # fmt: skip
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     from imgclf.errors import UsageError
     from imgclf.runners.predict import run_predict
 
     if args.top_k < 1:
         raise UsageError(f"--top-k must be at least 1, not {args.top_k}")
+    if args.output is not None:
+        return _predict_to_file(args)
     args.pretrained = pretrained_source(args.pretrained, args.paths)
     if args.model is not None:
         bundle, inputs = None, args.paths

@@ -104,30 +104,21 @@ MAX_CONNECTIONS_PER_CLIENT = 32  # a browser opens 6 per server
 HEADER_LIMIT_BYTES = 16 * 1024  # request line + headers; beyond it uvicorn answers 400 and closes the connection
 
 
+POSITIVE_OPTIONS = ("max_body_mb", "timeout", "read_timeout", "head_timeout", "max_connections_per_client",
+                    "max_in_flight", "max_batch", "workers", "threads", "capture_per_minute", "capture_max_files",
+                    "capture_max_mb")  # fmt: skip
+
+
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from imgclf.engines import open_engine
     from imgclf.errors import UsageError
     from imgclf.serve.app import create_app
     from imgclf.serve.connections import head_timed_protocol
-    from imgclf.serve.engines import open_engine
     from imgclf.serve.settings import ServeSettings, is_loopback, loopback_hosts
 
-    names = (
-        "max_body_mb",
-        "timeout",
-        "read_timeout",
-        "head_timeout",
-        "max_connections_per_client",
-        "max_in_flight",
-        "max_batch",
-        "workers",
-        "threads",
-        "capture_per_minute",
-        "capture_max_files",
-        "capture_max_mb",
-    )
-    for name in names:
+    for name in POSITIVE_OPTIONS:
         if getattr(args, name) is not None and not getattr(args, name) > 0:
             raise UsageError(f"--{name.replace('_', '-')} must be positive, not {getattr(args, name)}")
     if not 0 <= args.port <= 65535:

@@ -1,13 +1,23 @@
-"""The predict runner: files and folders in, top-k labels out."""
+"""The predict runner: files and folders in, top-k labels out; or millions of images in, rows
+written to a Parquet, CSV or JSON lines file as they come (``run_predict_to_file``)."""
 
 from __future__ import annotations
 
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from imgclf.data.layout import expand_image_paths
-from imgclf.predictor import load, load_pretrained_classifier
+from rich.console import Console
 
-__all__ = ["run_predict"]
+from imgclf.data.layout import expand_image_paths
+from imgclf.data.readers import ImageReader
+from imgclf.engines import usable_cores
+from imgclf.errors import ImgclfError
+from imgclf.predictor import load, load_pretrained_classifier
+from imgclf.scale import PartWriter, Predictor, in_shard, list_sources, row_of
+from imgclf.text import stderr_console
+
+__all__ = ["run_predict", "run_predict_to_file"]
 
 
 def run_predict(
@@ -26,3 +36,87 @@ def run_predict(
     else:
         classifier = load(bundle_dir, device=device, abstain=abstain, tta=tta)
     return classifier.predict([str(path) for path in expand_image_paths(inputs)], top_k=top_k)
+
+
+ROWS_PER_PART = 512  # decoded, predicted and written together: memory stays flat, a kill loses one part
+PROGRESS_EVERY_S = 5.0
+
+
+def _decoded(predictor: Predictor, item: tuple[str, ImageReader, str]):
+    """One source item decoded for the model, or the reason it cannot be."""
+    name, reader, key = item
+    try:
+        return predictor.decode(reader.read(key), name)
+    except ImgclfError as error:
+        return {"error": getattr(error, "reason", str(error))}
+
+
+def _predict_chunk(predictor: Predictor, chunk: list, decoded: list, batch_size: int) -> list[dict]:
+    answers: list[dict] = [item if isinstance(item, dict) else {} for item in decoded]
+    good = [i for i, item in enumerate(decoded) if not isinstance(item, dict)]
+    for start in range(0, len(good), batch_size):
+        indices = good[start : start + batch_size]
+        for index, answer in zip(indices, predictor.engine.predict([decoded[i] for i in indices], predictor.top_k)):
+            answers[index] = answer
+    return [row_of(name, answer) for (name, _, _), answer in zip(chunk, answers)]
+
+
+class _Progress:
+    """A line on stderr every few seconds: images done, images/s, time left."""
+
+    def __init__(self, total: int, console: Console):
+        self.total, self.console, self.done = total, console, 0
+        self.started = self.last = time.perf_counter()
+
+    def step(self, count: int) -> None:
+        self.done += count
+        now = time.perf_counter()
+        if now - self.last >= PROGRESS_EVERY_S or self.done == self.total:
+            self.last = now
+            rate = self.done / max(now - self.started, 1e-9)
+            left = (self.total - self.done) / rate if rate else 0
+            self.console.print(f"{self.done:,} / {self.total:,} images, {rate:.0f} images/s, {left:.0f} s left",
+                               highlight=False)  # fmt: skip
+
+
+def run_predict_to_file(
+    model: str | Path,
+    sources: list[str],
+    output: str | Path,
+    top_k: int = 5,
+    shard: tuple[int, int] | None = None,
+    resume: bool = False,
+    workers: int = 2,
+    batch_size: int = 64,
+    tta: str = "none",
+    console: Console | None = None,
+    rows_per_part: int = ROWS_PER_PART,
+) -> dict:
+    """Predict every image of ``sources`` (this shard's share) with a bundle or an exported ONNX
+    file, writing rows to ``output`` as they come (see ``imgclf.scale``)."""
+    started, console = time.perf_counter(), console or stderr_console()
+    writer = PartWriter(output, resume)
+    items = list_sources(sources)
+    if shard is not None:
+        items = [item for item in items if in_shard(item[0], *shard)]
+    done = writer.done() if resume else set()
+    todo = [item for item in items if item[0] not in done]
+    predictor = Predictor(model, top_k=top_k, threads=usable_cores(), tta=tta)
+    console.print(f"{len(items):,} images{' in this shard' if shard else ''}; {len(done):,} done before, "
+                  f"{len(todo):,} to go", highlight=False)  # fmt: skip
+    progress = _Progress(len(todo), console)
+    chunks = [todo[start : start + rows_per_part] for start in range(0, len(todo), rows_per_part)]
+    # Decoding runs in threads (Pillow releases the interpreter lock), one chunk ahead of the model.
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        pending = [pool.submit(_decoded, predictor, item) for item in chunks[0]] if chunks else []
+        for index, chunk in enumerate(chunks):
+            decoded = [future.result() for future in pending]
+            if index + 1 < len(chunks):
+                pending = [pool.submit(_decoded, predictor, item) for item in chunks[index + 1]]
+            writer.write(_predict_chunk(predictor, chunk, decoded, batch_size))
+            progress.step(len(chunk))
+    path = writer.finish()
+    seconds = time.perf_counter() - started
+    return {"output": str(path), "images": len(items), "predicted_now": len(todo), "done_before": len(done),
+            "shard": None if shard is None else f"{shard[0]}/{shard[1]}", "seconds": round(seconds, 2),
+            "images_per_s": round(len(todo) / seconds, 1) if seconds else None}  # fmt: skip

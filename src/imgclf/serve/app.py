@@ -45,10 +45,10 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from imgclf.data.decode import probe_image
+from imgclf.engines import Engine, png_data_url
 from imgclf.errors import BadImageError, UsageError
 from imgclf.serve.batcher import Batcher
 from imgclf.serve.capture import Capture
-from imgclf.serve.engines import Engine, png_data_url
 from imgclf.serve.guard import Guard
 from imgclf.serve.page import PAGE
 from imgclf.serve.refusals import REFUSED_HEADER, HttpError, error_response

@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from imgclf.serve.engines import Engine
+from imgclf.engines import Engine
 from imgclf.serve.settings import ServeSettings
 
 __all__ = ["Batcher"]

@@ -1,5 +1,6 @@
-"""What the server runs: a bundle through imgclf's Classifier, or an exported ONNX file through
-onnxruntime. Both take a list of decoded HxWxC uint8 images and give ``predict``'s JSON rows."""
+"""What runs a model on decoded images, for the server and for predicting at scale: a bundle
+through imgclf's Classifier, or an exported ONNX file through onnxruntime. Both take a list of
+decoded images and give ``predict``'s JSON rows."""
 
 from __future__ import annotations
 
@@ -16,19 +17,23 @@ import torch
 from imgclf.bundle import is_bundle
 from imgclf.data.decode import bound_aspect_ratio, decode_image
 from imgclf.errors import UsageError
-from imgclf.predictor import Classifier, abstain_decision, label_set_decision, load
+from imgclf.predictor import Classifier, abstain_decision, image_pixels, label_set_decision, load
 
 __all__ = ["BundleEngine", "Engine", "OnnxEngine", "open_engine"]
 
 
 class Engine(Protocol):
-    """What the server needs of a model (``BundleEngine`` and ``OnnxEngine`` both are one)."""
+    """What the server and ``Predictor`` need of a model (``BundleEngine`` and ``OnnxEngine`` both are one)."""
 
     metadata: dict  # /v1/metadata: classes, input contract, model card
     parallel_batches: int  # model calls that may run at once without fighting over the cores
 
     def decode(self, data: bytes, source: str) -> np.ndarray:
         """An uploaded file as the HxWxC uint8 image ``predict`` takes (BadImageError if it is not one)."""
+        ...
+
+    def prepare_array(self, pixels: np.ndarray) -> np.ndarray:
+        """A decoded HxW or HxWxC uint8 image as ``predict`` takes it."""
         ...
 
     def predict(self, images: list[np.ndarray], top_k: int) -> list[dict]:
@@ -79,6 +84,9 @@ class BundleEngine:
         """Decoded and prepared (resized, CxSxS) in the request's own thread: the shared batch
         only ever holds images of the model's input size."""
         return self.classifier.preprocess.decode(data, source)
+
+    def prepare_array(self, pixels: np.ndarray) -> np.ndarray:
+        return self.classifier.prepare(pixels)
 
     def predict(self, images: list[np.ndarray], top_k: int) -> list[dict]:
         return self.classifier.predict_prepared(images, top_k=top_k)
@@ -138,6 +146,9 @@ class OnnxEngine:
         # exported before the contract named ``shorter_side`` are decoded at full size).
         min_side = self.contract.get("shorter_side")
         return bound_aspect_ratio(decode_image(data, source, self.channels, min_side=min_side))
+
+    def prepare_array(self, pixels: np.ndarray) -> np.ndarray:
+        return bound_aspect_ratio(image_pixels(pixels, self.channels))
 
     def predict(self, images: list[np.ndarray], top_k: int) -> list[dict]:
         """One onnxruntime call per distinct image size (the graph resizes; a batch shares a size)."""

@@ -1,0 +1,137 @@
+"""Predicting at scale: rows written as they come, shards, resuming after kill -9, the Predictor."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+
+from imgclf.cli.main import main
+from imgclf.scale import Predictor, in_shard, list_sources
+from serving import digit_png
+
+IMAGES = 600
+
+
+@pytest.fixture(scope="module")
+def digit_files(tmp_path_factory) -> Path:
+    """600 digit PNGs in ten folders, and one file that is not an image."""
+    root = tmp_path_factory.mktemp("many")
+    for index in range(IMAGES):
+        data, label = digit_png(index)
+        folder = root / label
+        folder.mkdir(exist_ok=True)
+        (folder / f"{index:04d}.png").write_bytes(data)
+    (root / "3" / "broken.png").write_bytes(b"not a png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def digits_onnx(digits_bundle, tmp_path_factory) -> Path:
+    output = tmp_path_factory.mktemp("onnx") / "digits.onnx"
+    assert main(["export", str(digits_bundle), "--output", str(output)]) == 0
+    return output
+
+
+def _rows(path: Path) -> list[dict]:
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as parquet
+
+        return sorted(parquet.read_table(path).to_pylist(), key=lambda row: row["path"])
+    if path.suffix == ".jsonl":
+        return sorted((json.loads(line) for line in path.read_text().splitlines()), key=lambda row: row["path"])
+    return sorted(csv.DictReader(path.open()), key=lambda row: row["path"])
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".csv", ".jsonl"])
+def test_rows_for_every_file_and_one_for_the_broken_one(digits_bundle, digit_files, tmp_path, suffix, capsys):
+    output = tmp_path / f"rows{suffix}"
+    assert main(["predict", str(digits_bundle), str(digit_files), "--output", str(output), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["images"] == IMAGES + 1
+    rows = _rows(output)
+    assert len(rows) == IMAGES + 1 and len({row["path"] for row in rows}) == IMAGES + 1
+    broken = [row for row in rows if row["path"].endswith("broken.png")]
+    assert broken[0]["error"] and not broken[0]["label"]
+    right = [row for row in rows if row["label"] == Path(row["path"]).parent.name]
+    assert len(right) > 0.8 * IMAGES  # the same bundle the server tests use: about 95% right
+    assert not output.with_name(output.name + ".parts").exists()
+    assert main(["predict", str(digits_bundle), str(digit_files), "--output", str(output)]) == 2  # never overwritten
+
+
+def test_two_shards_are_the_whole_without_overlap(digits_onnx, digit_files, tmp_path, capsys):
+    whole = tmp_path / "whole.csv"
+    assert main(["predict", str(digits_onnx), str(digit_files), "--output", str(whole)]) == 0
+    halves = []
+    for index in (0, 1):
+        half = tmp_path / f"half{index}.csv"
+        arguments = ["predict", str(digits_onnx), str(digit_files), "--output", str(half), "--shard", f"{index}/2"]
+        assert main(arguments) == 0
+        halves.append(_rows(half))
+    assert len(halves[0]) > 200 and len(halves[1]) > 200
+    assert not {row["path"] for row in halves[0]} & {row["path"] for row in halves[1]}
+    assert sorted(halves[0] + halves[1], key=lambda row: row["path"]) == _rows(whole)
+
+
+def test_kill_9_three_times_then_resume_gives_the_uninterrupted_rows(digits_onnx, digit_files, tmp_path):
+    reference = tmp_path / "reference.jsonl"
+    assert main(["predict", str(digits_onnx), str(digit_files), "--output", str(reference)]) == 0
+    output = tmp_path / "killed.jsonl"
+    parts = output.with_name(output.name + ".parts")
+    command = [sys.executable, "-m", "imgclf", "predict", str(digits_onnx), str(digit_files), "--output", str(output),
+               "--rows-per-part", "10", "--batch-size", "10", "--resume"]  # fmt: skip
+    kills = 0
+    for wanted_parts in (3, 20, 40):
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 120
+        while process.poll() is None and time.monotonic() < deadline:
+            if parts.is_dir() and len(list(parts.glob("part-*"))) >= wanted_parts:
+                os.kill(process.pid, signal.SIGKILL)
+                kills += 1
+                break
+            time.sleep(0.005)
+        process.wait()
+    assert kills >= 1  # on a fast machine a run may finish before its kill: the rows must still be right
+    assert subprocess.run(command, capture_output=True).returncode == 0
+    assert _rows(output) == _rows(reference)
+
+
+def test_sources_can_be_archives_and_listings(digit_files, tmp_path):
+    archive = tmp_path / "digits.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(digit_files / "1", arcname="1")
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"# two files\n{digit_files / '2' / '0002.png'}\n{digit_files / '0' / '0000.png'}\n")
+    table = tmp_path / "files.csv"
+    table.write_text(f"path,label\n{digit_files / '4' / '0004.png'},4\n")
+    names = [name for name, _, _ in list_sources([str(archive), str(listing), str(table)])]
+    assert len(names) == len(list((digit_files / "1").iterdir())) + 2 + 1
+    assert names[-3:] == [str(digit_files / "2" / "0002.png"), str(digit_files / "0" / "0000.png"),
+                          str(digit_files / "4" / "0004.png")]  # fmt: skip
+    assert all(name.startswith(f"{archive}:1/") for name in names[:-3])
+
+
+def test_shards_split_any_names_evenly():
+    names = [f"photos/{index}.jpg" for index in range(4000)]
+    counts = [sum(in_shard(name, index, 4) for name in names) for index in range(4)]
+    assert sum(counts) == 4000 and min(counts) > 900
+
+
+def test_predictor_pickles_small_and_answers_like_predict(digits_onnx, digits_bundle, digit_files):
+    for source in (digits_onnx, digits_bundle):
+        predictor = Predictor(source, top_k=2)
+        files = sorted((digit_files / "7").glob("*.png"))[:5]
+        expected = [predictor.answers([path.read_bytes()])[0]["label"] for path in files]
+        copy = pickle.loads(pickle.dumps(predictor))
+        assert len(pickle.dumps(predictor)) < 1000 and copy._engine is None
+        columns = copy({"bytes": [path.read_bytes() for path in files] + [b"junk"]})
+        assert columns["label"][:5] == expected and columns["error"][5] and columns["label"][5] is None
+        assert set(columns) == {"label", "probability", "labels", "top_k", "abstained", "error"}
