@@ -49,6 +49,9 @@ def test_two_gloo_processes_match_one_and_write_one_bundle(tmp_path: Path, capsy
         "model.safetensors", "training_state.prev.safetensors", "training_state.safetensors",
     ]  # fmt: skip
     assert "distributed: 2 processes (gloo), global batch 128 x 2 = 256" in finished.stderr
+    train = description["data"]["sizes"]["train"]  # the whole split, as one process would record it
+    assert train == json.loads((tmp_path / "one" / "model.json").read_text())["data"]["sizes"]["train"]
+    assert finished.stderr.count(f"this process's share, {train // 2:,} of {train:,}") == 1  # rank 0 prints
 
 
 def _wait_for_group_to_exit(group: int, seconds: float = 30.0) -> None:

@@ -27,7 +27,7 @@ import numpy as np
 
 from imgclf.data.dataset import PATH_COLUMNS
 from imgclf.data.layout import IMAGE_SUFFIXES, expand_image_paths, is_junk
-from imgclf.data.readers import ARCHIVE_SUFFIXES, FolderReader, ImageReader, open_reader
+from imgclf.data.readers import ARCHIVE_SUFFIXES, FolderReader, ImageReader, open_reader, read_image_file
 from imgclf.errors import DataError, ImgclfError, UsageError
 from imgclf.files import atomic_write_bytes
 
@@ -104,9 +104,9 @@ def row_of(name: str, answer: dict) -> dict:
 class Predictor:
     """A model for batch engines: ``Predictor("bundle_or.onnx")(batch)`` -> columns.
 
-    ``batch``: a list of encoded image files (bytes), a dict with a ``"bytes"`` or ``"image"``
-    column (Ray Data and Dask batches), or a pandas Series of bytes (Spark's pandas UDFs). Decoded
-    images (HxWxC uint8 arrays) are taken as they are. Returns a dict of lists, one per COLUMNS
+    ``batch``: a list of encoded image files (bytes), file paths or decoded images (HxWxC uint8
+    arrays); or a dict or pandas DataFrame with a ``"bytes"``, ``"image"`` or ``"path"`` column (Ray
+    Data and Dask batches; a ``"path"`` column alongside is passed through). Returns a dict of lists, one per COLUMNS
     field but ``path`` (a file that cannot be decoded gets its ``error`` and empty fields: one bad
     file never fails the batch). Pickling keeps only the arguments: each worker loads the model
     itself, once."""
@@ -137,6 +137,8 @@ class Predictor:
         """An encoded file (bytes) or an image array, as the model takes it (BadImageError if unreadable)."""
         if isinstance(item, bytes | bytearray | memoryview):
             return self.engine.decode(bytes(item), name or "image")
+        if isinstance(item, str | Path):  # a file path (Spark's predict_batch_udf takes string columns)
+            return self.engine.decode(read_image_file(Path(item)), str(item))
         return self.engine.prepare_array(np.asarray(item))
 
     def answers(self, items: list, names: list[str] | None = None) -> list[dict]:
@@ -159,14 +161,17 @@ class Predictor:
     def __call__(self, batch) -> dict[str, list]:
         items = _batch_items(batch)
         rows = [row_of("", answer) for answer in self.answers(items)]
-        return {column: [row[column] for row in rows] for column in COLUMNS if column != "path"}
+        columns = {column: [row[column] for row in rows] for column in COLUMNS if column != "path"}
+        if isinstance(batch, dict) and "path" in batch:  # Ray's read_binary_files(include_paths=True)
+            columns = {"path": list(batch["path"]), **columns}
+        return columns
 
 
 def _batch_items(batch) -> list:
     if isinstance(batch, dict):
-        column = "bytes" if "bytes" in batch else "image" if "image" in batch else None
+        column = next((name for name in ("bytes", "image", "path") if name in batch), None)
         if column is None:
-            raise UsageError(f"a batch needs a 'bytes' or 'image' column, not {', '.join(map(str, batch))}")
+            raise UsageError(f"a batch needs a 'bytes', 'image' or 'path' column, not {', '.join(map(str, batch))}")
         return list(batch[column])
     if hasattr(batch, "columns"):  # a pandas DataFrame
         return _batch_items({name: batch[name] for name in batch.columns})

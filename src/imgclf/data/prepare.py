@@ -297,15 +297,32 @@ class PreparedSplits:
     splits: dict[str, TensorSplit | StreamingSplit]
     skipped: list[tuple[str, str]]  # files that failed to decode, with the reason
     in_memory: bool
+    # (rank, processes) when "train" holds only this process's share (decoded in memory under DDP)
+    train_share: tuple[int, int] | None = None
 
 
-def prepare_splits(dataset: Dataset, preprocess: Preprocess, in_memory: bool, workers: int) -> PreparedSplits:
-    """Decode each split into memory, or wrap it for streaming."""
+def training_share(split: Split, rank: int, processes: int) -> Split:
+    """Process ``rank``'s share of a training split under DDP: every ``processes``-th image from
+    ``rank`` on (a class-balanced slice of a split listed class by class), cut to the same length
+    on every process, so all take the same number of steps (at most ``processes - 1`` images sit
+    out, the same ones every epoch)."""
+    each = len(split) // processes
+    return split.subset(np.arange(rank, len(split), processes)[:each])
+
+
+def prepare_splits(dataset: Dataset, preprocess: Preprocess, in_memory: bool, workers: int,
+                   train_share: tuple[int, int] | None = None) -> PreparedSplits:  # fmt: skip
+    """Decode each split into memory, or wrap it for streaming. ``train_share`` = (rank, processes):
+    decode only this process's share of the training split (a streamed split is already read
+    share by share: its sampler gives each process its own images)."""
     splits, skipped = {}, []
     for name, split in dataset.splits.items():
         if in_memory or not hasattr(split, "reader"):
+            if name == "train" and train_share is not None:
+                split = training_share(split, *train_share)
             splits[name], bad = decode_split(split, preprocess, workers)
             skipped.extend(bad)
         else:
             splits[name] = StreamingSplit(split, preprocess)
-    return PreparedSplits(splits, skipped, in_memory)
+    shared = train_share if train_share is not None and isinstance(splits["train"], TensorSplit) else None
+    return PreparedSplits(splits, skipped, in_memory, shared)

@@ -20,6 +20,7 @@ from imgclf.data.prepare import (
     PreparedSplits,
     Preprocess,
     TensorSplit,
+    decode_split,
     estimate_mean_std,
     label_counts,
     prepare_splits,
@@ -79,26 +80,45 @@ def _decode(
     config: TrainConfig,
     weights: PretrainedWeights | None,
     console: Console,
+    share: tuple[int, int] | None = None,
 ) -> tuple[Preprocess, PreparedSplits]:
+    """``share`` = (rank, processes) under DDP: this process decodes only its share of train."""
     size, channels = preprocess.input_size, preprocess.channels
-    pixels = sum(len(split) for split in dataset.splits.values()) * channels * size * size
+    images = sum(len(split) for split in dataset.splits.values())
+    if share is not None:
+        images -= len(dataset.splits["train"]) - len(dataset.splits["train"]) // share[1]
+    pixels = images * channels * size * size
     in_memory = pixels <= config.max_memory_gb * 1024**3
     started = time.perf_counter()
-    prepared = prepare_splits(dataset, preprocess, in_memory, config.workers)
+    prepared = prepare_splits(dataset, preprocess, in_memory, config.workers, share)
     if weights is None:  # mean/std of this training set
-        train = prepared.splits["train"]
-        if isinstance(train, TensorSplit):
-            mean, std = estimate_mean_std(train.images)
-        else:
-            sample = [train[i] for i in range(0, len(train), max(1, len(train) // 2000))]
-            mean, std = estimate_mean_std(torch.stack([item[0] for item in sample if item is not None]))
-        preprocess = replace(preprocess, mean=mean, std=std)
+        preprocess = replace(preprocess, **_training_mean_std(dataset, prepared, preprocess, config.workers))
     where = "decoded into memory" if in_memory else "streamed from disk"
+    if prepared.train_share is not None:
+        share_size, whole = len(prepared.splits["train"]), len(dataset.splits["train"])
+        where += f" (train: this process's share, {share_size:,} of {whole:,})"
     console.print(
         f"data: {size}x{size} px, {channels} channel(s), {where} "
         f"({pixels / 1024**2:,.0f} MiB) in {time.perf_counter() - started:.1f}s"
     )
     return preprocess, prepared
+
+
+def _training_mean_std(dataset: Dataset, prepared: PreparedSplits, preprocess: Preprocess, workers: int) -> dict:
+    """Per-channel mean and std of the training images; with a share per process, of up to 2,000
+    evenly spaced images of the whole split, which every process decodes alike (their models must
+    normalize the same way)."""
+    train = prepared.splits["train"]
+    if prepared.train_share is not None:
+        split = dataset.splits["train"]
+        sample = split.subset(np.linspace(0, len(split) - 1, min(len(split), 2000)).astype(np.int64))
+        train = decode_split(sample, preprocess, workers)[0]
+    if isinstance(train, TensorSplit):
+        mean, std = estimate_mean_std(train.images)
+    else:
+        sample = [train[i] for i in range(0, len(train), max(1, len(train) // 2000))]
+        mean, std = estimate_mean_std(torch.stack([item[0] for item in sample if item is not None]))
+    return {"mean": mean, "std": std}
 
 
 def scan_training_data(data: str, config: TrainConfig, data_dir) -> tuple[Dataset, DataProfile]:
@@ -131,8 +151,10 @@ def load_training_data(
     weights: PretrainedWeights | None,
     console: Console,
     scanned: tuple[Dataset, DataProfile] | None = None,
+    share: tuple[int, int] | None = None,
 ) -> tuple[Dataset, DataProfile, Preprocess, PreparedSplits]:
-    """``scanned``: what ``scan_training_data`` returned, when the advisor has already read it."""
+    """``scanned``: what ``scan_training_data`` returned, when the advisor has already read it;
+    ``share`` = (rank, processes): decode only this process's share of the training images."""
     dataset, profile = scanned or scan_training_data(data, config, data_dir)
     check_trainable(data, dataset, profile)
     sizes = ", ".join(f"{name} {count:,}" for name, count in profile.sizes.items())
@@ -146,7 +168,7 @@ def load_training_data(
     for warning in profile.warnings:
         console.print(Text("warning: ", style="bold yellow"), f"{warning} (see: imgclf doctor {data})", sep="")
     preprocess = _choose_preprocess(profile, config, weights)
-    preprocess, prepared = _decode(dataset, profile, preprocess, config, weights, console)
+    preprocess, prepared = _decode(dataset, profile, preprocess, config, weights, console, share)
     _check_bad_files(data, profile.skipped + prepared.skipped, total_files, config)
     return dataset, profile, preprocess, prepared
 
@@ -169,15 +191,18 @@ def _check_bad_files(data: str, skipped: list[tuple[str, str]], total_files: int
 def describe_data(dataset: Dataset, profile: DataProfile, prepared: PreparedSplits) -> dict:
     """The bundle's record of the data: source, split, sizes, and every skipped file."""
     skipped = profile.skipped + prepared.skipped
+    sizes = {name: len(split) for name, split in prepared.splits.items()}
+    counts = {name: label_counts(split_targets(split), dataset.num_classes) for name, split in prepared.splits.items()}
+    if prepared.train_share is not None:  # this process decoded a share: the whole split, as listed
+        train = dataset.splits["train"]
+        sizes["train"] = len(train)
+        counts["train"] = label_counts(torch.as_tensor(train.targets), dataset.num_classes)
     return {
         "source": dataset.name,
         "kind": dataset.kind,
         "split": dataset.split_info,
-        "sizes": {name: len(split) for name, split in prepared.splits.items()},
-        "class_counts": {
-            name: label_counts(split_targets(split), dataset.num_classes)
-            for name, split in prepared.splits.items()
-        },
+        "sizes": sizes,
+        "class_counts": counts,
         "native_size": profile.native_size,
         "shorter_side_range": list(profile.shorter_side_range),
         "channels": profile.channels,

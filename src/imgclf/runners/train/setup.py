@@ -130,13 +130,17 @@ def assemble(data: str, config: TrainConfig, output: Path, data_dir, console: Co
     weights = None
     if config.pretrained is not None:
         weights = load_pretrained(config.model, None if config.pretrained == "default" else config.pretrained)
-    dataset, profile, preprocess, prepared = load_training_data(data, config, data_dir, weights, console, scanned)
+    share = (world.rank, world.size) if world.distributed else None  # each process decodes its own share
+    dataset, profile, preprocess, prepared = load_training_data(data, config, data_dir, weights, console, scanned,
+                                                                share)  # fmt: skip
     seed_everything(config.seed)
     model, model_kwargs = _create_model(config, dataset, preprocess, weights, device, console)
     if config.sync_batchnorm and world.distributed:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # same parameter names: bundles unchanged
     prepared = _on_device(prepared, device)
-    train_images = len(prepared.splits["train"])
+    # A decoded share already is this process's images: its batches are not split again by rank.
+    rank, processes = (0, 1) if prepared.train_share is not None else (world.rank, world.size)
+    train_images = len(prepared.splits["train"]) * (world.size if prepared.train_share is not None else 1)
     batch_size, drop_last = training_batch(config.batch_size, train_images, world.size)
     if batch_size != config.batch_size:
         console.print(f"batch: {batch_size} (--batch-size {config.batch_size} is more than the {train_images:,} "
@@ -145,8 +149,8 @@ def assemble(data: str, config: TrainConfig, output: Path, data_dir, console: Co
     epochs = config.epochs or auto_epochs(train_images)
     augmentation = run_augmentation(config, dataset.kind, preprocess, epochs)
     train_batches = make_batches(prepared.splits["train"], config.batch_size, shuffle=True, seed=config.seed,
-                                 drop_last=drop_last, workers=config.workers, rank=world.rank,
-                                 world_size=world.size)  # fmt: skip
+                                 drop_last=drop_last, workers=config.workers, rank=rank,
+                                 world_size=processes)  # fmt: skip
     val_batches = make_batches(prepared.splits["val"], eval_batch_size(preprocess.input_size), workers=config.workers)
     generator = torch.Generator().manual_seed(config.seed + 1 + world.rank)  # each rank augments differently
     return TrainingRun(config, output, dataset, profile, prepared, preprocess, model, device, train_batches,
