@@ -47,7 +47,15 @@ web-runtime:
 	fi
 
 test: install debian-packages web-runtime
-	IMGCLF_ONNXRUNTIME_WEB=$(ORT_WEB) $(BIN)/python -m pytest -m "not gpu and not slow" $(PYTEST_ARGS)
+	IMGCLF_ONNXRUNTIME_WEB=$(ORT_WEB) $(BIN)/python -m pytest -m "not gpu and not slow and not engines" $(PYTEST_ARGS)
+
+# The Ray, Spark and Dask recipes in local mode: the engines are large (Ray 80 MB, Spark 460 MB and
+# Java), so they are installed here and not by make install.
+test-engines: install
+	@if ! command -v java >/dev/null && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq default-jre-headless; fi
+	$(BIN)/python -m pip install --quiet -e '.[ray,spark,dask]'
+	$(BIN)/python -m pytest -m engines $(PYTEST_ARGS)
 
 test-all: install debian-packages web-runtime
 	IMGCLF_ONNXRUNTIME_WEB=$(ORT_WEB) $(BIN)/python -m pytest $(PYTEST_ARGS)
