@@ -162,8 +162,9 @@ class Predictor:
         items = _batch_items(batch)
         rows = [row_of("", answer) for answer in self.answers(items)]
         columns = {column: [row[column] for row in rows] for column in COLUMNS if column != "path"}
-        if isinstance(batch, dict) and "path" in batch:  # Ray's read_binary_files(include_paths=True)
-            columns = {"path": list(batch["path"]), **columns}
+        table = batch if isinstance(batch, dict) or hasattr(batch, "columns") else {}
+        if "path" in table:  # Ray's read_binary_files(include_paths=True), a Dask or pandas frame of paths
+            columns = {"path": list(table["path"]), **columns}
         return columns
 
 
