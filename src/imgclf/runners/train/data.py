@@ -20,7 +20,6 @@ from imgclf.data.prepare import (
     PreparedSplits,
     Preprocess,
     TensorSplit,
-    decode_split,
     estimate_mean_std,
     label_counts,
     prepare_splits,
@@ -92,7 +91,7 @@ def _decode(
     started = time.perf_counter()
     prepared = prepare_splits(dataset, preprocess, in_memory, config.workers, share)
     if weights is None:  # mean/std of this training set
-        preprocess = replace(preprocess, **_training_mean_std(dataset, prepared, preprocess, config.workers))
+        preprocess = replace(preprocess, **_training_mean_std(prepared))
     where = "decoded into memory" if in_memory else "streamed from disk"
     if prepared.train_share is not None:
         share_size, whole = len(prepared.splits["train"]), len(dataset.splits["train"])
@@ -104,21 +103,35 @@ def _decode(
     return preprocess, prepared
 
 
-def _training_mean_std(dataset: Dataset, prepared: PreparedSplits, preprocess: Preprocess, workers: int) -> dict:
-    """Per-channel mean and std of the training images; with a share per process, of up to 2,000
-    evenly spaced images of the whole split, which every process decodes alike (their models must
-    normalize the same way)."""
+def _training_mean_std(prepared: PreparedSplits) -> dict:
+    """Per-channel mean and std of the training images. With a share per process, the sums of
+    every share, added across processes (every model must normalize the same way): no process
+    decodes another's images for it."""
     train = prepared.splits["train"]
     if prepared.train_share is not None:
-        split = dataset.splits["train"]
-        sample = split.subset(np.linspace(0, len(split) - 1, min(len(split), 2000)).astype(np.int64))
-        train = decode_split(sample, preprocess, workers)[0]
+        return _shared_mean_std(train.images)
     if isinstance(train, TensorSplit):
         mean, std = estimate_mean_std(train.images)
     else:
         sample = [train[i] for i in range(0, len(train), max(1, len(train) // 2000))]
         mean, std = estimate_mean_std(torch.stack([item[0] for item in sample if item is not None]))
     return {"mean": mean, "std": std}
+
+
+def _shared_mean_std(images: torch.Tensor) -> dict:
+    import torch.distributed as dist
+
+    pixels = images.to(torch.float64).transpose(0, 1).reshape(images.shape[1], -1) / 255.0
+    count = torch.full((len(pixels),), float(pixels.shape[1]), dtype=torch.float64)
+    sums = torch.stack([pixels.sum(dim=1), (pixels**2).sum(dim=1), count])
+    if dist.is_available() and dist.is_initialized():
+        on_gpu = dist.get_backend() == "nccl"  # NCCL reduces CUDA tensors only
+        moved = sums.to(torch.device("cuda", torch.cuda.current_device())) if on_gpu else sums
+        dist.all_reduce(moved)
+        sums = moved.cpu()
+    mean = sums[0] / sums[2]
+    std = (sums[1] / sums[2] - mean**2).clamp_min(0).sqrt().clamp_min(1e-3)  # a constant channel: no division by 0
+    return {"mean": tuple(round(float(v), 6) for v in mean), "std": tuple(round(float(v), 6) for v in std)}
 
 
 def scan_training_data(data: str, config: TrainConfig, data_dir) -> tuple[Dataset, DataProfile]:
