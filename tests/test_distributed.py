@@ -14,6 +14,8 @@ import pytest
 from safetensors import safe_open
 
 from imgclf.cli.main import main
+from imgclf.distributed import expand_hostlist, slurm_environment
+from serving import free_port
 
 pytestmark = pytest.mark.dist
 
@@ -83,3 +85,31 @@ def test_a_two_process_checkpoint_resumes_with_one_process(tmp_path: Path, capsy
     assert result["epochs"] == int(EPOCHS) and result["metrics"]["test_accuracy"] >= 0.9
     description = json.loads((output / "model.json").read_text())
     assert description["distributed"]["processes"] == 1
+
+
+def test_two_nodes_on_one_machine_train_as_one_group(tmp_path: Path):
+    """``torchrun --nnodes 2`` twice, the rendezvous on 127.0.0.1: the multi-machine command of the
+    README, with both "machines" here."""
+    port = str(free_port())
+    commands = [[sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc-per-node=1",
+                 f"--node-rank={rank}", "--master-addr=127.0.0.1", f"--master-port={port}", "-m", "imgclf", "train",
+                 "digits", "--model", "simple_cnn", "--epochs", "2", "--output", str(tmp_path / "nodes"), "--json"]
+                for rank in (0, 1)]  # fmt: skip
+    processes = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for command in commands]  # fmt: skip
+    outputs = [process.communicate(timeout=600) for process in processes]
+    assert [process.returncode for process in processes] == [0, 0], outputs[0][1][-2000:] + outputs[1][1][-2000:]
+    description = json.loads((tmp_path / "nodes" / "model.json").read_text())
+    assert description["distributed"]["processes"] == 2
+    assert json.loads(outputs[0][0])["bundle"] == str(tmp_path / "nodes") and not outputs[1][0].strip()
+
+
+def test_slurm_variables_become_torchruns():
+    step = {"SLURM_STEP_NUM_TASKS": "8", "SLURM_PROCID": "5", "SLURM_LOCALID": "1", "SLURM_JOB_ID": "4242",
+            "SLURM_STEP_NODELIST": "gpu[07-09,12]", "SLURM_STEP_TASKS_PER_NODE": "2(x4)"}  # fmt: skip
+    assert slurm_environment(step) == {"RANK": "5", "WORLD_SIZE": "8", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2",
+                                       "MASTER_ADDR": "gpu07", "MASTER_PORT": "29742"}  # fmt: skip
+    assert slurm_environment({**step, "MASTER_ADDR": "head", "MASTER_PORT": "1234"})["MASTER_ADDR"] == "head"
+    assert slurm_environment({**step, "RANK": "0", "WORLD_SIZE": "8"}) == {}  # torchrun's own win
+    assert slurm_environment({"SLURM_STEP_NUM_TASKS": "1", "SLURM_PROCID": "0"}) == {}  # a batch script: one process
+    assert expand_hostlist("a[1-2]b,login,n[098-100]") == ["a1b", "a2b", "login", "n098", "n099", "n100"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import re
 from dataclasses import dataclass
 
 import torch
@@ -42,11 +43,48 @@ class World:
 
 
 def _launched_by_torchrun() -> bool:
-    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+    return _launched_by_torchrun_in(os.environ)
+
+
+def expand_hostlist(hostlist: str) -> list[str]:
+    """SLURM's compact host list ("gpu[01-03,07],login1") as host names, in order."""
+    hosts = []
+    for part in re.findall(r"(?:[^,\[]+|\[[^\]]*\])+", hostlist):  # commas inside brackets do not split
+        match = re.fullmatch(r"(.*)\[(.*)\](.*)", part)
+        if not match:
+            hosts.append(part)
+            continue
+        prefix, ranges, suffix = match.groups()
+        for item in ranges.split(","):
+            low, _, high = item.partition("-")
+            for number in range(int(low), int(high or low) + 1):
+                hosts.append(f"{prefix}{number:0{len(low)}d}{suffix}")
+    return hosts
+
+
+def slurm_environment(environ: dict[str, str]) -> dict[str, str]:
+    """torchrun's variables from those ``srun`` sets for each task of a job step (empty outside a
+    step of several tasks, or when torchrun's are there already). The batch script itself is a
+    step of one task: a plain ``imgclf train`` in it stays one process."""
+    tasks = int(environ.get("SLURM_STEP_NUM_TASKS", "1") or 1)
+    if _launched_by_torchrun_in(environ) or tasks < 2 or "SLURM_PROCID" not in environ:
+        return {}
+    nodes = expand_hostlist(environ.get("SLURM_STEP_NODELIST", environ.get("SLURM_JOB_NODELIST", "")))
+    per_node = environ.get("SLURM_STEP_TASKS_PER_NODE", "").split("(")[0].split(",")[0]
+    return {"RANK": environ["SLURM_PROCID"], "WORLD_SIZE": str(tasks), "LOCAL_RANK": environ.get("SLURM_LOCALID", "0"),
+            "LOCAL_WORLD_SIZE": per_node or "1", "MASTER_ADDR": environ.get("MASTER_ADDR", nodes[0] if nodes else
+            "127.0.0.1"), "MASTER_PORT": environ.get("MASTER_PORT", str(29500 + int(environ.get("SLURM_JOB_ID", "0"))
+            % 1000))}  # fmt: skip
+
+
+def _launched_by_torchrun_in(environ) -> bool:
+    return "RANK" in environ and "WORLD_SIZE" in environ
 
 
 def init_from_environment(device: torch.device) -> World:
-    """Join the process group torchrun set up (a single-process World when not launched by it)."""
+    """Join the process group torchrun set up, or the one ``srun`` starts one task per process
+    for (a single-process World when launched by neither)."""
+    os.environ.update(slurm_environment(dict(os.environ)))
     if not _launched_by_torchrun() or int(os.environ["WORLD_SIZE"]) == 1:
         return World()
     backend = "nccl" if device.type == "cuda" else "gloo"
