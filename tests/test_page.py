@@ -30,8 +30,8 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-@pytest.fixture
-def browser():
+def new_browser():
+    """Headless Chromium driven by Selenium (the review page's test uses it too)."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -40,7 +40,12 @@ def browser():
     options.binary_location = binary
     for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"):
         options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(driver_path), options=options)
+    return webdriver.Chrome(service=Service(driver_path), options=options)
+
+
+@pytest.fixture
+def browser():
+    driver = new_browser()
     yield driver
     driver.quit()
 

@@ -17,7 +17,7 @@ from conftest import write_class_folder
 from imgclf.cli.main import main
 from imgclf.review.journal import open_journal
 from serving import free_port
-from test_page import _chromium, _wait
+from test_page import _chromium, _wait, new_browser
 
 CLASSES = ["left", "right", "top"]
 
@@ -107,7 +107,7 @@ def test_review_page_relabels_removes_and_undo_restores(labelled, tmp_path):
             except OSError:
                 assert server.poll() is None, server.stderr.read().decode()[-2000:]
                 time.sleep(0.5)
-        driver = _browser()
+        driver = new_browser()
         try:
             driver.get(f"http://127.0.0.1:{port}/")
             _wait(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "#queue li"))
@@ -134,14 +134,3 @@ def test_review_page_relabels_removes_and_undo_restores(labelled, tmp_path):
     assert main(["review", str(labelled), "--undo"]) == 0
     assert _tree(labelled) == original
 
-
-def _browser():
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    binary, driver_path = _chromium()
-    options = webdriver.ChromeOptions()
-    options.binary_location = binary
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"):
-        options.add_argument(flag)
-    return webdriver.Chrome(service=Service(driver_path), options=options)

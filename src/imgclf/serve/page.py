@@ -3,19 +3,22 @@ its Grad-CAM picture; read the model card in words; copy a ``curl`` line for thi
 static string, no external scripts or fonts (it works offline). Several images go to the batch
 endpoint and come back as a grid; with ``--token`` the page asks for it once per browser tab."""
 
-PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>imgclf</title>
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<style>
-:root{--ink:#1d232a;--muted:#5b6672;--line:#dde3ea;--accent:#2f6fd0;--soft:#eef4fb;--bad:#b42318}
-*{box-sizing:border-box}
+# The look the server's page and the review page share (colours are each page's own).
+SHARED_STYLE = """*{box-sizing:border-box}
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;color:var(--ink);background:#f7f9fb}
 header{background:#fff;border-bottom:1px solid var(--line);padding:1rem 1.5rem}
 header h1{margin:0;font-size:1.35rem}
 header p{margin:.25rem 0 0;color:var(--muted)}
 main{max-width:1100px;margin:0 auto;padding:1.25rem 1.5rem;display:grid;gap:1.25rem;
 grid-template-columns:minmax(0,2fr) minmax(0,1fr);align-items:start}
-main>div{display:grid;gap:1.25rem;align-content:start;min-width:0}
+"""
+
+PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>imgclf</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<style>
+:root{--ink:#1d232a;--muted:#5b6672;--line:#dde3ea;--accent:#2f6fd0;--soft:#eef4fb;--bad:#b42318}
+""" + SHARED_STYLE + """main>div{display:grid;gap:1.25rem;align-content:start;min-width:0}
 section{background:#fff;border:1px solid var(--line);border-radius:10px;padding:1rem 1.25rem}
 section h2{font-size:1.05rem;margin:0 0 .75rem}
 #drop{display:block;border:2px dashed #9aa7b4;border-radius:10px;padding:1.75rem 1rem;text-align:center;cursor:pointer;

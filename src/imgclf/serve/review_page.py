@@ -1,18 +1,14 @@
 """The review page: one static string in the server page's look, no external scripts or fonts."""
 
+from imgclf.serve.page import SHARED_STYLE
+
 REVIEW_PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>imgclf review</title>
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <style>
 :root{--ink:#1d232a;--muted:#5b6672;--line:#dde3ea;--accent:#2f6fd0;--soft:#eef4fb;--bad:#b42318;--good:#1a7f37}
-*{box-sizing:border-box}
-body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;color:var(--ink);background:#f7f9fb}
-header{background:#fff;border-bottom:1px solid var(--line);padding:1rem 1.5rem}
-header h1{margin:0;font-size:1.35rem}
-header p{margin:.25rem 0 0;color:var(--muted)}
-main{max-width:1100px;margin:0 auto;padding:1.25rem 1.5rem;display:grid;gap:1.25rem;
-grid-template-columns:minmax(0,2fr) minmax(0,1fr);align-items:start}
-section{background:#fff;border:1px solid var(--line);border-radius:10px;padding:1rem 1.25rem;min-width:0}
+""" + SHARED_STYLE + """section{background:#fff;border:1px solid var(--line);border-radius:10px;padding:1rem 1.25rem;
+min-width:0}
 section h2{font-size:1.05rem;margin:0 0 .75rem}
 #pictures{display:flex;gap:.75rem;flex-wrap:wrap}
 #pictures img{max-width:100%;max-height:360px;border-radius:6px;border:1px solid var(--line)}
