@@ -11,7 +11,7 @@ REVIEW_PAGE = """<!doctype html>
 min-width:0}
 section h2{font-size:1.05rem;margin:0 0 .75rem}
 #pictures{display:flex;gap:.75rem;flex-wrap:wrap}
-#pictures img{max-width:100%;max-height:360px;border-radius:6px;border:1px solid var(--line)}
+#pictures img{max-width:100%;max-height:300px;border-radius:6px;border:1px solid var(--line)}
 #file{color:var(--muted);word-break:break-all;font-size:.9rem}
 #reason{margin:.5rem 0}
 .actions{display:flex;gap:.5rem;flex-wrap:wrap;margin-top:.75rem}
@@ -20,9 +20,10 @@ color:var(--ink)}
 button:hover{border-color:var(--accent)}
 button.primary{background:var(--accent);color:#fff;border-color:var(--accent)}
 kbd{font-size:.8em;border:1px solid var(--line);border-radius:3px;padding:0 .25em;margin-left:.3em;color:var(--muted)}
+button.primary kbd{color:#fff;border-color:#ffffff99}
 #message{min-height:1.2em;color:var(--bad);margin:.5rem 0 0}
 #done{color:var(--good)}
-ol{margin:0;padding-left:1.4rem;max-height:70vh;overflow:auto}
+ol{margin:0;padding-left:2.6rem;max-height:70vh;overflow:auto}
 li{cursor:pointer;margin:.15rem 0;word-break:break-all}
 li.current{font-weight:600}
 li .state{color:var(--muted);font-size:.85em;margin-left:.3em}
@@ -75,8 +76,9 @@ function render() {
   const item = items[current];
   if (!item) { $("title").textContent = "Nothing to review"; $("image").hidden = true; return; }
   $("title").textContent = (current + 1) + " / " + items.length + ": labelled " + item.label;
-  $("image").hidden = false;
-  $("image").src = "/api/image/" + item.id + "?v=" + encodeURIComponent(describe(item.decision));
+  // With a bundle, the Grad-CAM picture holds the image and its heat map side by side.
+  $("image").hidden = state.explain;
+  if (!state.explain) $("image").src = "/api/image/" + item.id + "?v=" + encodeURIComponent(describe(item.decision));
   $("gradcam").hidden = !state.explain;
   if (state.explain) $("gradcam").src = "/api/gradcam/" + item.id;
   $("file").textContent = item.file;
