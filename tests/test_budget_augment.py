@@ -152,7 +152,12 @@ def test_time_budget_run_plans_epochs_and_reports_what_it_used(tmp_path, capsys)
     description = json.loads((tmp_path / "b" / "model.json").read_text())
     assert description["time_budget"]["epochs"] == result["time_budget"]["planned_epochs"]
     # Re-planned or not, the rate never rises again after its peak (each epoch's rate at its start).
-    rates = [record["lr"] for record in json.loads((tmp_path / "b" / "metrics.json").read_text())["history"]]
+    # A diverged epoch is rolled back and the rate cut to a quarter, after which the schedule goes on
+    # from there (seen once: lenet5 diverged at 0.073 in a long warm-up planned on a fast machine):
+    # the schedule is judged after the last roll-back.
+    history = json.loads((tmp_path / "b" / "metrics.json").read_text())["history"]
+    rolled_back = [index for index, record in enumerate(history) if record.get("diverged")]
+    rates = [record["lr"] for record in history[rolled_back[-1] + 1 if rolled_back else 0 :]]
     peak = rates.index(max(rates))
     assert all(later <= earlier for earlier, later in zip(rates[peak:], rates[peak + 1 :]))
 
