@@ -105,7 +105,9 @@ def main() -> None:
     print("| run | macro-F1 | micro-F1 | mAP | exact sets | seconds | notes |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for name, row in results.items():
-        notes = f"{row['model']}, kept {row['kept']}, thresholds from {row['thresholds_chosen_on']}" if "model" in row else ""
+        notes = ""
+        if "model" in row:
+            notes = f"{row['model']}, kept {row['kept']}, thresholds from {row['thresholds_chosen_on']}"
         print(f"| {name} | {row['macro_f1']:.4f} | {row['micro_f1']:.4f} | {row['map']:.4f} | "
               f"{row['exact_match']:.4f} | {row['seconds']:.0f} | {notes} |")  # fmt: skip
     print(json.dumps(results))

@@ -13,7 +13,7 @@ from safetensors.torch import save_file as save_tensors_to_file
 
 from imgclf.errors import OutputError
 
-__all__ = ["atomic_write_bytes", "atomic_write_tensors", "check_can_write", "current_umask", "file_sha256"]
+__all__ = ["atomic_write_bytes", "atomic_write_tensors", "check_can_write", "current_umask", "file_sha256", "free_path"]
 
 
 def current_umask() -> int:
@@ -85,3 +85,14 @@ def file_sha256(path: Path) -> str:
         while block := file.read(1 << 20):
             digest.update(block)
     return digest.hexdigest()
+
+
+def free_path(path: Path) -> Path:
+    """``path``, or ``name-2.jpg``, ``name-3.jpg`` ... when a file of that name is there already:
+    a copy or a move never replaces what is there."""
+    path = Path(path)
+    candidate, counter = path, 1
+    while candidate.exists():
+        counter += 1
+        candidate = path.with_name(f"{path.stem}-{counter}{path.suffix}")
+    return candidate

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from imgclf.data.dataset import JSON_LINES, LABEL_SET_COLUMNS, PATH_COLUMNS
 from imgclf.errors import DataError, UsageError
-from imgclf.files import atomic_write_bytes
+from imgclf.files import atomic_write_bytes, free_path
 
 __all__ = ["REVIEW_FOLDER", "ReviewJournal", "open_journal"]
 
@@ -91,7 +91,7 @@ class ReviewJournal:
             raise UsageError(f"{source}: no such file (moved since the review began?)")
         made = [str(folder.relative_to(self.root)) for folder in reversed([target_folder, *target_folder.parents])
                 if self.root in folder.parents and not folder.exists()]  # fmt: skip
-        target = _free_name(target_folder / source.name)
+        target = free_path(target_folder / source.name)
         entry = {"action": action, "file": file, "to": str(target.relative_to(self.root)), "label": label,
                  "sha256": _sha256(source), "made_folders": made}  # fmt: skip
         self._log(entry)
@@ -153,15 +153,6 @@ class ReviewJournal:
         for folder in reversed(entry["made_folders"]):
             with contextlib.suppress(OSError):  # not empty: something else lives there now
                 (self.root / folder).rmdir()
-
-
-def _free_name(path: Path) -> Path:
-    """``path``, or ``name-2.jpg``, ``name-3.jpg`` ... when a file of that name is there already."""
-    candidate, counter = path, 1
-    while candidate.exists():
-        counter += 1
-        candidate = path.with_name(f"{path.stem}-{counter}{path.suffix}")
-    return candidate
 
 
 def _edited_listing(listing: Path, file: str, label: str | None, drop: bool) -> bytes:

@@ -15,12 +15,11 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
-import torch
 from rich.console import Console
 
 from imgclf.bundle import load_bundle
 from imgclf.data.dataset import SINGLE_LABEL, FileSplit, load_dataset
+from imgclf.engines import BundleEngine
 from imgclf.errors import ImgclfError, UsageError
 from imgclf.predictor import Classifier
 from imgclf.review.journal import ReviewJournal, open_journal
@@ -126,19 +125,9 @@ def run_undo(data: str) -> dict:
 
 
 def _explainer(bundle_dir: str):
-    """Image path -> Grad-CAM PNG of the bundle's decision."""
-    from imgclf.explain.figures import overlay_png
-    from imgclf.explain.gradcam import explain_batch
-
-    classifier = Classifier(load_bundle(bundle_dir))
-
-    def explain(path: str) -> bytes:
-        prepared = torch.from_numpy(np.array(classifier.prepare(path)[None]))
-        (explanation,) = explain_batch(classifier.model, prepared, classifier.preprocess.normalize,
-                                       classifier.temperature)  # fmt: skip
-        return overlay_png(explanation)
-
-    return explain
+    """Image path -> Grad-CAM PNG of the bundle's decision (the server's picture)."""
+    engine = BundleEngine(Classifier(load_bundle(bundle_dir)))
+    return lambda path: engine.explain_png(engine.classifier.prepare(path))
 
 
 def review_queue(data: str, bundle: str | None = None, seed: int = 0, console: Console | None = None,

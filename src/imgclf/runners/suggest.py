@@ -27,7 +27,7 @@ from imgclf.engine.image_embeddings import ImageEmbeddingCache, embed_files
 from imgclf.engine.probe import classifier_logits
 from imgclf.engine.runtime import resolve_device
 from imgclf.errors import DataError, ImgclfError, OutputError
-from imgclf.files import atomic_write_bytes
+from imgclf.files import atomic_write_bytes, free_path
 from imgclf.predictor import Classifier
 from imgclf.text import stderr_console
 
@@ -62,13 +62,8 @@ def _copy(files: list[str], predicted: list[str], folder: Path) -> list[str]:
     for file, label in zip(files, predicted):
         target_folder = folder / label
         target_folder.mkdir(parents=True, exist_ok=True)
-        source = Path(file)
-        target = target_folder / source.name
-        counter = 1
-        while target.exists():
-            counter += 1
-            target = target_folder / f"{source.stem}-{counter}{source.suffix}"
-        shutil.copy2(source, target)
+        target = free_path(target_folder / Path(file).name)
+        shutil.copy2(file, target)
         copies.append(str(target))
     return copies
 
