@@ -16,7 +16,7 @@ import json
 import numpy as np
 from serve_throughput import run_clients  # bench/ is the script's folder: first on sys.path
 
-from imgclf.export.onnx_graph import onnx_session
+from imgclf.export.runtime import onnx_session
 
 # (label, onnxruntime threads per call or None for its default, concurrent callers, batch size)
 SETTINGS = (

@@ -1,16 +1,19 @@
 """``imgclf predict --output`` against a plain onnxruntime loop, and its memory from 1,000 to 10,000 files.
 
-The same exported ONNX model, the same files, the same cores, one after the other:
+The same exported ONNX model, the same files, the same cores, one after the other, each a fresh
+process timed from its start to its exit (interpreter, imports, listing and loading the model
+included: the time a user waits):
 
-- **raw onnxruntime**: what one writes first: Pillow decodes each file (a thread pool of
-  ``--workers``), batches of 64 go to ``InferenceSession.run`` (its default threads), the labels
-  are kept in a list. Nothing is written.
-- **imgclf**: ``imgclf predict MODEL FOLDER --output rows.parquet`` in a fresh process: decoding a
-  part ahead of the model, abstain rule, top-5, rows written to Parquet part files and joined.
+- **raw onnxruntime**: what one writes first: the folder listed, Pillow decodes each file (in turn,
+  or in a thread pool of ``--workers``: both are run, the faster counts), batches of 64 go to
+  ``InferenceSession.run`` (its default threads), the labels are kept in a list. Nothing is written.
+- **imgclf**: ``imgclf predict MODEL FOLDER --output rows.parquet``: abstain rule, top-5, rows
+  written to Parquet part files and joined.
 
 Memory: peak RSS of ``imgclf predict --output`` over the first 1,000 files (a text list) and over all.
 
-Usage: .venv/bin/python bench/predict_scale.py MODEL.onnx FOLDER [--workers 2]   Results: BENCHMARKS.md.
+Usage: .venv/bin/python bench/predict_scale.py MODEL.onnx FOLDER [--workers 2] [--format parquet|csv|jsonl]
+Results: BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -32,8 +35,9 @@ from PIL import Image
 BATCH = 64
 
 
-def raw_onnxruntime(model: Path, files: list[Path], workers: int) -> float:
-    """Images per second of the plain loop."""
+def raw_onnxruntime(model: Path, folder: Path, workers: int) -> None:
+    """The plain loop (run in its own process by ``raw_run``)."""
+    files = image_files(folder)
     session = onnxruntime.InferenceSession(str(model), providers=["CPUExecutionProvider"])
     contract = json.loads(session.get_modelmeta().custom_metadata_map["imgclf.input"])
     channels_first = contract["layout"] != "NHWC"
@@ -42,17 +46,29 @@ def raw_onnxruntime(model: Path, files: list[Path], workers: int) -> float:
         with Image.open(path) as image:
             return np.asarray(image.convert("RGB" if contract["channels"] == 3 else "L").copy())
 
-    started, labels = time.perf_counter(), []
+    labels = []
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for start in range(0, len(files), BATCH):
-            pixels = list(pool.map(decode, files[start : start + BATCH]))
+            batch_files = files[start : start + BATCH]
+            pixels = list(pool.map(decode, batch_files)) if workers > 1 else [decode(path) for path in batch_files]
             batch = np.stack([p if p.ndim == 3 else p[:, :, None] for p in pixels])
             if channels_first:
                 batch = batch.transpose(0, 3, 1, 2)
             probabilities = session.run(None, {contract["name"]: np.ascontiguousarray(batch)})[0]
             labels.extend(probabilities.argmax(axis=1).tolist())
     assert len(labels) == len(files)
-    return len(files) / (time.perf_counter() - started)
+
+
+def image_files(folder: Path) -> list[Path]:
+    return sorted(path for path in folder.rglob("*") if path.suffix.lower() in (".jpg", ".jpeg", ".png"))
+
+
+def raw_run(model: Path, folder: Path, workers: int) -> float:
+    """Wall-clock seconds of the plain loop in a fresh process."""
+    command = [sys.executable, __file__, str(model), str(folder), "--raw-only", "--workers", str(workers)]
+    started = time.perf_counter()
+    subprocess.run(command, check=True)
+    return time.perf_counter() - started
 
 
 def imgclf_run(model: Path, sources: list[str], output: Path, workers: int) -> tuple[float, float, float]:
@@ -74,18 +90,25 @@ def main() -> None:
     parser.add_argument("model", type=Path)
     parser.add_argument("folder", type=Path)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--format", choices=("parquet", "csv", "jsonl"), default="parquet")
+    parser.add_argument("--raw-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    files = sorted(path for path in args.folder.rglob("*") if path.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    if args.raw_only:
+        return raw_onnxruntime(args.model, args.folder, args.workers)
+    files, suffix = image_files(args.folder), args.format
     work = Path(tempfile.mkdtemp(prefix="imgclf-predict-"))
     listing = work / "first-1000.txt"
     listing.write_text("".join(f"{path.resolve()}\n" for path in files[:: max(1, len(files) // 1000)][:1000]))
-    small_rate, small_wall, small_peak = imgclf_run(args.model, [str(listing)], work / "small.parquet", args.workers)
-    raw = raw_onnxruntime(args.model, files, args.workers)
-    rate, wall, peak = imgclf_run(args.model, [str(args.folder)], work / "all.parquet", args.workers)
-    print(f"{len(files):,} files, {args.workers} decoding threads")
-    print(f"raw onnxruntime: {raw:.0f} images/s")
-    print(f"imgclf predict --output .parquet: {rate:.0f} images/s ({rate / raw:.2f}x raw), {wall:.1f} s wall clock "
-          f"with start-up, peak RSS {peak:.0f} MB")
+    small_rate, small_wall, small_peak = imgclf_run(args.model, [str(listing)], work / f"small.{suffix}", args.workers)
+    raw = {workers: raw_run(args.model, args.folder, workers) for workers in (1, args.workers)}
+    rate, wall, peak = imgclf_run(args.model, [str(args.folder)], work / f"all.{suffix}", args.workers)
+    best = min(raw.values())
+    print(f"{len(files):,} files, fresh processes, wall clock from start to exit")
+    for workers, seconds in raw.items():
+        print(f"raw onnxruntime, decoding {'in turn' if workers == 1 else f'in {workers} threads'}: {seconds:.2f} s "
+              f"= {len(files) / seconds:.0f} images/s")
+    print(f"imgclf predict --output .{suffix}: {wall:.2f} s = {len(files) / wall:.0f} images/s ({best / wall:.2f}x "
+          f"the faster raw loop; {rate:.0f} images/s once started), peak RSS {peak:.0f} MB")
     print(f"imgclf predict --output, 1,000 files: {small_rate:.0f} images/s, {small_wall:.1f} s, peak RSS "
           f"{small_peak:.0f} MB")
 

@@ -96,7 +96,7 @@ def main() -> None:
 
     import onnxruntime
 
-    from imgclf.export.onnx_graph import onnx_session
+    from imgclf.export.runtime import onnx_session
 
     image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8))
     buffer = io.BytesIO()

@@ -12,8 +12,8 @@ SOURCE = Path(imgclf.__file__).parent
 LAYERS = (
     ("errors", "text", "files", "config", "models"),
     ("data",),
-    ("engine", "distributed", "transfer", "bundle", "evaluation", "predictor", "engines", "explain", "export",
-     "review", "scale"),
+    ("answers", "engine", "distributed", "transfer", "bundle", "evaluation", "predictor", "engines", "explain",
+     "export", "review", "scale"),
     ("advise",),
     ("runners",),
     ("cli", "api", "serve", "__main__", "__init__"),

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import tarfile
+import threading
 import time
 from pathlib import Path
 
@@ -135,3 +136,38 @@ def test_predictor_pickles_small_and_answers_like_predict(digits_onnx, digits_bu
         columns = copy({"bytes": [path.read_bytes() for path in files] + [b"junk"]})
         assert columns["label"][:5] == expected and columns["error"][5] and columns["label"][5] is None
         assert set(columns) == {"label", "probability", "labels", "top_k", "abstained", "error"}
+
+
+def test_predicting_with_an_onnx_file_never_loads_pytorch(digits_onnx, digit_files, tmp_path):
+    """An exported file runs on onnxruntime alone: PyTorch's 1 GB and 2 s stay out of the process."""
+    output = tmp_path / "rows.csv"
+    script = ("import sys; from imgclf.cli.main import main; "
+              f"code = main(['predict', {str(digits_onnx)!r}, {str(digit_files)!r}, '--output', {str(output)!r}]); "
+              "assert code == 0; assert 'torch' not in sys.modules, 'PyTorch was imported'")  # fmt: skip
+    finished = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert finished.returncode == 0, finished.stderr
+    assert len(list(csv.DictReader(output.open()))) == IMAGES + 1  # every file, the broken one included
+
+
+def test_decoding_goes_to_threads_only_where_they_are_faster():
+    from concurrent.futures import ThreadPoolExecutor
+
+    from imgclf.runners.predict import _DecodeChooser
+
+    def waits(item):  # like a photo: the wait releases the interpreter lock, so threads overlap
+        time.sleep(0.004)
+        return item
+
+    def slower_in_threads(item):  # like a tiny file: threads only fight over the interpreter lock
+        if threading.current_thread() is not threading.main_thread():
+            time.sleep(0.01)
+        return item
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        for function, expected in ((waits, "threads"), (slower_in_threads, "in turn")):
+            chooser = _DecodeChooser(pool, workers=4)
+            for batch in range(8):
+                items = list(range(batch * 8, batch * 8 + 8))
+                assert chooser.decode(function, items) == items  # in order, whichever way
+            assert chooser.chosen == expected
+        assert _DecodeChooser(pool, workers=1).chosen == "in turn"

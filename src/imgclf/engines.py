@@ -9,15 +9,16 @@ import json
 import os
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
-import torch
 
-from imgclf.bundle import is_bundle
+from imgclf.answers import abstain_decision, image_pixels, label_set_decision
 from imgclf.data.decode import bound_aspect_ratio, decode_image
 from imgclf.errors import UsageError
-from imgclf.predictor import Classifier, abstain_decision, image_pixels, label_set_decision, load
+
+if TYPE_CHECKING:  # PyTorch is loaded for a bundle only: an ONNX file runs without it
+    from imgclf.predictor import Classifier
 
 __all__ = ["BundleEngine", "Engine", "OnnxEngine", "open_engine"]
 
@@ -92,6 +93,8 @@ class BundleEngine:
         return self.classifier.predict_prepared(images, top_k=top_k)
 
     def explain_png(self, image: np.ndarray) -> bytes:
+        import torch
+
         from imgclf.explain.figures import overlay_png
         from imgclf.explain.gradcam import explain_batch
 
@@ -113,7 +116,7 @@ class OnnxEngine:
     165 requests/s with one per core and 181 with two (bench/serve_throughput.py, BENCHMARKS.md)."""
 
     def __init__(self, path: Path, threads: int = 1):
-        from imgclf.export.onnx_graph import onnx_session
+        from imgclf.export.runtime import onnx_session
 
         self.session = onnx_session(str(path), threads=threads)
         self.parallel_batches = max(1, 2 * usable_cores() // threads)
@@ -194,8 +197,12 @@ def open_engine(source: str | Path, threads: int = 1, tta: str = "none") -> Bund
     averages each image with its mirror (an ONNX file does what it was exported with:
     ``imgclf export --tta flip``)."""
     path = Path(source)
-    if path.is_dir() and is_bundle(path):
-        return BundleEngine(load(path, tta=tta))
+    if path.is_dir():  # a bundle: PyTorch is loaded from here on
+        from imgclf.bundle import is_bundle
+        from imgclf.predictor import load
+
+        if is_bundle(path):
+            return BundleEngine(load(path, tta=tta))
     if path.is_file() and path.suffix.lower() == ".onnx":
         if tta != "none":
             raise UsageError(f"{source}: --tta applies to a bundle; export the ONNX file with --tta {tta} instead")

@@ -19,7 +19,8 @@ from imgclf.data.batches import TensorBatches
 from imgclf.data.prepare import Preprocess, TensorSplit
 from imgclf.engine.budget import measure_train_speed
 from imgclf.engine.recipe import trial_setup
-from imgclf.export.onnx_graph import network_proto, onnx_session
+from imgclf.export.onnx_graph import network_proto
+from imgclf.export.runtime import onnx_session
 from imgclf.models import count_parameters, create_model
 from imgclf.models.info import measure_latency
 

@@ -264,7 +264,7 @@ def decode_image(
         if min_side is not None and image.format == "JPEG":
             image.draft(image.mode, (min_side, min_side))  # keeps both sides >= min_side
         image.seek(0)  # animated GIF/WEBP/TIFF: the first frame
-        image = ImageOps.exif_transpose(image)
+        ImageOps.exif_transpose(image, in_place=True)  # in place: no copy of an upright image
         pixels = _to_array(image)
     except DECODER_ERRORS as error:
         raise BadImageError(source, f"cannot decode ({_described(error)})") from None

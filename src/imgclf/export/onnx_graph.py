@@ -29,7 +29,7 @@ from onnx import TensorProto, compose, helper, numpy_helper
 
 from imgclf.data.prepare import Preprocess
 
-__all__ = ["OPSET", "add_contract", "network_proto", "onnx_session", "preprocessing_graph", "with_preprocessing"]
+__all__ = ["OPSET", "add_contract", "network_proto", "preprocessing_graph", "with_preprocessing"]
 
 OPSET = 18
 PIXELS, NORMALIZED, LOGITS, PROBABILITIES = "pixels", "normalized", "logits", "probabilities"
@@ -187,21 +187,6 @@ def add_contract(model: onnx.ModelProto, contract: dict) -> None:
     for key, value in contract.items():
         entry = model.metadata_props.add()
         entry.key, entry.value = f"imgclf.{key}", json.dumps(value)
-
-
-def onnx_session(model: onnx.ModelProto | bytes | str, threads: int | None = None):
-    """An onnxruntime CPU session for a model (object, bytes or file path).
-
-    ``threads``: the intra-op threads of one ``run`` (default: onnxruntime's, one per core). A
-    server that runs several batches at once wants 1 each (see serve/batcher.py)."""
-    import onnxruntime
-
-    source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
-    options = onnxruntime.SessionOptions()
-    options.log_severity_level = 3  # errors only: shape-merge notes about the exported graph are harmless
-    if threads is not None:
-        options.intra_op_num_threads = threads
-    return onnxruntime.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 
 
 def network_proto(model: torch.nn.Module, channels: int, size: int) -> onnx.ModelProto:

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from imgclf.answers import image_pixels
 from imgclf.bundle import load_bundle
 from imgclf.data.layout import expand_image_paths
 from imgclf.engine.run_folder import check_targets, claim
@@ -18,7 +19,6 @@ from imgclf.errors import BadImageError
 from imgclf.explain.figures import explanation_png, stacked_png
 from imgclf.explain.gradcam import explain_batch
 from imgclf.files import atomic_write_bytes
-from imgclf.predictor import image_pixels
 
 __all__ = ["run_explain"]
 

@@ -21,9 +21,10 @@ from imgclf.engine.evaluate import predict_logits
 from imgclf.engine.label_sets import logit_thresholds, nearest_centroid
 from imgclf.errors import BadImageError, ImgclfError, UsageError
 from imgclf.explain.calibration import centroid_distance
-from imgclf.export.onnx_graph import OPSET, add_contract, network_proto, onnx_session, with_preprocessing
+from imgclf.export.onnx_graph import OPSET, add_contract, network_proto, with_preprocessing
 from imgclf.export.openvino_ir import OpenVinoSession, openvino_model, record_check, save_ir
 from imgclf.export.quantize import quantized_network
+from imgclf.export.runtime import onnx_session
 from imgclf.export.web import check_web_target, find_onnxruntime_web, write_web_folder
 from imgclf.files import atomic_write_bytes, check_can_write
 from imgclf.models.info import measure_latency

@@ -3,6 +3,7 @@ written to a Parquet, CSV or JSON lines file as they come (``run_predict_to_file
 
 from __future__ import annotations
 
+import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -13,7 +14,6 @@ from imgclf.data.layout import expand_image_paths
 from imgclf.data.readers import ImageReader
 from imgclf.engines import usable_cores
 from imgclf.errors import ImgclfError
-from imgclf.predictor import load, load_pretrained_classifier
 from imgclf.scale import PartWriter, Predictor, in_shard, list_sources, row_of
 from imgclf.text import stderr_console
 
@@ -31,6 +31,8 @@ def run_predict(
 ) -> list[dict]:
     """Top-k labels from a bundle, or from ``pretrained`` = (model name, weights file or None);
     ``tta="flip"``: each image averaged with its mirror image."""
+    from imgclf.predictor import load, load_pretrained_classifier  # PyTorch: not needed for --output with ONNX
+
     if pretrained is not None:
         classifier = load_pretrained_classifier(*pretrained, device=device, tta=tta)
     else:
@@ -59,6 +61,34 @@ def _predict_batch(predictor: Predictor, batch: list, decoded: list) -> list[dic
         for index, answer in zip(good, predictor.engine.predict([decoded[i] for i in good], predictor.top_k)):
             answers[index] = answer
     return [row_of(name, answer) for (name, _, _), answer in zip(batch, answers)]
+
+
+class _DecodeChooser:
+    """Decode a batch in this thread, one file after another, or spread over the thread pool:
+    whichever the first batches show is faster per image. Pillow releases the interpreter lock
+    while it decodes a photo, so threads pay there; a small file's decode is mostly Python, and
+    threads only take turns with the lock (10,000 CIFAR-10 JPEGs of 32 px on 2 cores: 1.50 s one
+    after another, 2.16 s in 2 threads)."""
+
+    TRIALS = 2  # batches timed each way, after the first (which also loads the model)
+
+    def __init__(self, pool: ThreadPoolExecutor, workers: int):
+        self.pool = pool
+        self.seconds_per_image: dict[str, list[float]] = {"in turn": [], "threads": []}
+        self.chosen: str | None = None if workers > 1 else "in turn"
+        self.batches = 0
+
+    def decode(self, function, batch: list) -> list:
+        mode = self.chosen or ("in turn", "threads")[self.batches % 2]
+        started = time.perf_counter()
+        decoded = [function(item) for item in batch] if mode == "in turn" else list(self.pool.map(function, batch))
+        if self.chosen is None and self.batches > 0:
+            self.seconds_per_image[mode].append((time.perf_counter() - started) / len(batch))
+            if all(len(times) >= self.TRIALS for times in self.seconds_per_image.values()):
+                medians = {name: statistics.median(times) for name, times in self.seconds_per_image.items()}
+                self.chosen = min(medians, key=medians.get)
+        self.batches += 1
+        return decoded
 
 
 class _Progress:
@@ -106,15 +136,16 @@ def run_predict_to_file(
                   f"{len(todo):,} to go", highlight=False)  # fmt: skip
     progress = _Progress(len(todo), console)
     chunks = [todo[start : start + rows_per_part] for start in range(0, len(todo), rows_per_part)]
-    # Each batch is decoded by every thread, then run on every core: on 2 cores that beat decoding one
-    # part ahead of the model, where decoding and onnxruntime's threads fought over the cores
-    # (10,000 CIFAR-10 files: 1,687-1,944 images/s overlapped, 1,813-1,983 in turn).
+    # Each batch is decoded, then run on every core: on 2 cores that beat decoding one part ahead of
+    # the model, where decoding and onnxruntime's threads fought over the cores (10,000 CIFAR-10
+    # files: 1,687-1,944 images/s overlapped, 1,813-1,983 in turn).
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        decoder = _DecodeChooser(pool, workers)
         for chunk in chunks:
             rows: list[dict] = []
             for start in range(0, len(chunk), batch_size):
                 batch = chunk[start : start + batch_size]
-                rows += _predict_batch(predictor, batch, list(pool.map(lambda item: _decoded(predictor, item), batch)))
+                rows += _predict_batch(predictor, batch, decoder.decode(lambda item: _decoded(predictor, item), batch))
             writer.write(rows)
             progress.step(len(chunk))
     path = writer.finish()
