@@ -171,3 +171,24 @@ def test_decoding_goes_to_threads_only_where_they_are_faster():
                 assert chooser.decode(function, items) == items  # in order, whichever way
             assert chooser.chosen == expected
         assert _DecodeChooser(pool, workers=1).chosen == "in turn"
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".csv", ".jsonl"])
+def test_a_file_name_that_is_not_utf8_is_a_row_and_resumes(digits_onnx, tmp_path, suffix):
+    """Linux names may hold any bytes: the row says which file it was (odd bytes as escapes), and a
+    resumed run knows it is done."""
+    from imgclf.runners.predict import run_predict_to_file
+    from imgclf.scale import PartWriter, row_of
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    odd = os.path.join(os.fsencode(folder), b"caf\xe9-1.png")
+    with open(odd, "wb") as handle:
+        handle.write(digit_png(1)[0])
+    (folder / "plain-2.png").write_bytes(digit_png(2)[0])
+    odd_name = os.fsdecode(odd)
+    output = tmp_path / f"rows{suffix}"
+    PartWriter(output, resume=False).write([row_of(odd_name, {"label": "1", "top_k": []})])  # as a killed run left it
+    result = run_predict_to_file(digits_onnx, [str(folder)], output, resume=True)
+    assert (result["done_before"], result["predicted_now"]) == (1, 1)
+    assert [row["path"] for row in _rows(output)] == [str(folder / "caf\\xe9-1.png"), str(folder / "plain-2.png")]

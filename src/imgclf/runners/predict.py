@@ -14,7 +14,7 @@ from imgclf.data.layout import expand_image_paths
 from imgclf.data.readers import ImageReader
 from imgclf.engines import usable_cores
 from imgclf.errors import ImgclfError
-from imgclf.scale import PartWriter, Predictor, in_shard, list_sources, row_of
+from imgclf.scale import PartWriter, Predictor, in_shard, list_sources, row_of, written_name
 from imgclf.text import stderr_console
 
 __all__ = ["run_predict", "run_predict_to_file"]
@@ -130,7 +130,7 @@ def run_predict_to_file(
     if shard is not None:
         items = [item for item in items if in_shard(item[0], *shard)]
     done = writer.done() if resume else set()
-    todo = [item for item in items if item[0] not in done]
+    todo = [item for item in items if written_name(item[0]) not in done]
     predictor = Predictor(model, top_k=top_k, threads=usable_cores(), tta=tta)
     console.print(f"{len(items):,} images{' in this shard' if shard else ''}; {len(done):,} done before, "
                   f"{len(todo):,} to go", highlight=False)  # fmt: skip
