@@ -12,7 +12,7 @@ from rich.console import Console
 
 from imgclf.advise.advisor import AdviseOptions, run_advise
 from imgclf.advise.facts import data_facts
-from imgclf.advise.photos import DEFAULT_RUN_SECONDS, plan_photo_transfer
+from imgclf.advise.photos import DEFAULT_RUN_SECONDS, INPUT_SIZES, plan_photo_transfer
 from imgclf.config import TrainConfig
 from imgclf.data.augment import choose_augmentation
 from imgclf.engine.runtime import resolve_device
@@ -62,12 +62,16 @@ def _photo_config(data: str, config: TrainConfig, plan, console: Console) -> tup
         "probe_mirror": plan.mirror_views,
         "time_budget": config.time_budget or DEFAULT_RUN_SECONDS,
     }
+    if config.input_size is None and plan.input_size < INPUT_SIZES[plan.model]:  # small photos
+        options["input_size"] = plan.input_size
     if config.batch_size == TrainConfig.batch_size:  # not given: fine-tuning's batch
         options["batch_size"] = FINETUNE_BATCH
     command = f"imgclf train {data} --model {plan.model} --pretrained --finetune anytime"
     command += f" --time-budget {options['time_budget']:g}s"
     if "batch_size" in options:
         command += f" --batch-size {FINETUNE_BATCH}"
+    if "input_size" in options:
+        command += f" --input-size {plan.input_size}"
     if plan.mirror_views:
         command += " --probe-mirror"
     console.print(f"chosen: {plan.model} from ImageNet weights, a linear probe on its features, then fine-tuning "
