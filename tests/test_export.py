@@ -208,3 +208,62 @@ def test_the_server_averages_with_the_mirror_when_asked(given_split_bundle, tmp_
     assert main(["export", str(bundle), "--output", str(tmp_path / "m.onnx")]) == 0
     with pytest.raises(UsageError, match="export the ONNX file with --tta flip"):
         open_engine(tmp_path / "m.onnx", tta="flip")
+
+
+LITERT_CHECK = r"""
+import json, sys
+import numpy as np
+from ai_edge_litert.interpreter import Interpreter
+from sklearn.datasets import load_digits
+import imgclf
+from imgclf.export.litert import read_contract
+
+target, bundle = sys.argv[1], sys.argv[2]
+data = open(target, "rb").read()
+contract = read_contract(data)
+assert contract["classes"] == [str(digit) for digit in range(10)], contract["classes"]
+size = contract["preprocess"]["input_size"]
+assert contract["input"]["shape"] == f"1 x {size} x {size} x 1", contract["input"]
+# What an app does with nothing but LiteRT's interpreter: images at the contract's size in.
+runner = Interpreter(model_content=data).get_signature_runner()
+name = next(iter(runner.get_input_details()))
+pixels = (load_digits().images[:64] * 255 / 16).round().astype(np.uint8)
+assert pixels.shape[1] == size
+labels = [int(runner(**{name: image[None, :, :, None]})["output_1"][0].argmax()) for image in pixels]
+expected = imgclf.load(bundle).predict_proba(list(pixels[:, :, :, None])).argmax(1)
+print(float(np.mean(np.asarray(labels) == expected)))
+"""
+
+
+def _litert_export_and_check(bundle: Path, target: Path, prefix: list[str]) -> float:
+    export = [sys.executable, "-m", "imgclf", "export", str(bundle), "--format", "tflite", "--output", str(target),
+              "--json"]  # fmt: skip
+    finished = subprocess.run(export, capture_output=True, text=True, timeout=600, check=False)
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    result = json.loads(finished.stdout)
+    assert result["litert_parity"]["top1_agreement"] == 1.0 and result["latency_ms"]["batch_1"]["litert"] > 0
+    check = subprocess.run([*prefix, sys.executable, "-c", LITERT_CHECK, str(target), str(bundle)],
+                           capture_output=True, text=True, timeout=900, check=False)  # fmt: skip
+    assert check.returncode == 0, check.stderr[-2000:]
+    return float(check.stdout.strip().splitlines()[-1])
+
+
+def test_a_litert_file_carries_the_contract_and_answers_as_the_bundle(digits_bundle, tmp_path):
+    """--format tflite: checked against PyTorch at export (refused below 99.9%), the class names
+    and the input contract in the file's metadata; an app with LiteRT's interpreter alone gets the
+    bundle's labels. In child processes, as OpenVINO: LiteRT brings its own native runtime."""
+    assert _litert_export_and_check(digits_bundle, tmp_path / "digits.tflite", []) == 1.0
+
+
+@pytest.mark.skipif(shutil.which("qemu-x86_64") is None, reason="needs Debian's qemu-user (make test installs it)")
+def test_a_litert_file_answers_the_same_on_an_avx2_only_cpu(digits_bundle, tmp_path):
+    """The file written here, run under qemu as a Haswell (AVX2, FMA, no AVX-512): XNNPACK picks
+    other kernels there, and the labels must not change."""
+    target = tmp_path / "digits.tflite"
+    assert _litert_export_and_check(digits_bundle, target, ["qemu-x86_64", "-cpu", "Haswell"]) == 1.0
+
+
+def test_litert_export_refuses_what_it_does_not_build(digits_bundle, capsys):
+    for extra in (["--quantize", "int8"], ["--layout", "nchw"]):
+        assert main(["export", str(digits_bundle), "--format", "tflite", *extra]) == 2
+        assert "--format tflite writes a float NHWC file" in capsys.readouterr().err

@@ -1,4 +1,5 @@
-"""imgclf export BUNDLE [--format onnx|openvino] [--quantize int8] [--output FILE] [--layout nhwc|nchw] [--json]"""
+"""imgclf export BUNDLE [--format onnx|openvino|tflite|web] [--quantize int8] [--output FILE] [--layout nhwc|nchw]
+[--json]"""
 
 from __future__ import annotations
 
@@ -18,9 +19,11 @@ def add_parser(commands) -> None:
         "onnxruntime agrees with PyTorch on at least 99.9%% of the validation images' top-1 labels.",
     )
     parser.add_argument("bundle", metavar="BUNDLE")
-    parser.add_argument("--format", default="onnx", choices=("onnx", "openvino", "web"),
+    parser.add_argument("--format", default="onnx", choices=("onnx", "openvino", "tflite", "web"),
                         help="onnx; openvino: the same graph as OpenVINO IR (model.xml + model.bin), "
-                        "checked against PyTorch the same way, needs pip install 'imgclf[openvino]'; web: a folder "
+                        "checked against PyTorch the same way, needs pip install 'imgclf[openvino]'; tflite: a LiteRT "
+                        "file for phones (images at the model's size in), checked the same way, needs pip install "
+                        "'imgclf[litert]'; web: a folder "
                         "with a page that classifies images in the browser, offline (onnxruntime-web from npm) "
                         "(default: onnx)")  # fmt: skip
     parser.add_argument("--onnxruntime-web", metavar="DIR",

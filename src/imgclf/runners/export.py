@@ -21,6 +21,7 @@ from imgclf.engine.evaluate import predict_logits
 from imgclf.engine.label_sets import logit_thresholds, nearest_centroid
 from imgclf.errors import BadImageError, ImgclfError, UsageError
 from imgclf.explain.calibration import centroid_distance
+from imgclf.export.litert import LiteRtSession, litert_bytes
 from imgclf.export.onnx_graph import OPSET, add_contract, network_proto, with_preprocessing
 from imgclf.export.openvino_ir import OpenVinoSession, openvino_model, record_check, save_ir
 from imgclf.export.quantize import quantized_network
@@ -31,7 +32,7 @@ from imgclf.models.info import measure_latency
 from imgclf.text import stderr_console
 
 # --format: what the file is, by its suffix. OpenVINO IR is the ONNX graph converted by OpenVINO.
-FORMATS = {"onnx": ".onnx", "openvino": ".xml", "web": ""}  # web: a folder (export/web.py)
+FORMATS = {"onnx": ".onnx", "openvino": ".xml", "tflite": ".tflite", "web": ""}  # web: a folder (export/web.py)
 
 __all__ = ["MIN_FP32_AGREEMENT", "run_export"]
 
@@ -43,6 +44,8 @@ INT8_DESCRIPTION = (
 )
 CALIBRATION_IMAGES = 256  # training images for int8 calibration (evenly spaced)
 LAYOUTS = ("nhwc", "nchw")
+LITERT_RESIZE = ("1 x {size} x {size} only: first the shorter side to {side} px (bilinear, antialiased) and the centre "
+                 "{size} x {size} cropped (LiteRT has no antialiased resize inside a model)")  # fmt: skip
 
 
 class _ExportedNetwork(torch.nn.Module):
@@ -74,12 +77,17 @@ def _distance_threshold(bundle: Bundle) -> float | None:
     return float(value) if value is not None and bundle.centroids is not None else None
 
 
-def _network_proto(bundle: Bundle, flip: bool = False) -> onnx.ModelProto:
+def _network_module(bundle: Bundle, flip: bool = False) -> torch.nn.Module:
+    """What every format computes after the preprocessing: logits (with the distance rule's
+    output where the bundle has one)."""
     centroids = bundle.centroids if _distance_threshold(bundle) is not None else None
-    model = bundle.model
     if centroids is not None or flip:
-        model = _ExportedNetwork(bundle.model, centroids, bundle.description.multi_label, flip).eval()
-    return network_proto(model, bundle.preprocess.channels, bundle.preprocess.input_size)
+        return _ExportedNetwork(bundle.model, centroids, bundle.description.multi_label, flip).eval()
+    return bundle.model
+
+
+def _network_proto(bundle: Bundle, flip: bool = False) -> onnx.ModelProto:
+    return network_proto(_network_module(bundle, flip), bundle.preprocess.channels, bundle.preprocess.input_size)
 
 
 @dataclass
@@ -303,6 +311,9 @@ def _check_options(layout: str, quantize: str | None, format: str, tta: str) -> 
         raise UsageError(f"--quantize must be int8, not {quantize!r}")
     if format not in FORMATS:
         raise UsageError(f"--format must be one of {', '.join(FORMATS)}, not {format!r}")
+    if format == "tflite" and (quantize is not None or layout != "nhwc"):
+        raise UsageError("--format tflite writes a float NHWC file (LiteRT's layout); int8 LiteRT is not built yet: "
+                         "leave out --quantize and --layout")  # fmt: skip
     if tta not in ("none", "flip"):
         raise UsageError(f"--tta must be none or flip, not {tta!r}")
 
@@ -373,6 +384,9 @@ def run_export(
     if format == "openvino":
         sessions["openvino"], result["openvino_parity"] = _write_openvino(bundle, final, contract, target, val,
                                                                           layout, console)  # fmt: skip
+    elif format == "tflite":
+        sessions["litert"], result["litert_parity"] = _write_litert(bundle, contract, target, val, tta == "flip",
+                                                                    console)  # fmt: skip
     elif format == "web":
         write_web_folder(target, final.SerializeToString(), contract, ort_web)
     else:
@@ -407,6 +421,27 @@ def _write_openvino(
     record_check(model, {"cpu": cpu_description(), **parity})
     save_ir(model, target)
     return session or exact, parity
+
+
+def _write_litert(bundle: Bundle, contract: dict, target: Path, val, flip: bool, console: Console):
+    """The network as a LiteRT file at ``target``, written only when LiteRT agrees with PyTorch on
+    the validation images as closely as the ONNX file had to (both fed imgclf's own resize)."""
+    pre, description = bundle.preprocess, bundle.description
+    fixed_input = {"shape": f"1 x {pre.input_size} x {pre.input_size} x {pre.channels}",
+                   "resize": LITERT_RESIZE.format(side=pre.decode_side, size=pre.input_size)}  # fmt: skip
+    contract = {**contract, "input": {**contract["input"], **fixed_input}, "format": "LiteRT flatbuffer (.tflite)"}
+    temperature = description.label_temperatures if description.multi_label else description.temperature
+    data = litert_bytes(_network_module(bundle, flip), pre, temperature, description.multi_label, contract)
+    session = LiteRtSession(data, pre)
+    parity = _parity(bundle, session, val or _random_images(bundle), "nhwc", flip)
+    agreement = parity["top1_agreement"]
+    console.print(f"LiteRT parity with PyTorch on {parity['images']}: {_agreeing(bundle)} {agreement:.4%}, "
+                  f"largest logit difference {parity['max_logit_diff']:.2e}")  # fmt: skip
+    if agreement < MIN_FP32_AGREEMENT:
+        raise ImgclfError(f"export refused: the LiteRT model agrees with PyTorch on only {agreement:.2%} "
+                          f"of {parity['images']} (at least {MIN_FP32_AGREEMENT:.1%} needed)")  # fmt: skip
+    atomic_write_bytes(target, data)
+    return session, parity
 
 
 def _openvino_default(bundle: Bundle, model, images, layout: str, flip: bool) -> tuple[OpenVinoSession | None, dict]:
