@@ -267,3 +267,25 @@ def test_litert_export_refuses_what_it_does_not_build(digits_bundle, capsys):
     for extra in (["--quantize", "int8"], ["--layout", "nchw"]):
         assert main(["export", str(digits_bundle), "--format", "tflite", *extra]) == 2
         assert "--format tflite writes a float NHWC file" in capsys.readouterr().err
+
+
+def test_benchmark_measures_every_format_in_one_table(digits_bundle):
+    """imgclf benchmark: each format built as the export builds it, measured on the same
+    validation images; in a child process (OpenVINO and LiteRT bring their own runtimes)."""
+    command = [sys.executable, "-m", "imgclf", "benchmark", str(digits_bundle), "--json"]
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=900, check=False)
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    rows = {row["format"]: row for row in json.loads(finished.stdout)["rows"]}
+    assert list(rows) == ["pytorch", "onnx", "onnx-int8", "openvino", "tflite"]
+    for row in rows.values():
+        assert not row["note"].startswith("not measured"), row
+        assert row["size_mb"] > 0 and row["p50_ms"] > 0 and row["p95_ms"] >= row["p50_ms"] and row["images_per_s"] > 0
+    # float formats answer as the bundle does; int8 and OpenVINO's bf16 may move a near-tie
+    assert rows["onnx"]["agreement"] == rows["tflite"]["agreement"] == 1.0
+    assert rows["onnx"]["accuracy"] == rows["pytorch"]["accuracy"] == rows["tflite"]["accuracy"]
+    assert rows["onnx-int8"]["size_mb"] < rows["onnx"]["size_mb"] and rows["onnx-int8"]["agreement"] >= 0.9
+
+
+def test_benchmark_refuses_unknown_formats(digits_bundle, capsys):
+    assert main(["benchmark", str(digits_bundle), "--formats", "onnx,coreml"]) == 2
+    assert "unknown coreml" in capsys.readouterr().err

@@ -13,6 +13,7 @@ import sys
 from imgclf import __version__
 from imgclf.cli import (
     advise_cmd,
+    benchmark_cmd,
     compare_cmd,
     doctor_cmd,
     evaluate_cmd,
@@ -41,6 +42,7 @@ COMMANDS = (
     explain_cmd,
     report_cmd,
     export_cmd,
+    benchmark_cmd,
     serve_cmd,
     models_cmd,
     advise_cmd,
