@@ -335,3 +335,25 @@ def test_a_write_to_a_place_that_takes_no_files_is_one_line(digits_bundle, tmp_p
     assert main(["export", str(digits_bundle), "--output", "/proc/imgclf-test.onnx"]) == 2
     error = capsys.readouterr().err.strip()
     assert len(error.splitlines()) == 1 and "/proc/imgclf-test.onnx: cannot write there" in error
+
+
+_FULL_STORAGE = r"""
+import resource, signal, sys
+from imgclf.cli.main import main
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead of killing
+resource.setrlimit(resource.RLIMIT_FSIZE, (96_000, 96_000))  # bytes per file: the training state is larger
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_storage_that_refuses_a_write_ends_training_in_one_line(tmp_path):
+    """A full disk (here: a per-file size limit, which fails the same write calls) must end the run
+    with one line naming the file, not a traceback, and leave no temporary files behind."""
+    output = tmp_path / "run"
+    command = [sys.executable, "-c", _FULL_STORAGE, "train", "digits", "--output", str(output), "--epochs", "1"]
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
+    assert finished.returncode == 2, finished.stderr[-2000:]
+    assert "Traceback" not in finished.stderr
+    last = finished.stderr.strip().splitlines()[-1]
+    assert "could not be written (File too large" in last and str(output) in last
+    assert not [path.name for path in output.iterdir() if path.name.endswith(".tmp")]

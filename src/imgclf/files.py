@@ -67,10 +67,25 @@ def _atomic_write(path: Path, write) -> None:
         os.chmod(temporary, 0o666 & ~current_umask())
         _fsync(temporary, os.O_RDONLY)
         os.replace(temporary, path)
-    except BaseException:
+    except BaseException as error:
         Path(temporary).unlink(missing_ok=True)
+        reason = _write_failure(error)
+        if reason is not None:  # a full disk, a quota, an I/O error: one line, the old file untouched
+            raise OutputError(f"{path}: could not be written ({reason}); an earlier version is untouched") from None
         raise
     _fsync(path.parent, os.O_RDONLY)  # make the rename itself durable
+
+
+def _write_failure(error: BaseException) -> str | None:
+    """Why a write failed, when the storage refused it (None: any other error, raised as it is).
+    safetensors reports its own I/O errors as a SafetensorError ("... I/O error: No space left on
+    device (os error 28)")."""
+    if isinstance(error, OSError):
+        return error.strerror or str(error)
+    text = str(error)
+    if type(error).__name__ == "SafetensorError" and "I/O error" in text:
+        return text.split("I/O error:", 1)[1].strip()
+    return None
 
 
 def _fsync(path, flags: int) -> None:
