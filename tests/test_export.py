@@ -289,3 +289,42 @@ def test_benchmark_measures_every_format_in_one_table(digits_bundle):
 def test_benchmark_refuses_unknown_formats(digits_bundle, capsys):
     assert main(["benchmark", str(digits_bundle), "--formats", "onnx,coreml"]) == 2
     assert "unknown coreml" in capsys.readouterr().err
+
+
+OPENVINO_FIXED_SIZE_CHECK = r"""
+import dataclasses, io, json, sys
+from pathlib import Path
+import openvino
+from rich.console import Console
+from imgclf.bundle import load_bundle, recorded_data
+from imgclf.export.onnx_graph import with_preprocessing
+from imgclf.export.openvino_ir import read_contract
+from imgclf.runners.export import _contract, _network_proto, _raw_images, _write_openvino
+
+bundle, target = load_bundle(sys.argv[1]), Path(sys.argv[2])
+pre, network, temperature = bundle.preprocess, _network_proto(bundle), bundle.description.temperature
+val = _raw_images(bundle, recorded_data(bundle), None, "val", 2000)
+# A graph whose own preprocessing is not imgclf's (as OpenVINO's antialiased resize is not, on photos):
+shifted = dataclasses.replace(pre, mean=tuple(m + 0.3 for m in pre.mean))
+drifted = with_preprocessing(network, shifted, "nhwc", temperature)
+fixed = lambda: with_preprocessing(network, pre, "nhwc", temperature, resize=False)
+console = Console(file=io.StringIO())
+_, parity = _write_openvino(bundle, drifted, _contract(bundle, "nhwc", False), target, val, "nhwc", console, fixed)
+contract = read_contract(openvino.Core().read_model(target))
+print(json.dumps({"agreement": parity["top1_agreement"], "shape": contract["input"]["shape"],
+                  "said": "resized first as its contract says" in " ".join(console.file.getvalue().split())}))
+"""
+
+
+def test_openvino_takes_images_at_the_input_size_where_its_resize_disagrees(digits_bundle, tmp_path):
+    """OpenVINO's antialiased resize is not imgclf's on photos the graph must shrink: the export
+    then writes the IR without the resize (images at the input size in, the contract says how to
+    resize first) rather than refusing. Here a graph with drifted preprocessing stands in for the
+    disagreeing resize, so the fallback is exercised on any CPU."""
+    target = tmp_path / "digits.xml"
+    check = subprocess.run([sys.executable, "-c", OPENVINO_FIXED_SIZE_CHECK, str(digits_bundle), str(target)],
+                           capture_output=True, text=True, timeout=600, check=False)  # fmt: skip
+    assert check.returncode == 0, check.stderr[-2000:]
+    result = json.loads(check.stdout.strip().splitlines()[-1])
+    assert result == {"agreement": 1.0, "shape": "N x 8 x 8 x 1", "said": True}
+    assert target.is_file() and target.with_suffix(".bin").is_file()

@@ -100,10 +100,12 @@ def _resize_and_crop_nodes(source: str, resize_to: int, size: int) -> list[onnx.
     ]
 
 
-def preprocessing_graph(preprocess: Preprocess, layout: str, ir_version: int) -> onnx.ModelProto:
-    """uint8 pixels in ``layout`` ("nhwc" or "nchw") -> normalized float NCHW at the input size."""
+def preprocessing_graph(preprocess: Preprocess, layout: str, ir_version: int, resize: bool = True) -> onnx.ModelProto:
+    """uint8 pixels in ``layout`` ("nhwc" or "nchw") -> normalized float NCHW at the input size.
+    ``resize=False``: the pixels must arrive at the input size (the caller resized and cropped)."""
     size, channels = preprocess.input_size, preprocess.channels
-    shape = ["batch", "height", "width", channels] if layout == "nhwc" else ["batch", channels, "height", "width"]
+    height, width = ("height", "width") if resize else (size, size)
+    shape = ["batch", height, width, channels] if layout == "nhwc" else ["batch", channels, height, width]
     mean = np.array(preprocess.mean, dtype=np.float32).reshape(1, -1, 1, 1) * 255.0
     std = np.array(preprocess.std, dtype=np.float32).reshape(1, -1, 1, 1) * 255.0
     initializers = [
@@ -127,7 +129,10 @@ def preprocessing_graph(preprocess: Preprocess, layout: str, ir_version: int) ->
     if layout == "nhwc":
         nodes.append(helper.make_node("Transpose", [source], ["nchw"], perm=[0, 3, 1, 2]))
         source = "nchw"
-    nodes += _resize_and_crop_nodes(source, size, size)
+    if resize:
+        nodes += _resize_and_crop_nodes(source, size, size)
+    else:
+        nodes.append(helper.make_node("Identity", [source], ["cropped"]))
     nodes += [
         helper.make_node("Sub", ["cropped", "mean_255"], ["centred"]),
         helper.make_node("Div", ["centred", "std_255"], [NORMALIZED]),
@@ -171,12 +176,13 @@ def _with_probabilities(network: onnx.ModelProto, temperature: float | list[floa
 
 
 def with_preprocessing(
-    network: onnx.ModelProto, preprocess: Preprocess, layout: str, temperature: float | list[float]
-) -> onnx.ModelProto:
+    network: onnx.ModelProto, preprocess: Preprocess, layout: str, temperature: float | list[float],
+    resize: bool = True,
+) -> onnx.ModelProto:  # fmt: skip
     """The whole graph: pixels in, logits and probabilities out (``temperature``: one, or a list
-    of one per label for a multi-label model's sigmoids)."""
+    of one per label for a multi-label model's sigmoids; ``resize``: see ``preprocessing_graph``)."""
     network = _with_probabilities(network, temperature)
-    pre = preprocessing_graph(preprocess, layout, network.ir_version)
+    pre = preprocessing_graph(preprocess, layout, network.ir_version, resize)
     merged = compose.merge_models(pre, network, io_map=[(NORMALIZED, network.graph.input[0].name)])
     onnx.checker.check_model(merged)
     return merged

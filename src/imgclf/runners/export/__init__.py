@@ -23,7 +23,7 @@ from imgclf.errors import BadImageError, ImgclfError, UsageError
 from imgclf.explain.calibration import centroid_distance
 from imgclf.export.litert import LiteRtSession, litert_bytes
 from imgclf.export.onnx_graph import OPSET, add_contract, network_proto, with_preprocessing
-from imgclf.export.openvino_ir import OpenVinoSession, openvino_model, record_check, save_ir
+from imgclf.export.openvino_ir import OpenVinoSession, ResizedFirst, openvino_model, record_check, save_ir
 from imgclf.export.quantize import quantized_network
 from imgclf.export.runtime import onnx_session
 from imgclf.export.web import check_web_target, find_onnxruntime_web, write_web_folder
@@ -44,8 +44,9 @@ INT8_DESCRIPTION = (
 )
 CALIBRATION_IMAGES = 256  # training images for int8 calibration (evenly spaced)
 LAYOUTS = ("nhwc", "nchw")
-LITERT_RESIZE = ("1 x {size} x {size} only: first the shorter side to {side} px (bilinear, antialiased) and the centre "
-                 "{size} x {size} cropped (LiteRT has no antialiased resize inside a model)")  # fmt: skip
+FIXED_SIZE_RESIZE = ("{size} x {size} only: first the shorter side to {side} px (bilinear, antialiased) and the "
+                     "centre {size} x {size} cropped (the runtime's own antialiased resize is not imgclf's, or it has "
+                     "none)")  # fmt: skip
 
 
 class _ExportedNetwork(torch.nn.Module):
@@ -382,8 +383,10 @@ def run_export(
         contract["int8_checked_on"] = {"cpu": cpu_description(), **result["int8"]}
     add_contract(final, contract)
     if format == "openvino":
+        fixed_graph = None if quantize else lambda: with_preprocessing(network, bundle.preprocess, layout, temperature,
+                                                                       resize=False)  # fmt: skip
         sessions["openvino"], result["openvino_parity"] = _write_openvino(bundle, final, contract, target, val,
-                                                                          layout, console)  # fmt: skip
+                                                                          layout, console, fixed_graph)  # fmt: skip
     elif format == "tflite":
         sessions["litert"], result["litert_parity"] = _write_litert(bundle, contract, target, val, tta == "flip",
                                                                     console)  # fmt: skip
@@ -399,17 +402,30 @@ def run_export(
 
 
 def _write_openvino(
-    bundle: Bundle, final, contract: dict, target: Path, val, layout: str, console: Console
+    bundle: Bundle, final, contract: dict, target: Path, val, layout: str, console: Console, fixed_graph=None
 ) -> tuple[OpenVinoSession, dict]:
     """The ONNX graph as OpenVINO IR at ``target``, written only when OpenVINO (computing in f32,
     as exported) agrees with PyTorch on the validation images as closely as the ONNX file had to;
     the agreement at this CPU's default precision (bf16 where the CPU has it) is measured and
-    recorded beside it. Returns the session a deployment gets (the f32 one where the default
-    cannot compile here) and the parity."""
-    model, images = openvino_model(final, contract), val or _random_images(bundle)
-    exact, flip = OpenVinoSession(model, "f32"), contract.get("tta") == "flip"
-    parity = _parity(bundle, exact, images, layout, flip)
-    session, default = _openvino_default(bundle, model, images, layout, flip)
+    recorded beside it. Where OpenVINO's antialiased resize is what disagrees (photos the graph
+    must shrink), ``fixed_graph()`` (the graph without its resize) is tried instead: the IR then
+    takes images at the input size, and its contract says to resize first, as LiteRT's does.
+    Returns the session a deployment gets (the f32 one where the default cannot compile here) and
+    the parity."""
+    images, flip = val or _random_images(bundle), contract.get("tta") == "flip"
+    model, wrap = openvino_model(final, contract), _as_is
+    parity = _parity(bundle, OpenVinoSession(model, "f32"), images, layout, flip)
+    if parity["top1_agreement"] < MIN_FP32_AGREEMENT and fixed_graph is not None:
+        console.print(f"OpenVINO with the resize inside agrees with PyTorch on only {parity['top1_agreement']:.2%} "
+                      f"(its antialiased resize is not imgclf's): the IR takes {bundle.preprocess.input_size} px "
+                      "images instead, resized first as its contract says", highlight=False)  # fmt: skip
+        contract = _fixed_size_contract(bundle, contract, "N")
+        fixed = fixed_graph()
+        add_contract(fixed, contract)
+        model = openvino_model(fixed, contract)
+        wrap = lambda session: ResizedFirst(session, bundle.preprocess, layout)  # noqa: E731
+        parity = _parity(bundle, wrap(OpenVinoSession(model, "f32")), images, layout, flip)
+    session, default = _openvino_default(bundle, model, images, layout, flip, wrap)
     parity["default_precision"] = default
     agreement = parity["top1_agreement"]
     console.print(f"OpenVINO parity with PyTorch on {parity['images']}: {_agreeing(bundle)} {agreement:.4%}, largest "
@@ -420,16 +436,26 @@ def _write_openvino(
                           f"{parity['images']} (at least {MIN_FP32_AGREEMENT:.1%} needed)")  # fmt: skip
     record_check(model, {"cpu": cpu_description(), **parity})
     save_ir(model, target)
-    return session or exact, parity
+    return session or wrap(OpenVinoSession(model, "f32")), parity
+
+
+def _as_is(session):
+    return session
+
+
+def _fixed_size_contract(bundle: Bundle, contract: dict, batch: str) -> dict:
+    """``contract`` for a model that takes images already at its input size (no resize inside)."""
+    pre = bundle.preprocess
+    fixed_input = {"shape": f"{batch} x {pre.input_size} x {pre.input_size} x {pre.channels}",
+                   "resize": FIXED_SIZE_RESIZE.format(side=pre.decode_side, size=pre.input_size)}  # fmt: skip
+    return {**contract, "input": {**contract["input"], **fixed_input}}
 
 
 def _write_litert(bundle: Bundle, contract: dict, target: Path, val, flip: bool, console: Console):
     """The network as a LiteRT file at ``target``, written only when LiteRT agrees with PyTorch on
     the validation images as closely as the ONNX file had to (both fed imgclf's own resize)."""
     pre, description = bundle.preprocess, bundle.description
-    fixed_input = {"shape": f"1 x {pre.input_size} x {pre.input_size} x {pre.channels}",
-                   "resize": LITERT_RESIZE.format(side=pre.decode_side, size=pre.input_size)}  # fmt: skip
-    contract = {**contract, "input": {**contract["input"], **fixed_input}, "format": "LiteRT flatbuffer (.tflite)"}
+    contract = {**_fixed_size_contract(bundle, contract, "1"), "format": "LiteRT flatbuffer (.tflite)"}
     temperature = description.label_temperatures if description.multi_label else description.temperature
     data = litert_bytes(_network_module(bundle, flip), pre, temperature, description.multi_label, contract)
     session = LiteRtSession(data, pre)
@@ -444,11 +470,11 @@ def _write_litert(bundle: Bundle, contract: dict, target: Path, val, flip: bool,
     return session, parity
 
 
-def _openvino_default(bundle: Bundle, model, images, layout: str, flip: bool) -> tuple[OpenVinoSession | None, dict]:
+def _openvino_default(bundle: Bundle, model, images, layout: str, flip: bool, wrap=_as_is):
     """The IR as a deployment compiles it (OpenVINO's default precision) and its agreement with
     PyTorch; when that compile fails here (the f32 one worked), the reason instead."""
     try:
-        session = OpenVinoSession(model)
+        session = wrap(OpenVinoSession(model))
     except ImgclfError as error:
         return None, {"precision": None, "unavailable": str(error)}
     default = _parity(bundle, session, images, layout, flip)

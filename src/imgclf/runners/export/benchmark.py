@@ -22,7 +22,7 @@ from rich.console import Console
 
 from imgclf.bundle import WEIGHTS_FILE, Bundle, load_bundle, recorded_data
 from imgclf.errors import ImgclfError, UsageError
-from imgclf.export.onnx_graph import add_contract
+from imgclf.export.onnx_graph import add_contract, with_preprocessing
 from imgclf.export.runtime import onnx_session
 from imgclf.models.info import measure_latency
 from imgclf.runners.export import (
@@ -149,7 +149,8 @@ def _format_row(name: str, bundle: Bundle, data, data_dir, val: RawImages, refer
     with tempfile.TemporaryDirectory(prefix="imgclf-benchmark-") as folder:
         if name == "openvino":
             add_contract(fp32, contract)
-            ov, _ = _write_openvino(bundle, fp32, contract, Path(folder) / "model.xml", val, "nhwc", quiet)
+            fixed = lambda: with_preprocessing(network, bundle.preprocess, "nhwc", temperature, resize=False)  # noqa: E731
+            ov, _ = _write_openvino(bundle, fp32, contract, Path(folder) / "model.xml", val, "nhwc", quiet, fixed)
             size = sum(path.stat().st_size for path in Path(folder).iterdir())
             return _session_row(name, ov, size, bundle, val, reference, f"{ov.precision}, OpenVINO's default here")
         target = Path(folder) / "model.tflite"
