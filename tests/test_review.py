@@ -87,6 +87,22 @@ def _label_finder_top(data: Path, output: Path, count: int = 10) -> list[str]:
     return [Path(row["file"]).relative_to(data).as_posix() for row in rows]
 
 
+def _click_row(driver, index: int) -> None:
+    """Click the queue's ``index``-th row. After a change the page draws the queue again, and a row
+    found just before that is gone by the click: it is looked up again until a click lands."""
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+
+    def clicked(driver) -> bool:
+        try:
+            driver.find_elements(By.CSS_SELECTOR, "#queue li")[index].click()
+        except (StaleElementReferenceException, IndexError):
+            return False
+        return True
+
+    _wait(driver, clicked)
+
+
 @pytest.mark.skipif(_chromium() is None, reason="needs chromium and chromium-driver (.ci/run installs them)")
 def test_review_page_relabels_removes_and_undo_restores(labelled, tmp_path):
     from selenium.webdriver.common.by import By
@@ -113,14 +129,14 @@ def test_review_page_relabels_removes_and_undo_restores(labelled, tmp_path):
             _wait(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "#queue li"))
             files = [row.text.split(" ")[0] for row in driver.find_elements(By.CSS_SELECTOR, "#queue li")]
             target = files.index("train/left/flipped.png")
-            driver.find_elements(By.CSS_SELECTOR, "#queue li")[target].click()
+            _click_row(driver, target)
             driver.find_element(By.CSS_SELECTOR, "body").send_keys(str(CLASSES.index("right") + 1))
             _wait(driver, lambda d: (labelled / "train/right/flipped.png").is_file())
             other = next(i for i, name in enumerate(files) if i != target and name != "train/left/flipped.png")
-            driver.find_elements(By.CSS_SELECTOR, "#queue li")[other].click()
+            _click_row(driver, other)
             driver.find_element(By.ID, "remove").click()
             _wait(driver, lambda d: (labelled / ".imgclf-review" / "trash" / files[other]).is_file())
-            driver.find_elements(By.CSS_SELECTOR, "#queue li")[other].click()
+            _click_row(driver, other)
             driver.find_element(By.CSS_SELECTOR, "body").send_keys("u")  # the removal undone on the page
             _wait(driver, lambda d: (labelled / files[other]).is_file())
             assert "1 of" in driver.find_element(By.ID, "summary").text
