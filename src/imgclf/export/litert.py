@@ -9,9 +9,9 @@ preprocessing drift that breaks classifiers on devices. The contract says what t
 (shorter side to R px, bilinear with antialiasing, centre crop S x S: what every LiteRT image
 pipeline offers), and the export's parity check feeds it imgclf's own resize.
 
-``LiteRtSession`` answers like an onnxruntime session (``get_inputs``, ``run``) on raw images of
-any size, resizing them as the contract says, so the export's parity check and latency table
-measure the file exactly as they measure the ONNX graph.
+``LiteRtSession`` answers like an onnxruntime session (``get_inputs``, ``run``) on images at the
+input size; wrapped in ``export.runtime.ResizedFirst`` it takes raw images of any size, so the
+export's parity check and latency table measure the file exactly as they measure the ONNX graph.
 """
 
 from __future__ import annotations
@@ -131,35 +131,31 @@ def read_contract(model: bytes) -> dict | None:
 
 class LiteRtSession:
     """A .tflite file in LiteRT's interpreter (its XNNPACK CPU kernels), answering like an
-    onnxruntime session on N x H x W x C uint8 images of any size: each is resized and cropped by
-    ``preprocess`` (imgclf's own resize, as the contract tells a device to), then run alone (the
-    file's batch is 1). Outputs by name: logits, probabilities, centroid_distance."""
+    onnxruntime session on N x S x S x C uint8 images: each is run alone (the file's batch is 1).
+    Outputs by name: logits, probabilities, centroid_distance."""
 
     NAMES = ("logits", "probabilities", "centroid_distance")
 
-    def __init__(self, model: bytes, preprocess: Preprocess, threads: int | None = None):
+    def __init__(self, model: bytes, input_size: int, channels: int, threads: int | None = None):
         from ai_edge_litert.interpreter import Interpreter
 
-        self.preprocess = preprocess
         with _native_output_held():  # the CPU delegate announces itself on the first call
             self.interpreter = Interpreter(model_content=model, num_threads=threads)
             self.runner = self.interpreter.get_signature_runner()
             self.input_name = next(iter(self.runner.get_input_details()))
-            size, channels = preprocess.input_size, preprocess.channels
-            self._one(np.zeros((size, size, channels), dtype=np.uint8))
+            self._one(np.zeros((1, input_size, input_size, channels), dtype=np.uint8))
 
     def get_inputs(self) -> list:
         return [SimpleNamespace(name="pixels")]
 
     def run(self, names: list[str] | None, feed: dict) -> list[np.ndarray]:
         (images,) = feed.values()
-        rows = [self._one(image) for image in images]
+        rows = [self._one(np.ascontiguousarray(image[None])) for image in images]
         wanted = names or [name for name in self.NAMES if name in rows[0]]
         return [np.stack([row[name] for row in rows]) for name in wanted]
 
     def _one(self, image: np.ndarray) -> dict[str, np.ndarray]:
-        prepared = self.preprocess.prepare_pixels(image).transpose(1, 2, 0)[None]  # 1 x S x S x C
-        outputs = self.runner(**{self.input_name: np.ascontiguousarray(prepared)})
+        outputs = self.runner(**{self.input_name: image})
         # litert-torch names the outputs output_0, output_1, ... in the order the module returns them
         ordered = [outputs[key] for key in sorted(outputs, key=lambda key: int(key.rsplit("_", 1)[-1]))]
         return {name: value[0] for name, value in zip(self.NAMES, ordered)}

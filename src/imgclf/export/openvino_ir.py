@@ -22,7 +22,7 @@ import onnx
 from imgclf.errors import ImgclfError, UsageError
 from imgclf.files import check_can_write
 
-__all__ = ["OpenVinoSession", "ResizedFirst", "openvino_model", "read_contract", "record_check", "save_ir"]
+__all__ = ["OpenVinoSession", "openvino_model", "read_contract", "record_check", "save_ir"]
 
 CONTRACT_KEY, CHECKED_KEY = ["imgclf", "contract"], ["imgclf", "checked_on"]
 
@@ -101,22 +101,3 @@ class OpenVinoSession:
         by_name = {key.get_any_name(): value for key, value in results.items()}
         return [np.asarray(by_name[name]) for name in (outputs or self.output_names)]
 
-
-class ResizedFirst:
-    """A session for a model that takes images at its input size, fed N images of one other size
-    in ``layout``: each is resized and cropped by imgclf's own preprocessing first, as the model's
-    contract tells a caller to. For the IR whose resize is left outside (see runners/export)."""
-
-    def __init__(self, session, preprocess, layout: str):
-        self.session, self.preprocess, self.layout = session, preprocess, layout
-        self.precision = getattr(session, "precision", None)
-
-    def get_inputs(self) -> list:
-        return self.session.get_inputs()
-
-    def run(self, outputs: list[str] | None, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        ((name, images),) = feeds.items()
-        as_hwc = images if self.layout == "nhwc" else images.transpose(0, 2, 3, 1)
-        prepared = np.stack([self.preprocess.prepare_pixels(image) for image in as_hwc])  # N x C x S x S
-        batch = prepared.transpose(0, 2, 3, 1) if self.layout == "nhwc" else prepared
-        return self.session.run(outputs, {name: np.ascontiguousarray(batch)})

@@ -1,14 +1,16 @@
-"""onnxruntime sessions, made in one place. Free of PyTorch: predicting with an exported file
-loads onnxruntime and nothing heavier."""
+"""onnxruntime sessions, made in one place, and ``ResizedFirst`` for models whose resize is left
+outside. Free of PyTorch: predicting with an exported file loads onnxruntime and nothing heavier."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 if TYPE_CHECKING:  # the onnx package takes 0.7 s to import: a file path or bytes never need it
     import onnx
 
-__all__ = ["onnx_session"]
+__all__ = ["ResizedFirst", "onnx_session"]
 
 
 def onnx_session(model: onnx.ModelProto | bytes | str, threads: int | None = None):
@@ -24,3 +26,23 @@ def onnx_session(model: onnx.ModelProto | bytes | str, threads: int | None = Non
     if threads is not None:
         options.intra_op_num_threads = threads
     return onnxruntime.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+
+
+class ResizedFirst:
+    """A session for a model that takes images at its input size, fed N images of one other size
+    in ``layout``: each is resized and cropped by imgclf's own preprocessing first, as the model's
+    contract tells a caller to: the OpenVINO IR whose resize is left outside, and LiteRT files."""
+
+    def __init__(self, session, preprocess, layout: str):
+        self.session, self.preprocess, self.layout = session, preprocess, layout
+        self.precision = getattr(session, "precision", None)
+
+    def get_inputs(self) -> list:
+        return self.session.get_inputs()
+
+    def run(self, outputs: list[str] | None, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        ((name, images),) = feeds.items()
+        as_hwc = images if self.layout == "nhwc" else images.transpose(0, 2, 3, 1)
+        prepared = np.stack([self.preprocess.prepare_pixels(image) for image in as_hwc])  # N x C x S x S
+        batch = prepared.transpose(0, 2, 3, 1) if self.layout == "nhwc" else prepared
+        return self.session.run(outputs, {name: np.ascontiguousarray(batch)})

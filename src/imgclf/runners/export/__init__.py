@@ -23,9 +23,9 @@ from imgclf.errors import BadImageError, ImgclfError, UsageError
 from imgclf.explain.calibration import centroid_distance
 from imgclf.export.litert import LiteRtSession, litert_bytes
 from imgclf.export.onnx_graph import OPSET, add_contract, network_proto, with_preprocessing
-from imgclf.export.openvino_ir import OpenVinoSession, ResizedFirst, openvino_model, record_check, save_ir
+from imgclf.export.openvino_ir import OpenVinoSession, openvino_model, record_check, save_ir
 from imgclf.export.quantize import quantized_network
-from imgclf.export.runtime import onnx_session
+from imgclf.export.runtime import ResizedFirst, onnx_session
 from imgclf.export.web import check_web_target, find_onnxruntime_web, write_web_folder
 from imgclf.files import atomic_write_bytes, check_can_write
 from imgclf.models.info import measure_latency
@@ -458,7 +458,7 @@ def _write_litert(bundle: Bundle, contract: dict, target: Path, val, flip: bool,
     contract = {**_fixed_size_contract(bundle, contract, "1"), "format": "LiteRT flatbuffer (.tflite)"}
     temperature = description.label_temperatures if description.multi_label else description.temperature
     data = litert_bytes(_network_module(bundle, flip), pre, temperature, description.multi_label, contract)
-    session = LiteRtSession(data, pre)
+    session = ResizedFirst(LiteRtSession(data, pre.input_size, pre.channels), pre, "nhwc")
     parity = _parity(bundle, session, val or _random_images(bundle), "nhwc", flip)
     agreement = parity["top1_agreement"]
     console.print(f"LiteRT parity with PyTorch on {parity['images']}: {_agreeing(bundle)} {agreement:.4%}, "
