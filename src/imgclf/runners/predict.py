@@ -70,7 +70,7 @@ class _DecodeChooser:
     threads only take turns with the lock (10,000 CIFAR-10 JPEGs of 32 px on 2 cores: 1.50 s one
     after another, 2.16 s in 2 threads)."""
 
-    TRIALS = 2  # batches timed each way, after the first (which also loads the model)
+    TRIALS = 2  # batches timed each way, after a first one each
 
     def __init__(self, pool: ThreadPoolExecutor, workers: int):
         self.pool = pool
@@ -82,7 +82,7 @@ class _DecodeChooser:
         mode = self.chosen or ("in turn", "threads")[self.batches % 2]
         started = time.perf_counter()
         decoded = [function(item) for item in batch] if mode == "in turn" else list(self.pool.map(function, batch))
-        if self.chosen is None and self.batches > 0:
+        if self.chosen is None and self.batches >= 2:  # the first of each way also starts the model or the threads
             self.seconds_per_image[mode].append((time.perf_counter() - started) / len(batch))
             if all(len(times) >= self.TRIALS for times in self.seconds_per_image.values()):
                 medians = {name: statistics.median(times) for name, times in self.seconds_per_image.items()}
