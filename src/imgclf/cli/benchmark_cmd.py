@@ -8,7 +8,8 @@ from rich.table import Table
 
 from imgclf.cli.output import print_json, stdout_console
 
-FORMAT_NAMES = ("pytorch", "onnx", "onnx-int8", "openvino", "tflite")  # runners.export.benchmark.FORMAT_ROWS
+# runners.export.benchmark.FORMAT_ROWS (not imported: the parser must not load PyTorch)
+FORMAT_NAMES = ("pytorch", "onnx", "onnx-int8", "openvino", "openvino-int8", "tflite", "tflite-int8")
 
 
 def add_parser(commands) -> None:

@@ -29,7 +29,9 @@ def add_parser(commands) -> None:
     parser.add_argument("--onnxruntime-web", metavar="DIR",
                         help="--format web: onnxruntime-web's dist folder (default: $IMGCLF_ONNXRUNTIME_WEB, or "
                         "node_modules/onnxruntime-web/dist here or above)")  # fmt: skip
-    parser.add_argument("--quantize", choices=("int8",), help="int8 static quantization calibrated on training images")
+    parser.add_argument("--quantize", choices=("int8",),
+                        help="int8: for onnx, openvino and web, static quantization calibrated on training images; "
+                        "for tflite, LiteRT's dynamic range int8 (no calibration)")  # fmt: skip
     parser.add_argument("--output", metavar="FILE",
                         help="default: BUNDLE/model.onnx (BUNDLE/model.int8.onnx; .xml for openvino; the folder "
                         "BUNDLE/web for web)")  # fmt: skip

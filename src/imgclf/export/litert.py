@@ -30,9 +30,14 @@ import torch
 from imgclf.data.prepare import Preprocess
 from imgclf.errors import UsageError
 
-__all__ = ["CONTRACT_METADATA", "LiteRtSession", "litert_bytes", "read_contract"]
+__all__ = ["CONTRACT_METADATA", "INT8_DESCRIPTION", "LiteRtSession", "litert_bytes", "litert_int8", "read_contract",
+           "with_contract"]  # fmt: skip
 
 CONTRACT_METADATA = "imgclf.contract"  # the name of the metadata entry holding the contract (JSON)
+INT8_DESCRIPTION = (
+    "int8 dynamic range (LiteRT): convolution weights in int8 per output channel, their inputs quantized to int8 "
+    "as each image runs, so no calibration images; the final classifier in float"
+)
 
 
 @contextlib.contextmanager
@@ -97,21 +102,58 @@ def litert_bytes(network: torch.nn.Module, preprocess: Preprocess, temperature, 
         path = os.path.join(folder, "model.tflite")
         converted.export(path)
         data = Path(path).read_bytes()
-    return _with_metadata(data, CONTRACT_METADATA, json.dumps(contract).encode("utf-8"))
+    return with_contract(data, contract)
+
+
+def litert_int8(model: bytes) -> bytes:
+    """``model`` (a float .tflite file from ``litert_bytes``) with its convolutions quantized as
+    INT8_DESCRIPTION says, by Google's AI Edge Quantizer (installed with litert-torch); the
+    contract is kept, and the caller replaces it with one that says int8 (``with_contract``).
+
+    Why dynamic range, measured (CIFAR-10 simple CNN on 500 test images; clothing EfficientNet-Lite2
+    on 225 validation photos; 2 cores, AVX-512): agreement with the float file 99.0% / 96.4%,
+    accuracy 0.606 against 0.604 / 0.8444 against 0.8444, file 3.6x / 3.5x smaller, batch-1 latency
+    0.17 against 0.65 ms / 25.4 against 17.7 ms (XNNPACK's float kernels are the faster ones for
+    EfficientNet on this CPU). The fully static recipe (int8 activations, calibrated) failed in the
+    quantizer on the uint8-input files; int16 activations ran 20x slower. The classifier stays float,
+    as in the ONNX int8 graph: rounding the logits flips near-ties."""
+    from ai_edge_quantizer import qtyping, quantizer, recipe_manager
+
+    recipe = recipe_manager.RecipeManager()
+    for operation in (qtyping.TFLOperationName.CONV_2D, qtyping.TFLOperationName.DEPTHWISE_CONV_2D):
+        recipe.add_dynamic_config(regex=".*", operation_name=operation, num_bits=8)
+    with _native_output_held():  # the quantizer prints its size summary on stdout
+        job = quantizer.Quantizer(model)
+        job.load_quantization_recipe(recipe.get_quantization_recipe())
+        return bytes(job.quantize().quantized_model)
+
+
+def with_contract(model: bytes, contract: dict) -> bytes:
+    """The flatbuffer with ``contract`` as its CONTRACT_METADATA entry (replacing one it has)."""
+    return _with_metadata(model, CONTRACT_METADATA, json.dumps(contract).encode("utf-8"))
 
 
 def _with_metadata(model: bytes, name: str, value: bytes) -> bytes:
-    """The flatbuffer with one more metadata entry (a buffer of ``value`` bytes named ``name``)."""
+    """The flatbuffer with metadata entry ``name`` holding ``value`` (its buffer replaced when the
+    entry is there, a new buffer and entry otherwise)."""
     import flatbuffers
     from ai_edge_litert import schema_py_generated as schema
 
     tree = schema.ModelT.InitFromPackedBuf(bytearray(model), 0)
+    for stored in tree.buffers:  # the quantizer stores some weights after the flatbuffer: packing drops those
+        if stored.offset and stored.offset > 1:
+            stored.data = np.frombuffer(model, dtype=np.uint8, count=stored.size, offset=stored.offset)
+            stored.offset = stored.size = 0
     buffer = schema.BufferT()
     buffer.data = np.frombuffer(value, dtype=np.uint8)
-    tree.buffers.append(buffer)
-    entry = schema.MetadataT()
-    entry.name, entry.buffer = name, len(tree.buffers) - 1
-    tree.metadata = [*(tree.metadata or []), entry]
+    existing = [entry for entry in tree.metadata or [] if entry.name in (name, name.encode("utf-8"))]
+    if existing:
+        tree.buffers[existing[0].buffer] = buffer
+    else:
+        tree.buffers.append(buffer)
+        entry = schema.MetadataT()
+        entry.name, entry.buffer = name, len(tree.buffers) - 1
+        tree.metadata = [*(tree.metadata or []), entry]
     builder = flatbuffers.Builder(len(model) + len(value) + 1024)
     builder.Finish(tree.Pack(builder), file_identifier=b"TFL3")
     return bytes(builder.Output())
@@ -125,7 +167,10 @@ def read_contract(model: bytes) -> dict | None:
     for index in range(root.MetadataLength()):
         entry = root.Metadata(index)
         if entry.Name() is not None and entry.Name().decode("utf-8") == CONTRACT_METADATA:
-            return json.loads(root.Buffers(entry.Buffer()).DataAsNumpy().tobytes().decode("utf-8"))
+            buffer = root.Buffers(entry.Buffer())
+            stored = model[buffer.Offset() : buffer.Offset() + buffer.Size()] if buffer.Offset() > 1 else (
+                buffer.DataAsNumpy().tobytes())  # fmt: skip
+            return json.loads(bytes(stored).decode("utf-8"))
     return None
 
 

@@ -22,7 +22,7 @@ import onnx
 from imgclf.errors import ImgclfError, UsageError
 from imgclf.files import check_can_write
 
-__all__ = ["OpenVinoSession", "openvino_model", "read_contract", "record_check", "save_ir"]
+__all__ = ["OpenVinoSession", "openvino_model", "read_contract", "record_check", "save_ir", "set_contract"]
 
 CONTRACT_KEY, CHECKED_KEY = ["imgclf", "contract"], ["imgclf", "checked_on"]
 
@@ -39,8 +39,13 @@ def openvino_model(onnx_model: onnx.ModelProto, contract: dict):
     """The ONNX graph read by OpenVINO (from memory), with ``contract`` in its runtime information."""
     openvino = _openvino()
     model = openvino.Core().read_model(model=onnx_model.SerializeToString(), weights=b"")
-    model.set_rt_info(json.dumps(contract), CONTRACT_KEY)
+    set_contract(model, contract)
     return model
+
+
+def set_contract(model, contract: dict) -> None:
+    """``contract`` as the model's (replacing the one it has)."""
+    model.set_rt_info(json.dumps(contract), CONTRACT_KEY)
 
 
 def record_check(model, check: dict) -> None:
