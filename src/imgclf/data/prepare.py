@@ -163,7 +163,7 @@ def _scan_file_split(name: str, split: FileSplit, classes: list[str], progress: 
         try:
             data = split.reader.read(key)
             row["sha256"] = hashlib.sha256(data).hexdigest()  # exact duplicates and leakage
-            info = probe_image(data, source)
+            info = probe_image(data, source, count_frames=False)  # a scan needs sizes and modes only
         except BadImageError as error:
             scan.bad.append((error.source, error.reason))
             continue

@@ -123,7 +123,7 @@ class Service:
     async def decoded(self, name: str, data: bytes) -> np.ndarray:
         """Decoded and prepared within the shared pixel budget; HttpError 413/415 for a bad image."""
         try:
-            info = await asyncio.to_thread(probe_image, data, name)
+            info = await asyncio.to_thread(probe_image, data, name, count_frames=False)  # the size is what counts
             pixels = info.width * info.height
             image = await self.pixel_budget.run(pixels, self.engine.decode, data, name)
         except BadImageError as error:
