@@ -147,3 +147,20 @@ def test_unusable_data_gives_a_clear_error(tmp_path: Path, make, message: str):
     (tmp_path / "data").mkdir(exist_ok=True)
     with pytest.raises(DataError, match=message):
         load_dataset(str(target))
+
+
+def test_capping_training_images_keeps_enough_validation_images_to_judge_by(tmp_path: Path):
+    """``--max-train-per-class 10``: validation is capped too (evaluating thousands of images
+    would dominate such a run), but to at least 50 a class where the data has them, not to the
+    10% proportion (2 a class): the validation split chooses between the probe and the
+    fine-tuned model, and 12 a class once kept a probe 7 points worse on the test images."""
+    import json
+
+    import imgclf
+
+    write_class_folder(tmp_path / "data" / "train", ["a", "b"], per_class=30, size=8)
+    write_class_folder(tmp_path / "data" / "val", ["a", "b"], per_class=60, size=8, seed=1)
+    output = tmp_path / "run"
+    imgclf.train(str(tmp_path / "data"), output=output, model="simple_cnn", epochs=1, max_train_per_class=10)
+    sizes = json.loads((output / "model.json").read_text())["data"]["sizes"]
+    assert (sizes["train"], sizes["val"]) == (20, 100)
