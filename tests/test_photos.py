@@ -229,3 +229,23 @@ def test_the_speed_trial_of_a_two_stage_run_trains_the_backbone_as_its_epochs_wi
     backbone = [p for module in setup.runtime.model.group_modules()["stages"] for p in module.parameters()]
     assert backbone and all(p.requires_grad for p in backbone)
     assert setup.recipe.scheduler.lr_lambdas[0].total_steps >= 1
+
+
+def test_a_tight_budget_still_probes_with_the_cheapest_backbone(monkeypatch):
+    """Where even Lite0's passes take more than the usual share of the time but still fit, the
+    probe is planned anyway (saying the time is tight): training from scratch instead is far
+    worse on a hundred photos a class. Speeds are stand-ins: 100 images/s for every backbone."""
+    from imgclf.advise import photos
+    from imgclf.advise.facts import DataFacts
+
+    monkeypatch.setattr(photos, "pretrained_available", lambda name: True)
+    monkeypatch.setattr(photos, "_forward_speed", lambda name, device, size: 100.0)
+    facts = DataFacts("cifar", 1_000, 10, [100] * 10, 32, 3, photos=True)
+    cpu = torch.device("cpu")
+    # 58 s left: 60% is 34.8 s, 80% is 46.4 s; 3,500 passes take 35 s, 5,000 take 50 s.
+    tight = photos.plan_photo_transfer(facts, {"train": 1_000, "val": 500, "test": 2_000}, 60.0, 2.0, False, cpu)
+    assert tight is not None and tight.model == "efficientnet_lite0"
+    assert "the time is tight" in " ".join(tight.reasons)
+    roomy = photos.plan_photo_transfer(facts, {"train": 1_000, "val": 500, "test": 1_000}, 60.0, 2.0, False, cpu)
+    assert roomy is not None and not any("tight" in reason for reason in roomy.reasons)
+    assert photos.plan_photo_transfer(facts, {"train": 1_000, "val": 500, "test": 3_500}, 60.0, 2.0, False, cpu) is None
