@@ -80,6 +80,11 @@ def _forward_speed(name: str, device: torch.device, size: int) -> float:
     images = torch.randint(0, 256, (batch * 3, 3, size, size), dtype=torch.uint8, generator=generator)
     split = TensorSplit(images, torch.zeros(len(images), dtype=torch.int64), [str(i) for i in range(len(images))])
     preprocess = Preprocess(size, 3, (0.5,) * 3, (0.25,) * 3)
+    # One more untimed pass first: the first backbone timed in a process ran at 60% of its speed
+    # after measure_eval_speed's own untimed batch (Lite0 at 128 px: 148 images/s, then 236-258
+    # when timed again), enough to leave a CIFAR-10 minute without a probe.
+    with torch.no_grad():
+        model.eval()(preprocess.normalize(images[:batch].to(device)))
     return measure_eval_speed(model, make_batches(split, batch, workers=0), preprocess, device, SPEED_SECONDS)
 
 
