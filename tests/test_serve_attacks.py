@@ -218,17 +218,34 @@ def test_every_answer_carries_the_protective_headers(server):
 
 def test_one_client_holding_many_connections_cannot_lock_the_others_out(server):
     """A client (here 127.0.0.2) may hold 32 connections; the next is answered 503 in the JSON
-    error shape and closed at once, and another client (127.0.0.1) is served meanwhile."""
+    error shape and closed, and another client (127.0.0.1) is served meanwhile. The refusal is held
+    a second first, so a client reopening refused sockets in a loop cannot flood the event loop."""
+    from imgclf.serve.connections import REFUSAL_HOLD_S
+
     def connect() -> socket.socket:
         return socket.create_connection(("127.0.0.1", server.port), timeout=10, source_address=("127.0.0.2", 0))
 
     held = [connect() for _ in range(32)]
     try:
-        answer = _read_all(connect(), 5)
-        assert answer is not None and answer.startswith(b"HTTP/1.1 503"), answer
-        body = json.loads(answer.split(b"\r\n\r\n", 1)[1])
-        assert body["error"]["status"] == 503 and "32 connections" in body["error"]["message"]
+        refused, started = [connect() for _ in range(3)], time.monotonic()
+        assert _predict_ok(server)  # served while the refusals are held
+        answers = [_read_all(connection, 10) for connection in refused]
+        assert time.monotonic() - started >= REFUSAL_HOLD_S - 0.05  # a timer never fires early
+        for answer in answers:
+            assert answer is not None and answer.startswith(b"HTTP/1.1 503"), answer
+            body = json.loads(answer.split(b"\r\n\r\n", 1)[1])
+            assert body["error"]["status"] == 503 and "32 connections" in body["error"]["message"]
         assert _predict_ok(server)
     finally:
         for connection in held:
             connection.close()
+
+
+def test_refusals_are_held_only_while_file_descriptors_are_to_spare():
+    from imgclf.serve.connections import ConnectionBook
+
+    book = ConnectionBook(spare_descriptors=40)
+    book.open_total = 32
+    assert book.may_hold_refusal()
+    book.held_refusals = 8  # 32 open + 8 held: half the file limit reached, the next refusal is answered at once
+    assert not book.may_hold_refusal()
