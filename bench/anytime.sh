@@ -5,7 +5,7 @@
 # Prints validation accuracy, what was kept and why, epochs fine-tuned, and the wall time of the
 # whole command. Results: BENCHMARKS.md.
 # Usage: bench/anytime.sh FOLDER [FOLDER ...]   (2 CPU cores: 15-20 minutes a folder that fine-tunes)
-# BUDGETS="3m 10m" bench/anytime.sh FOLDER runs only those budgets; NO_FLAGS=0 skips the no-flag run;
+# BUDGETS="3m 10m" bench/anytime.sh FOLDER runs only those budgets; NO_FLAGS=0 skips the no-flag run, PROBE=0 the probe;
 # EXTRA="--max-train-per-class 100" is added to every run (CIFAR-10 with 100 images a class).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -46,7 +46,7 @@ PY
 }
 
 for folder in "$@"; do
-    run "$folder" probe-lite2 --model efficientnet_lite2 --pretrained --finetune linear-probe
+    if [ "${PROBE:-1}" = 1 ]; then run "$folder" probe-lite2 --model efficientnet_lite2 --pretrained --finetune linear-probe; fi
     if [ "${NO_FLAGS:-1}" = 1 ]; then run "$folder" no-flags; fi
     for budget in $BUDGETS; do
         run "$folder" "budget-$budget" --time-budget "$budget"

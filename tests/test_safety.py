@@ -357,3 +357,24 @@ def test_storage_that_refuses_a_write_ends_training_in_one_line(tmp_path):
     last = finished.stderr.strip().splitlines()[-1]
     assert "could not be written (File too large" in last and str(output) in last
     assert not [path.name for path in output.iterdir() if path.name.endswith(".tmp")]
+
+
+def test_an_image_file_is_read_whole_and_refused_over_its_limit_even_if_it_grew(tmp_path):
+    """read_image_file reads as many bytes as the file has; one that grew after its size was read
+    is read on (in chunks, never the whole limit at once) and refused once over the limit."""
+    from imgclf.data.readers import READ_CHUNK_BYTES, _read_up_to, read_image_file
+    from imgclf.errors import BadImageError
+
+    data = os.urandom(3 * READ_CHUNK_BYTES + 17)
+    path = tmp_path / "big.jpg"
+    path.write_bytes(data)
+    assert read_image_file(path) == data
+    with pytest.raises(BadImageError, match="over the 1,000-byte limit"):
+        read_image_file(path, limit=1000)
+    descriptor = os.open(path, os.O_RDONLY)
+    try:  # the size read before the file grew: 10 bytes
+        assert _read_up_to(descriptor, 10, 10 * READ_CHUNK_BYTES, str(path)) == data
+        os.lseek(descriptor, 0, os.SEEK_SET)
+        assert len(_read_up_to(descriptor, 10, 2 * READ_CHUNK_BYTES, str(path))) == 2 * READ_CHUNK_BYTES + 1
+    finally:
+        os.close(descriptor)

@@ -90,6 +90,25 @@ class FolderReader:
         return str(self.root / key)
 
 
+READ_CHUNK_BYTES = 1 << 20  # what a file that grew after its size was read is read on in
+
+
+def _read_up_to(descriptor: int, size: int, limit: int, source: str) -> bytes:
+    """A file's bytes: as many as it has (reading ``limit + 1`` at once allocates that much for
+    every file: 13% of predict --output's throughput on 10,000 small JPEGs), then, until the end of
+    the file, the rest up to ``limit + 1`` if it grew since. Plain ``os.read`` calls: a buffered
+    file object took 14 us a small JPEG against 11-12 this way (a 32 px JPEG decodes in about 110)."""
+    try:
+        chunks = [os.read(descriptor, size + 1)]
+        total = len(chunks[0])
+        while chunks[-1] and total <= limit:
+            chunks.append(os.read(descriptor, min(READ_CHUNK_BYTES, limit + 1 - total)))
+            total += len(chunks[-1])
+    except OSError as error:
+        raise BadImageError(source, f"cannot read file ({error.strerror})") from None
+    return chunks[0] if len(chunks) == 2 and not chunks[1] else b"".join(chunks)
+
+
 def read_image_file(path: Path, limit: int = MAX_MEMBER_BYTES) -> bytes:
     """The bytes of one image file, or a BadImageError naming it. Only a regular file is read, and
     only when it is within ``limit`` bytes: a FIFO named ``x.png`` would block the reader forever and
@@ -101,21 +120,15 @@ def read_image_file(path: Path, limit: int = MAX_MEMBER_BYTES) -> bytes:
         raise BadImageError(str(path), "file not found (moved or deleted?)") from None
     except OSError as error:
         raise BadImageError(str(path), f"cannot read file ({error.strerror})") from None
-    with os.fdopen(descriptor, "rb") as handle:
-        status = os.fstat(handle.fileno())
+    try:
+        status = os.fstat(descriptor)
         if not stat.S_ISREG(status.st_mode):
             raise BadImageError(str(path), f"not a regular file ({_file_kind(status.st_mode)}): not read")
         if status.st_size > limit:
             raise BadImageError(str(path), f"{status.st_size:,} bytes: over the {limit:,}-byte limit for one image")
-        try:
-            # As many bytes as the file has (reading ``limit + 1`` at once allocates that much for
-            # every file: 13% of predict --output's throughput on 10,000 small JPEGs), then the
-            # rest up to the limit if it grew since.
-            data = handle.read(status.st_size + 1)
-            if len(data) > status.st_size:
-                data += handle.read(limit + 1 - len(data))
-        except OSError as error:
-            raise BadImageError(str(path), f"cannot read file ({error.strerror})") from None
+        data = _read_up_to(descriptor, status.st_size, limit, str(path))
+    finally:
+        os.close(descriptor)
     if len(data) > limit:  # grew while being read
         raise BadImageError(str(path), f"over the {limit:,}-byte limit for one image")
     return data
