@@ -27,7 +27,7 @@ from imgclf.models.info import measure_latency
 __all__ = ["Candidate", "measure_candidate", "onnx_latency", "static_facts", "timed_batch_size", "training_speed"]
 
 LATENCY_SECONDS = 1.5  # timing per candidate for latency (at least 5 passes after a warm-up one)
-TRAINING_SECONDS = 2.0  # timing per candidate for training steps (after one untimed step)
+TRAINING_SECONDS = 2.0  # timing per candidate for training steps (after untimed ones: engine.budget)
 MAX_REPEATS = 30
 TIMED_BATCHES = 8  # random batches made for timing; fewer are used when the time runs out
 # The timed training batch is the run's batch, made smaller for heavy models so that one step
