@@ -57,6 +57,27 @@ def test_a_csv_of_label_sets_is_multi_label_with_a_row_of_labels_per_image(tmp_p
         assert (split.targets.sum(axis=0) > 0).all()
 
 
+def test_a_folder_of_images_beside_its_labels_csv_is_read_from_the_csv(tmp_path: Path):
+    """The layout the Planet chips come in: DIR/images/*.jpg and DIR/labels.csv. ``imgclf train
+    DIR`` reads the listing (the one subfolder is no class); with two listings the user says which,
+    and a folder of class folders stays a folder of class folders whatever CSV sits beside them."""
+    write_label_set_csv(tmp_path / "planet", _label_sets())
+    for task in (None, MULTI_LABEL):
+        dataset = load_dataset(str(tmp_path / "planet"), task=task)
+        assert dataset.task == MULTI_LABEL and dataset.classes == sorted(LABELS)
+        assert dataset.name.endswith("labels.csv") and sum(len(split) for split in dataset.splits.values()) == 60
+    (tmp_path / "planet" / "other.csv").write_text("path,labels\nimages/000.png,left\n")
+    with pytest.raises(DataError, match="found 1 class"):
+        load_dataset(str(tmp_path / "planet"))
+    folders = tmp_path / "folders"
+    for label in ("left", "right"):
+        (folders / label).mkdir(parents=True)
+        for index in range(6):
+            pattern_image(LABELS.index(label), 16, np.random.default_rng(index)).save(folders / label / f"{index}.png")
+    (folders / "notes.csv").write_text("path,labels\nleft/0.png,right\n")
+    assert load_dataset(str(folders)).classes == ["left", "right"]
+
+
 def test_one_label_per_row_stays_single_label_and_a_label_column_keeps_its_spaces(tmp_path: Path):
     single = load_dataset(str(write_label_set_csv(tmp_path / "one", ["left", "right"] * 12)))
     assert single.task == SINGLE_LABEL and single.splits["train"].targets.ndim == 1

@@ -340,6 +340,9 @@ def load_dataset(
     """Resolve DATA: ``digits``, ``fashion-mnist``, a folder, an archive or a ``.csv`` file.
     ``task``: None finds out (a CSV column of label sets holding several labels on some image is
     multi-label); ``MULTI_LABEL`` reads every CSV label cell as a set."""
+    listing = _listing_in_folder(Path(data).expanduser())
+    if listing is not None and task == MULTI_LABEL:
+        return _load_csv(listing, policy, task)
     if task == MULTI_LABEL and not str(data).lower().endswith((".csv", *JSON_LINES)):
         raise DataError(f"{data}: multi-label data comes as a CSV of path,labels (labels separated by ';' or "
                         "spaces) or as JSON lines")  # fmt: skip
@@ -355,4 +358,36 @@ def load_dataset(
         )
     if path.suffix.lower() in (".csv", *JSON_LINES):
         return _load_csv(path, policy, task)
-    return _load_folder_or_archive(path, policy)
+    try:
+        return _load_folder_or_archive(path, policy)
+    except DataError:
+        if listing is None:
+            raise
+    # A folder of images beside the one file that labels them (labels.csv, as Kaggle's Planet
+    # chips come), whose subfolders are no classes: the listing is the data.
+    return _load_csv(listing, policy, task)
+
+
+def _listing_in_folder(path: Path) -> Path | None:
+    """The one CSV or JSON lines file at the top of folder ``path`` that has a path column (None:
+    not a folder, none, or several: which one is meant is then the user's to say)."""
+    if not path.is_dir():
+        return None
+    try:
+        candidates = [entry for entry in path.iterdir() if entry.suffix.lower() in (".csv", *JSON_LINES)
+                      and entry.is_file() and _names_a_path_column(entry)]  # fmt: skip
+    except OSError:
+        return None
+    return candidates[0] if len(candidates) == 1 else None
+
+
+def _names_a_path_column(listing: Path) -> bool:
+    """Whether a listing's first line names a path column (a CSV header, or a JSON object's key)."""
+    try:
+        with listing.open("r", encoding="utf-8-sig", errors="replace") as handle:
+            first = handle.readline(4096).lower()
+    except OSError:
+        return False
+    if listing.suffix.lower() in JSON_LINES:
+        return any(f'"{name}"' in first for name in PATH_COLUMNS)
+    return any(cell.strip().strip('"') in PATH_COLUMNS for cell in first.split(","))
