@@ -78,6 +78,27 @@ def test_a_folder_of_images_beside_its_labels_csv_is_read_from_the_csv(tmp_path:
     assert load_dataset(str(folders)).classes == ["left", "right"]
 
 
+def test_a_kaggle_listing_of_names_without_suffixes_finds_its_images(tmp_path: Path):
+    """Kaggle's Planet layout: ``train_v2.csv`` with ``image_name,tags`` rows naming ``train_0``
+    for ``train-jpg/train_0.jpg``. The folder and the CSV both train; a name two images share is
+    not guessed (its row says the file was not found)."""
+    root = tmp_path / "planet"
+    (root / "train-jpg").mkdir(parents=True)
+    rows = _label_sets(24)
+    for index in range(24):
+        first = LABELS.index(rows[index].split()[0])
+        pattern_image(first, 16, np.random.default_rng(index)).save(root / "train-jpg" / f"train_{index}.jpg")
+    (root / "train_v2.csv").write_text("image_name,tags\n" + "".join(f"train_{i},{rows[i]}\n" for i in range(24)))
+    for data in (root, root / "train_v2.csv"):
+        dataset = load_dataset(str(data))
+        assert dataset.task == MULTI_LABEL and sum(len(split) for split in dataset.splits.values()) == 24
+        keys = [key for split in dataset.splits.values() for key in split.keys]
+        assert all(key.startswith("train-jpg/train_") and key.endswith(".jpg") for key in keys), keys[:3]
+    pattern_image(0, 16, np.random.default_rng(0)).save(root / "train_0.png")  # a second train_0
+    keys = [key for split in load_dataset(str(root)).splits.values() for key in split.keys]
+    assert "train_0" in keys
+
+
 def test_one_label_per_row_stays_single_label_and_a_label_column_keeps_its_spaces(tmp_path: Path):
     single = load_dataset(str(write_label_set_csv(tmp_path / "one", ["left", "right"] * 12)))
     assert single.task == SINGLE_LABEL and single.splits["train"].targets.ndim == 1

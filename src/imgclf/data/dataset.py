@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from imgclf.data.builtins import FASHION_MNIST_CLASSES, load_digits_arrays, load_fashion_mnist_arrays
-from imgclf.data.layout import SPLIT_NAMES, is_junk, parse_layout
+from imgclf.data.layout import IMAGE_SUFFIXES, SPLIT_NAMES, is_junk, parse_layout
 from imgclf.data.readers import FolderReader, ImageReader, open_reader
 from imgclf.data.split import fingerprint, stratified_split
 from imgclf.errors import DataError
@@ -38,7 +38,7 @@ TASKS = (SINGLE_LABEL, MULTI_LABEL)
 # A CSV column of label sets (several labels per image, separated by ";" or by spaces); a column
 # named "label" or "class" holds one label per image, which may contain spaces ("golden retriever").
 LABEL_SET_COLUMNS = ("labels", "tags")
-PATH_COLUMNS = ("path", "file", "filename", "image", "filepath")
+PATH_COLUMNS = ("path", "file", "filename", "image", "filepath", "image_name", "file_name", "image_id")
 JSON_LINES = (".jsonl", ".ndjson")  # one JSON object per line: {"path": ..., "labels": [...], "split": ...}
 
 
@@ -302,6 +302,7 @@ def _load_csv(path: Path, policy: SplitPolicy, task: str | None = None) -> Datas
         raise DataError(f"{path}: the listing names no images")
     if "pool" in by_split and len(by_split) > 1:
         raise DataError(f"{path}: give a split for every row or for none")
+    by_split = _with_suffixes_found(path.parent, by_split)
     reader = FolderReader(path.parent)
     one_each = all(len(labels) == 1 for items in by_split.values() for _, labels in items)
     if sets and (task == MULTI_LABEL or not one_each):
@@ -311,6 +312,38 @@ def _load_csv(path: Path, policy: SplitPolicy, task: str | None = None) -> Datas
         by_split = {split: [(key, labels[0]) for key, labels in items] for split, items in by_split.items()}
     classes, splits, info = _labelled_files(str(path), reader, by_split, policy)
     return Dataset(str(path), classes, splits, info, kind="csv")
+
+
+def _entries(folder: Path) -> list[Path]:
+    try:
+        return list(folder.iterdir())
+    except OSError:  # unreadable: its files stay not found, and their rows say so
+        return []
+
+
+def _readable_subfolders(root: Path) -> list[Path]:
+    return sorted(entry for entry in _entries(root) if entry.is_dir() and not is_junk(entry.name))
+
+
+Rows = dict[str, list[tuple[str, object]]]  # (path, label or labels) by split, as a listing gives them
+
+
+def _with_suffixes_found(root: Path, by_split: Rows) -> Rows:
+    """Rows whose path names no file and has no image suffix (Kaggle's listings: ``train_0`` for
+    ``train-jpg/train_0.jpg``) point to the one image of that name in the listing's folder or a
+    folder just below it; a name two images share, or none, is left as it is (its row then says
+    the file was not found)."""
+    missing = {key for items in by_split.values() for key, _ in items
+               if Path(key).suffix.lower() not in IMAGE_SUFFIXES and not (root / key).exists()}  # fmt: skip
+    if not missing:
+        return by_split
+    found: dict[str, list[str]] = {}
+    for folder in [root, *_readable_subfolders(root)]:
+        for entry in _entries(folder):
+            if entry.suffix.lower() in IMAGE_SUFFIXES and entry.stem in missing:
+                found.setdefault(entry.stem, []).append(str(entry.relative_to(root)))
+    unique = {stem: places[0] for stem, places in found.items() if len(places) == 1}
+    return {split: [(unique.get(key, key), labels) for key, labels in items] for split, items in by_split.items()}
 
 
 def _label_set_files(
