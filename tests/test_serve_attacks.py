@@ -245,7 +245,7 @@ def test_refusals_are_held_only_while_file_descriptors_are_to_spare():
     from imgclf.serve.connections import ConnectionBook
 
     book = ConnectionBook(spare_descriptors=40)
-    book.open_total = 32
+    book.open_per_client.update({"127.0.0.2": 30, "127.0.0.3": 2})
     assert book.may_hold_refusal()
     book.held_refusals = 8  # 32 open + 8 held: half the file limit reached, the next refusal is answered at once
     assert not book.may_hold_refusal()

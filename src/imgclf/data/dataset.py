@@ -194,6 +194,11 @@ def _load_folder_or_archive(path: Path, policy: SplitPolicy) -> Dataset:
     is_archive = not path.is_dir()
     layout = parse_layout(reader.list_files(), strip_top_folder=is_archive)
     layout.ignored.extend(getattr(reader, "skipped", []))
+    classes_found = {name for items in layout.splits.values() for _, name in items}
+    if not is_archive and len(classes_found) < 2 and (listing := _listing_in_folder(path)) is not None:
+        # Images beside the one file that labels them (labels.csv, as the Planet chips come),
+        # their folders no classes: the listing is the data.
+        return _load_csv(listing, policy)
     if not any(layout.splits.values()):
         detail = (
             f" ({len(layout.ignored)} files ignored, e.g. {layout.ignored[0][0]}: {layout.ignored[0][1]})"
@@ -215,9 +220,19 @@ def _read_csv_table(path: Path) -> tuple[list[str] | None, list[list[str]]]:
             rows = [row for row in csv.reader(handle) if row and any(cell.strip() for cell in row)]
     except (OSError, UnicodeDecodeError, csv.Error) as error:
         raise DataError(f"{path}: cannot read CSV ({error})") from None
-    if rows and rows[0][0].strip().lower() in PATH_COLUMNS:
+    if rows and _is_header(rows[0]):
         return [cell.strip().lower() for cell in rows[0]], rows[1:]
     return None, rows
+
+
+def _is_header(row: list[str]) -> bool:
+    """A CSV's first row is its header when its first cell names the path column."""
+    return bool(row) and row[0].strip().lower() in PATH_COLUMNS
+
+
+def _path_key(record) -> str | None:
+    """The key of a JSON lines record that holds the image's path."""
+    return next((name for name in PATH_COLUMNS if isinstance(record, dict) and name in record), None)
 
 
 def label_fields(target, classes: list[str]) -> dict:
@@ -272,7 +287,7 @@ def _jsonl_rows(path: Path, task: str | None) -> tuple[dict[str, list[tuple[str,
             record = json.loads(text)
         except json.JSONDecodeError as error:
             raise DataError(f"{path}: line {number} is not JSON ({error.msg})") from None
-        key = next((name for name in PATH_COLUMNS if isinstance(record, dict) and name in record), None)
+        key = _path_key(record)
         if key is None or not isinstance(record[key], str):
             raise DataError(f"{path}: line {number} needs a \"path\" (got {text[:80]!r})")
         records.append((number, record, key))
@@ -373,8 +388,8 @@ def load_dataset(
     """Resolve DATA: ``digits``, ``fashion-mnist``, a folder, an archive or a ``.csv`` file.
     ``task``: None finds out (a CSV column of label sets holding several labels on some image is
     multi-label); ``MULTI_LABEL`` reads every CSV label cell as a set."""
-    listing = _listing_in_folder(Path(data).expanduser())
-    if listing is not None and task == MULTI_LABEL:
+    listing = _listing_in_folder(Path(data).expanduser()) if task == MULTI_LABEL else None
+    if listing is not None:
         return _load_csv(listing, policy, task)
     if task == MULTI_LABEL and not str(data).lower().endswith((".csv", *JSON_LINES)):
         raise DataError(f"{data}: multi-label data comes as a CSV of path,labels (labels separated by ';' or "
@@ -391,14 +406,7 @@ def load_dataset(
         )
     if path.suffix.lower() in (".csv", *JSON_LINES):
         return _load_csv(path, policy, task)
-    try:
-        return _load_folder_or_archive(path, policy)
-    except DataError:
-        if listing is None:
-            raise
-    # A folder of images beside the one file that labels them (labels.csv, as Kaggle's Planet
-    # chips come), whose subfolders are no classes: the listing is the data.
-    return _load_csv(listing, policy, task)
+    return _load_folder_or_archive(path, policy)
 
 
 def _listing_in_folder(path: Path) -> Path | None:
@@ -415,12 +423,16 @@ def _listing_in_folder(path: Path) -> Path | None:
 
 
 def _names_a_path_column(listing: Path) -> bool:
-    """Whether a listing's first line names a path column (a CSV header, or a JSON object's key)."""
+    """Whether a listing's first line names the path column as the listing is read (the CSV
+    header's first cell, or a key of the first JSON object)."""
     try:
         with listing.open("r", encoding="utf-8-sig", errors="replace") as handle:
-            first = handle.readline(4096).lower()
+            first = handle.readline(65536)
     except OSError:
         return False
     if listing.suffix.lower() in JSON_LINES:
-        return any(f'"{name}"' in first for name in PATH_COLUMNS)
-    return any(cell.strip().strip('"') in PATH_COLUMNS for cell in first.split(","))
+        try:
+            return _path_key(json.loads(first)) is not None
+        except ValueError:
+            return False
+    return _is_header(next(csv.reader([first]), []))

@@ -130,12 +130,13 @@ def measure_train_speed(setup: FitSetup, batches: Batches, seconds: float) -> fl
             targets = training_step(setup, images, targets)[2]
             if setup.runtime.device.type == "cuda":
                 torch.cuda.synchronize(setup.runtime.device)
-            now, took = time.perf_counter(), time.perf_counter() - last
-            last = now
+            now = time.perf_counter()
+            took, last = now - last, now
             if untimed > 0:
                 untimed = 0 if took > 3 * seconds else untimed - 1
                 continue
-            measuring_since = measuring_since or now - took
+            if measuring_since is None:
+                measuring_since = now - took
             speeds.append(len(targets) / max(took, 1e-9))
             measured = now - measuring_since
             if (len(speeds) >= MIN_TIMED_STEPS and measured >= seconds) or measured >= 3 * seconds:

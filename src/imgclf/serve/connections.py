@@ -38,13 +38,12 @@ class ConnectionBook:
     """One server's connections: open ones per client address, and refusals being held."""
 
     open_per_client: Counter = field(default_factory=Counter)
-    open_total: int = 0
     held_refusals: int = 0
     # File descriptors the server may spend holding refusals and open connections together.
     spare_descriptors: int = field(default_factory=lambda: resource.getrlimit(resource.RLIMIT_NOFILE)[0] // 2)
 
     def may_hold_refusal(self) -> bool:
-        return self.open_total + self.held_refusals < self.spare_descriptors
+        return self.open_per_client.total() + self.held_refusals < self.spare_descriptors
 
 
 class HeadTimedH11Protocol(H11Protocol):
@@ -67,7 +66,6 @@ class HeadTimedH11Protocol(H11Protocol):
         if client is not None:
             self._client = client
             self.book.open_per_client[client] += 1
-            self.book.open_total += 1
         self._arm_head_timer()
 
     def _refuse(self, transport: asyncio.Transport) -> None:
@@ -106,7 +104,6 @@ class HeadTimedH11Protocol(H11Protocol):
             self.book.open_per_client[self._client] -= 1
             if self.book.open_per_client[self._client] <= 0:
                 del self.book.open_per_client[self._client]
-            self.book.open_total -= 1
             self._client = None
         super().connection_lost(exc)
 
