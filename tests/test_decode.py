@@ -39,6 +39,29 @@ def test_exif_orientation_is_applied():
     assert pixels.shape[:2] == (40, 20)
 
 
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "TIFF", "XMP"])
+def test_every_place_a_rotation_is_written_is_read_as_pillow_reads_it(fmt: str):
+    """The check that skips asking Pillow for an orientation must see each way a file can carry one."""
+    from PIL import ImageOps
+
+    from imgclf.data.decode import may_be_rotated
+
+    image = Image.new("RGB", (40, 20), (200, 10, 10))
+    image.paste((10, 10, 200), (0, 0, 10, 20))  # a blue left edge: where it goes tells the rotation
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    if fmt == "XMP":
+        xmp = b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#"><rdf:Description xmlns:tiff="http://ns.adobe.com/tiff/1.0/" tiff:Orientation="6"/></rdf:RDF></x:xmpmeta>'
+        data = encode(image, "JPEG", xmp=xmp)
+    else:
+        data = encode(image, fmt, exif=exif.tobytes()) if fmt != "TIFF" else encode(image, fmt, tiffinfo={0x0112: 6})
+    expected = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB")).astype(int)
+    assert expected.shape[:2] == (40, 20)  # Pillow itself rotates it
+    pixels = decode_image(data, f"rotated.{fmt.lower()}").astype(int)
+    assert pixels.shape == expected.shape and np.abs(pixels - expected).max() <= 1
+    assert not may_be_rotated(Image.open(io.BytesIO(encode(image, "JPEG"))))  # a plain file skips the question
+
+
 def test_transparency_is_composited_on_white():
     rgba = Image.new("RGBA", (2, 2), (0, 0, 0, 0))
     assert decode_image(encode(rgba), "a.png")[0, 0].tolist() == [255, 255, 255]

@@ -233,10 +233,11 @@ def test_probe_regularization_is_chosen_by_cross_validation_on_train():
 
 def test_the_allocator_settings_apply_to_computing_commands_only():
     environ: dict[str, str] = {}
-    assert wants_tuned_allocator(["train", "photos/"], environ) is (
-        __import__("platform").libc_ver()[0] == "glibc" and __import__("sys").platform == "linux"
-    )
+    on_glibc = __import__("platform").libc_ver()[0] == "glibc" and __import__("sys").platform == "linux"
+    assert wants_tuned_allocator(["train", "photos/"], environ) is on_glibc
+    assert wants_tuned_allocator(["predict", "bundle", "photos/"], environ) is on_glibc
     assert not wants_tuned_allocator(["serve", "bundle"], environ)
+    assert not wants_tuned_allocator(["predict", "model.onnx", "photos/", "--output", "rows.parquet"], environ)
     assert not wants_tuned_allocator(["train", "photos/"], {"IMGCLF_MALLOC": "system"})
     assert not wants_tuned_allocator(["train", "photos/"], {"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"})
     assert "mmap_threshold" in ALLOCATOR_TUNABLES and "trim_threshold" in ALLOCATOR_TUNABLES

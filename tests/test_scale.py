@@ -69,12 +69,14 @@ def test_rows_for_every_file_and_one_for_the_broken_one(digits_bundle, digit_fil
 
 
 def test_two_shards_are_the_whole_without_overlap(digits_onnx, digit_files, tmp_path, capsys):
+    """The halves come from two worker processes each, the whole from one process: the same rows."""
     whole = tmp_path / "whole.csv"
-    assert main(["predict", str(digits_onnx), str(digit_files), "--output", str(whole)]) == 0
+    assert main(["predict", str(digits_onnx), str(digit_files), "--output", str(whole), "--processes", "1"]) == 0
     halves = []
     for index in (0, 1):
         half = tmp_path / f"half{index}.csv"
-        arguments = ["predict", str(digits_onnx), str(digit_files), "--output", str(half), "--shard", f"{index}/2"]
+        arguments = ["predict", str(digits_onnx), str(digit_files), "--output", str(half), "--shard", f"{index}/2",
+                     "--processes", "2", "--rows-per-part", "50"]  # fmt: skip
         assert main(arguments) == 0
         halves.append(_rows(half))
     assert len(halves[0]) > 200 and len(halves[1]) > 200
@@ -82,13 +84,26 @@ def test_two_shards_are_the_whole_without_overlap(digits_onnx, digit_files, tmp_
     assert sorted(halves[0] + halves[1], key=lambda row: row["path"]) == _rows(whole)
 
 
-def test_kill_9_three_times_then_resume_gives_the_uninterrupted_rows(digits_onnx, digit_files, tmp_path):
+def _processes_writing(output: Path) -> list[int]:
+    """The processes whose command line names ``output`` (a run and its workers)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and str(output).encode() in (entry / "cmdline").read_bytes():
+                found.append(int(entry.name))
+        except OSError:  # gone meanwhile
+            continue
+    return found
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_kill_9_three_times_then_resume_gives_the_uninterrupted_rows(digits_onnx, digit_files, tmp_path, processes):
     reference = tmp_path / "reference.jsonl"
     assert main(["predict", str(digits_onnx), str(digit_files), "--output", str(reference)]) == 0
     output = tmp_path / "killed.jsonl"
     parts = output.with_name(output.name + ".parts")
     command = [sys.executable, "-m", "imgclf", "predict", str(digits_onnx), str(digit_files), "--output", str(output),
-               "--rows-per-part", "10", "--batch-size", "10", "--resume"]  # fmt: skip
+               "--rows-per-part", "10", "--batch-size", "10", "--resume", "--processes", str(processes)]  # fmt: skip
     kills = 0
     for wanted_parts in (3, 20, 40):
         process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -101,6 +116,11 @@ def test_kill_9_three_times_then_resume_gives_the_uninterrupted_rows(digits_onnx
             time.sleep(0.005)
         process.wait()
     assert kills >= 1  # on a fast machine a run may finish before its kill: the rows must still be right
+    if sys.platform == "linux":  # the killed run's workers leave too, instead of waiting forever
+        deadline = time.monotonic() + 30
+        while _processes_writing(output) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _processes_writing(output)
     assert subprocess.run(command, capture_output=True).returncode == 0
     assert _rows(output) == _rows(reference)
 
@@ -166,7 +186,7 @@ def test_decoding_goes_to_threads_only_where_they_are_faster():
     with ThreadPoolExecutor(max_workers=4) as pool:
         for function, expected in ((waits, "threads"), (slower_in_threads, "in turn")):
             chooser = _DecodeChooser(pool, workers=4)
-            for batch in range(8):
+            for batch in range(2 + 2 * _DecodeChooser.TRIALS):
                 items = list(range(batch * 8, batch * 8 + 8))
                 assert chooser.decode(function, items) == items  # in order, whichever way
             assert chooser.chosen == expected

@@ -11,7 +11,9 @@ cannot set a threshold above 32 MiB (tried: 11.2 images/s training), so the sett
 ``GLIBC_TUNABLES``, which glibc reads only when a process starts: the program re-executes itself
 once with them.
 
-Not for ``imgclf serve``: a server must give memory back after a burst of requests. Set
+Not for ``imgclf serve``: a server must give memory back after a burst of requests; nor for
+``imgclf predict MODEL.onnx``, which never loads PyTorch (onnxruntime keeps its tensors in its own
+arena), so re-executing would only add an interpreter start (about 25 ms). Set
 ``IMGCLF_MALLOC=system`` to keep glibc's defaults; a ``GLIBC_TUNABLES`` already set is left alone.
 Importing imgclf as a library changes nothing (the host program owns its allocator).
 """
@@ -20,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import platform
 import sys
 
 __all__ = ["ALLOCATOR_TUNABLES", "main", "wants_tuned_allocator"]
@@ -30,18 +31,31 @@ ALLOCATOR_TUNABLES = "glibc.malloc.mmap_threshold=4294967295:glibc.malloc.trim_t
 NOT_TUNED_COMMANDS = ("serve",)
 
 
-def _command(argv: list[str]) -> str | None:
-    return next((item for item in argv if not item.startswith("-")), None)
+def _computes_with_pytorch(argv: list[str]) -> bool:
+    """Whether the command may run PyTorch on large tensors (an option's value may be taken for a
+    positional argument: the answer is then yes, the safe side)."""
+    positional = [item for item in argv if not item.startswith("-")]
+    if not positional or positional[0] in NOT_TUNED_COMMANDS:
+        return False
+    return not (positional[0] == "predict" and len(positional) > 1 and positional[1].lower().endswith(".onnx"))
+
+
+def _uses_glibc() -> bool:
+    # confstr answers at once; platform.libc_ver() reads the interpreter's binary (7 ms).
+    try:
+        return sys.platform == "linux" and os.confstr("CS_GNU_LIBC_VERSION").startswith("glibc")
+    except (ValueError, OSError, AttributeError):  # not glibc (musl has no such name)
+        return False
 
 
 def wants_tuned_allocator(argv: list[str], environ: dict[str, str]) -> bool:
     """Whether to re-execute with ``ALLOCATOR_TUNABLES``: glibc on Linux, not asked for already
-    or refused, and a command that computes on large tensors."""
-    if sys.platform != "linux" or platform.libc_ver()[0] != "glibc":
+    or refused, and a command that computes on large tensors with PyTorch."""
+    if not _uses_glibc():
         return False
     if environ.get("IMGCLF_MALLOC", "").lower() == "system" or "GLIBC_TUNABLES" in environ:
         return False
-    return _command(argv) not in NOT_TUNED_COMMANDS
+    return _computes_with_pytorch(argv)
 
 
 def main() -> int:

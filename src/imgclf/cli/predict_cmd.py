@@ -51,7 +51,10 @@ def _add_at_scale_options(parser) -> None:
                         "run wrote (none twice, none missing)")  # fmt: skip
     parser.add_argument("--batch-size", type=int, default=64, help="with --output: images per model call "
                         "(default: 64)")  # fmt: skip
-    parser.add_argument("--workers", type=int, default=2, help="with --output: decoding threads (default: 2)")
+    parser.add_argument("--processes", type=int, help="with --output: worker processes predicting parts side by "
+                        "side (default: one per core for an .onnx file, 1 for a bundle)")  # fmt: skip
+    parser.add_argument("--workers", type=int, default=2, help="with --output and one process: decoding threads "
+                        "(default: 2)")  # fmt: skip
     parser.add_argument("--rows-per-part", type=int, default=512, help="with --output: images decoded, predicted "
                         "and saved together; a crash loses at most one part (default: 512)")  # fmt: skip
 
@@ -71,13 +74,14 @@ def _predict_to_file(args: argparse.Namespace) -> int:
 
     if args.model is not None or len(args.paths) < 2:
         raise UsageError("with --output, give a BUNDLE or an exported .onnx file and at least one source")
-    for name in ("batch_size", "workers", "rows_per_part"):
-        if getattr(args, name) < 1:
+    for name in ("batch_size", "workers", "rows_per_part", "processes"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1, not {getattr(args, name)}")
     shard = parse_shard(args.shard) if args.shard else None
     result = run_predict_to_file(args.paths[0], args.paths[1:], args.output, top_k=args.top_k, shard=shard,
                                  resume=args.resume, workers=args.workers, batch_size=args.batch_size,
-                                 tta=args.tta, rows_per_part=args.rows_per_part)  # fmt: skip
+                                 tta=args.tta, rows_per_part=args.rows_per_part,
+                                 processes=args.processes)  # fmt: skip
     if args.json:
         print_json(result)
     else:

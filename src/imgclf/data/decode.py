@@ -266,13 +266,26 @@ def decode_image(
         if min_side is not None and image.format == "JPEG":
             image.draft(image.mode, (min_side, min_side))  # keeps both sides >= min_side
         image.seek(0)  # animated GIF/WEBP/TIFF: the first frame
-        ImageOps.exif_transpose(image, in_place=True)  # in place: no copy of an upright image
+        if may_be_rotated(image):
+            ImageOps.exif_transpose(image, in_place=True)  # in place: no copy of an upright image
         pixels = _to_array(image)
     except DECODER_ERRORS as error:
         raise BadImageError(source, f"cannot decode ({_described(error)})") from None
     if channels is not None:
         pixels = convert_channels(pixels, channels)
     return np.array(pixels, dtype=np.uint8, copy=True)
+
+
+# Where Pillow's getexif() looks for an orientation: the EXIF block (JPEG, PNG, WebP, HEIF, AVIF),
+# PNG's text copy of it, TIFF's own tags, and XMP.
+_ORIENTATION_SOURCES = ("exif", "Raw profile type exif", "XML:com.adobe.xmp", "xmp")
+
+
+def may_be_rotated(image: Image.Image) -> bool:
+    """Whether the file carries metadata that can ask for a rotation. Most files carry none, and
+    asking Pillow costs 10 us of the 110 us a 32 px JPEG takes to decode, in a loop between
+    model calls."""
+    return hasattr(image, "tag_v2") or any(key in image.info for key in _ORIENTATION_SOURCES)
 
 
 def resize_shorter_center_crop(pixels: np.ndarray, size: int, resize_to: int | None = None) -> np.ndarray:

@@ -125,7 +125,7 @@ def expand_image_paths(inputs: list[str]) -> list[Path]:
                 subfolders[:] = [name for name in subfolders if not is_junk(name)]
                 found += [os.path.join(folder, name) for name in files
                           if not is_junk(name) and os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES]  # fmt: skip
-            paths.extend(Path(name) for name in sorted(found, key=lambda name: Path(name).parts))
+            paths.extend(sorted(map(Path, found), key=lambda found_path: found_path.parts))
         else:
             paths.append(path)  # a missing file becomes a per-file error in the result
     return paths

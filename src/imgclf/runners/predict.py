@@ -3,9 +3,16 @@ written to a Parquet, CSV or JSON lines file as they come (``run_predict_to_file
 
 from __future__ import annotations
 
+import collections
+import multiprocessing
+import os
+import signal
 import statistics
+import sys
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 
 from rich.console import Console
@@ -40,7 +47,7 @@ def run_predict(
     return classifier.predict([str(path) for path in expand_image_paths(inputs)], top_k=top_k)
 
 
-ROWS_PER_PART = 512  # decoded, predicted and written together: memory stays flat, a kill loses one part
+ROWS_PER_PART = 512  # decoded, predicted and written together: memory stays flat, a kill loses the parts in flight
 PROGRESS_EVERY_S = 5.0
 
 
@@ -70,7 +77,12 @@ class _DecodeChooser:
     threads only take turns with the lock (10,000 CIFAR-10 JPEGs of 32 px on 2 cores: 1.50 s one
     after another, 2.16 s in 2 threads)."""
 
-    TRIALS = 2  # batches timed each way, after a first one each
+    # Batches timed each way, after a first one each. With 2 a single slow batch (another process
+    # busy for a moment) chose threads in 1 run of 4 on 10,000 CIFAR-10 files, 0.2-0.4 s slower.
+    TRIALS = 4
+    # Threads are chosen only when clearly faster: where they fight over the lock their times
+    # scatter (124-330 us an image against 109-181 in turn), and a lucky draw must not choose them.
+    THREADS_MUST_TAKE = 0.8  # of the time per image in turn
 
     def __init__(self, pool: ThreadPoolExecutor, workers: int):
         self.pool = pool
@@ -86,7 +98,8 @@ class _DecodeChooser:
             self.seconds_per_image[mode].append((time.perf_counter() - started) / len(batch))
             if all(len(times) >= self.TRIALS for times in self.seconds_per_image.values()):
                 medians = {name: statistics.median(times) for name, times in self.seconds_per_image.items()}
-                self.chosen = min(medians, key=medians.get)
+                faster = medians["threads"] < self.THREADS_MUST_TAKE * medians["in turn"]
+                self.chosen = "threads" if faster else "in turn"
         self.batches += 1
         return decoded
 
@@ -109,6 +122,12 @@ class _Progress:
                                highlight=False)  # fmt: skip
 
 
+def default_processes(model: str | Path) -> int:
+    """Worker processes for ``run_predict_to_file``: one per core for an exported ONNX file, whose
+    workers need only onnxruntime; one for a bundle (each process would load PyTorch)."""
+    return usable_cores() if Path(model).is_file() else 1
+
+
 def run_predict_to_file(
     model: str | Path,
     sources: list[str],
@@ -121,9 +140,12 @@ def run_predict_to_file(
     tta: str = "none",
     console: Console | None = None,
     rows_per_part: int = ROWS_PER_PART,
+    processes: int | None = None,
 ) -> dict:
     """Predict every image of ``sources`` (this shard's share) with a bundle or an exported ONNX
-    file, writing rows to ``output`` as they come (see ``imgclf.scale``)."""
+    file, writing rows to ``output`` as they come (see ``imgclf.scale``). ``processes``: parts
+    predicted side by side in that many worker processes (default: ``default_processes``);
+    ``workers``: decoding threads where one process does it all."""
     started, console = time.perf_counter(), console or stderr_console()
     writer = PartWriter(output, resume)
     items = list_sources(sources)
@@ -131,14 +153,32 @@ def run_predict_to_file(
         items = [item for item in items if in_shard(item[0], *shard)]
     done = writer.done() if resume else set()
     todo = [item for item in items if written_name(item[0]) not in done]
-    predictor = Predictor(model, top_k=top_k, threads=usable_cores(), tta=tta)
     console.print(f"{len(items):,} images{' in this shard' if shard else ''}; {len(done):,} done before, "
                   f"{len(todo):,} to go", highlight=False)  # fmt: skip
     progress = _Progress(len(todo), console)
     chunks = [todo[start : start + rows_per_part] for start in range(0, len(todo), rows_per_part)]
-    # Each batch is decoded, then run on every core: on 2 cores that beat decoding one part ahead of
-    # the model, where decoding and onnxruntime's threads fought over the cores (10,000 CIFAR-10
-    # files: 1,687-1,944 images/s overlapped, 1,813-1,983 in turn).
+    processes = max(1, min(processes or default_processes(model), len(chunks)))
+    threads = max(1, usable_cores() // processes)  # onnxruntime threads of each process's model calls
+    predictor = Predictor(model, top_k=top_k, threads=threads, tta=tta)
+    if processes > 1:
+        parts = _parts_in_processes(predictor, chunks, processes, batch_size)
+    else:
+        parts = _parts_in_this_process(predictor, chunks, workers, batch_size)
+    for chunk, rows in zip(chunks, parts):
+        writer.write(rows)
+        progress.step(len(chunk))
+    path = writer.finish()
+    seconds = time.perf_counter() - started
+    return {"output": str(path), "images": len(items), "predicted_now": len(todo), "done_before": len(done),
+            "shard": None if shard is None else f"{shard[0]}/{shard[1]}", "seconds": round(seconds, 2),
+            "images_per_s": round(len(todo) / seconds, 1) if seconds else None}  # fmt: skip
+
+
+def _parts_in_this_process(predictor: Predictor, chunks: list[list], workers: int, batch_size: int) -> Iterator[list]:
+    """Each part's rows, in order: each batch decoded (in turn or in threads), then run on every core.
+    On 2 cores that beat decoding one part ahead of the model in a thread, where decoding and
+    onnxruntime's threads fought over the cores (10,000 CIFAR-10 files: 1,687-1,944 images/s
+    overlapped, 1,813-1,983 in turn)."""
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         decoder = _DecodeChooser(pool, workers)
         for chunk in chunks:
@@ -146,10 +186,64 @@ def run_predict_to_file(
             for start in range(0, len(chunk), batch_size):
                 batch = chunk[start : start + batch_size]
                 rows += _predict_batch(predictor, batch, decoder.decode(lambda item: _decoded(predictor, item), batch))
-            writer.write(rows)
-            progress.step(len(chunk))
-    path = writer.finish()
-    seconds = time.perf_counter() - started
-    return {"output": str(path), "images": len(items), "predicted_now": len(todo), "done_before": len(done),
-            "shard": None if shard is None else f"{shard[0]}/{shard[1]}", "seconds": round(seconds, 2),
-            "images_per_s": round(len(todo) / seconds, 1) if seconds else None}  # fmt: skip
+            yield rows
+
+
+# Processes, not threads, share the cores between decoding and the model: decoding a small file
+# is mostly Python, which threads take turns at. 10,000 CIFAR-10 files on 2 cores: 2.9 s in two
+# processes of one onnxruntime thread each, 3.7 s in one process (decode, then two threads).
+PARTS_AHEAD_PER_PROCESS = 2  # parts queued for each worker: busy without holding the whole run
+
+
+def _parts_in_processes(predictor: Predictor, chunks: list[list], processes: int, batch_size: int) -> Iterator[list]:
+    """Each part's rows, in order, predicted in ``processes`` worker processes that each load the
+    model once. A worker that dies (killed, out of memory) stops the run with an error, never a
+    hang; the parts written before it stay for ``--resume``."""
+    readers = list({id(reader): reader for _, reader, _ in (item for chunk in chunks for item in chunk)}.values())
+    index_of = {id(reader): index for index, reader in enumerate(readers)}
+    # fork: a worker starts in milliseconds with the modules already imported (nothing here has
+    # started onnxruntime, whose threads would not survive a fork); spawn where fork is not usual.
+    context = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
+    pool = ProcessPoolExecutor(processes, mp_context=context, initializer=_start_worker,
+                               initargs=(predictor, readers, batch_size))  # fmt: skip
+    try:
+        pending: collections.deque = collections.deque()
+        for chunk in chunks:
+            pending.append(pool.submit(_worker_part, [(name, index_of[id(reader)], key) for name, reader, key in chunk]))
+            if len(pending) >= processes * PARTS_AHEAD_PER_PROCESS:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:  # stopped early (an error, Ctrl-C): the parts not started are dropped, not predicted
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+_WORKER: dict = {}  # a worker process's own predictor, readers and batch size (set by _start_worker)
+
+
+PARENT_CHECK_EVERY_S = 0.5
+
+
+def _start_worker(predictor: Predictor, readers: list, batch_size: int) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it stops the pool
+    _WORKER.update(predictor=predictor, readers=readers, batch_size=batch_size)
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
+
+
+def _exit_with_parent(parent: int) -> None:
+    """A worker outlives a parent killed with kill -9, waiting forever on a queue whose other end
+    it holds itself (fork copies it): it leaves once it has another parent."""
+    while os.getppid() == parent:
+        time.sleep(PARENT_CHECK_EVERY_S)
+    os._exit(1)
+
+
+def _worker_part(part: list[tuple[str, int, str]]) -> list[dict]:
+    """One part's rows, decoded one file after another and predicted batch by batch."""
+    predictor, readers, batch_size = _WORKER["predictor"], _WORKER["readers"], _WORKER["batch_size"]
+    items = [(name, readers[index], key) for name, index, key in part]
+    rows: list[dict] = []
+    for start in range(0, len(items), batch_size):
+        batch = items[start : start + batch_size]
+        rows += _predict_batch(predictor, batch, [_decoded(predictor, item) for item in batch])
+    return rows
