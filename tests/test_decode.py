@@ -51,7 +51,10 @@ def test_every_place_a_rotation_is_written_is_read_as_pillow_reads_it(fmt: str):
     exif = Image.Exif()
     exif[0x0112] = 6
     if fmt == "XMP":
-        xmp = b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#"><rdf:Description xmlns:tiff="http://ns.adobe.com/tiff/1.0/" tiff:Orientation="6"/></rdf:RDF></x:xmpmeta>'
+        xmp = (b'<x:xmpmeta xmlns:x="adobe:ns:meta/">'
+               b'<rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+               b'<rdf:Description xmlns:tiff="http://ns.adobe.com/tiff/1.0/" tiff:Orientation="6"/>'
+               b"</rdf:RDF></x:xmpmeta>")  # fmt: skip
         data = encode(image, "JPEG", xmp=xmp)
     else:
         data = encode(image, fmt, exif=exif.tobytes()) if fmt != "TIFF" else encode(image, fmt, tiffinfo={0x0112: 6})

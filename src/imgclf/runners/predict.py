@@ -209,7 +209,8 @@ def _parts_in_processes(predictor: Predictor, chunks: list[list], processes: int
     try:
         pending: collections.deque = collections.deque()
         for chunk in chunks:
-            pending.append(pool.submit(_worker_part, [(name, index_of[id(reader)], key) for name, reader, key in chunk]))
+            part = [(name, index_of[id(reader)], key) for name, reader, key in chunk]  # readers go once, at start
+            pending.append(pool.submit(_worker_part, part))
             if len(pending) >= processes * PARTS_AHEAD_PER_PROCESS:
                 yield pending.popleft().result()
         while pending:
