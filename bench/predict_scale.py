@@ -10,9 +10,12 @@ included: the time a user waits):
 - **imgclf**: ``imgclf predict MODEL FOLDER --output rows.parquet``: abstain rule, top-5, rows
   written to Parquet part files and joined.
 
-Memory: peak RSS of ``imgclf predict --output`` over the first 1,000 files (a text list) and over all.
+Memory: the peak PSS of ``imgclf predict --output`` and its worker processes together, over the
+first 1,000 files (a text list) and over all (Linux: read from /proc every 20 ms; sampling adds
+work on the same cores, a fraction of a percent).
 
 Usage: .venv/bin/python bench/predict_scale.py MODEL.onnx FOLDER [--workers 2] [--format parquet|csv|jsonl]
+       [--repeats N]
 Results: BENCHMARKS.md.
 """
 
@@ -20,7 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -71,18 +74,51 @@ def raw_run(model: Path, folder: Path, workers: int) -> float:
     return time.perf_counter() - started
 
 
-def imgclf_run(model: Path, sources: list[str], output: Path, workers: int) -> tuple[float, float, float]:
-    """(images/s as imgclf reports it, wall-clock seconds, peak RSS in MB) of one fresh process."""
+def _descendants(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            children = [int(child) for child in (task / "children").read_text().split()]
+        except OSError:
+            continue
+        for child in children:
+            found += [child, *_descendants(child)]
+    return found
+
+
+def _tree_pss_mb(pid: int) -> float:
+    """Proportional set size of a process and its descendants: pages the workers share with the
+    process they were forked from count once in all, not once each."""
+    total_kb = 0
+    for member in [pid, *_descendants(pid)]:
+        try:
+            rollup = Path(f"/proc/{member}/smaps_rollup").read_text()
+        except OSError:
+            continue
+        total_kb += next((int(line.split()[1]) for line in rollup.splitlines() if line.startswith("Pss:")), 0)
+    return total_kb / 1024
+
+
+def imgclf_run(
+    model: Path, sources: list[str], output: Path, workers: int, memory: bool = False
+) -> tuple[float, float, float]:
+    """(images/s as imgclf reports it, wall-clock seconds, peak memory in MB) of one fresh process.
+    ``memory``: the largest PSS of the process and its workers together, sampled every 20 ms (not
+    in timed runs: reading /proc for three processes 50 times a second takes a share of the cores)."""
     command = [sys.executable, "-m", "imgclf", "predict", str(model), *sources, "--output", str(output), "--json",
                "--workers", str(workers)]  # fmt: skip
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     started = time.perf_counter()
-    finished = subprocess.run(command, capture_output=True, text=True, check=True)
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    peak = 0.0
+    while memory and process.poll() is None:
+        peak = max(peak, _tree_pss_mb(process.pid))
+        time.sleep(0.02)
+    process.wait()
     wall = time.perf_counter() - started
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    result = json.loads(finished.stdout)
-    # ru_maxrss of children is the largest child so far: runs go from small to large, so it is this one's.
-    return result["images_per_s"], wall, max(peak, before) / 1024
+    stdout, _ = process.communicate()
+    if process.returncode != 0:
+        raise SystemExit(f"imgclf predict failed ({process.returncode})")
+    return json.loads(stdout)["images_per_s"], wall, peak
 
 
 def main() -> None:
@@ -91,6 +127,7 @@ def main() -> None:
     parser.add_argument("folder", type=Path)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--format", choices=("parquet", "csv", "jsonl"), default="parquet")
+    parser.add_argument("--repeats", type=int, default=1, help="side-by-side rounds (the median ratio is reported)")
     parser.add_argument("--raw-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.raw_only:
@@ -99,18 +136,27 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="imgclf-predict-"))
     listing = work / "first-1000.txt"
     listing.write_text("".join(f"{path.resolve()}\n" for path in files[:: max(1, len(files) // 1000)][:1000]))
-    small_rate, small_wall, small_peak = imgclf_run(args.model, [str(listing)], work / f"small.{suffix}", args.workers)
-    raw = {workers: raw_run(args.model, args.folder, workers) for workers in (1, args.workers)}
-    rate, wall, peak = imgclf_run(args.model, [str(args.folder)], work / f"all.{suffix}", args.workers)
-    best = min(raw.values())
+    small_rate, small_wall, small_peak = imgclf_run(args.model, [str(listing)], work / f"small.{suffix}", args.workers,
+                                                    memory=True)  # fmt: skip
+    *_, peak = imgclf_run(args.model, [str(args.folder)], work / f"memory.{suffix}", args.workers, memory=True)
     print(f"{len(files):,} files, fresh processes, wall clock from start to exit")
-    for workers, seconds in raw.items():
-        print(f"raw onnxruntime, decoding {'in turn' if workers == 1 else f'in {workers} threads'}: {seconds:.2f} s "
-              f"= {len(files) / seconds:.0f} images/s")
-    print(f"imgclf predict --output .{suffix}: {wall:.2f} s = {len(files) / wall:.0f} images/s ({best / wall:.2f}x "
-          f"the faster raw loop; {rate:.0f} images/s once started), peak RSS {peak:.0f} MB")
-    print(f"imgclf predict --output, 1,000 files: {small_rate:.0f} images/s, {small_wall:.1f} s, peak RSS "
-          f"{small_peak:.0f} MB")
+    ratios = []
+    for round_number in range(args.repeats):
+        raw = {workers: raw_run(args.model, args.folder, workers) for workers in (1, args.workers)}
+        output = work / f"all-{round_number}.{suffix}"
+        rate, wall, _ = imgclf_run(args.model, [str(args.folder)], output, args.workers)
+        best = min(raw.values())
+        ratios.append(best / wall)
+        for workers, seconds in raw.items():
+            print(f"raw onnxruntime, decoding {'in turn' if workers == 1 else f'in {workers} threads'}: "
+                  f"{seconds:.2f} s = {len(files) / seconds:.0f} images/s")  # fmt: skip
+        print(f"imgclf predict --output .{suffix}: {wall:.2f} s = {len(files) / wall:.0f} images/s ({best / wall:.2f}x "
+              f"the faster raw loop; {rate:.0f} images/s once started)")  # fmt: skip
+    if args.repeats > 1:
+        print(f"ratio over {args.repeats} rounds: median {statistics.median(ratios):.2f}x, "
+              f"{min(ratios):.2f}-{max(ratios):.2f}x")
+    print(f"peak memory (PSS, all processes, a run of its own): {small_peak:.0f} MB over 1,000 files "
+          f"({small_rate:.0f} images/s, {small_wall:.1f} s), {peak:.0f} MB over {len(files):,}")
 
 
 if __name__ == "__main__":

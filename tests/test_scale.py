@@ -96,6 +96,20 @@ def _processes_writing(output: Path) -> list[int]:
     return found
 
 
+def test_a_bundle_in_two_worker_processes_gives_the_rows_of_one(digits_bundle, digit_files, tmp_path):
+    """Worker processes of a bundle are started afresh (PyTorch's threads do not survive a fork)."""
+    listing = tmp_path / "some.txt"
+    listing.write_text("".join(f"{path}\n" for path in sorted(digit_files.rglob("*.png"))[:40]))
+    rows = {}
+    for processes in (1, 2):
+        output = tmp_path / f"rows-{processes}.jsonl"
+        arguments = ["predict", str(digits_bundle), str(listing), "--output", str(output), "--processes",
+                     str(processes), "--batch-size", "10", "--rows-per-part", "20"]  # fmt: skip
+        assert main(arguments) == 0
+        rows[processes] = _rows(output)
+    assert len(rows[1]) == 40 and rows[2] == rows[1]
+
+
 @pytest.mark.parametrize("processes", [1, 2])
 def test_kill_9_three_times_then_resume_gives_the_uninterrupted_rows(digits_onnx, digit_files, tmp_path, processes):
     reference = tmp_path / "reference.jsonl"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -14,7 +15,8 @@ from imgclf.errors import OutputError
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["atomic_write_bytes", "atomic_write_tensors", "check_can_write", "current_umask", "file_sha256", "free_path"]
+__all__ = ["atomic_write_bytes", "atomic_write_tensors", "atomic_write_with", "check_can_write", "current_umask",
+           "file_sha256", "free_path"]  # fmt: skip
 
 
 def current_umask() -> int:
@@ -27,6 +29,12 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write to a temporary file in the same folder, fsync, then rename over ``path``: a reader
     (or a crash) sees the old file or the new one, never half of one."""
     _atomic_write(path, lambda temporary: Path(temporary).write_bytes(data))
+
+
+def atomic_write_with(path: Path, write: Callable[[str], None]) -> None:
+    """Like ``atomic_write_bytes`` for a file that ``write(temporary_path)`` makes itself, piece by
+    piece: a file joined from many parts never has to sit whole in memory."""
+    _atomic_write(path, write)
 
 
 def atomic_write_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:

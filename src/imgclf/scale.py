@@ -30,10 +30,10 @@ from pathlib import Path
 import numpy as np
 
 from imgclf.data.dataset import PATH_COLUMNS
-from imgclf.data.layout import IMAGE_SUFFIXES, expand_image_paths, is_junk
+from imgclf.data.layout import IMAGE_SUFFIXES, image_files_below, is_junk
 from imgclf.data.readers import ARCHIVE_SUFFIXES, FolderReader, ImageReader, open_reader, read_image_file
 from imgclf.errors import DataError, ImgclfError, UsageError
-from imgclf.files import atomic_write_bytes
+from imgclf.files import atomic_write_bytes, atomic_write_with
 
 __all__ = ["COLUMNS", "OUTPUT_FORMATS", "PartWriter", "Predictor", "in_shard", "list_sources", "parse_shard", "row_of",
            "written_name"]
@@ -71,8 +71,10 @@ def list_sources(sources: list[str]) -> list[tuple[str, ImageReader, str]]:
             keys = [key for key in sorted(reader.list_files()) if Path(key).suffix.lower() in IMAGE_SUFFIXES
                     and not any(is_junk(part) for part in Path(key).parts)]  # fmt: skip
             items += [(f"{source}:{key}", reader, key) for key in keys]
-        else:  # a folder is searched; a file, or a missing one (its row will say so), is taken as it is
-            items += [(str(found), local, str(found)) for found in expand_image_paths([source])]
+        elif path.is_dir():
+            items += [(name, local, name) for name in image_files_below(path)]
+        else:  # a file, or a missing one (its row will say so), is taken as it is
+            items.append((str(path), local, str(path)))
     return items
 
 
@@ -223,20 +225,35 @@ class PartWriter:
             self.count += 1
 
     def finish(self) -> Path:
-        """Join the parts into OUTPUT (atomically) and remove them."""
+        """Join the parts into OUTPUT (atomically, streamed part by part) and remove them."""
         parts = sorted(self.parts.glob("part-*"))
-        if self.format == ".parquet":
-            pyarrow, parquet = _pyarrow()
-            tables = [_part_table(part) for part in parts] or [_schema().empty_table()]
-            buffer = io.BytesIO()
-            parquet.write_table(pyarrow.concat_tables(tables), buffer)
-            atomic_write_bytes(self.output, buffer.getvalue())
-        else:
-            header = _encode([], self.format)
-            body = b"".join(part.read_bytes()[len(header):] for part in parts)
-            atomic_write_bytes(self.output, header + body)
+        join = _join_parquet if self.format == ".parquet" else _join_text
+        atomic_write_with(self.output, lambda temporary: join(parts, temporary, self.format))
         shutil.rmtree(self.parts)
         return self.output
+
+
+ROW_GROUP_ROWS = 16_384  # rows joined into one Parquet row group: the most held at a time (about 5 MB)
+
+
+def _join_parquet(parts: list[Path], temporary: str, _suffix: str) -> None:
+    pyarrow, parquet = _pyarrow()
+    schema = _schema()
+    with parquet.ParquetWriter(temporary, schema) as writer:
+        waiting: list = []
+        for index, part in enumerate(parts):
+            waiting.append(_part_table(part))
+            if sum(table.num_rows for table in waiting) >= ROW_GROUP_ROWS or index == len(parts) - 1:
+                writer.write_table(pyarrow.concat_tables(waiting).cast(schema))
+                waiting = []
+
+
+def _join_text(parts: list[Path], temporary: str, suffix: str) -> None:
+    header = _encode([], suffix)  # CSV parts each start with the header; the output has it once
+    with open(temporary, "wb") as file:
+        file.write(header)
+        for part in parts:
+            file.write(part.read_bytes()[len(header) :])
 
 
 def _pyarrow():
@@ -275,8 +292,9 @@ def _part_table(part: Path):
     from pyarrow import json as arrow_json
 
     options = arrow_json.ParseOptions(explicit_schema=_schema(), unexpected_field_behavior="ignore")
-    return arrow_json.read_json(part, read_options=arrow_json.ReadOptions(block_size=part.stat().st_size + 1),
-                                parse_options=options)  # fmt: skip
+    # One block has nothing for threads to share, and each thread's allocator keeps memory.
+    reading = arrow_json.ReadOptions(block_size=part.stat().st_size + 1, use_threads=False)
+    return arrow_json.read_json(part, read_options=reading, parse_options=options)
 
 
 def _read_part(part: Path) -> list[dict]:

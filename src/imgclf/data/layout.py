@@ -114,18 +114,27 @@ def parse_layout(keys: list[str], strip_top_folder: bool = False) -> FolderLayou
 
 
 def expand_image_paths(inputs: list[str]) -> list[Path]:
-    """Files as given (whatever their extension); folders searched for image files, in order
-    (os.walk: a third of the time rglob took on 10,000 files)."""
+    """Files as given (whatever their extension); folders searched for image files, in order."""
     paths: list[Path] = []
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            found = []
-            for folder, subfolders, files in os.walk(path):
-                subfolders[:] = [name for name in subfolders if not is_junk(name)]
-                found += [os.path.join(folder, name) for name in files
-                          if not is_junk(name) and os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES]  # fmt: skip
-            paths.extend(sorted(map(Path, found), key=lambda found_path: found_path.parts))
+            paths.extend(map(Path, image_files_below(path)))
         else:
             paths.append(path)  # a missing file becomes a per-file error in the result
     return paths
+
+
+def image_files_below(folder: str | Path) -> list[str]:
+    """The image files below ``folder``, folder by folder in name order, each named as
+    ``str(Path(...))`` names it. Strings, not Paths: os.walk took a third of the time rglob took
+    on 10,000 files, and a Path object per file costs 0.3 KB that the listing of millions keeps."""
+    root = str(Path(folder))  # normalised as Path does it, so the joined names need no Path either
+    found = []
+    for current, subfolders, files in os.walk(root):
+        subfolders[:] = [name for name in subfolders if not is_junk(name)]
+        found += [os.path.join(current, name) for name in files
+                  if not is_junk(name) and os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES]  # fmt: skip
+    if root == ".":
+        found = [name[2:] for name in found]  # "./cat/1.jpg" -> "cat/1.jpg", as Path writes it
+    return sorted(found, key=lambda name: name.split(os.sep))

@@ -4,6 +4,7 @@ written to a Parquet, CSV or JSON lines file as they come (``run_predict_to_file
 from __future__ import annotations
 
 import collections
+import gc
 import multiprocessing
 import os
 import signal
@@ -143,7 +144,7 @@ def run_predict_to_file(
     processes: int | None = None,
 ) -> dict:
     """Predict every image of ``sources`` (this shard's share) with a bundle or an exported ONNX
-    file, writing rows to ``output`` as they come (see ``imgclf.scale``). ``processes``: parts
+    file, writing rows to ``output`` as they come (see ``imgclf.scale``). ``processes``: batches
     predicted side by side in that many worker processes (default: ``default_processes``);
     ``workers``: decoding threads where one process does it all."""
     started, console = time.perf_counter(), console or stderr_console()
@@ -157,14 +158,18 @@ def run_predict_to_file(
                   f"{len(todo):,} to go", highlight=False)  # fmt: skip
     progress = _Progress(len(todo), console)
     chunks = [todo[start : start + rows_per_part] for start in range(0, len(todo), rows_per_part)]
-    processes = max(1, min(processes or default_processes(model), len(chunks)))
+    batches = [chunk[start : start + batch_size] for chunk in chunks for start in range(0, len(chunk), batch_size)]
+    processes = max(1, min(processes or default_processes(model), len(batches)))
     threads = max(1, usable_cores() // processes)  # onnxruntime threads of each process's model calls
     predictor = Predictor(model, top_k=top_k, threads=threads, tta=tta)
     if processes > 1:
-        parts = _parts_in_processes(predictor, chunks, processes, batch_size)
+        batch_rows = _batches_in_processes(predictor, batches, processes)
     else:
-        parts = _parts_in_this_process(predictor, chunks, workers, batch_size)
-    for chunk, rows in zip(chunks, parts):
+        batch_rows = _batches_in_this_process(predictor, batches, workers)
+    for chunk in chunks:  # a part is written once all its batches are back, in order
+        rows: list[dict] = []
+        while len(rows) < len(chunk):
+            rows += next(batch_rows)
         writer.write(rows)
         progress.step(len(chunk))
     path = writer.finish()
@@ -174,60 +179,59 @@ def run_predict_to_file(
             "images_per_s": round(len(todo) / seconds, 1) if seconds else None}  # fmt: skip
 
 
-def _parts_in_this_process(predictor: Predictor, chunks: list[list], workers: int, batch_size: int) -> Iterator[list]:
-    """Each part's rows, in order: each batch decoded (in turn or in threads), then run on every core.
-    On 2 cores that beat decoding one part ahead of the model in a thread, where decoding and
-    onnxruntime's threads fought over the cores (10,000 CIFAR-10 files: 1,687-1,944 images/s
-    overlapped, 1,813-1,983 in turn)."""
+def _batches_in_this_process(predictor: Predictor, batches: list[list], workers: int) -> Iterator[list]:
+    """Each batch's rows, in order: decoded (in turn or in threads), then run on every core. On 2
+    cores that beat decoding ahead of the model in a thread, where decoding and onnxruntime's
+    threads fought over the cores (10,000 CIFAR-10 files: 1,687-1,944 images/s overlapped,
+    1,813-1,983 in turn)."""
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         decoder = _DecodeChooser(pool, workers)
-        for chunk in chunks:
-            rows: list[dict] = []
-            for start in range(0, len(chunk), batch_size):
-                batch = chunk[start : start + batch_size]
-                rows += _predict_batch(predictor, batch, decoder.decode(lambda item: _decoded(predictor, item), batch))
-            yield rows
+        for batch in batches:
+            yield _predict_batch(predictor, batch, decoder.decode(lambda item: _decoded(predictor, item), batch))
 
 
 # Processes, not threads, share the cores between decoding and the model: decoding a small file
 # is mostly Python, which threads take turns at. 10,000 CIFAR-10 files on 2 cores: 2.9 s in two
 # processes of one onnxruntime thread each, 3.7 s in one process (decode, then two threads).
-PARTS_AHEAD_PER_PROCESS = 2  # parts queued for each worker: busy without holding the whole run
+BATCHES_AHEAD_PER_PROCESS = 4  # batches queued for each worker: never idle, yet not the whole run
 
 
-def _parts_in_processes(predictor: Predictor, chunks: list[list], processes: int, batch_size: int) -> Iterator[list]:
-    """Each part's rows, in order, predicted in ``processes`` worker processes that each load the
-    model once. A worker that dies (killed, out of memory) stops the run with an error, never a
-    hang; the parts written before it stay for ``--resume``."""
-    readers = list({id(reader): reader for _, reader, _ in (item for chunk in chunks for item in chunk)}.values())
+def _batches_in_processes(predictor: Predictor, batches: list[list], processes: int) -> Iterator[list]:
+    """Each batch's rows, in order, predicted in ``processes`` worker processes that each load the
+    model once (a batch at a time: the processes finish together). A worker that dies (killed,
+    out of memory) stops the run with an error, never a hang; the parts written stay for ``--resume``."""
+    readers = list({id(reader): reader for _, reader, _ in (item for batch in batches for item in batch)}.values())
     index_of = {id(reader): index for index, reader in enumerate(readers)}
-    # fork: a worker starts in milliseconds with the modules already imported (nothing here has
-    # started onnxruntime, whose threads would not survive a fork); spawn where fork is not usual.
-    context = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
+    # fork for an ONNX file: a worker starts in milliseconds with the modules already imported
+    # (this process has not loaded the model: onnxruntime's threads would not survive a fork).
+    # spawn for a bundle, whose PyTorch may have started OpenMP threads here (a forked child that
+    # uses OpenMP then can hang), and where fork is not the usual way.
+    forks = sys.platform == "linux" and Path(predictor.source).is_file()
+    context = multiprocessing.get_context("fork" if forks else "spawn")
     pool = ProcessPoolExecutor(processes, mp_context=context, initializer=_start_worker,
-                               initargs=(predictor, readers, batch_size))  # fmt: skip
+                               initargs=(predictor, readers))  # fmt: skip
+    gc.freeze()  # a worker's collector then leaves the objects it was forked with alone, unwritten and shared
     try:
         pending: collections.deque = collections.deque()
-        for chunk in chunks:
-            part = [(name, index_of[id(reader)], key) for name, reader, key in chunk]  # readers go once, at start
-            pending.append(pool.submit(_worker_part, part))
-            if len(pending) >= processes * PARTS_AHEAD_PER_PROCESS:
+        for batch in batches:
+            names = [(name, index_of[id(reader)], key) for name, reader, key in batch]  # readers went at start
+            pending.append(pool.submit(_worker_batch, names))
+            if len(pending) >= processes * BATCHES_AHEAD_PER_PROCESS:
                 yield pending.popleft().result()
         while pending:
             yield pending.popleft().result()
-    finally:  # stopped early (an error, Ctrl-C): the parts not started are dropped, not predicted
+    finally:  # stopped early (an error, Ctrl-C): the batches not started are dropped, not predicted
         pool.shutdown(wait=True, cancel_futures=True)
+        gc.unfreeze()
 
 
-_WORKER: dict = {}  # a worker process's own predictor, readers and batch size (set by _start_worker)
-
-
+_WORKER: dict = {}  # a worker process's own predictor and readers (set by _start_worker)
 PARENT_CHECK_EVERY_S = 0.5
 
 
-def _start_worker(predictor: Predictor, readers: list, batch_size: int) -> None:
+def _start_worker(predictor: Predictor, readers: list) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it stops the pool
-    _WORKER.update(predictor=predictor, readers=readers, batch_size=batch_size)
+    _WORKER.update(predictor=predictor, readers=readers)
     threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
 
 
@@ -239,12 +243,8 @@ def _exit_with_parent(parent: int) -> None:
     os._exit(1)
 
 
-def _worker_part(part: list[tuple[str, int, str]]) -> list[dict]:
-    """One part's rows, decoded one file after another and predicted batch by batch."""
-    predictor, readers, batch_size = _WORKER["predictor"], _WORKER["readers"], _WORKER["batch_size"]
-    items = [(name, readers[index], key) for name, index, key in part]
-    rows: list[dict] = []
-    for start in range(0, len(items), batch_size):
-        batch = items[start : start + batch_size]
-        rows += _predict_batch(predictor, batch, [_decoded(predictor, item) for item in batch])
-    return rows
+def _worker_batch(names: list[tuple[str, int, str]]) -> list[dict]:
+    """One batch's rows, its files decoded one after another."""
+    predictor, readers = _WORKER["predictor"], _WORKER["readers"]
+    batch = [(name, readers[index], key) for name, index, key in names]
+    return _predict_batch(predictor, batch, [_decoded(predictor, item) for item in batch])
