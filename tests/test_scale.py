@@ -139,6 +139,27 @@ def test_kill_9_three_times_then_resume_gives_the_uninterrupted_rows(digits_onnx
     assert _rows(output) == _rows(reference)
 
 
+@pytest.mark.parametrize("processes", ["1", "2"])
+def test_a_file_that_is_no_imgclf_model_is_one_error_and_leaves_nothing(digit_files, tmp_path, capsys, processes):
+    """Not a row per file saying the model is wrong, and no parts folder that asks for --resume."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    plain = tmp_path / "plain.onnx"
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])  # fmt: skip
+    onnx.save(helper.make_model(graph), plain)
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_text("not a model")
+    for model, reason in ((plain, "not an ONNX file written by imgclf export"), (garbage, "onnxruntime cannot load")):
+        output = tmp_path / f"{model.stem}.csv"
+        assert main(["predict", str(model), str(digit_files / "1"), "--output", str(output), "--processes",
+                     processes]) == 2  # fmt: skip
+        assert reason in capsys.readouterr().err
+        assert not output.exists() and not output.with_name(output.name + ".parts").exists()
+
+
 def test_sources_can_be_archives_and_listings(digit_files, tmp_path):
     archive = tmp_path / "digits.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:

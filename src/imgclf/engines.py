@@ -118,7 +118,12 @@ class OnnxEngine:
     def __init__(self, path: Path, threads: int = 1):
         from imgclf.export.runtime import onnx_session
 
-        self.session = onnx_session(str(path), threads=threads)
+        try:
+            self.session = onnx_session(str(path), threads=threads)
+        except Exception as error:  # onnxruntime's own exception types: not a model it can load
+            if not type(error).__module__.startswith("onnxruntime"):
+                raise
+            raise UsageError(f"{path}: onnxruntime cannot load it as a model ({str(error).strip()})") from None
         self.parallel_batches = max(1, 2 * usable_cores() // threads)
         metadata = self.session.get_modelmeta().custom_metadata_map
         if "imgclf.classes" not in metadata:

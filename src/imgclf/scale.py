@@ -136,6 +136,10 @@ class Predictor:
 
     @property
     def engine(self):
+        return self.load()
+
+    def load(self):
+        """The model's engine, loaded on first use: a file that is no model raises here (UsageError)."""
         if self._engine is None:
             from imgclf.engines import open_engine
 
@@ -223,6 +227,11 @@ class PartWriter:
         if rows:
             atomic_write_bytes(self.parts / f"part-{self.count:06d}{self.part_format}", _encode(rows, self.part_format))
             self.count += 1
+
+    def discard_if_empty(self) -> None:
+        """Remove the parts folder when no part is in it (a run that failed before its first)."""
+        if self.parts.is_dir() and not any(self.parts.iterdir()):
+            self.parts.rmdir()
 
     def finish(self) -> Path:
         """Join the parts into OUTPUT (atomically, streamed part by part) and remove them."""

@@ -166,12 +166,16 @@ def run_predict_to_file(
         batch_rows = _batches_in_processes(predictor, batches, processes)
     else:
         batch_rows = _batches_in_this_process(predictor, batches, workers)
-    for chunk in chunks:  # a part is written once all its batches are back, in order
-        rows: list[dict] = []
-        while len(rows) < len(chunk):
-            rows += next(batch_rows)
-        writer.write(rows)
-        progress.step(len(chunk))
+    try:
+        for chunk in chunks:  # a part is written once all its batches are back, in order
+            rows: list[dict] = []
+            while len(rows) < len(chunk):
+                rows += next(batch_rows)
+            writer.write(rows)
+            progress.step(len(chunk))
+    except BaseException:
+        writer.discard_if_empty()  # a model that cannot be loaded leaves no folder to --resume from
+        raise
     path = writer.finish()
     seconds = time.perf_counter() - started
     return {"output": str(path), "images": len(items), "predicted_now": len(todo), "done_before": len(done),
@@ -184,6 +188,7 @@ def _batches_in_this_process(predictor: Predictor, batches: list[list], workers:
     cores that beat decoding ahead of the model in a thread, where decoding and onnxruntime's
     threads fought over the cores (10,000 CIFAR-10 files: 1,687-1,944 images/s overlapped,
     1,813-1,983 in turn)."""
+    predictor.load()  # first: a model that cannot be loaded is the run's error, not each file's
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         decoder = _DecodeChooser(pool, workers)
         for batch in batches:
@@ -246,5 +251,6 @@ def _exit_with_parent(parent: int) -> None:
 def _worker_batch(names: list[tuple[str, int, str]]) -> list[dict]:
     """One batch's rows, its files decoded one after another."""
     predictor, readers = _WORKER["predictor"], _WORKER["readers"]
+    predictor.load()  # first: a model that cannot be loaded is the run's error, not each file's
     batch = [(name, readers[index], key) for name, index, key in names]
     return _predict_batch(predictor, batch, [_decoded(predictor, item) for item in batch])
