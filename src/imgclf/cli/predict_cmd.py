@@ -51,12 +51,13 @@ def _add_at_scale_options(parser) -> None:
                         "run wrote (none twice, none missing)")  # fmt: skip
     parser.add_argument("--batch-size", type=int, default=64, help="with --output: images per model call "
                         "(default: 64)")  # fmt: skip
-    parser.add_argument("--processes", type=int, help="with --output: worker processes predicting parts side by "
-                        "side (default: one per core for an .onnx file, 1 for a bundle)")  # fmt: skip
+    parser.add_argument("--processes", type=int, metavar="N", help="with --output: worker processes predicting "
+                        "batches side by side, each loading the model once (default: one per core for an .onnx "
+                        "file, 1 for a bundle)")  # fmt: skip
     parser.add_argument("--workers", type=int, default=2, help="with --output and one process: decoding threads "
                         "(default: 2)")  # fmt: skip
-    parser.add_argument("--rows-per-part", type=int, default=512, help="with --output: images decoded, predicted "
-                        "and saved together; a crash loses at most one part (default: 512)")  # fmt: skip
+    parser.add_argument("--rows-per-part", type=int, default=512, help="with --output: rows saved together; a "
+                        "crash loses at most the part being gathered (default: 512)")  # fmt: skip
 
 
 def _verdict(result: dict) -> str:
