@@ -105,7 +105,8 @@ def test_dask_map_partitions_gives_the_single_process_labels(thousand):
     paths = pandas.DataFrame({"path": [str(path) for path in sorted(thousand["images"].rglob("*.png"))]})
     meta = pandas.DataFrame({"path": pandas.Series(dtype=str), "label": pandas.Series(dtype=object)})
     predictions = dataframe.from_pandas(paths, npartitions=4).map_partitions(
-        lambda part: pandas.DataFrame(predictor(part))[["path", "label"]], meta=meta)
+        lambda part: pandas.DataFrame(predictor(part))[["path", "label"]], meta=meta
+    )
     with dask.config.set(scheduler="processes", num_workers=2):  # the predictor travels pickled
         frame = predictions.compute()
     assert len(frame) == IMAGES

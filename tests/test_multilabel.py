@@ -149,8 +149,12 @@ def test_doctor_describes_label_sets_and_warns_of_labels_too_rare(tmp_path: Path
     assert "multi-label, 5 labels" in shown and "most frequent together" in shown
 
 
-BARS = {"top": (slice(0, 6), slice(None)), "bottom": (slice(18, 24), slice(None)),
-        "middle": (slice(9, 15), slice(None)), "column": (slice(None), slice(9, 15))}  # each survives a mirror
+BARS = {
+    "top": (slice(0, 6), slice(None)),
+    "bottom": (slice(18, 24), slice(None)),
+    "middle": (slice(9, 15), slice(None)),
+    "column": (slice(None), slice(9, 15)),
+}  # each survives a mirror
 
 
 def bars_image(labels: list[str], rng: np.random.Generator) -> Image.Image:
@@ -187,8 +191,21 @@ def bars(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def scratch_bundle(bars, tmp_path_factory) -> tuple[Path, dict]:
     output = tmp_path_factory.mktemp("runs") / "scratch"
-    code = main(["train", str(bars), "--model", "simple_cnn", "--epochs", "15", "--batch-size", "16",
-                 "--output", str(output), "--json"])
+    code = main(
+        [
+            "train",
+            str(bars),
+            "--model",
+            "simple_cnn",
+            "--epochs",
+            "15",
+            "--batch-size",
+            "16",
+            "--output",
+            str(output),
+            "--json",
+        ]
+    )
     assert code == 0
     return output, json.loads((output / "metrics.json").read_text())
 

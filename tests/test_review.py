@@ -149,4 +149,3 @@ def test_review_page_relabels_removes_and_undo_restores(labelled, tmp_path):
     assert "train/right/flipped.png" not in top and "train/left/flipped.png" not in top
     assert main(["review", str(labelled), "--undo"]) == 0
     assert _tree(labelled) == original
-

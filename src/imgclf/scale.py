@@ -35,8 +35,17 @@ from imgclf.data.readers import ARCHIVE_SUFFIXES, FolderReader, ImageReader, ope
 from imgclf.errors import DataError, ImgclfError, UsageError
 from imgclf.files import atomic_write_bytes, atomic_write_with
 
-__all__ = ["COLUMNS", "OUTPUT_FORMATS", "PartWriter", "Predictor", "in_shard", "list_sources", "parse_shard", "row_of",
-           "written_name"]
+__all__ = [
+    "COLUMNS",
+    "OUTPUT_FORMATS",
+    "PartWriter",
+    "Predictor",
+    "in_shard",
+    "list_sources",
+    "parse_shard",
+    "row_of",
+    "written_name",
+]
 
 # Every output row, whatever the format: JSON text in top_k and labels keeps one flat schema.
 COLUMNS = ("path", "label", "probability", "labels", "top_k", "abstained", "error")
@@ -79,7 +88,7 @@ def list_sources(sources: list[str]) -> list[tuple[str, ImageReader, str]]:
 
 
 def parse_shard(text: str) -> tuple[int, int]:
-    """"I/N" as (I, N), 0 <= I < N."""
+    """ "I/N" as (I, N), 0 <= I < N."""
     try:
         index, count = (int(part) for part in text.split("/"))
     except ValueError:
@@ -270,8 +279,9 @@ def _pyarrow():
         import pyarrow
         import pyarrow.parquet as parquet
     except ImportError:
-        raise UsageError("Parquet output needs pyarrow: pip install 'imgclf[parquet]' (or write .csv or "
-                         ".jsonl)") from None
+        raise UsageError(
+            "Parquet output needs pyarrow: pip install 'imgclf[parquet]' (or write .csv or .jsonl)"
+        ) from None
     return pyarrow, parquet
 
 

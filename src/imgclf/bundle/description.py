@@ -96,7 +96,7 @@ class BundleDescription:
     # How it decides.
     @property
     def task(self) -> str:
-        """"single-label" (one class per image, softmax) or "multi-label" (any number of labels,
+        """ "single-label" (one class per image, softmax) or "multi-label" (any number of labels,
         a sigmoid per label); bundles from before multi-label are single-label."""
         return self._values.get("task", SINGLE_LABEL)
 

@@ -46,12 +46,18 @@ def _class_table(check: dict) -> Table:
 
 
 def _label_set_table(check: dict) -> Table:
-    table = Table("rank", "file", "labels", "likely missing", "likely wrong",
-                  title="least trustworthy label sets first")
+    table = Table(
+        "rank", "file", "labels", "likely missing", "likely wrong", title="least trustworthy label sets first"
+    )
     for row in check["issues"][:LABEL_ROWS_SHOWN]:
         mark = " *" if row["flagged"] else ""
-        table.add_row(str(row["rank"]) + mark, row["file"], row["labels"].replace(";", " "),
-                      row["likely_missing"].replace(";", ", ") or "-", row["likely_wrong"].replace(";", ", ") or "-")
+        table.add_row(
+            str(row["rank"]) + mark,
+            row["file"],
+            row["labels"].replace(";", " "),
+            row["likely_missing"].replace(";", ", ") or "-",
+            row["likely_wrong"].replace(";", ", ") or "-",
+        )
     return table
 
 

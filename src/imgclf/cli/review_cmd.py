@@ -42,8 +42,7 @@ def run(args: argparse.Namespace) -> int:
     from imgclf.runners.review import review_queue
     from imgclf.serve.review import create_review_app
 
-    items, classes, journal, explain = review_queue(args.data, bundle=args.bundle, seed=args.seed,
-                                                  every_image=args.all)
+    items, classes, journal, explain = review_queue(args.data, bundle=args.bundle, seed=args.seed, every_image=args.all)
     app, count = create_review_app(items, classes, journal, explain), len(items)
     # Loopback only: the page moves files in DATA, which nobody else should be able to do.
     print(f"review: {count} images to look at on http://127.0.0.1:{args.port}/ (Ctrl+C to stop)", file=sys.stderr)

@@ -150,8 +150,9 @@ def run(args: argparse.Namespace) -> int:
         port=args.port,
         log_level="info",
         access_log=not args.no_access_log,
-        http=(head_timed_protocol(args.head_timeout, args.max_connections_per_client)
-              if args.http == "h11" else args.http),  # fmt: skip
+        http=(
+            head_timed_protocol(args.head_timeout, args.max_connections_per_client) if args.http == "h11" else args.http
+        ),  # fmt: skip
         h11_max_incomplete_event_size=HEADER_LIMIT_BYTES,
         log_config=server_log_config(),
     )

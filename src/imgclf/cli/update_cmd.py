@@ -56,8 +56,15 @@ def _print(result: dict) -> None:
 def run(args: argparse.Namespace) -> int:
     from imgclf.runners.update import run_update
 
-    result = run_update(args.bundle, args.data, output=args.output, device=args.device, workers=args.workers,
-                        report=args.report, full_search=args.full_search)
+    result = run_update(
+        args.bundle,
+        args.data,
+        output=args.output,
+        device=args.device,
+        workers=args.workers,
+        report=args.report,
+        full_search=args.full_search,
+    )
     if args.json:
         print_json(result)
     else:

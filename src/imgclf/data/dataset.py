@@ -289,7 +289,7 @@ def _jsonl_rows(path: Path, task: str | None) -> tuple[dict[str, list[tuple[str,
             raise DataError(f"{path}: line {number} is not JSON ({error.msg})") from None
         key = _path_key(record)
         if key is None or not isinstance(record[key], str):
-            raise DataError(f"{path}: line {number} needs a \"path\" (got {text[:80]!r})")
+            raise DataError(f'{path}: line {number} needs a "path" (got {text[:80]!r})')
         records.append((number, record, key))
     sets = task == MULTI_LABEL or any(name in record for _, record, _ in records for name in LABEL_SET_COLUMNS)
     by_split: dict[str, list[tuple[str, object]]] = {}
@@ -300,7 +300,7 @@ def _jsonl_rows(path: Path, task: str | None) -> tuple[dict[str, list[tuple[str,
         else:
             labels = split_labels(str(value or ""))
         if not sets and len(labels) != 1:
-            raise DataError(f"{path}: line {number} needs one \"label\" (got {_shown(record)})")
+            raise DataError(f'{path}: line {number} needs one "label" (got {_shown(record)})')
         split = _split_of(path, number, str(record["split"])) if record.get("split") else "pool"
         by_split.setdefault(split, []).append((record[key].strip(), labels if sets else labels[0]))
     return by_split, sets

@@ -198,6 +198,7 @@ def fit_linear_probe(
         if near_c is None:
             accuracies = dict(zip(PROBE_C_VALUES, _cross_validated(x, y, views, seed, num_classes, folds)))
         else:
+
             def cross_validate(c_values, views=views):
                 return _cross_validated(x, y, views, seed, num_classes, folds, c_values)
 
@@ -265,8 +266,12 @@ def fit_label_probe(
     x = (x - mean) / scale
     folds = max(2, min(PROBE_FOLDS, len(y) // 2))
     out_of_fold = _out_of_fold_logits(x, y, folds, seed)
-    losses = torch.stack([nn.functional.binary_cross_entropy_with_logits(logits, y, reduction="none").mean(dim=0)
-                          for logits in out_of_fold])  # fmt: skip  (C values, labels)
+    losses = torch.stack(
+        [
+            nn.functional.binary_cross_entropy_with_logits(logits, y, reduction="none").mean(dim=0)
+            for logits in out_of_fold
+        ]
+    )  # fmt: skip  (C values, labels)
     chosen = losses.argmin(dim=0)  # the first (strongest regularization) of equal losses
     label_c = torch.tensor([PROBE_C_VALUES[int(i)] for i in chosen], dtype=torch.float64)
     weight, bias = _fit_label_regressions(x, y, label_c)

@@ -78,8 +78,10 @@ def _describe(probe: LinearProbe, dimensions: int, had_flipped_views: bool) -> s
             how += "; mirrored views did not help"
     else:
         how = "validation accuracy (a class has one training image; the validation score is optimistic)"
-    return (f"linear probe: logistic regression on {dimensions}-number embeddings{views}, C = {probe.c_value} "
-            f"chosen by {how}")
+    return (
+        f"linear probe: logistic regression on {dimensions}-number embeddings{views}, C = {probe.c_value} "
+        f"chosen by {how}"
+    )
 
 
 def run_linear_probe(

@@ -69,12 +69,17 @@ def _curves(split: str, evaluated: dict, table, image) -> str:
     if not curves:
         return '<p class="note">No evaluated images.</p>'
     operating = {name: row for name, row in evaluated.get("per_class", {}).items() if name in curves}
-    parts = [f"<p>{for_html(split)} split: each label's precision against its recall as its threshold moves; the dot "
-             "is the threshold the model uses.</p>", image(pr_curves_png(curves, operating), "precision-recall curves")]
+    parts = [
+        f"<p>{for_html(split)} split: each label's precision against its recall as its threshold moves; the dot "
+        "is the threshold the model uses.</p>",
+        image(pr_curves_png(curves, operating), "precision-recall curves"),
+    ]
     pairs = evaluated.get("error_pairs", [])
     if pairs:
-        parts.append("<p>Label errors that happen on the same images: the label the image carries but the model "
-                     "missed, and the label it gave although the image does not carry it.</p>")
+        parts.append(
+            "<p>Label errors that happen on the same images: the label the image carries but the model "
+            "missed, and the label it gave although the image does not carry it.</p>"
+        )
         parts.append(table(["missed", "given instead", "images"],
                            [[p["missed"], p["given_instead"], p["images"]] for p in pairs]))  # fmt: skip
     return "\n".join(parts)

@@ -105,4 +105,3 @@ class OpenVinoSession:
         results = self.compiled([feeds[self.input_name]])
         by_name = {key.get_any_name(): value for key, value in results.items()}
         return [np.asarray(by_name[name]) for name in (outputs or self.output_names)]
-

@@ -41,8 +41,10 @@ def find_onnxruntime_web(given: str | Path | None = None) -> Path:
         if all((folder / name).is_file() for name in ORT_WEB_FILES):
             return folder
     where = f"{given}: does not hold {', '.join(ORT_WEB_FILES)}" if given else "no onnxruntime-web install found"
-    raise UsageError(f"--format web copies onnxruntime-web's WebAssembly files into the folder ({where}): run "
-                     "`npm install onnxruntime-web` here, or pass --onnxruntime-web node_modules/onnxruntime-web/dist")
+    raise UsageError(
+        f"--format web copies onnxruntime-web's WebAssembly files into the folder ({where}): run "
+        "`npm install onnxruntime-web` here, or pass --onnxruntime-web node_modules/onnxruntime-web/dist"
+    )
 
 
 def check_web_target(target: Path) -> None:

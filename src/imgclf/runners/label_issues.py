@@ -171,8 +171,10 @@ def _caption(row: dict) -> str:
         return (f"labelled <b>{for_html(row['labels'] or '(none)')}</b><br>likely missing: "
                 f"<b>{for_html(row['likely_missing'] or '-')}</b><br>likely wrong: "
                 f"<b>{for_html(row['likely_wrong'] or '-')}</b>")  # fmt: skip
-    return (f"labelled <b>{for_html(row['label'])}</b> ({row['label_probability']:.0%})<br>looks like "
-            f"<b>{for_html(row['suggested'])}</b> ({row['suggested_probability']:.0%})")
+    return (
+        f"labelled <b>{for_html(row['label'])}</b> ({row['label_probability']:.0%})<br>looks like "
+        f"<b>{for_html(row['suggested'])}</b> ({row['suggested_probability']:.0%})"
+    )
 
 
 def _gallery(result: dict, train: TensorSplit, ranking: np.ndarray) -> str:

@@ -161,8 +161,9 @@ def _data_record(dataset: Dataset, splits: dict[str, _Split], classes: list[str]
         "kind": dataset.kind,
         "split": dataset.split_info,
         "sizes": {name: len(split.files) for name, split in splits.items()},
-        "class_counts": {name: label_counts(torch.as_tensor(split.files.targets), len(classes))
-                         for name, split in splits.items()},  # fmt: skip
+        "class_counts": {
+            name: label_counts(torch.as_tensor(split.files.targets), len(classes)) for name, split in splits.items()
+        },  # fmt: skip
         "skipped": [{"file": file, "reason": reason} for file, reason in skipped],
         "ignored": len(dataset.ignored),
     }
@@ -212,8 +213,13 @@ def run_update(
                     "old_classes_val": compared, "seconds": round(time.perf_counter() - started, 2)}  # fmt: skip
     summary = _summary(evaluation, probe)
     record = _data_record(dataset, splits, classes, skipped)
-    save_bundle(folder, model.cpu(), _description(bundle, model, classes, evaluation, record, updated_from, summary),
-                {**evaluation.metrics, "summary": summary, "history": [_history(probe)]}, evaluation.centroids)
+    save_bundle(
+        folder,
+        model.cpu(),
+        _description(bundle, model, classes, evaluation, record, updated_from, summary),
+        {**evaluation.metrics, "summary": summary, "history": [_history(probe)]},
+        evaluation.centroids,
+    )
     if report:
         write_report(load_bundle(folder), f"Updated from {bundle.path}: run imgclf report {folder} DATA to show the "
                      "worst mistakes.")  # fmt: skip

@@ -38,7 +38,7 @@ def _suffix(data: bytes) -> str:
 
 
 def why_kept(answer: dict, unsure_below: float) -> str | None:
-    """"abstained", "unsure" or None (an answer the model is sure of, or an error)."""
+    """ "abstained", "unsure" or None (an answer the model is sure of, or an error)."""
     if "error" in answer:
         return None
     if answer.get("abstained"):

@@ -13,12 +13,15 @@ main{max-width:1100px;margin:0 auto;padding:1.25rem 1.5rem;display:grid;gap:1.25
 grid-template-columns:minmax(0,2fr) minmax(0,1fr);align-items:start}
 """
 
-PAGE = """<!doctype html>
+PAGE = (
+    """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>imgclf</title>
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <style>
 :root{--ink:#1d232a;--muted:#5b6672;--line:#dde3ea;--accent:#2f6fd0;--soft:#eef4fb;--bad:#b42318}
-""" + SHARED_STYLE + """main>div{display:grid;gap:1.25rem;align-content:start;min-width:0}
+"""
+    + SHARED_STYLE
+    + """main>div{display:grid;gap:1.25rem;align-content:start;min-width:0}
 section{background:#fff;border:1px solid var(--line);border-radius:10px;padding:1rem 1.25rem}
 section h2{font-size:1.05rem;margin:0 0 .75rem}
 #drop{display:block;border:2px dashed #9aa7b4;border-radius:10px;padding:1.75rem 1rem;text-align:center;cursor:pointer;
@@ -235,3 +238,4 @@ document.addEventListener("paste", (e) => {
 loadMetadata();
 </script></body></html>
 """
+)

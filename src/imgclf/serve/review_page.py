@@ -2,12 +2,15 @@
 
 from imgclf.serve.page import SHARED_STYLE
 
-REVIEW_PAGE = """<!doctype html>
+REVIEW_PAGE = (
+    """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>imgclf review</title>
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <style>
 :root{--ink:#1d232a;--muted:#5b6672;--line:#dde3ea;--accent:#2f6fd0;--soft:#eef4fb;--bad:#b42318;--good:#1a7f37}
-""" + SHARED_STYLE + """section{background:#fff;border:1px solid var(--line);border-radius:10px;padding:1rem 1.25rem;
+"""
+    + SHARED_STYLE
+    + """section{background:#fff;border:1px solid var(--line);border-radius:10px;padding:1rem 1.25rem;
 min-width:0}
 section h2{font-size:1.05rem;margin:0 0 .75rem}
 #pictures{display:flex;gap:.75rem;flex-wrap:wrap}
@@ -155,3 +158,4 @@ fetch("/api/items").then((response) => response.json()).then((answer) => {
 </script>
 </body></html>
 """
+)

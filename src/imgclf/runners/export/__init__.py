@@ -387,12 +387,10 @@ def run_export(
         contract["int8_checked_on"] = {"cpu": cpu_description(), **result["int8"]}
     add_contract(final, contract)
     if format == "openvino":
-        def fixed_graph(int8: bool) -> onnx.ModelProto:  # the float or int8 graph without its resize
-            return with_preprocessing(int8_network if int8 else network, bundle.preprocess, layout, temperature,
-                                      resize=False)  # fmt: skip
-
+        fixed_graph = _graphs_without_resize(bundle, network, int8_network if onnx_int8 else None, layout, temperature)
         openvino, result["openvino_parity"], openvino_int8 = _write_openvino(
-            bundle, fp32, contract, target, val, layout, console, fixed_graph, final if onnx_int8 else None)
+            bundle, fp32, contract, target, val, layout, console, fixed_graph, final if onnx_int8 else None
+        )
         sessions["openvino_int8" if onnx_int8 else "openvino"] = openvino
         if openvino_int8 is not None:
             result["openvino_int8"] = openvino_int8
@@ -411,6 +409,16 @@ def run_export(
     result["latency_ms"] = _latency_table(bundle, sessions, layout)
     console.print(f"wrote {target}")
     return result
+
+
+def _graphs_without_resize(bundle: Bundle, network, int8_network, layout: str, temperature):
+    """``graph(int8)``: the float or int8 graph with the preprocessing but not its resize."""
+
+    def graph(int8: bool) -> onnx.ModelProto:
+        return with_preprocessing(int8_network if int8 else network, bundle.preprocess, layout, temperature,
+                                  resize=False)  # fmt: skip
+
+    return graph
 
 
 def _write_openvino(bundle: Bundle, fp32, contract: dict, target: Path, val, layout: str, console: Console,

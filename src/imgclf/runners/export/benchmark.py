@@ -162,6 +162,7 @@ def _format_row(name: str, bundle: Bundle, data, data_dir, val: RawImages, refer
         return _session_row(name, onnx_session(data_bytes), len(data_bytes), bundle, val, reference)
     with tempfile.TemporaryDirectory(prefix="imgclf-benchmark-") as folder:
         if name.startswith("openvino"):
+
             def fixed(int8_network: bool) -> onnx.ModelProto:
                 core = built["int8"][2] if int8_network else network
                 return with_preprocessing(core, bundle.preprocess, "nhwc", temperature, resize=False)

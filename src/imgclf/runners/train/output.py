@@ -41,7 +41,8 @@ def _summary(state: FitState, final: dict, decision: dict | None = None) -> dict
         label_sets = {f"{split}_{key}": final[split][key] if split in final else None
                       for split in ("val", "test") for key in LABEL_SET_SUMMARY}  # fmt: skip
         label_sets["thresholds_chosen_on"] = final["val"]["thresholds_chosen_on"]
-    return {**label_sets,
+    return {
+        **label_sets,
         "val_accuracy": final["val"]["accuracy"],
         "val_chose": _validation_chose(state, decision),
         "cv_accuracy": decision["probe"]["cv_accuracy"] if decision is not None else cv_accuracy,
@@ -127,10 +128,12 @@ def _label_set_line(summary: dict, honesty: str) -> str:
     split = "test" if summary["test_macro_f1"] is not None else "val"
     optimistic = " (optimistic: the thresholds were chosen on it)" if (
         split == "val" and summary["thresholds_chosen_on"] == "val") else honesty  # fmt: skip
-    return (f"{split}: macro-F1 {summary[f'{split}_macro_f1']:.4f}, micro-F1 {summary[f'{split}_micro_f1']:.4f}, "
-            f"mAP {summary[f'{split}_map'] or 0:.4f}, exact label sets {summary[f'{split}_exact_match']:.4f}"
-            f"{optimistic}; thresholds per label chosen on {summary['thresholds_chosen_on']} (accuracy below: the "
-            "share of labels decided right)")
+    return (
+        f"{split}: macro-F1 {summary[f'{split}_macro_f1']:.4f}, micro-F1 {summary[f'{split}_micro_f1']:.4f}, "
+        f"mAP {summary[f'{split}_map'] or 0:.4f}, exact label sets {summary[f'{split}_exact_match']:.4f}"
+        f"{optimistic}; thresholds per label chosen on {summary['thresholds_chosen_on']} (accuracy below: the "
+        "share of labels decided right)"
+    )
 
 
 def _format(value: float | None) -> str:
@@ -154,8 +157,9 @@ def train_result(run: TrainingRun, trained: Trained, summary: dict, seconds: flo
         "model": config.model,
         "epochs": trained.state.epoch,
         "seconds": round(seconds, 2),
-        "metrics": {key: value for key, value in summary.items()
-                    if key in RESULT_KEYS or key.endswith(LABEL_SET_SUMMARY)},  # fmt: skip
+        "metrics": {
+            key: value for key, value in summary.items() if key in RESULT_KEYS or key.endswith(LABEL_SET_SUMMARY)
+        },  # fmt: skip
     }
     if trained.decision is not None:
         result["kept"] = {key: trained.decision[key] for key in ("kept", "why")}
