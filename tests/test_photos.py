@@ -273,3 +273,24 @@ def test_a_tight_budget_still_probes_with_the_cheapest_backbone(monkeypatch):
     roomy = photos.plan_photo_transfer(facts, {"train": 1_000, "val": 500, "test": 1_000}, 60.0, 2.0, False, cpu)
     assert roomy is not None and not any("tight" in reason for reason in roomy.reasons)
     assert photos.plan_photo_transfer(facts, {"train": 1_000, "val": 500, "test": 3_500}, 60.0, 2.0, False, cpu) is None
+
+
+def test_where_not_all_photos_fit_the_probe_takes_the_most_a_class_that_do(monkeypatch):
+    """10,000 training photos at 100 images/s do not fit a minute; the probe then learns from the
+    most photos a class whose passes (with the validation split capped as --max-train-per-class
+    caps it) fit the usual share, rather than the run training a network from scratch."""
+    from imgclf.advise import photos
+    from imgclf.advise.facts import DataFacts
+
+    monkeypatch.setattr(photos, "pretrained_available", lambda name: True)
+    monkeypatch.setattr(photos, "_forward_speed", lambda name, device, size: 100.0)
+    facts = DataFacts("many", 10_000, 10, [1_000] * 10, 224, 3, photos=True)
+    cpu = torch.device("cpu")
+    # 58 s left, 60% of it 34.8 s: 3,480 passes. A cap of 298 a class: 2,980 training photos and
+    # 500 validation ones (at least 50 a class) = 3,480; 299 is one pass a class too many.
+    plan = photos.plan_photo_transfer(facts, {"train": 10_000, "val": 1_000}, 60.0, 2.0, True, cpu, val_fraction=0.1)
+    assert plan is not None and plan.model == "efficientnet_lite0" and plan.train_per_class == 298
+    assert not plan.mirror_views and "learns from 298 training photos a class" in " ".join(plan.reasons)
+    # Not even 20 a class beside a large test split: no probe.
+    assert photos.plan_photo_transfer(facts, {"train": 10_000, "val": 1_000, "test": 3_000}, 60.0, 2.0, False,
+                                      cpu) is None  # fmt: skip

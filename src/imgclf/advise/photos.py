@@ -22,6 +22,7 @@ from imgclf.advise.facts import DataFacts
 from imgclf.advise.rules import transfer_is_promising
 from imgclf.data.batches import eval_batch_size, make_batches
 from imgclf.data.prepare import Preprocess, TensorSplit
+from imgclf.data.split import capped_val_per_class
 from imgclf.engine.budget import measure_eval_speed
 from imgclf.models import create_model
 from imgclf.transfer import pretrained_available
@@ -53,6 +54,13 @@ MAX_ENLARGEMENT = 4
 MIN_INPUT_SIZE = 128
 
 
+# Where not even the cheapest backbone's passes over every photo fit, the probe learns from this
+# many training photos a class at least, the most that fit: a probe on a share of the photos
+# beats a network from scratch in the same minutes (CIFAR-10, 100 a class: the Lite2 probe 0.7329,
+# a 4-minute run from scratch on all 45,000 far below it). Below this, too few to be worth it.
+MIN_TRAIN_PER_CLASS = 20
+
+
 @dataclass
 class PhotoPlan:
     model: str
@@ -61,6 +69,7 @@ class PhotoPlan:
     input_size: int  # px: the backbone's ImageNet size, or less for small photos (``input_size_for``)
     speeds: dict[str, float] = field(default_factory=dict)  # images/s measured here, per backbone
     reasons: list[str] = field(default_factory=list)
+    train_per_class: int | None = None  # the training photos a class the probe learns from (None: all)
 
 
 def input_size_for(name: str, native_size: int) -> int:
@@ -95,10 +104,13 @@ def plan_photo_transfer(
     elapsed_s: float,
     mirror_allowed: bool,
     device: torch.device,
+    val_fraction: float = 0.1,
 ) -> PhotoPlan | None:
     """The backbone and views for a linear probe on these photos, or None where this path does
     not apply (not natural photos, thousands of images per class, no offline weights, or not even
-    Lite0's passes fit in the time)."""
+    Lite0's passes over ``MIN_TRAIN_PER_CLASS`` training photos a class fit in the time). Where
+    Lite0's passes over all of them do not fit, the probe takes the most training photos a class
+    that do (``train_per_class``; the validation split shrinks with them, see ``val_fraction``)."""
     available = [name for name in BACKBONES if pretrained_available(name)]
     if not transfer_is_promising(facts) or facts.native_size < 32 or not available:
         return None
@@ -130,10 +142,45 @@ def plan_photo_transfer(
         reasons = _reasons(facts, cheapest, False, seconds, run_s, speeds, budget_s, size)
         reasons.append("the time is tight: the passes take most of it, and the run may end a little late")
         return PhotoPlan(cheapest, False, seconds, size, speeds, reasons)
-    return None
+    return _capped_plan(facts, split_sizes, cheapest, speeds, embedding_s, run_s, budget_s, val_fraction)
 
 
-def _reasons(facts, name, mirror, seconds, run_s, speeds, budget_s, size) -> list[str]:
+def _capped_plan(
+    facts: DataFacts,
+    split_sizes: dict[str, int],
+    name: str,
+    speeds: dict[str, float],
+    embedding_s: float,
+    run_s: float,
+    budget_s: float | None,
+    val_fraction: float,
+) -> PhotoPlan | None:
+    """Lite0's probe on the most training photos a class whose passes fit in ``embedding_s``, as
+    ``--max-train-per-class`` takes them (the validation split capped in proportion, at least
+    ``CAPPED_VAL_PER_CLASS`` a class); None where not even ``MIN_TRAIN_PER_CLASS`` fit."""
+    classes, test = max(1, facts.classes), sum(n for key, n in split_sizes.items() if key not in ("train", "val"))
+
+    def passes(cap: int) -> int:
+        val = min(split_sizes.get("val", 0), classes * capped_val_per_class(cap, val_fraction))
+        return min(split_sizes.get("train", 0), classes * cap) + val + test
+
+    low, high = MIN_TRAIN_PER_CLASS, max(MIN_TRAIN_PER_CLASS, max(facts.class_counts, default=0))
+    if passes(low) / speeds[name] > embedding_s:
+        return None
+    while low < high:  # the largest cap whose passes fit
+        middle = (low + high + 1) // 2
+        low, high = (middle, high) if passes(middle) / speeds[name] <= embedding_s else (low, middle - 1)
+    seconds = passes(low) / speeds[name]
+    size = input_size_for(name, facts.native_size)
+    reasons = _reasons(facts, name, False, seconds, run_s, speeds, budget_s, size, embedded="the photos it takes")
+    everything = sum(split_sizes.values()) / speeds[name]
+    reasons.insert(2, f"the probe learns from {low:,} training photos a class (of up to {max(facts.class_counts):,}): "
+                      f"embedding every photo would take {everything:.0f} s, over what the run's time allows; a "
+                      "longer --time-budget takes more")  # fmt: skip
+    return PhotoPlan(name, False, seconds, size, speeds, reasons, train_per_class=low)
+
+
+def _reasons(facts, name, mirror, seconds, run_s, speeds, budget_s, size, embedded="every photo") -> list[str]:
     limit = f"the {budget_s:g} s budget" if budget_s else f"the {run_s:g} s a run without --time-budget is planned for"
     speed_text = ", ".join(f"{n} {s:,.0f}" for n, s in sorted(speeds.items()))
     views = (
@@ -144,7 +191,7 @@ def _reasons(facts, name, mirror, seconds, run_s, speeds, budget_s, size) -> lis
         "trained from scratch on this few; a linear probe on them is the first answer, in seconds, and fine-tuning "
         "from it follows only where the time left pays for enough epochs",
         f"{name}: the most accurate ImageNet backbone whose forward passes fit in {limit} "
-        f"(images/s measured here: {speed_text}); about {seconds:.0f} s to embed every photo{views}",
+        f"(images/s measured here: {speed_text}); about {seconds:.0f} s to embed {embedded}{views}",
         "the logistic regression's strength is chosen by cross-validation on the training photos, so the "
         "validation accuracy is measured on photos nothing was chosen on",
     ]

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import math
 
 import numpy as np
 
-__all__ = ["cap_per_label", "fingerprint", "iterative_split", "stratified_split"]
+__all__ = ["CAPPED_VAL_PER_CLASS", "cap_per_label", "capped_val_per_class", "fingerprint", "iterative_split",
+           "stratified_split"]  # fmt: skip
 
 
 def stratified_split(targets: np.ndarray, fractions: dict[str, float], seed: int) -> dict[str, np.ndarray]:
@@ -97,3 +99,18 @@ def cap_per_label(targets: np.ndarray, limit: int, rng: np.random.Generator) -> 
             counts[labels] += 1
             without += not len(labels)
     return np.array(keep, dtype=np.int64)
+
+
+# Validation images per class kept at least when training images are capped. The validation split
+# chooses between the linear probe and the fine-tuned model: on CIFAR-10 with 100 training images a
+# class, 12 per class (120 images, one image 0.8 points) scored the fine-tuned Lite2 at 0.7250 and
+# the probe at 0.7333, and the probe was kept; on 5,000 other training-split images they score
+# 0.7928 and 0.7278, on the 10,000 test images 0.8072 and 0.7329.
+CAPPED_VAL_PER_CLASS = 50
+
+
+def capped_val_per_class(train_per_class: int, val_fraction: float) -> int:
+    """The validation images a class kept beside ``train_per_class`` training images (where
+    training images are capped): in proportion to ``val_fraction``, at least ``CAPPED_VAL_PER_CLASS``."""
+    proportional = math.ceil(train_per_class * val_fraction / (1 - val_fraction))
+    return max(1, proportional, CAPPED_VAL_PER_CLASS)

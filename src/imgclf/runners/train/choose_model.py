@@ -17,6 +17,7 @@ from imgclf.config import TrainConfig
 from imgclf.data.augment import choose_augmentation
 from imgclf.engine.runtime import resolve_device
 from imgclf.errors import UsageError
+from imgclf.runners.train.data import apply_train_cap
 
 __all__ = ["DEFAULT_MODEL_LABEL_SMOOTHING", "automatic_config"]
 
@@ -37,7 +38,14 @@ def automatic_config(data: str, config: TrainConfig, data_dir, console: Console,
         mirror = config.probe_mirror and choose_augmentation(config.augment, dataset.kind, profile.channels, 224).flip
         sizes = {name: len(split) for name, split in dataset.splits.items()}
         device = resolve_device(config.device)
-        plan = plan_photo_transfer(facts, sizes, config.time_budget, time.perf_counter() - started, mirror, device)
+        plan = plan_photo_transfer(facts, sizes, config.time_budget, time.perf_counter() - started, mirror, device,
+                                   val_fraction=config.val_fraction)  # fmt: skip
+        if plan is not None and plan.train_per_class is not None:  # all the photos do not fit: a share of them
+            if config.max_train_per_class is None:
+                config = replace(config, max_train_per_class=plan.train_per_class)
+                apply_train_cap(dataset, config)
+            else:  # the user's own cap stands (capping it again would draw a share --resume cannot draw again)
+                plan = replace(plan, train_per_class=None)
         if plan is not None:
             return _photo_config(data, config, plan, console)
     if config.time_budget is None:
@@ -74,6 +82,8 @@ def _photo_config(data: str, config: TrainConfig, plan, console: Console) -> tup
         command += f" --input-size {plan.input_size}"
     if plan.mirror_views:
         command += " --probe-mirror"
+    if plan.train_per_class is not None:
+        command += f" --max-train-per-class {plan.train_per_class}"
     console.print(f"chosen: {plan.model} from ImageNet weights, a linear probe on its features, then fine-tuning "
                   "where the time left and the probe say it pays", highlight=False)  # fmt: skip
     for reason in plan.reasons:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from dataclasses import replace
@@ -26,7 +25,7 @@ from imgclf.data.prepare import (
     profile_dataset,
     split_targets,
 )
-from imgclf.data.split import cap_per_label
+from imgclf.data.split import cap_per_label, capped_val_per_class
 from imgclf.errors import DataError
 from imgclf.models import choose_input_size, get_model_spec
 from imgclf.text import stderr_console
@@ -46,15 +45,7 @@ def _cap_per_class(dataset: Dataset, split: str, limit: int, seed: int) -> None:
     dataset.splits[split] = dataset.splits[split].subset(np.sort(np.concatenate(keep)))
 
 
-# Validation images per class kept at least when training images are capped. The validation split
-# chooses between the linear probe and the fine-tuned model: on CIFAR-10 with 100 training images a
-# class, 12 per class (120 images, one image 0.8 points) scored the fine-tuned Lite2 at 0.7250 and
-# the probe at 0.7333, and the probe was kept; on 5,000 other training-split images they score
-# 0.7928 and 0.7278, on the 10,000 test images 0.8072 and 0.7329.
-CAPPED_VAL_PER_CLASS = 50
-
-
-def _apply_train_cap(dataset: Dataset, config: TrainConfig) -> None:
+def apply_train_cap(dataset: Dataset, config: TrainConfig) -> None:
     """``max_train_per_class``: the validation split shrinks in proportion, so that a
     "100 images per class" run is not dominated by evaluating thousands of validation images, but
     keeps at least CAPPED_VAL_PER_CLASS a class (where the data has them) to judge by."""
@@ -62,8 +53,7 @@ def _apply_train_cap(dataset: Dataset, config: TrainConfig) -> None:
     if limit is None:
         return
     _cap_per_class(dataset, "train", limit, config.seed)
-    proportional = math.ceil(limit * config.val_fraction / (1 - config.val_fraction))
-    val_limit = max(1, proportional, CAPPED_VAL_PER_CLASS)
+    val_limit = capped_val_per_class(limit, config.val_fraction)
     _cap_per_class(dataset, "val", val_limit, config.seed)
     dataset.split_info.update(
         max_train_per_class=limit,
@@ -149,7 +139,7 @@ def scan_training_data(data: str, config: TrainConfig, data_dir) -> tuple[Datase
     from one header scan of its files. The advisor and the training run share the result."""
     policy = SplitPolicy(config.seed, config.val_fraction, config.test_fraction)
     dataset = load_dataset(data, policy, data_dir)
-    _apply_train_cap(dataset, config)
+    apply_train_cap(dataset, config)
     report = stderr_console().print if int(os.environ.get("RANK", "0")) == 0 else None  # rank 0 speaks
     return dataset, profile_dataset(dataset, report)
 
