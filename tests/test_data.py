@@ -164,3 +164,21 @@ def test_capping_training_images_keeps_enough_validation_images_to_judge_by(tmp_
     imgclf.train(str(tmp_path / "data"), output=output, model="simple_cnn", epochs=1, max_train_per_class=10)
     sizes = json.loads((output / "model.json").read_text())["data"]["sizes"]
     assert (sizes["train"], sizes["val"]) == (20, 100)
+
+
+def test_a_folder_given_to_predict_lists_its_images_folder_by_folder_in_name_order(tmp_path, monkeypatch):
+    """Path components compare one by one (``a/b/x.jpg`` before ``a/c.jpg``, ``b`` before ``b c``),
+    names are written as Path writes them, hidden files and folder links are left out, as os.walk
+    left them out."""
+    from imgclf.data.layout import image_files_below
+
+    for name in ["a/c.jpg", "a/b/x.jpg", "a/b c/y.PNG", "a/b-1/w.jpg", "a/.hidden/h.jpg", "a/._mac.jpg",
+                 "top.jpg", "a/b/d/e.jpeg", "a/notes.txt"]:  # fmt: skip
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"x")
+    (tmp_path / "a" / "link").symlink_to(tmp_path / "a" / "b")
+    (tmp_path / "a" / "same.jpg").symlink_to(tmp_path / "a" / "c.jpg")
+    expected = ["a/b/d/e.jpeg", "a/b/x.jpg", "a/b c/y.PNG", "a/b-1/w.jpg", "a/c.jpg", "a/same.jpg", "top.jpg"]
+    assert image_files_below(f"{tmp_path}/") == [f"{tmp_path}/{name}" for name in expected]
+    monkeypatch.chdir(tmp_path)
+    assert image_files_below(".") == expected and image_files_below("./a") == [n for n in expected if n[0] == "a"]

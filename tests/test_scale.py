@@ -68,8 +68,24 @@ def test_rows_for_every_file_and_one_for_the_broken_one(digits_bundle, digit_fil
     assert main(["predict", str(digits_bundle), str(digit_files), "--output", str(output)]) == 2  # never overwritten
 
 
-def test_two_shards_are_the_whole_without_overlap(digits_onnx, digit_files, tmp_path, capsys):
+def _recording_start_methods(monkeypatch) -> list[str]:
+    """The start method of every worker pool the run makes (fork, spawn), recorded as it is made."""
+    import concurrent.futures
+
+    methods: list[str] = []
+    pool_class = concurrent.futures.ProcessPoolExecutor
+
+    def recording(*args, mp_context=None, **kwargs):
+        methods.append(mp_context.get_start_method())
+        return pool_class(*args, mp_context=mp_context, **kwargs)
+
+    monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", recording)
+    return methods
+
+
+def test_two_shards_are_the_whole_without_overlap(digits_onnx, digit_files, tmp_path, capsys, monkeypatch):
     """The halves come from two worker processes each, the whole from one process: the same rows."""
+    methods = _recording_start_methods(monkeypatch)
     whole = tmp_path / "whole.csv"
     assert main(["predict", str(digits_onnx), str(digit_files), "--output", str(whole), "--processes", "1"]) == 0
     halves = []
@@ -79,6 +95,7 @@ def test_two_shards_are_the_whole_without_overlap(digits_onnx, digit_files, tmp_
                      "--processes", "2", "--rows-per-part", "50"]  # fmt: skip
         assert main(arguments) == 0
         halves.append(_rows(half))
+    assert methods == (["fork", "fork"] if sys.platform == "linux" else ["spawn", "spawn"])  # the halves only
     assert len(halves[0]) > 200 and len(halves[1]) > 200
     assert not {row["path"] for row in halves[0]} & {row["path"] for row in halves[1]}
     assert sorted(halves[0] + halves[1], key=lambda row: row["path"]) == _rows(whole)
@@ -96,8 +113,9 @@ def _processes_writing(output: Path) -> list[int]:
     return found
 
 
-def test_a_bundle_in_two_worker_processes_gives_the_rows_of_one(digits_bundle, digit_files, tmp_path):
+def test_a_bundle_in_two_worker_processes_gives_the_rows_of_one(digits_bundle, digit_files, tmp_path, monkeypatch):
     """Worker processes of a bundle are started afresh (PyTorch's threads do not survive a fork)."""
+    methods = _recording_start_methods(monkeypatch)
     listing = tmp_path / "some.txt"
     listing.write_text("".join(f"{path}\n" for path in sorted(digit_files.rglob("*.png"))[:40]))
     rows = {}
@@ -107,7 +125,7 @@ def test_a_bundle_in_two_worker_processes_gives_the_rows_of_one(digits_bundle, d
                      str(processes), "--batch-size", "10", "--rows-per-part", "20"]  # fmt: skip
         assert main(arguments) == 0
         rows[processes] = _rows(output)
-    assert len(rows[1]) == 40 and rows[2] == rows[1]
+    assert len(rows[1]) == 40 and rows[2] == rows[1] and methods == ["spawn"]
 
 
 @pytest.mark.parametrize("processes", [1, 2])
@@ -173,6 +191,27 @@ def test_sources_can_be_archives_and_listings(digit_files, tmp_path):
     assert names[-3:] == [str(digit_files / "2" / "0002.png"), str(digit_files / "0" / "0000.png"),
                           str(digit_files / "4" / "0004.png")]  # fmt: skip
     assert all(name.startswith(f"{archive}:1/") for name in names[:-3])
+
+
+def test_parts_are_joined_across_row_groups_in_order(tmp_path, monkeypatch):
+    """The output is joined a few parts at a time (never whole in memory): every row, in order, in
+    as many Parquet row groups as that takes; a run with nothing to predict writes an empty file."""
+    import pyarrow.parquet as parquet
+
+    from imgclf import scale
+
+    monkeypatch.setattr(scale, "ROW_GROUP_ROWS", 25)
+    writer = scale.PartWriter(tmp_path / "rows.parquet", resume=False)
+    names = [f"photos/{index:03d}.jpg" for index in range(70)]
+    for start in range(0, 70, 10):
+        writer.write([scale.row_of(name, {"label": "cat", "top_k": [{"label": "cat", "probability": 0.9}]})
+                      for name in names[start : start + 10]])  # fmt: skip
+    output = parquet.ParquetFile(writer.finish())
+    assert output.metadata.num_row_groups == 3  # 30, 30 and 10 rows
+    assert output.read(columns=["path"]).column("path").to_pylist() == names
+    assert not (tmp_path / "rows.parquet.parts").exists()
+    empty = scale.PartWriter(tmp_path / "none.csv", resume=False).finish()
+    assert empty.read_text().splitlines() == [",".join(scale.COLUMNS)]
 
 
 def test_shards_split_any_names_evenly():

@@ -20,7 +20,7 @@ from imgclf.errors import UsageError
 if TYPE_CHECKING:  # PyTorch is loaded for a bundle only: an ONNX file runs without it
     from imgclf.predictor import Classifier
 
-__all__ = ["BundleEngine", "Engine", "OnnxEngine", "open_engine"]
+__all__ = ["BundleEngine", "Engine", "OnnxEngine", "open_engine", "runs_on_onnxruntime", "usable_cores"]
 
 
 class Engine(Protocol):
@@ -196,6 +196,12 @@ def usable_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+def runs_on_onnxruntime(source: str | Path) -> bool:
+    """Whether ``source`` is an exported .onnx file (run by onnxruntime alone, never PyTorch)."""
+    path = Path(source)
+    return path.is_file() and path.suffix.lower() == ".onnx"
+
+
 def open_engine(source: str | Path, threads: int = 1, tta: str = "none") -> BundleEngine | OnnxEngine:
     """A bundle folder or an .onnx file; nothing else is ever loaded (no pickles, no URLs).
     ``threads``: onnxruntime threads per model call (ONNX files only). ``tta="flip"``: a bundle
@@ -208,7 +214,7 @@ def open_engine(source: str | Path, threads: int = 1, tta: str = "none") -> Bund
 
         if is_bundle(path):
             return BundleEngine(load(path, tta=tta))
-    if path.is_file() and path.suffix.lower() == ".onnx":
+    if runs_on_onnxruntime(path):
         if tta != "none":
             raise UsageError(f"{source}: --tta applies to a bundle; export the ONNX file with --tta {tta} instead")
         return OnnxEngine(path, threads)

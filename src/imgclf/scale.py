@@ -33,7 +33,7 @@ from imgclf.data.dataset import PATH_COLUMNS
 from imgclf.data.layout import IMAGE_SUFFIXES, image_files_below, is_junk
 from imgclf.data.readers import ARCHIVE_SUFFIXES, FolderReader, ImageReader, open_reader, read_image_file
 from imgclf.errors import DataError, ImgclfError, UsageError
-from imgclf.files import atomic_write_bytes, atomic_write_with
+from imgclf.files import atomic_write_bytes, atomic_write_with, check_can_write
 
 __all__ = [
     "COLUMNS",
@@ -222,7 +222,7 @@ class PartWriter:
             raise UsageError(f"{self.output}: already exists; nothing is overwritten (choose another --output)")
         if self.format == ".parquet":
             _pyarrow()
-        self.parts.mkdir(parents=True, exist_ok=True)
+        check_can_write(self.output)  # before any work; the parts folder comes with the first part
         self.count = len(list(self.parts.glob("part-*")))
 
     def done(self) -> set[str]:
@@ -237,33 +237,32 @@ class PartWriter:
             atomic_write_bytes(self.parts / f"part-{self.count:06d}{self.part_format}", _encode(rows, self.part_format))
             self.count += 1
 
-    def discard_if_empty(self) -> None:
-        """Remove the parts folder when no part is in it (a run that failed before its first)."""
-        if self.parts.is_dir() and not any(self.parts.iterdir()):
-            self.parts.rmdir()
-
     def finish(self) -> Path:
         """Join the parts into OUTPUT (atomically, streamed part by part) and remove them."""
         parts = sorted(self.parts.glob("part-*"))
-        join = _join_parquet if self.format == ".parquet" else _join_text
-        atomic_write_with(self.output, lambda temporary: join(parts, temporary, self.format))
-        shutil.rmtree(self.parts)
+        if self.format == ".parquet":
+            atomic_write_with(self.output, lambda temporary: _join_parquet(parts, temporary))
+        else:
+            atomic_write_with(self.output, lambda temporary: _join_text(parts, temporary, self.format))
+        if self.parts.exists():  # no images to predict: no part was written
+            shutil.rmtree(self.parts)
         return self.output
 
 
 ROW_GROUP_ROWS = 16_384  # rows joined into one Parquet row group: the most held at a time (about 5 MB)
 
 
-def _join_parquet(parts: list[Path], temporary: str, _suffix: str) -> None:
+def _join_parquet(parts: list[Path], temporary: str) -> None:
     pyarrow, parquet = _pyarrow()
     schema = _schema()
     with parquet.ParquetWriter(temporary, schema) as writer:
-        waiting: list = []
+        waiting, rows = [], 0
         for index, part in enumerate(parts):
             waiting.append(_part_table(part))
-            if sum(table.num_rows for table in waiting) >= ROW_GROUP_ROWS or index == len(parts) - 1:
+            rows += waiting[-1].num_rows
+            if rows >= ROW_GROUP_ROWS or index == len(parts) - 1:
                 writer.write_table(pyarrow.concat_tables(waiting).cast(schema))
-                waiting = []
+                waiting, rows = [], 0
 
 
 def _join_text(parts: list[Path], temporary: str, suffix: str) -> None:

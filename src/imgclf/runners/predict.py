@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import collections
 import gc
-import multiprocessing
 import os
 import signal
 import statistics
@@ -13,14 +12,14 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from rich.console import Console
 
 from imgclf.data.layout import expand_image_paths
 from imgclf.data.readers import ImageReader
-from imgclf.engines import usable_cores
+from imgclf.engines import runs_on_onnxruntime, usable_cores
 from imgclf.errors import ImgclfError
 from imgclf.scale import PartWriter, Predictor, in_shard, list_sources, row_of, written_name
 from imgclf.text import stderr_console
@@ -48,7 +47,7 @@ def run_predict(
     return classifier.predict([str(path) for path in expand_image_paths(inputs)], top_k=top_k)
 
 
-ROWS_PER_PART = 512  # decoded, predicted and written together: memory stays flat, a kill loses the parts in flight
+ROWS_PER_PART = 512  # rows saved together: memory stays flat, a kill loses the part being gathered
 PROGRESS_EVERY_S = 5.0
 
 
@@ -126,7 +125,7 @@ class _Progress:
 def default_processes(model: str | Path) -> int:
     """Worker processes for ``run_predict_to_file``: one per core for an exported ONNX file, whose
     workers need only onnxruntime; one for a bundle (each process would load PyTorch)."""
-    return usable_cores() if Path(model).is_file() else 1
+    return usable_cores() if runs_on_onnxruntime(model) else 1
 
 
 def run_predict_to_file(
@@ -166,16 +165,12 @@ def run_predict_to_file(
         batch_rows = _batches_in_processes(predictor, batches, processes)
     else:
         batch_rows = _batches_in_this_process(predictor, batches, workers)
-    try:
-        for chunk in chunks:  # a part is written once all its batches are back, in order
-            rows: list[dict] = []
-            while len(rows) < len(chunk):
-                rows += next(batch_rows)
-            writer.write(rows)
-            progress.step(len(chunk))
-    except BaseException:
-        writer.discard_if_empty()  # a model that cannot be loaded leaves no folder to --resume from
-        raise
+    for chunk in chunks:  # a part is written once all its batches are back, in order
+        rows: list[dict] = []
+        while len(rows) < len(chunk):
+            rows += next(batch_rows)
+        writer.write(rows)
+        progress.step(len(chunk))
     path = writer.finish()
     seconds = time.perf_counter() - started
     return {"output": str(path), "images": len(items), "predicted_now": len(todo), "done_before": len(done),
@@ -205,17 +200,20 @@ def _batches_in_processes(predictor: Predictor, batches: list[list], processes: 
     """Each batch's rows, in order, predicted in ``processes`` worker processes that each load the
     model once (a batch at a time: the processes finish together). A worker that dies (killed,
     out of memory) stops the run with an error, never a hang; the parts written stay for ``--resume``."""
+    import multiprocessing  # here: the command's start-up does not pay for them (7-11 ms)
+    from concurrent.futures import ProcessPoolExecutor
+
     readers = list({id(reader): reader for _, reader, _ in (item for batch in batches for item in batch)}.values())
     index_of = {id(reader): index for index, reader in enumerate(readers)}
     # fork for an ONNX file: a worker starts in milliseconds with the modules already imported
     # (this process has not loaded the model: onnxruntime's threads would not survive a fork).
     # spawn for a bundle, whose PyTorch may have started OpenMP threads here (a forked child that
     # uses OpenMP then can hang), and where fork is not the usual way.
-    forks = sys.platform == "linux" and Path(predictor.source).is_file()
-    context = multiprocessing.get_context("fork" if forks else "spawn")
-    pool = ProcessPoolExecutor(processes, mp_context=context, initializer=_start_worker,
-                               initargs=(predictor, readers))  # fmt: skip
-    gc.freeze()  # a worker's collector then leaves the objects it was forked with alone, unwritten and shared
+    forks = sys.platform == "linux" and runs_on_onnxruntime(predictor.source)
+    pool = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("fork" if forks else "spawn"),
+                               initializer=_start_worker, initargs=(predictor, readers))  # fmt: skip
+    if forks:  # a forked worker's collector then leaves the objects it was forked with alone, shared
+        gc.freeze()
     try:
         pending: collections.deque = collections.deque()
         for batch in batches:
@@ -227,7 +225,8 @@ def _batches_in_processes(predictor: Predictor, batches: list[list], processes: 
             yield pending.popleft().result()
     finally:  # stopped early (an error, Ctrl-C): the batches not started are dropped, not predicted
         pool.shutdown(wait=True, cancel_futures=True)
-        gc.unfreeze()
+        if forks:
+            gc.unfreeze()
 
 
 _WORKER: dict = {}  # a worker process's own predictor and readers (set by _start_worker)
